@@ -1,0 +1,690 @@
+//! The streaming pass: text chunks → `csv-core` records in fixed buffers → checks → writers.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+
+use csv_core::ReadRecordResult;
+use sha2::{Digest, Sha256};
+
+use crate::guard::needs_guard;
+use crate::lines::Lines;
+use crate::quote::QuoteTracker;
+use crate::report::{
+    excerpt, Code, Dialect, InputInfo, Issue, OutputInfo, Rejection, Report, RowCounts, Status,
+};
+use crate::sniff::sniff_delimiter;
+use crate::text::{self, hex, Source, TextReader};
+use crate::{EngineError, Limits, Options};
+
+/// Decoded bytes used to sniff the dialect and the text format.
+const SAMPLE: usize = 64 * 1024;
+/// Header names longer than this are shortened in the report (not in the output).
+const HEADER_NAME_IN_REPORT: usize = 1024;
+const OUT_BUFFER: usize = 64 * 1024;
+const REJECTS_HEADER: [&str; 5] = ["record", "line", "code", "message", "raw"];
+
+type Outcome = Result<Result<(), Rejection>, EngineError>;
+
+/// Validate `input` and write the clean CSV to `output` and rejected rows to `rejects`.
+///
+/// Returns the report whatever the content; `Err` only when reading or writing failed. When the
+/// status is not `accepted`, whatever reached `output` must be discarded by the caller.
+pub fn process<R: Read, O: Write, J: Write>(
+    input: R,
+    output: O,
+    rejects: J,
+    options: &Options,
+) -> Result<Report, EngineError> {
+    let limits = &options.limits;
+    let mut text = TextReader::new(input, limits.max_bytes);
+    let mut sink = Sink::new(output, rejects, limits)?;
+    let mut dialect = None;
+    let outcome = match text.start(options.fallback_encoding)? {
+        Err(rejection) => Err(rejection),
+        Ok(()) => run(&mut text, &mut sink, options, &mut dialect)?,
+    };
+    if outcome.is_err() {
+        text.drain()?;
+    }
+    let detected_type = match &outcome {
+        Err(r) if r.code == Code::NotCsv => r
+            .detected_type
+            .as_deref()
+            .unwrap_or("application/octet-stream"),
+        Err(r) if r.code == Code::BinaryContent => "application/octet-stream",
+        _ if text.bytes_in() == 0 => "inode/x-empty",
+        _ => "text/csv",
+    };
+    let encoding = match (&outcome, text.source()) {
+        (Err(r), _)
+            if matches!(
+                r.code,
+                Code::NotCsv | Code::Empty | Code::UnsupportedEncoding
+            ) =>
+        {
+            None
+        }
+        (_, Source::Utf8) => Some("utf-8".to_string()),
+        (_, Source::Transcode(enc)) => Some(enc.name().to_ascii_lowercase()),
+    };
+    let input_info = InputInfo {
+        bytes: text.bytes_in(),
+        sha256: text.sha256_hex(),
+        detected_type: detected_type.to_string(),
+        encoding,
+        bom: text.bom,
+    };
+    sink.finish(outcome, input_info, dialect)
+}
+
+fn run<R: Read, O: Write, J: Write>(
+    text: &mut TextReader<R>,
+    sink: &mut Sink<O, J>,
+    options: &Options,
+    dialect: &mut Option<Dialect>,
+) -> Outcome {
+    let mut sample = Vec::with_capacity(SAMPLE * 3);
+    let mut complete = false;
+    while sample.len() < SAMPLE {
+        match text.next_chunk()? {
+            Err(r) => return Ok(Err(r)),
+            Ok(None) => {
+                complete = true;
+                break;
+            }
+            Ok(Some(chunk)) => sample.extend_from_slice(chunk),
+        }
+    }
+    if let Some(mime) = text::text_format(&sample) {
+        return Ok(Err(text::not_csv(mime)));
+    }
+    let delimiter = options
+        .delimiter
+        .unwrap_or_else(|| sniff_delimiter(&sample, complete));
+    let mut parser = Parser::new(delimiter, &options.limits);
+    let finish = |parser: &Parser, dialect: &mut Option<Dialect>| {
+        *dialect = Some(Dialect {
+            delimiter: (delimiter as char).to_string(),
+            quote: "\"".into(),
+            line_terminator: parser.lines.style().into(),
+        });
+    };
+    let mut outcome = parser.feed(&sample, false, sink)?;
+    drop(sample);
+    while outcome.is_ok() {
+        match text.next_chunk()? {
+            Err(r) => outcome = Err(r),
+            Ok(Some(chunk)) => outcome = parser.feed(chunk, false, sink)?,
+            Ok(None) => {
+                outcome = parser.feed(&[], true, sink)?;
+                break;
+            }
+        }
+    }
+    finish(&parser, dialect);
+    if outcome.is_ok() {
+        let trailing = parser.lines.trailing_blank_lines();
+        sink.blank_lines(trailing, parser.lines.last_content_line() + 1);
+        return Ok(sink.check_end());
+    }
+    Ok(outcome)
+}
+
+/// Parser state that survives between chunks.
+struct Parser {
+    csv: csv_core::Reader,
+    buf: Vec<u8>,
+    ends: Vec<usize>,
+    out_len: usize,
+    ends_len: usize,
+    /// Bytes of the current record from earlier chunks, for the end-of-input quote check.
+    raw: Vec<u8>,
+    raw_cap: usize,
+    lines: Lines,
+    tracker: QuoteTracker,
+    /// Set when the current record outgrew the buffer: parse on without keeping anything, to tell
+    /// an over-long record from a quote that never closes.
+    draining: bool,
+    scratch: Vec<u8>,
+    scratch_ends: Vec<usize>,
+    prev_end_line: u64,
+    limits: Limits,
+}
+
+impl Parser {
+    fn new(delimiter: u8, limits: &Limits) -> Self {
+        Parser {
+            csv: csv_core::ReaderBuilder::new()
+                .delimiter(delimiter)
+                .quote(b'"')
+                .double_quote(true)
+                .build(),
+            buf: vec![0; limits.max_record_bytes],
+            ends: vec![0; limits.max_columns + 1],
+            out_len: 0,
+            ends_len: 0,
+            raw: Vec::new(),
+            raw_cap: limits
+                .max_record_bytes
+                .saturating_mul(2)
+                .saturating_add(SAMPLE * 4),
+            lines: Lines::new(),
+            tracker: QuoteTracker::new(delimiter, b'"'),
+            draining: false,
+            scratch: vec![0; 64 * 1024],
+            scratch_ends: vec![0; 1024],
+            prev_end_line: 0,
+            limits: limits.clone(),
+        }
+    }
+
+    fn record_open(&self) -> bool {
+        self.raw.iter().any(|&b| b != b'\n' && b != b'\r')
+    }
+
+    fn feed<O: Write, J: Write>(
+        &mut self,
+        chunk: &[u8],
+        eof: bool,
+        sink: &mut Sink<O, J>,
+    ) -> Outcome {
+        if eof && !self.draining && self.record_open() {
+            self.tracker.reset();
+            self.tracker.feed(&self.raw);
+            if self.tracker.in_quote() {
+                return Ok(Err(self.unterminated(sink)));
+            }
+        }
+        let mut pos = 0;
+        let mut rec_start = 0;
+        loop {
+            if self.draining {
+                return Ok(self.drain(&chunk[pos..], eof, sink));
+            }
+            let input = &chunk[pos..];
+            let (res, nin, nout, nend) = self.csv.read_record(
+                input,
+                &mut self.buf[self.out_len..],
+                &mut self.ends[self.ends_len..],
+            );
+            self.lines.feed(&input[..nin]);
+            pos += nin;
+            self.out_len += nout;
+            self.ends_len += nend;
+            match res {
+                ReadRecordResult::InputEmpty => {
+                    let rest = &chunk[rec_start..];
+                    if self.raw.len() + rest.len() <= self.raw_cap {
+                        self.raw.extend_from_slice(rest);
+                    }
+                    return Ok(Ok(()));
+                }
+                ReadRecordResult::OutputFull => {
+                    self.tracker.reset();
+                    self.tracker.feed(&self.raw);
+                    self.tracker.feed(&chunk[rec_start..pos]);
+                    self.draining = true;
+                }
+                ReadRecordResult::OutputEndsFull => return Ok(Err(self.too_many_columns(sink))),
+                ReadRecordResult::Record => {
+                    if self.ends_len > self.limits.max_columns {
+                        return Ok(Err(self.too_many_columns(sink)));
+                    }
+                    let line = self.lines.start_line();
+                    let skipped = line.saturating_sub(self.prev_end_line + 1);
+                    sink.blank_lines(skipped, self.prev_end_line + 1);
+                    self.prev_end_line = self.lines.last_content_line();
+                    self.lines.mark_record_end();
+                    let ends = &self.ends[..self.ends_len];
+                    let verdict = sink.record(line, &self.buf[..self.out_len], ends)?;
+                    self.out_len = 0;
+                    self.ends_len = 0;
+                    self.raw.clear();
+                    rec_start = pos;
+                    if verdict.is_err() {
+                        return Ok(verdict);
+                    }
+                }
+                ReadRecordResult::End => return Ok(Ok(())),
+            }
+        }
+    }
+
+    /// Parse on through an over-long record without keeping it.
+    fn drain<O: Write, J: Write>(
+        &mut self,
+        mut input: &[u8],
+        eof: bool,
+        sink: &mut Sink<O, J>,
+    ) -> Result<(), Rejection> {
+        loop {
+            let (res, nin, _, _) =
+                self.csv
+                    .read_record(input, &mut self.scratch, &mut self.scratch_ends);
+            self.tracker.feed(&input[..nin]);
+            self.lines.feed(&input[..nin]);
+            input = &input[nin..];
+            match res {
+                ReadRecordResult::OutputFull | ReadRecordResult::OutputEndsFull => {}
+                ReadRecordResult::InputEmpty if !eof => return Ok(()),
+                _ if eof && self.tracker.in_quote() => return Err(self.unterminated(sink)),
+                _ => {
+                    let (record, line) = self.position(sink);
+                    let max = self.limits.max_record_bytes;
+                    return Err(Rejection::new(
+                        Code::RecordTooLong,
+                        format!("record {record} is longer than {max} bytes, the plan's limit"),
+                    )
+                    .at(record, line, None)
+                    .with_limit(max as u64));
+                }
+            }
+        }
+    }
+
+    fn position<O: Write, J: Write>(&self, sink: &Sink<O, J>) -> (u64, u64) {
+        let line = self.lines.start_line();
+        let skipped = line.saturating_sub(self.prev_end_line + 1);
+        (sink.record_no + skipped + 1, line)
+    }
+
+    fn too_many_columns<O: Write, J: Write>(&self, sink: &Sink<O, J>) -> Rejection {
+        let (record, line) = self.position(sink);
+        let max = self.limits.max_columns;
+        Rejection::new(
+            Code::TooManyColumns,
+            format!("record {record} has more than {max} columns, the plan's limit"),
+        )
+        .at(record, line, Some(max as u64 + 1))
+        .with_limit(max as u64)
+    }
+
+    fn unterminated<O: Write, J: Write>(&self, sink: &Sink<O, J>) -> Rejection {
+        let (record, line) = self.position(sink);
+        Rejection::new(
+            Code::UnterminatedQuote,
+            format!(
+                "a quoted field in record {record} (line {line}) is never closed before the end of the file"
+            ),
+        )
+        .at(record, line, None)
+    }
+}
+
+/// A `Write` that hashes and counts what passes through.
+struct Hashing<W> {
+    inner: W,
+    hasher: Sha256,
+    bytes: u64,
+}
+
+impl<W: Write> Write for Hashing<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+fn csv_writer<W: Write>(inner: W) -> csv::Writer<Hashing<W>> {
+    csv::WriterBuilder::new()
+        .buffer_capacity(OUT_BUFFER)
+        .terminator(csv::Terminator::Any(b'\n'))
+        .from_writer(Hashing {
+            inner,
+            hasher: Sha256::new(),
+            bytes: 0,
+        })
+}
+
+/// Everything downstream of the parser: checks, counts, issues and the two writers.
+struct Sink<O: Write, J: Write> {
+    out: csv::Writer<Hashing<O>>,
+    rej: csv::Writer<Hashing<J>>,
+    raw: Vec<u8>,
+    guarded: Vec<u8>,
+    header: Option<Vec<String>>,
+    header_len: usize,
+    /// Records so far, blank lines included, the header being record 1.
+    record_no: u64,
+    rows: RowCounts,
+    issue_counts: BTreeMap<Code, u64>,
+    issues: Vec<Issue>,
+    limits: Limits,
+}
+
+impl<O: Write, J: Write> Sink<O, J> {
+    fn new(output: O, rejects: J, limits: &Limits) -> Result<Self, EngineError> {
+        let mut rej = csv_writer(rejects);
+        rej.write_record(REJECTS_HEADER)
+            .map_err(|e| EngineError::WriteRejects(e.into()))?;
+        Ok(Sink {
+            out: csv_writer(output),
+            rej,
+            raw: Vec::new(),
+            guarded: Vec::new(),
+            header: None,
+            header_len: 0,
+            record_no: 0,
+            rows: RowCounts::default(),
+            issue_counts: BTreeMap::new(),
+            issues: Vec::new(),
+            limits: limits.clone(),
+        })
+    }
+
+    fn note(&mut self, code: Code, row: u64, line: u64, column: Option<u64>, message: String) {
+        *self.issue_counts.entry(code).or_default() += 1;
+        if self.issues.len() < self.limits.max_issues {
+            self.issues.push(Issue {
+                code,
+                row,
+                line,
+                column,
+                message,
+            });
+        }
+    }
+
+    /// `n` empty lines, the first at `first_line`; `csv-core` skips them, the report counts them.
+    fn blank_lines(&mut self, n: u64, first_line: u64) {
+        for i in 0..n {
+            self.record_no += 1;
+            self.blank(first_line + i);
+        }
+    }
+
+    fn blank(&mut self, line: u64) {
+        self.rows.total += 1;
+        self.rows.blank += 1;
+        let row = self.record_no;
+        self.note(Code::BlankRow, row, line, None, "blank row skipped".into());
+    }
+
+    fn record(&mut self, line: u64, buf: &[u8], ends: &[usize]) -> Outcome {
+        self.record_no += 1;
+        let record = self.record_no;
+        let mut start = 0;
+        let mut is_blank = true;
+        for (i, &end) in ends.iter().enumerate() {
+            let field = &buf[start..end];
+            if field.len() > self.limits.max_field_bytes {
+                let max = self.limits.max_field_bytes;
+                return Ok(Err(Rejection::new(
+                    Code::FieldTooLong,
+                    format!(
+                        "record {record}, column {} is longer than {max} bytes, the plan's limit",
+                        i + 1
+                    ),
+                )
+                .at(record, line, Some(i as u64 + 1))
+                .with_limit(max as u64)));
+            }
+            is_blank &= field.iter().all(u8::is_ascii_whitespace);
+            start = end;
+        }
+        if is_blank {
+            self.blank(line);
+            return Ok(Ok(()));
+        }
+        if self.header.is_none() {
+            return self.header(record, line, buf, ends);
+        }
+        let data_rows = self.rows.accepted + self.rows.rejected;
+        if data_rows >= self.limits.max_rows {
+            let max = self.limits.max_rows;
+            return Ok(Err(Rejection::new(
+                Code::TooManyRows,
+                format!("the file has more than {max} data rows, the plan's limit"),
+            )
+            .at(record, line, None)
+            .with_limit(max)));
+        }
+        self.rows.total += 1;
+        if ends.len() != self.header_len {
+            return self.ragged(record, line, buf, ends);
+        }
+        let mut start = 0;
+        for &end in ends {
+            self.write_cell(&buf[start..end], record, line)?;
+            start = end;
+        }
+        self.end_row()?;
+        self.rows.accepted += 1;
+        Ok(Ok(()))
+    }
+
+    fn header(&mut self, record: u64, line: u64, buf: &[u8], ends: &[usize]) -> Outcome {
+        let mut names: Vec<String> = Vec::with_capacity(ends.len());
+        let mut start = 0;
+        for (i, &end) in ends.iter().enumerate() {
+            let column = i as u64 + 1;
+            let name = String::from_utf8_lossy(&buf[start..end]).trim().to_string();
+            start = end;
+            if name.is_empty() {
+                return Ok(Err(Rejection::new(
+                    Code::BlankHeader,
+                    format!("header column {column} is blank; every column needs a name"),
+                )
+                .at(record, line, Some(column))));
+            }
+            if let Some(first) = names.iter().position(|n| *n == name) {
+                return Ok(Err(Rejection::new(
+                    Code::DuplicateHeader,
+                    format!(
+                        "header \"{}\" appears in columns {} and {column}; names must be unique",
+                        excerpt(name.as_bytes(), 32),
+                        first + 1
+                    ),
+                )
+                .at(record, line, Some(column))));
+            }
+            names.push(name);
+        }
+        for name in &names {
+            self.write_cell(name.as_bytes(), record, line)?;
+        }
+        self.end_row()?;
+        self.header_len = names.len();
+        self.header = Some(names);
+        Ok(Ok(()))
+    }
+
+    fn write_cell(&mut self, cell: &[u8], record: u64, line: u64) -> Result<(), EngineError> {
+        let written = if needs_guard(cell) {
+            self.note(
+                Code::FormulaEscaped,
+                record,
+                line,
+                None,
+                "a cell that would run as a spreadsheet formula was prefixed with '".into(),
+            );
+            self.guarded.clear();
+            self.guarded.push(b'\'');
+            self.guarded.extend_from_slice(cell);
+            self.out.write_field(&self.guarded)
+        } else {
+            self.out.write_field(cell)
+        };
+        written.map_err(|e| EngineError::WriteOutput(e.into()))
+    }
+
+    fn end_row(&mut self) -> Result<(), EngineError> {
+        self.out
+            .write_record(None::<&[u8]>)
+            .map_err(|e| EngineError::WriteOutput(e.into()))
+    }
+
+    fn ragged(&mut self, record: u64, line: u64, buf: &[u8], ends: &[usize]) -> Outcome {
+        let (n, want) = (ends.len(), self.header_len);
+        let (message, column) = if n > want {
+            (
+                format!(
+                    "{} extra cell(s): {n} cells, the header has {want}",
+                    n - want
+                ),
+                want + 1,
+            )
+        } else {
+            (
+                format!(
+                    "{} missing cell(s): {n} cells, the header has {want}",
+                    want - n
+                ),
+                n + 1,
+            )
+        };
+        self.note(
+            Code::RaggedRow,
+            record,
+            line,
+            Some(column as u64),
+            message.clone(),
+        );
+        self.rows.rejected += 1;
+        // The record as it stood, re-quoted, formula-guarded and bounded.
+        let raw = &mut self.raw;
+        raw.clear();
+        let mut start = 0;
+        for (i, &end) in ends.iter().enumerate() {
+            if i > 0 {
+                raw.push(b',');
+            }
+            let cell = &buf[start..end];
+            if needs_guard(cell) {
+                self.guarded.clear();
+                self.guarded.push(b'\'');
+                self.guarded.extend_from_slice(cell);
+                quote_into(raw, &self.guarded, ends.len() == 1);
+            } else {
+                quote_into(raw, cell, ends.len() == 1);
+            }
+            start = end;
+        }
+        truncate_utf8(raw, self.limits.max_record_bytes);
+        if needs_guard(raw) {
+            raw.insert(0, b'\'');
+        }
+        let raw_err = |e: csv::Error| EngineError::WriteRejects(e.into());
+        let (record_s, line_s) = (record.to_string(), line.to_string());
+        let row: [&[u8]; 5] = [
+            record_s.as_bytes(),
+            line_s.as_bytes(),
+            Code::RaggedRow.as_str().as_bytes(),
+            message.as_bytes(),
+            raw,
+        ];
+        self.rej.write_record(row).map_err(raw_err)?;
+        Ok(Ok(()))
+    }
+
+    /// File-level checks once every record is in.
+    fn check_end(&mut self) -> Result<(), Rejection> {
+        if self.header.is_none() {
+            return Err(Rejection::new(
+                Code::NoHeader,
+                "the file has no header row (only blank lines); the first row must name the columns",
+            ));
+        }
+        let judged = self.rows.accepted + self.rows.rejected;
+        let ratio = self.limits.max_rejected_ratio;
+        if self.rows.rejected as f64 > ratio * judged as f64 {
+            let pct = 100.0 * self.rows.rejected as f64 / judged as f64;
+            return Err(Rejection::new(
+                Code::TooManyBadRows,
+                format!(
+                    "{} of {judged} data rows ({pct:.1}%) were rejected; the plan allows {:.1}%",
+                    self.rows.rejected,
+                    ratio * 100.0
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn finish(
+        mut self,
+        outcome: Result<(), Rejection>,
+        input: InputInfo,
+        dialect: Option<Dialect>,
+    ) -> Result<Report, EngineError> {
+        self.out.flush().map_err(EngineError::WriteOutput)?;
+        self.rej.flush().map_err(EngineError::WriteRejects)?;
+        let out = self.out.get_ref();
+        let rej = self.rej.get_ref();
+        let header = self
+            .header
+            .unwrap_or_default()
+            .into_iter()
+            .map(|mut name| {
+                if name.len() > HEADER_NAME_IN_REPORT {
+                    let mut bytes = name.into_bytes();
+                    truncate_utf8(&mut bytes, HEADER_NAME_IN_REPORT);
+                    name = String::from_utf8(bytes).unwrap_or_default();
+                    name.push('…');
+                }
+                name
+            })
+            .collect();
+        let (status, rejection) = match outcome {
+            Ok(()) => (Status::Accepted, None),
+            Err(r) => (Status::Rejected, Some(r)),
+        };
+        Ok(Report {
+            status,
+            rejection,
+            input,
+            dialect,
+            header,
+            rows: self.rows,
+            issue_counts: self.issue_counts,
+            issues: self.issues,
+            output: OutputInfo {
+                bytes: out.bytes,
+                sha256: hex(&out.hasher.clone().finalize()),
+            },
+            rejects: OutputInfo {
+                bytes: rej.bytes,
+                sha256: hex(&rej.hasher.clone().finalize()),
+            },
+        })
+    }
+}
+
+/// Append `cell` with RFC 4180 quoting where needed. A lone empty cell is quoted so the record
+/// does not read back as a blank line.
+fn quote_into(out: &mut Vec<u8>, cell: &[u8], alone: bool) {
+    let needs = cell
+        .iter()
+        .any(|&b| matches!(b, b',' | b'"' | b'\n' | b'\r'))
+        || (alone && cell.is_empty());
+    if !needs {
+        out.extend_from_slice(cell);
+        return;
+    }
+    out.push(b'"');
+    for &b in cell {
+        if b == b'"' {
+            out.push(b'"');
+        }
+        out.push(b);
+    }
+    out.push(b'"');
+}
+
+/// Shorten to at most `max` bytes without splitting a UTF-8 sequence.
+fn truncate_utf8(bytes: &mut Vec<u8>, max: usize) {
+    if bytes.len() <= max {
+        return;
+    }
+    let mut cut = max;
+    while cut > 0 && (bytes[cut] & 0xC0) == 0x80 {
+        cut -= 1;
+    }
+    bytes.truncate(cut);
+}

@@ -1,0 +1,315 @@
+//! The report contract (DESIGN §3.2) and the stable codes (DESIGN §3.3).
+//!
+//! The same types are serialized by the worker and parsed, strictly, by the parent: every struct
+//! refuses unknown fields, so a worker that was made to write something else is caught.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// Overall outcome of one file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// The file is clean CSV; the output is usable.
+    Accepted,
+    /// The file broke a rule; `rejection` says which.
+    Rejected,
+    /// The worker did not finish (crash, limit, sandbox violation).
+    Failed,
+}
+
+/// Every stable code. File-level rejections, row-level issues, informational notes and failures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Code {
+    // File-level rejections.
+    TooLarge,
+    Empty,
+    NotCsv,
+    BinaryContent,
+    InvalidEncoding,
+    UnsupportedEncoding,
+    NoHeader,
+    BlankHeader,
+    DuplicateHeader,
+    TooManyColumns,
+    TooManyRows,
+    FieldTooLong,
+    RecordTooLong,
+    UnterminatedQuote,
+    TooManyBadRows,
+    // Row-level.
+    RaggedRow,
+    // Informational.
+    BlankRow,
+    FormulaEscaped,
+    // Failures.
+    Timeout,
+    MemoryLimit,
+    CpuLimit,
+    SandboxViolation,
+    WorkerCrashed,
+    SandboxUnavailable,
+}
+
+impl Code {
+    /// Every code, in contract order; used by docs and tests.
+    pub const ALL: [Code; 24] = [
+        Code::TooLarge,
+        Code::Empty,
+        Code::NotCsv,
+        Code::BinaryContent,
+        Code::InvalidEncoding,
+        Code::UnsupportedEncoding,
+        Code::NoHeader,
+        Code::BlankHeader,
+        Code::DuplicateHeader,
+        Code::TooManyColumns,
+        Code::TooManyRows,
+        Code::FieldTooLong,
+        Code::RecordTooLong,
+        Code::UnterminatedQuote,
+        Code::TooManyBadRows,
+        Code::RaggedRow,
+        Code::BlankRow,
+        Code::FormulaEscaped,
+        Code::Timeout,
+        Code::MemoryLimit,
+        Code::CpuLimit,
+        Code::SandboxViolation,
+        Code::WorkerCrashed,
+        Code::SandboxUnavailable,
+    ];
+
+    /// The snake_case wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Code::TooLarge => "too_large",
+            Code::Empty => "empty",
+            Code::NotCsv => "not_csv",
+            Code::BinaryContent => "binary_content",
+            Code::InvalidEncoding => "invalid_encoding",
+            Code::UnsupportedEncoding => "unsupported_encoding",
+            Code::NoHeader => "no_header",
+            Code::BlankHeader => "blank_header",
+            Code::DuplicateHeader => "duplicate_header",
+            Code::TooManyColumns => "too_many_columns",
+            Code::TooManyRows => "too_many_rows",
+            Code::FieldTooLong => "field_too_long",
+            Code::RecordTooLong => "record_too_long",
+            Code::UnterminatedQuote => "unterminated_quote",
+            Code::TooManyBadRows => "too_many_bad_rows",
+            Code::RaggedRow => "ragged_row",
+            Code::BlankRow => "blank_row",
+            Code::FormulaEscaped => "formula_escaped",
+            Code::Timeout => "timeout",
+            Code::MemoryLimit => "memory_limit",
+            Code::CpuLimit => "cpu_limit",
+            Code::SandboxViolation => "sandbox_violation",
+            Code::WorkerCrashed => "worker_crashed",
+            Code::SandboxUnavailable => "sandbox_unavailable",
+        }
+    }
+}
+
+impl fmt::Display for Code {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a file was not accepted. Positions are set where they mean something.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rejection {
+    pub code: Code,
+    pub message: String,
+    /// Byte offset in the input (encoding and binary-content errors).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub byte_offset: Option<u64>,
+    /// Record number, counting the header as record 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub record: Option<u64>,
+    /// Physical line (1-based) where the record starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub line: Option<u64>,
+    /// Column (1-based).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub column: Option<u64>,
+    /// The limit that was exceeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u64>,
+    /// What the file is instead, for `not_csv` (a MIME type).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detected_type: Option<String>,
+}
+
+impl Rejection {
+    pub fn new(code: Code, message: impl Into<String>) -> Self {
+        Rejection {
+            code,
+            message: message.into(),
+            byte_offset: None,
+            record: None,
+            line: None,
+            column: None,
+            limit: None,
+            detected_type: None,
+        }
+    }
+
+    pub fn at_byte(mut self, offset: u64) -> Self {
+        self.byte_offset = Some(offset);
+        self
+    }
+
+    pub fn at(mut self, record: u64, line: u64, column: Option<u64>) -> Self {
+        self.record = Some(record);
+        self.line = Some(line);
+        self.column = column;
+        self
+    }
+
+    pub fn with_limit(mut self, limit: u64) -> Self {
+        self.limit = Some(limit);
+        self
+    }
+}
+
+/// What the input was.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputInfo {
+    pub bytes: u64,
+    pub sha256: String,
+    pub detected_type: String,
+    pub encoding: Option<String>,
+    pub bom: bool,
+}
+
+/// The dialect the parse used.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Dialect {
+    pub delimiter: String,
+    pub quote: String,
+    /// `lf`, `crlf`, `cr`, `mixed`, or `none` for a single line without terminator.
+    pub line_terminator: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RowCounts {
+    /// Data records seen after the header: accepted + rejected + blank.
+    pub total: u64,
+    pub accepted: u64,
+    pub rejected: u64,
+    pub blank: u64,
+}
+
+/// One row-level or informational finding.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Issue {
+    pub code: Code,
+    /// Record number, counting the header as record 1.
+    pub row: u64,
+    /// Physical line (1-based) where the record starts.
+    pub line: u64,
+    /// Column (1-based), where one column is to blame.
+    pub column: Option<u64>,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputInfo {
+    pub bytes: u64,
+    pub sha256: String,
+}
+
+/// The report for one file (DESIGN §3.2).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Report {
+    pub status: Status,
+    pub rejection: Option<Rejection>,
+    pub input: InputInfo,
+    pub dialect: Option<Dialect>,
+    pub header: Vec<String>,
+    pub rows: RowCounts,
+    pub issue_counts: BTreeMap<Code, u64>,
+    pub issues: Vec<Issue>,
+    pub output: OutputInfo,
+    /// Bytes written to the rejects file.
+    pub rejects: OutputInfo,
+}
+
+impl Report {
+    /// A report for a file that was never read: the size alone decided, or the worker failed.
+    pub fn without_input(status: Status, rejection: Rejection, bytes: u64) -> Self {
+        Report {
+            status,
+            rejection: Some(rejection),
+            input: InputInfo {
+                bytes,
+                sha256: String::new(),
+                detected_type: "unknown".into(),
+                encoding: None,
+                bom: false,
+            },
+            dialect: None,
+            header: Vec::new(),
+            rows: RowCounts::default(),
+            issue_counts: BTreeMap::new(),
+            issues: Vec::new(),
+            output: OutputInfo::default(),
+            rejects: OutputInfo::default(),
+        }
+    }
+}
+
+/// A short, escaped excerpt of untrusted text for messages: never more than `max` characters,
+/// control characters and quotes escaped.
+pub fn excerpt(text: &[u8], max: usize) -> String {
+    let s = String::from_utf8_lossy(text);
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i == max {
+            out.push('…');
+            break;
+        }
+        out.extend(c.escape_debug());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_serialize_as_their_wire_names() {
+        for code in Code::ALL {
+            let json = serde_json::to_string(&code).unwrap();
+            assert_eq!(json, format!("\"{}\"", code.as_str()));
+        }
+    }
+
+    #[test]
+    fn report_refuses_unknown_fields() {
+        let report = Report::without_input(Status::Failed, Rejection::new(Code::Timeout, "t"), 3);
+        let mut value = serde_json::to_value(&report).unwrap();
+        assert!(serde_json::from_value::<Report>(value.clone()).is_ok());
+        value["extra"] = serde_json::json!(1);
+        assert!(serde_json::from_value::<Report>(value).is_err());
+    }
+
+    #[test]
+    fn excerpt_is_short_and_escaped() {
+        assert_eq!(excerpt(b"a\"b\nc", 10), "a\\\"b\\nc");
+        assert_eq!(excerpt("ééééé".as_bytes(), 2), "éé…");
+    }
+}
