@@ -450,8 +450,8 @@ impl<O: Write, J: Write> Sink<O, J> {
             return self.ragged(record, line, buf, ends);
         }
         let mut start = 0;
-        for &end in ends {
-            self.write_cell(&buf[start..end], record, line)?;
+        for (i, &end) in ends.iter().enumerate() {
+            self.write_cell(&buf[start..end], record, line, i)?;
             start = end;
         }
         self.end_row()?;
@@ -486,8 +486,8 @@ impl<O: Write, J: Write> Sink<O, J> {
             }
             names.push(name);
         }
-        for name in &names {
-            self.write_cell(name.as_bytes(), record, line)?;
+        for (i, name) in names.iter().enumerate() {
+            self.write_cell(name.as_bytes(), record, line, i)?;
         }
         self.end_row()?;
         self.header_len = names.len();
@@ -495,13 +495,19 @@ impl<O: Write, J: Write> Sink<O, J> {
         Ok(Ok(()))
     }
 
-    fn write_cell(&mut self, cell: &[u8], record: u64, line: u64) -> Result<(), EngineError> {
+    fn write_cell(
+        &mut self,
+        cell: &[u8],
+        record: u64,
+        line: u64,
+        column: usize,
+    ) -> Result<(), EngineError> {
         let written = if needs_guard(cell) {
             self.note(
                 Code::FormulaEscaped,
                 record,
                 line,
-                None,
+                Some(column as u64 + 1),
                 "a cell that would run as a spreadsheet formula was prefixed with '".into(),
             );
             self.guarded.clear();

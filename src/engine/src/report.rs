@@ -83,6 +83,41 @@ impl Code {
         Code::SandboxUnavailable,
     ];
 
+    /// A file-level rejection code (status `rejected`).
+    pub fn is_rejection(self) -> bool {
+        matches!(
+            self,
+            Code::TooLarge
+                | Code::Empty
+                | Code::NotCsv
+                | Code::BinaryContent
+                | Code::InvalidEncoding
+                | Code::UnsupportedEncoding
+                | Code::NoHeader
+                | Code::BlankHeader
+                | Code::DuplicateHeader
+                | Code::TooManyColumns
+                | Code::TooManyRows
+                | Code::FieldTooLong
+                | Code::RecordTooLong
+                | Code::UnterminatedQuote
+                | Code::TooManyBadRows
+        )
+    }
+
+    /// A failure code (status `failed`).
+    pub fn is_failure(self) -> bool {
+        matches!(
+            self,
+            Code::Timeout
+                | Code::MemoryLimit
+                | Code::CpuLimit
+                | Code::SandboxViolation
+                | Code::WorkerCrashed
+                | Code::SandboxUnavailable
+        )
+    }
+
     /// The snake_case wire name.
     pub fn as_str(self) -> &'static str {
         match self {

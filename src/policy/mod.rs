@@ -1,0 +1,90 @@
+//! Policies as data: reviewable files in `policies/`, built into the binary and overridable per
+//! directory (`--policy-dir` / `AIRLOCK_POLICY_DIR`). Every file is loaded in two stages: raw
+//! serde structs that refuse unknown fields, then validated types with the semantic checks.
+
+pub mod limits;
+
+use std::path::{Path, PathBuf};
+
+pub use limits::{LimitsPolicy, Plan};
+
+/// Files built into the binary, by name inside the policy directory.
+const BUILT_IN: &[(&str, &str)] = &[("limits.toml", include_str!("../../policies/limits.toml"))];
+
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("cannot read policy file {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("policy file {file} does not parse")]
+    Parse {
+        file: String,
+        #[source]
+        source: toml::de::Error,
+    },
+    #[error("policy file {file}: {what}")]
+    Invalid { file: String, what: String },
+    #[error("no plan named {name:?}; known plans: {known}")]
+    UnknownPlan { name: String, known: String },
+}
+
+/// Every policy Airlock runs with.
+#[derive(Debug, Clone)]
+pub struct Policies {
+    pub limits: LimitsPolicy,
+}
+
+impl Policies {
+    /// The built-in policies, with any file present in `dir` taking the place of its built-in.
+    pub fn load(dir: Option<&Path>) -> Result<Self, PolicyError> {
+        let limits_text = read("limits.toml", dir)?;
+        Ok(Policies {
+            limits: LimitsPolicy::parse(&limits_text.0, &limits_text.1)?,
+        })
+    }
+}
+
+/// The text of a policy file and the name to report it under.
+fn read(name: &str, dir: Option<&Path>) -> Result<(String, String), PolicyError> {
+    if let Some(dir) = dir {
+        let path = dir.join(name);
+        if path.exists() {
+            let text = std::fs::read_to_string(&path).map_err(|source| PolicyError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            return Ok((text, path.display().to_string()));
+        }
+    }
+    let text = BUILT_IN
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, text)| (*text).to_string())
+        .unwrap_or_default();
+    Ok((text, format!("built-in policies/{name}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn built_in_policies_load() {
+        let p = Policies::load(None).unwrap();
+        assert!(p.limits.plan("default").is_ok());
+    }
+
+    #[test]
+    fn a_directory_overrides_the_built_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let text =
+            include_str!("../../policies/limits.toml").replace("[plans.trial]", "[plans.tiny]");
+        std::fs::write(dir.path().join("limits.toml"), text).unwrap();
+        let p = Policies::load(Some(dir.path())).unwrap();
+        assert!(p.limits.plan("tiny").is_ok());
+        assert!(p.limits.plan("trial").is_err());
+    }
+}

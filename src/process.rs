@@ -1,0 +1,369 @@
+//! `airlock process`: one file through the sandboxed worker, no services needed.
+//!
+//! The parent never parses CSV. It decides `too_large` from `fstat` alone, hands the file to a
+//! fresh worker process, waits with a wall-clock deadline, and treats what comes back — exit
+//! status, report, outputs — as untrusted: the report is size-capped and strictly parsed, and the
+//! outputs are published (renamed into place) only when the worker finished cleanly.
+
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io::{IsTerminal, Read, Seek};
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ExitStatus};
+use std::time::{Duration, Instant};
+
+use airlock_engine::report::Rejection;
+use airlock_engine::{Code, Report, Status};
+use anyhow::Context;
+use tempfile::NamedTempFile;
+
+use crate::policy::Plan;
+use crate::worker::{self, WorkerConfig};
+
+/// The largest report the parent will read from a worker.
+pub const REPORT_CAP: u64 = 8 * 1024 * 1024;
+/// Show a progress bar for inputs at least this large, when stderr is a terminal.
+const PROGRESS_MIN_BYTES: u64 = 16 * 1024 * 1024;
+const POLL_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Where the three results go; `None` means not kept.
+#[derive(Debug, Default)]
+pub struct Destinations {
+    pub output: Option<PathBuf>,
+    pub rejects: Option<PathBuf>,
+    pub report: Option<PathBuf>,
+}
+
+/// A usage problem: the CLI exits 2 with this message.
+#[derive(Debug, thiserror::Error)]
+pub enum UsageError {
+    #[error("cannot open {path}: {source}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is not a regular file ({kind}); give the path of an uploaded file")]
+    NotRegular { path: PathBuf, kind: &'static str },
+}
+
+/// Open `path` for the worker without blocking on FIFOs or following into devices.
+pub fn open_input(path: &Path) -> Result<(File, u64), UsageError> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags((rustix::fs::OFlags::NONBLOCK | rustix::fs::OFlags::NOCTTY).bits() as i32)
+        .open(path)
+        .map_err(|source| UsageError::Open {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    let meta = file.metadata().map_err(|source| UsageError::Open {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let ft = meta.file_type();
+    if !ft.is_file() {
+        use std::os::unix::fs::FileTypeExt;
+        let kind = if ft.is_dir() {
+            "a directory"
+        } else if ft.is_fifo() {
+            "a FIFO"
+        } else if ft.is_socket() {
+            "a socket"
+        } else if ft.is_char_device() || ft.is_block_device() {
+            "a device"
+        } else {
+            "not a file"
+        };
+        return Err(UsageError::NotRegular {
+            path: path.to_path_buf(),
+            kind,
+        });
+    }
+    Ok((file, meta.len()))
+}
+
+/// The outcome of one run, before it is written anywhere.
+#[derive(Debug)]
+pub struct Outcome {
+    pub report: Report,
+}
+
+impl Outcome {
+    /// Exit status of `airlock process`: 0 accepted, 1 rejected, 70 failed.
+    pub fn exit_code(&self) -> u8 {
+        match self.report.status {
+            Status::Accepted => 0,
+            Status::Rejected => 1,
+            Status::Failed => 70,
+        }
+    }
+}
+
+/// Run one file through a worker and publish the results.
+pub fn run(
+    input: File,
+    size: u64,
+    plan: &Plan,
+    delimiter: Option<u8>,
+    dest: &Destinations,
+) -> anyhow::Result<Outcome> {
+    if size > plan.limits.max_bytes {
+        let rejection = Rejection::new(
+            Code::TooLarge,
+            format!(
+                "the file is {size} bytes; plan {:?} allows {} (decided from the size, nothing was read)",
+                plan.name, plan.limits.max_bytes
+            ),
+        )
+        .with_limit(plan.limits.max_bytes);
+        let report = Report::without_input(Status::Rejected, rejection, size);
+        write_report(&report, dest.report.as_deref())?;
+        return Ok(Outcome { report });
+    }
+    let output = Staged::new(dest.output.as_deref())?;
+    let rejects = Staged::new(dest.rejects.as_deref())?;
+    let report_file = tempfile::tempfile().context("creating the report temp file")?;
+    let config = serde_json::to_string(&WorkerConfig::from_plan(plan, delimiter))?;
+    let exe = std::env::current_exe().context("finding this executable")?;
+    let io = airlock_sandbox::spawn::WorkerIo {
+        input: OwnedFd::from(input.try_clone()?),
+        output: output.fd()?,
+        report: OwnedFd::from(report_file.try_clone()?),
+        rejects: rejects.fd()?,
+    };
+    let started = Instant::now();
+    let args = [OsStr::new(worker::ARG), OsStr::new(&config)];
+    let child = airlock_sandbox::spawn::spawn(Path::new("/proc/self/exe"), &args, io)
+        .with_context(|| format!("starting the worker ({})", exe.display()))?;
+    let deadline = Duration::from_secs(plan.worker.wall_seconds);
+    let (status, timed_out) = wait(child, deadline, &input, size)?;
+    let report = match classify(status, timed_out, deadline) {
+        Some(failure) => Report::without_input(Status::Failed, failure, size),
+        None => match read_report(report_file) {
+            Ok(report) => report,
+            Err(why) => Report::without_input(
+                Status::Failed,
+                Rejection::new(
+                    Code::WorkerCrashed,
+                    format!("the worker's report was refused: {why}"),
+                ),
+                size,
+            ),
+        },
+    };
+    if report.status == Status::Accepted {
+        output.publish()?;
+    }
+    if report.status != Status::Failed {
+        rejects.publish()?;
+    }
+    write_report(&report, dest.report.as_deref())?;
+    tracing::info!(
+        status = ?report.status,
+        code = report.rejection.as_ref().map(|r| r.code.as_str()),
+        bytes = size,
+        millis = started.elapsed().as_millis() as u64,
+        "processed"
+    );
+    Ok(Outcome { report })
+}
+
+/// A result file written under a temporary name beside its destination, renamed into place only
+/// when it is good. Without a destination it is `/dev/null`.
+enum Staged {
+    Discard,
+    File { temp: NamedTempFile, dest: PathBuf },
+}
+
+impl Staged {
+    fn new(dest: Option<&Path>) -> anyhow::Result<Self> {
+        let Some(dest) = dest else {
+            return Ok(Staged::Discard);
+        };
+        let dir = match dest.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        let temp = tempfile::Builder::new()
+            .prefix(".airlock-")
+            .tempfile_in(dir)
+            .with_context(|| format!("creating a temp file in {}", dir.display()))?;
+        Ok(Staged::File {
+            temp,
+            dest: dest.to_path_buf(),
+        })
+    }
+
+    fn fd(&self) -> anyhow::Result<OwnedFd> {
+        Ok(match self {
+            Staged::Discard => OwnedFd::from(
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open("/dev/null")
+                    .context("opening /dev/null")?,
+            ),
+            Staged::File { temp, .. } => OwnedFd::from(temp.as_file().try_clone()?),
+        })
+    }
+
+    fn publish(self) -> anyhow::Result<()> {
+        if let Staged::File { temp, dest } = self {
+            temp.as_file().sync_all().ok();
+            temp.persist(&dest)
+                .with_context(|| format!("writing {}", dest.display()))?;
+        }
+        Ok(())
+    }
+}
+
+/// Wait for the worker, killing it at the deadline. Shows progress on a terminal.
+fn wait(
+    mut child: Child,
+    deadline: Duration,
+    input: &File,
+    size: u64,
+) -> anyhow::Result<(ExitStatus, bool)> {
+    let started = Instant::now();
+    let pid = rustix::process::Pid::from_child(&child);
+    let pidfd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())
+        .context("pidfd_open on the worker")?;
+    let bar = (size >= PROGRESS_MIN_BYTES && std::io::stderr().is_terminal()).then(|| {
+        let bar = indicatif::ProgressBar::new(size);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} {bytes}/{total_bytes} {bar:30} {bytes_per_sec} eta {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar
+    });
+    let mut timed_out = false;
+    loop {
+        let left = deadline.saturating_sub(started.elapsed());
+        if left.is_zero() {
+            timed_out = true;
+            child.kill().ok();
+            break;
+        }
+        let slice = left.min(POLL_INTERVAL);
+        let timeout = rustix::time::Timespec {
+            tv_sec: slice.as_secs() as i64,
+            tv_nsec: i64::from(slice.subsec_nanos()),
+        };
+        let mut fds = [rustix::event::PollFd::new(
+            &pidfd,
+            rustix::event::PollFlags::IN,
+        )];
+        match rustix::event::poll(&mut fds, Some(&timeout)) {
+            Ok(n) if n > 0 => break,
+            Ok(_) | Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e).context("waiting for the worker"),
+        }
+        if let Some(bar) = &bar {
+            // The worker's fd 0 shares this file description, so its offset is the progress.
+            let mut shared = input;
+            if let Ok(pos) = shared.stream_position() {
+                bar.set_position(pos);
+            }
+        }
+    }
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    let status = child.wait().context("reaping the worker")?;
+    Ok((status, timed_out))
+}
+
+/// Map how the worker ended to a failure, or `None` when it finished normally.
+fn classify(status: ExitStatus, timed_out: bool, deadline: Duration) -> Option<Rejection> {
+    if timed_out {
+        return Some(Rejection::new(
+            Code::Timeout,
+            format!(
+                "the worker ran past the plan's wall-clock limit of {}s and was killed",
+                deadline.as_secs()
+            ),
+        ));
+    }
+    let (code, message) = match (status.code(), status.signal()) {
+        (Some(c), _) if c == i32::from(worker::EXIT_DONE) => return None,
+        (Some(c), _) if c == i32::from(worker::EXIT_PANIC) => {
+            (Code::WorkerCrashed, "the worker panicked".to_string())
+        }
+        (Some(c), _) => (
+            Code::WorkerCrashed,
+            format!("the worker exited with status {c}"),
+        ),
+        (None, Some(libc_signal::SIGSYS)) => (
+            Code::SandboxViolation,
+            "the worker made a system call the sandbox forbids and was killed".to_string(),
+        ),
+        (None, Some(libc_signal::SIGXCPU)) => (
+            Code::CpuLimit,
+            "the worker used up the plan's CPU time".to_string(),
+        ),
+        (None, Some(libc_signal::SIGABRT | libc_signal::SIGKILL)) => (
+            Code::MemoryLimit,
+            "the worker ran out of its memory limit".to_string(),
+        ),
+        (None, Some(sig)) => (
+            Code::WorkerCrashed,
+            format!("the worker died of signal {sig}"),
+        ),
+        (None, None) => (
+            Code::WorkerCrashed,
+            "the worker ended in an unknown way".to_string(),
+        ),
+    };
+    Some(Rejection::new(code, message))
+}
+
+/// Signal numbers on Linux (all architectures Airlock supports agree on these).
+mod libc_signal {
+    pub const SIGABRT: i32 = 6;
+    pub const SIGKILL: i32 = 9;
+    pub const SIGXCPU: i32 = 24;
+    pub const SIGSYS: i32 = 31;
+}
+
+/// Read the worker's report: capped, strictly parsed, and checked for consistency.
+fn read_report(mut file: File) -> Result<Report, String> {
+    file.rewind().map_err(|e| format!("cannot rewind: {e}"))?;
+    let mut bytes = Vec::new();
+    file.take(REPORT_CAP + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read: {e}"))?;
+    if bytes.len() as u64 > REPORT_CAP {
+        return Err(format!("larger than {REPORT_CAP} bytes"));
+    }
+    let report: Report =
+        serde_json::from_slice(&bytes).map_err(|e| format!("invalid JSON ({e})"))?;
+    match (report.status, &report.rejection) {
+        (Status::Accepted, None) => Ok(report),
+        (Status::Rejected, Some(r)) if r.code.is_rejection() => Ok(report),
+        _ => Err("status and rejection disagree".into()),
+    }
+}
+
+/// Write the report to `dest` (atomically) or to stdout.
+fn write_report(report: &Report, dest: Option<&Path>) -> anyhow::Result<()> {
+    let mut json = serde_json::to_vec_pretty(report)?;
+    json.push(b'\n');
+    match dest {
+        Some(path) => {
+            let staged = Staged::new(Some(path))?;
+            if let Staged::File { temp, .. } = &staged {
+                std::io::Write::write_all(&mut temp.as_file(), &json)?;
+            }
+            staged.publish()
+        }
+        None => {
+            std::io::Write::write_all(&mut std::io::stdout().lock(), &json)?;
+            Ok(())
+        }
+    }
+}

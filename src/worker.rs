@@ -1,0 +1,116 @@
+//! The worker process: a fresh exec of this binary with a hidden first argument, dispatched at the
+//! top of `main` before any runtime or thread exists. It takes the fds of the worker contract,
+//! locks itself down, and only then reads its input.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use airlock_engine::{Limits, Options};
+use serde::{Deserialize, Serialize};
+
+/// The hidden first argument that makes this binary a worker. Not a subcommand: it is never shown
+/// in `--help` and is checked before clap runs.
+pub const ARG: &str = "__airlock-worker";
+
+/// Exit status of a worker that finished and wrote its report.
+pub const EXIT_DONE: u8 = 0;
+/// The engine could not read or write (not bad content: that is a report).
+pub const EXIT_IO: u8 = 74;
+/// A panic; the hook prints a fixed message and exits with this.
+pub const EXIT_PANIC: u8 = 101;
+/// The worker could not be set up (fds missing, bad config).
+pub const EXIT_SETUP: u8 = 78;
+
+/// Everything the worker needs, passed as one JSON argument (the environment is cleared).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerConfig {
+    pub max_bytes: u64,
+    pub max_rows: u64,
+    pub max_columns: usize,
+    pub max_field_bytes: usize,
+    pub max_record_bytes: usize,
+    pub max_rejected_ratio: f64,
+    pub max_issues: usize,
+    pub delimiter: Option<u8>,
+    pub fallback_encoding: Option<String>,
+}
+
+impl WorkerConfig {
+    pub fn from_plan(plan: &crate::policy::Plan, delimiter: Option<u8>) -> Self {
+        let l = &plan.limits;
+        WorkerConfig {
+            max_bytes: l.max_bytes,
+            max_rows: l.max_rows,
+            max_columns: l.max_columns,
+            max_field_bytes: l.max_field_bytes,
+            max_record_bytes: l.max_record_bytes,
+            max_rejected_ratio: l.max_rejected_ratio,
+            max_issues: l.max_issues,
+            delimiter,
+            fallback_encoding: plan.fallback_encoding.map(|e| e.name().to_string()),
+        }
+    }
+
+    fn options(&self) -> Result<Options, String> {
+        let fallback_encoding = match &self.fallback_encoding {
+            None => None,
+            Some(label) => Some(
+                airlock_engine::encoding_for_label(label)
+                    .ok_or_else(|| format!("unknown encoding {label:?}"))?,
+            ),
+        };
+        Ok(Options {
+            limits: Limits {
+                max_bytes: self.max_bytes,
+                max_rows: self.max_rows,
+                max_columns: self.max_columns,
+                max_field_bytes: self.max_field_bytes,
+                max_record_bytes: self.max_record_bytes,
+                max_rejected_ratio: self.max_rejected_ratio,
+                max_issues: self.max_issues,
+            },
+            delimiter: self.delimiter,
+            fallback_encoding,
+        })
+    }
+}
+
+/// A line on fd 2 and an exit status; never any input content.
+fn fail(code: u8, what: &str) -> ExitCode {
+    let _ = writeln!(std::io::stderr(), "airlock worker: {what}");
+    ExitCode::from(code)
+}
+
+/// Entry point of the worker. `args` are the arguments after [`ARG`].
+pub fn main(args: &[String]) -> ExitCode {
+    std::panic::set_hook(Box::new(|_| {
+        // The payload may quote data; say only that it happened.
+        let _ = std::io::stderr().write_all(b"airlock worker: panicked\n");
+        std::process::exit(i32::from(EXIT_PANIC));
+    }));
+    let [config] = args else {
+        return fail(EXIT_SETUP, "expected exactly one argument (the config)");
+    };
+    let config: WorkerConfig = match serde_json::from_str(config) {
+        Ok(c) => c,
+        Err(_) => return fail(EXIT_SETUP, "the config argument does not parse"),
+    };
+    let options = match config.options() {
+        Ok(o) => o,
+        Err(e) => return fail(EXIT_SETUP, &e),
+    };
+    let fds = match airlock_sandbox::fds::take() {
+        Ok(fds) => fds,
+        Err(e) => return fail(EXIT_SETUP, &e.to_string()),
+    };
+    let report = match airlock_engine::process(&fds.input, &fds.output, &fds.rejects, &options) {
+        Ok(report) => report,
+        Err(e) => return fail(EXIT_IO, &e.to_string()),
+    };
+    let mut out = &fds.report;
+    match serde_json::to_writer(&mut out, &report) {
+        Ok(()) => ExitCode::from(EXIT_DONE),
+        Err(_) => fail(EXIT_IO, "writing the report failed"),
+    }
+}
