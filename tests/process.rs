@@ -1,0 +1,239 @@
+//! `airlock process`: exit codes, report contract, every code the engine can produce.
+
+use crate::common::{airlock, fixture, process, tiny_policy_dir, write_temp};
+
+#[test]
+fn valid_fixtures_are_accepted() {
+    for entry in std::fs::read_dir(fixture("valid")).unwrap() {
+        let path = entry.unwrap().path();
+        let plan = if path.to_string_lossy().contains("legacy-excel") {
+            "legacy-excel"
+        } else {
+            "default"
+        };
+        let p = process(&path, &["--plan", plan]);
+        assert_eq!(p.code, 0, "{}: {}", path.display(), p.report);
+        assert_eq!(p.status(), "accepted");
+        assert!(p.output().is_some(), "{}", path.display());
+        assert!(p.leftovers().is_empty(), "{:?}", p.leftovers());
+    }
+}
+
+#[test]
+fn every_invalid_fixture_gives_the_code_in_its_name() {
+    let mut seen = 0;
+    for entry in std::fs::read_dir(fixture("invalid")).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let want = name.split('.').next().unwrap();
+        let p = process(&path, &[]);
+        assert_eq!(p.code, 1, "{name}: {}", p.report);
+        assert_eq!(p.rejection_code(), Some(want), "{name}: {}", p.report);
+        assert!(
+            p.output().is_none(),
+            "{name}: a rejected file must not publish output"
+        );
+        assert!(p.leftovers().is_empty(), "{name}: {:?}", p.leftovers());
+        seen += 1;
+    }
+    assert!(seen >= 12);
+}
+
+#[test]
+fn row_level_codes() {
+    let p = process(&fixture("rows/ragged_row.csv"), &[]);
+    assert_eq!(p.code, 0, "{}", p.report);
+    assert_eq!(p.report["issue_counts"]["ragged_row"], 2);
+    let rejects = p.rejects().unwrap();
+    assert!(rejects.starts_with("record,line,code,message,raw\n"));
+    assert!(rejects.contains("32,32,ragged_row,"), "{rejects}");
+    assert!(rejects.contains("1 extra"), "{rejects}");
+
+    let p = process(&fixture("rows/formula_escaped.csv"), &[]);
+    assert_eq!(p.code, 0, "{}", p.report);
+    assert_eq!(p.report["issue_counts"]["formula_escaped"], 4);
+    let out = p.output().unwrap();
+    assert!(out.contains("+34 600 000 001"));
+    assert!(out.contains("'-2+3+cmd"));
+    assert!(!out
+        .lines()
+        .any(|l| l.starts_with('=') || l.starts_with('-') || l.starts_with('@')));
+
+    let p = process(&fixture("valid/blank-rows.csv"), &[]);
+    assert_eq!(p.report["issue_counts"]["blank_row"], 4);
+    assert_eq!(p.report["rows"]["blank"], 4);
+}
+
+#[test]
+fn limit_codes_with_a_tiny_plan() {
+    let policy = tiny_policy_dir();
+    let dir = tempfile::tempdir().unwrap();
+    let pd = policy.path().to_str().unwrap();
+    let cases: [(&str, Vec<u8>); 5] = [
+        ("too_large", vec![b'a'; 5000]),
+        ("too_many_columns", b"a,b,c,d,e\n".to_vec()),
+        ("too_many_rows", b"a\n1\n2\n3\n4\n5\n6\n".to_vec()),
+        ("field_too_long", b"a,b\n1,12345678901234567\n".to_vec()),
+        (
+            "record_too_long",
+            b"a,b,c\n123456789012345,123456789012345,123456789012345\n1,2,3\n".to_vec(),
+        ),
+    ];
+    for (code, bytes) in cases {
+        let path = write_temp(dir.path(), code, &bytes);
+        let p = process(&path, &["--policy-dir", pd]);
+        assert_eq!(p.code, 1, "{code}: {}", p.report);
+        assert_eq!(p.rejection_code(), Some(code), "{}", p.report);
+        assert!(
+            p.report["rejection"]["limit"].is_u64(),
+            "{code} names its limit"
+        );
+    }
+}
+
+#[test]
+fn a_sparse_10gb_file_is_too_large_without_reading() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("huge.csv");
+    std::fs::File::create(&path)
+        .unwrap()
+        .set_len(10 << 30)
+        .unwrap();
+    let p = process(&path, &[]);
+    assert_eq!(p.code, 1);
+    assert_eq!(p.rejection_code(), Some("too_large"));
+    assert_eq!(p.report["input"]["bytes"], 10u64 << 30);
+    // No hash: not a byte was read.
+    assert_eq!(p.report["input"]["sha256"], "");
+}
+
+#[test]
+fn report_has_the_contract_fields() {
+    let p = process(&fixture("valid/leads.csv"), &[]);
+    let r = &p.report;
+    for key in [
+        "status",
+        "rejection",
+        "input",
+        "dialect",
+        "header",
+        "rows",
+        "issue_counts",
+        "issues",
+        "output",
+    ] {
+        assert!(r.get(key).is_some(), "missing {key}");
+    }
+    for key in ["bytes", "sha256", "detected_type", "encoding", "bom"] {
+        assert!(r["input"].get(key).is_some(), "missing input.{key}");
+    }
+    for key in ["delimiter", "quote", "line_terminator"] {
+        assert!(r["dialect"].get(key).is_some(), "missing dialect.{key}");
+    }
+    for key in ["total", "accepted", "rejected", "blank"] {
+        assert!(r["rows"][key].is_u64(), "missing rows.{key}");
+    }
+    let out = p.output().unwrap();
+    assert_eq!(r["output"]["bytes"], out.len() as u64);
+    assert_eq!(r["input"]["detected_type"], "text/csv");
+    assert_eq!(r["header"][0], "email");
+}
+
+#[test]
+fn report_goes_to_stdout_by_default() {
+    let out = airlock()
+        .args(["process", fixture("valid/leads.csv").to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["status"], "accepted");
+}
+
+#[test]
+fn usage_errors_exit_2_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases: [(Vec<String>, &str); 4] = [
+        (
+            vec!["process".into(), dir.path().display().to_string()],
+            "not a regular file",
+        ),
+        (
+            vec!["process".into(), "/nonexistent/x.csv".into()],
+            "cannot open",
+        ),
+        (
+            vec![
+                "process".into(),
+                fixture("valid/leads.csv").display().to_string(),
+                "--plan".into(),
+                "gold".into(),
+            ],
+            "no plan named",
+        ),
+        (vec!["process".into()], "INPUT"),
+    ];
+    for (args, needle) in cases {
+        let out = airlock().args(&args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn a_bad_policy_dir_is_a_usage_error() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("limits.toml"),
+        "[plans.default]\nmax_bytes = 1\nbogus = 2\n",
+    )
+    .unwrap();
+    let out = airlock()
+        .args([
+            "process",
+            fixture("valid/leads.csv").to_str().unwrap(),
+            "--policy-dir",
+        ])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not parse"));
+}
+
+#[test]
+fn a_fifo_is_refused_without_blocking() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pipe");
+    let status = std::process::Command::new("mkfifo")
+        .arg(&path)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = airlock().arg("process").arg(&path).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("a FIFO"));
+}
+
+#[test]
+fn explicit_delimiter_overrides_sniffing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_temp(dir.path(), "x.csv", b"a;b,c\n1;2,3\n");
+    let p = process(&path, &["--delimiter", ";"]);
+    assert_eq!(p.report["dialect"]["delimiter"], ";");
+    assert_eq!(p.output().unwrap(), "a,\"b,c\"\n1,\"2,3\"\n");
+}
+
+#[test]
+fn outputs_are_private_files() {
+    use std::os::unix::fs::PermissionsExt;
+    let p = process(&fixture("valid/leads.csv"), &[]);
+    for name in ["out.csv", "rej.csv", "report.json"] {
+        let mode = std::fs::metadata(p.dir.path().join(name))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "{name} is {mode:o}");
+    }
+}

@@ -1,0 +1,4 @@
+//! Integration tests: the real binary, the real worker process, real files.
+
+mod common;
+mod process;
