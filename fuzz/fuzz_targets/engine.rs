@@ -1,0 +1,43 @@
+//! Arbitrary bytes through the engine with small limits: it must never panic, and what it accepts
+//! must be UTF-8 CSV whose every record has the header's width.
+#![no_main]
+
+use airlock_engine::{process, Limits, Options, Status};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let (delimiter, fallback, input) = match data.split_first() {
+        Some((&b, rest)) => (
+            [None, Some(b','), Some(b';'), Some(b'\t')][usize::from(b & 3)],
+            (b & 4 != 0).then_some(airlock_engine::encoding_for_label("windows-1252")).flatten(),
+            rest,
+        ),
+        None => (None, None, data),
+    };
+    let options = Options {
+        limits: Limits {
+            max_bytes: 1 << 20,
+            max_rows: 1000,
+            max_columns: 16,
+            max_field_bytes: 256,
+            max_record_bytes: 1024,
+            max_rejected_ratio: 0.5,
+            max_issues: 10,
+        },
+        delimiter,
+        fallback_encoding: fallback,
+    };
+    let mut out = Vec::new();
+    let mut rej = Vec::new();
+    let report = process(input, &mut out, &mut rej, &options).expect("in-memory I/O cannot fail");
+    assert_eq!(report.input.bytes, input.len() as u64);
+    if report.status == Status::Accepted {
+        assert!(std::str::from_utf8(&out).is_ok());
+        let width = report.header.len();
+        let mut rd = csv::ReaderBuilder::new().has_headers(false).from_reader(&out[..]);
+        for record in rd.records() {
+            assert_eq!(record.expect("output parses").len(), width);
+        }
+        assert_eq!(report.rows.accepted + report.rows.rejected + report.rows.blank, report.rows.total);
+    }
+});
