@@ -122,7 +122,7 @@ fn process_command(args: ProcessArgs) -> ExitCode {
         rejects: args.rejects,
         report: args.report,
     };
-    match process::run(input, size, plan, args.delimiter, &dest) {
+    match process::run(input, size, plan, &policies.sandbox, args.delimiter, &dest) {
         Ok(outcome) => ExitCode::from(outcome.exit_code()),
         Err(e) => {
             tracing::error!(error = %chain(&e), "processing failed");

@@ -20,6 +20,9 @@ use airlock_engine::{Code, Report, Status};
 use anyhow::Context;
 use tempfile::NamedTempFile;
 
+use airlock_sandbox::host::HostSupport;
+use airlock_sandbox::policy::SandboxPolicy;
+
 use crate::policy::Plan;
 use crate::worker::{self, WorkerConfig};
 
@@ -108,9 +111,23 @@ pub fn run(
     input: File,
     size: u64,
     plan: &Plan,
+    sandbox: &SandboxPolicy,
     delimiter: Option<u8>,
     dest: &Destinations,
 ) -> anyhow::Result<Outcome> {
+    let problems = HostSupport::probe().problems(sandbox);
+    if !problems.is_empty() {
+        let rejection = Rejection::new(
+            Code::SandboxUnavailable,
+            format!(
+                "this host cannot run the sandbox ({}); see `airlock doctor`",
+                problems.join("; ")
+            ),
+        );
+        let report = Report::without_input(Status::Failed, rejection, size);
+        write_report(&report, dest.report.as_deref())?;
+        return Ok(Outcome { report });
+    }
     if size > plan.limits.max_bytes {
         let rejection = Rejection::new(
             Code::TooLarge,
@@ -127,7 +144,7 @@ pub fn run(
     let output = Staged::new(dest.output.as_deref())?;
     let rejects = Staged::new(dest.rejects.as_deref())?;
     let report_file = tempfile::tempfile().context("creating the report temp file")?;
-    let config = serde_json::to_string(&WorkerConfig::from_plan(plan, delimiter))?;
+    let config = serde_json::to_string(&WorkerConfig::new(plan, sandbox, delimiter))?;
     let exe = std::env::current_exe().context("finding this executable")?;
     let io = airlock_sandbox::spawn::WorkerIo {
         input: OwnedFd::from(input.try_clone()?),
@@ -162,6 +179,9 @@ pub fn run(
         rejects.publish()?;
     }
     write_report(&report, dest.report.as_deref())?;
+    if let Some(sandbox) = report.sandbox.as_ref().filter(|s| !s.missing.is_empty()) {
+        tracing::warn!(missing = ?sandbox.missing, "worker ran without optional sandbox layers");
+    }
     tracing::info!(
         status = ?report.status,
         code = report.rejection.as_ref().map(|r| r.code.as_str()),

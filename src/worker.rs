@@ -5,7 +5,10 @@
 use std::io::Write;
 use std::process::ExitCode;
 
+use airlock_engine::report::SandboxSummary;
 use airlock_engine::{Limits, Options};
+use airlock_sandbox::lockdown::{Lockdown, Rlimits};
+use airlock_sandbox::policy::SandboxPolicy;
 use serde::{Deserialize, Serialize};
 
 /// The hidden first argument that makes this binary a worker. Not a subcommand: it is never shown
@@ -17,9 +20,11 @@ pub const EXIT_DONE: u8 = 0;
 /// The engine could not read or write (not bad content: that is a report).
 pub const EXIT_IO: u8 = 74;
 /// A panic; the hook prints a fixed message and exits with this.
-pub const EXIT_PANIC: u8 = 101;
+pub const EXIT_PANIC: u8 = airlock_sandbox::lockdown::PANIC_EXIT as u8;
 /// The worker could not be set up (fds missing, bad config).
 pub const EXIT_SETUP: u8 = 78;
+/// The sandbox could not be fully established: the worker refuses to read its input.
+pub const EXIT_SANDBOX: u8 = 77;
 
 /// Everything the worker needs, passed as one JSON argument (the environment is cleared).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -34,10 +39,12 @@ pub struct WorkerConfig {
     pub max_issues: usize,
     pub delimiter: Option<u8>,
     pub fallback_encoding: Option<String>,
+    pub rlimits: Rlimits,
+    pub sandbox: SandboxPolicy,
 }
 
 impl WorkerConfig {
-    pub fn from_plan(plan: &crate::policy::Plan, delimiter: Option<u8>) -> Self {
+    pub fn new(plan: &crate::policy::Plan, sandbox: &SandboxPolicy, delimiter: Option<u8>) -> Self {
         let l = &plan.limits;
         WorkerConfig {
             max_bytes: l.max_bytes,
@@ -49,6 +56,13 @@ impl WorkerConfig {
             max_issues: l.max_issues,
             delimiter,
             fallback_encoding: plan.fallback_encoding.map(|e| e.name().to_string()),
+            rlimits: Rlimits {
+                address_space_bytes: plan.worker.memory_bytes,
+                cpu_seconds: plan.worker.cpu_seconds,
+                // The clean output can outgrow the input (quoting, the formula guard): 4x bounds it.
+                file_size_bytes: l.max_bytes.saturating_mul(4).saturating_add(1 << 20),
+            },
+            sandbox: sandbox.clone(),
         }
     }
 
@@ -82,13 +96,19 @@ fn fail(code: u8, what: &str) -> ExitCode {
     ExitCode::from(code)
 }
 
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    s
+}
+
 /// Entry point of the worker. `args` are the arguments after [`ARG`].
 pub fn main(args: &[String]) -> ExitCode {
-    std::panic::set_hook(Box::new(|_| {
-        // The payload may quote data; say only that it happened.
-        let _ = std::io::stderr().write_all(b"airlock worker: panicked\n");
-        std::process::exit(i32::from(EXIT_PANIC));
-    }));
     let [config] = args else {
         return fail(EXIT_SETUP, "expected exactly one argument (the config)");
     };
@@ -100,16 +120,31 @@ pub fn main(args: &[String]) -> ExitCode {
         Ok(o) => o,
         Err(e) => return fail(EXIT_SETUP, &e),
     };
+    // The kernel closes the fds at exit; dropping them would need close (and fcntl in debug
+    // builds), which the seccomp allowlist does not grant.
     let fds = match airlock_sandbox::fds::take() {
-        Ok(fds) => fds,
+        Ok(fds) => std::mem::ManuallyDrop::new(fds),
         Err(e) => return fail(EXIT_SETUP, &e.to_string()),
     };
-    let report = match airlock_engine::process(&fds.input, &fds.output, &fds.rejects, &options) {
+    // Nothing below this line runs outside the sandbox.
+    let lockdown = match Lockdown::new(&config.sandbox, config.rlimits).apply() {
+        Ok(report) => report,
+        Err(e) => return fail(EXIT_SANDBOX, &error_chain(&e)),
+    };
+    let mut report = match airlock_engine::process(&fds.input, &fds.output, &fds.rejects, &options)
+    {
         Ok(report) => report,
         Err(e) => return fail(EXIT_IO, &e.to_string()),
     };
-    let mut out = &fds.report;
-    match serde_json::to_writer(&mut out, &report) {
+    report.sandbox = Some(SandboxSummary {
+        enforced: lockdown.enforced,
+        missing: lockdown.missing,
+        landlock_abi: lockdown.landlock_abi,
+    });
+    let written = serde_json::to_vec(&report)
+        .map_err(std::io::Error::from)
+        .and_then(|json| (&fds.report).write_all(&json));
+    match written {
         Ok(()) => ExitCode::from(EXIT_DONE),
         Err(_) => fail(EXIT_IO, "writing the report failed"),
     }

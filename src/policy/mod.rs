@@ -6,10 +6,15 @@ pub mod limits;
 
 use std::path::{Path, PathBuf};
 
+use airlock_sandbox::policy::{SandboxPolicy, BUILT_IN_SANDBOX, BUILT_IN_SECCOMP};
 pub use limits::{LimitsPolicy, Plan};
 
 /// Files built into the binary, by name inside the policy directory.
-const BUILT_IN: &[(&str, &str)] = &[("limits.toml", include_str!("../../policies/limits.toml"))];
+const BUILT_IN: &[(&str, &str)] = &[
+    ("limits.toml", include_str!("../../policies/limits.toml")),
+    ("seccomp.json", BUILT_IN_SECCOMP),
+    ("sandbox.toml", BUILT_IN_SANDBOX),
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
@@ -27,6 +32,12 @@ pub enum PolicyError {
     },
     #[error("policy file {file}: {what}")]
     Invalid { file: String, what: String },
+    #[error("{file}: {source}")]
+    Sandbox {
+        file: String,
+        #[source]
+        source: airlock_sandbox::policy::PolicyError,
+    },
     #[error("no plan named {name:?}; known plans: {known}")]
     UnknownPlan { name: String, known: String },
 }
@@ -35,14 +46,24 @@ pub enum PolicyError {
 #[derive(Debug, Clone)]
 pub struct Policies {
     pub limits: LimitsPolicy,
+    pub sandbox: SandboxPolicy,
 }
 
 impl Policies {
     /// The built-in policies, with any file present in `dir` taking the place of its built-in.
     pub fn load(dir: Option<&Path>) -> Result<Self, PolicyError> {
-        let limits_text = read("limits.toml", dir)?;
+        let limits = read("limits.toml", dir)?;
+        let seccomp = read("seccomp.json", dir)?;
+        let sandbox = read("sandbox.toml", dir)?;
+        let sandbox = SandboxPolicy::parse(&seccomp.0, &sandbox.0).map_err(|source| {
+            PolicyError::Sandbox {
+                file: format!("{} / {}", seccomp.1, sandbox.1),
+                source,
+            }
+        })?;
         Ok(Policies {
-            limits: LimitsPolicy::parse(&limits_text.0, &limits_text.1)?,
+            limits: LimitsPolicy::parse(&limits.0, &limits.1)?,
+            sandbox,
         })
     }
 }

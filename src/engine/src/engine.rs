@@ -657,6 +657,7 @@ impl<O: Write, J: Write> Sink<O, J> {
                 bytes: rej.bytes,
                 sha256: hex(&rej.hasher.clone().finalize()),
             },
+            sandbox: None,
         })
     }
 }

@@ -280,6 +280,18 @@ pub struct Report {
     pub output: OutputInfo,
     /// Bytes written to the rejects file.
     pub rejects: OutputInfo,
+    /// The sandbox layers the worker ran under (filled in by the worker, not the engine).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<SandboxSummary>,
+}
+
+/// Which lockdown layers were in force, and which optional ones the host could not provide.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SandboxSummary {
+    pub enforced: Vec<String>,
+    pub missing: Vec<String>,
+    pub landlock_abi: u8,
 }
 
 impl Report {
@@ -302,6 +314,7 @@ impl Report {
             issues: Vec::new(),
             output: OutputInfo::default(),
             rejects: OutputInfo::default(),
+            sandbox: None,
         }
     }
 }

@@ -1,0 +1,219 @@
+//! The lockdown: a flat, ordered list of small steps, each returning `Result`, seccomp last. The
+//! worker calls [`Lockdown::apply`] before it reads a byte; any error ends the worker
+//! (`sandbox_unavailable`), except a layer the policy marks optional, which is reported missing.
+
+use std::io;
+use std::io::Write;
+
+use rustix::process::{setrlimit, Resource, Rlimit};
+use rustix::thread::{CapabilitySet, CapabilitySets};
+use serde::{Deserialize, Serialize};
+
+use crate::policy::{Requirement, SandboxPolicy};
+use crate::{landlock, seccomp};
+
+/// Limits from the job's plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rlimits {
+    pub address_space_bytes: u64,
+    pub cpu_seconds: u64,
+    pub file_size_bytes: u64,
+}
+
+/// Which layers are in force, for the report and the logs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockdownReport {
+    pub enforced: Vec<String>,
+    pub missing: Vec<String>,
+    pub landlock_abi: u8,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LockdownError {
+    #[error("the sandbox policy handed to the worker is invalid: {0}")]
+    Policy(String),
+    #[error("compiling the seccomp filter failed: {0}")]
+    SeccompCompile(String),
+    #[error("closing inherited file descriptors failed")]
+    CloseFds(#[source] io::Error),
+    #[error("setting rlimit {resource} failed")]
+    Rlimit {
+        resource: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("creating user and network namespaces failed")]
+    Namespaces(#[source] io::Error),
+    #[error("dropping capabilities failed")]
+    Capabilities(#[source] io::Error),
+    #[error("setting no_new_privs failed")]
+    NoNewPrivs(#[source] io::Error),
+    #[error("landlock could not be fully enforced: {0}")]
+    Landlock(String),
+    #[error("applying the seccomp filter failed: {0}")]
+    SeccompApply(String),
+}
+
+/// Fds the worker keeps: input, output, diagnostics, report, rejects.
+pub const KEEP_FDS: u32 = 5;
+/// The panic hook's exit status (`worker_crashed` in the parent).
+pub const PANIC_EXIT: i32 = 101;
+
+/// The lockdown for one worker.
+#[derive(Debug)]
+pub struct Lockdown<'a> {
+    policy: &'a SandboxPolicy,
+    rlimits: Rlimits,
+    seccomp: bool,
+    namespaces: bool,
+}
+
+impl<'a> Lockdown<'a> {
+    pub fn new(policy: &'a SandboxPolicy, rlimits: Rlimits) -> Self {
+        Lockdown {
+            policy,
+            rlimits,
+            seccomp: true,
+            namespaces: true,
+        }
+    }
+
+    /// Leave seccomp out. Only for the escape suite's regression check, which shows what the
+    /// other layers stop on their own; the worker never calls this.
+    #[doc(hidden)]
+    pub fn without_seccomp_for_tests(mut self) -> Self {
+        self.seccomp = false;
+        self
+    }
+
+    /// Leave the namespaces out (escape suite only; see [`Self::without_seccomp_for_tests`]).
+    #[doc(hidden)]
+    pub fn without_namespaces_for_tests(mut self) -> Self {
+        self.namespaces = false;
+        self
+    }
+
+    /// Every step, in order. Nothing may run between this and reading the input except the
+    /// engine itself.
+    pub fn apply(self) -> Result<LockdownReport, LockdownError> {
+        let mut report = LockdownReport::default();
+        install_panic_hook();
+        self.policy.validate().map_err(LockdownError::Policy)?;
+        let filter =
+            seccomp::compile(&self.policy.seccomp).map_err(LockdownError::SeccompCompile)?;
+        close_fds().map_err(LockdownError::CloseFds)?;
+        report.enforced.push("close_fds".into());
+        set_rlimits(&self.rlimits)?;
+        report.enforced.push("rlimits".into());
+        if self.namespaces {
+            match unshare_namespaces() {
+                Ok(()) => report.enforced.push("namespaces".into()),
+                Err(_) if self.policy.layers.layers.namespaces == Requirement::Optional => {
+                    report.missing.push("namespaces".into())
+                }
+                Err(e) => return Err(LockdownError::Namespaces(e)),
+            }
+        }
+        drop_capabilities().map_err(LockdownError::Capabilities)?;
+        report.enforced.push("capabilities".into());
+        rustix::thread::set_no_new_privs(true).map_err(|e| LockdownError::NoNewPrivs(e.into()))?;
+        report.enforced.push("no_new_privs".into());
+        report.landlock_abi = landlock::restrict(self.policy.layers.landlock.min_abi)
+            .map_err(LockdownError::Landlock)?;
+        report.enforced.push("landlock".into());
+        if self.seccomp {
+            seccomp::apply(&filter).map_err(LockdownError::SeccompApply)?;
+            report.enforced.push("seccomp".into());
+        }
+        Ok(report)
+    }
+}
+
+/// A panic says only that it happened (the payload could quote input) and exits; no unwinding
+/// machinery, no backtrace (which would open files).
+fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|_| {
+        let _ = io::stderr().write_all(b"airlock worker: panicked\n");
+        std::process::exit(PANIC_EXIT);
+    }));
+}
+
+fn close_fds() -> io::Result<()> {
+    // SAFETY: close_range closes fds KEEP_FDS and above; nothing in the worker holds those (the
+    // parent passes only 0..=4, and no file has been opened yet), so no live owner is invalidated.
+    let rc = unsafe { libc::syscall(libc::SYS_close_range, KEEP_FDS, u32::MAX, 0u32) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn set_rlimits(limits: &Rlimits) -> Result<(), LockdownError> {
+    let fixed = |n: u64| Rlimit {
+        current: Some(n),
+        maximum: Some(n),
+    };
+    let steps = [
+        ("RLIMIT_AS", Resource::As, fixed(limits.address_space_bytes)),
+        // The soft limit sends SIGXCPU (cpu_limit); the hard one a second later is a backstop.
+        (
+            "RLIMIT_CPU",
+            Resource::Cpu,
+            Rlimit {
+                current: Some(limits.cpu_seconds),
+                maximum: Some(limits.cpu_seconds + 1),
+            },
+        ),
+        (
+            "RLIMIT_FSIZE",
+            Resource::Fsize,
+            fixed(limits.file_size_bytes),
+        ),
+        // One fd above the kept five, for the landlock ruleset (closed again before seccomp,
+        // which then forbids every call that could create an fd).
+        (
+            "RLIMIT_NOFILE",
+            Resource::Nofile,
+            fixed(u64::from(KEEP_FDS) + 1),
+        ),
+        ("RLIMIT_NPROC", Resource::Nproc, fixed(0)),
+        ("RLIMIT_CORE", Resource::Core, fixed(0)),
+        ("RLIMIT_MEMLOCK", Resource::Memlock, fixed(0)),
+    ];
+    for (resource, which, value) in steps {
+        setrlimit(which, value).map_err(|e| LockdownError::Rlimit {
+            resource,
+            source: e.into(),
+        })?;
+    }
+    Ok(())
+}
+
+fn unshare_namespaces() -> io::Result<()> {
+    use rustix::thread::UnshareFlags as F;
+    let flags = F::NEWUSER | F::NEWNET | F::NEWIPC | F::NEWUTS | F::NEWNS;
+    // SAFETY: the worker is single-threaded (it was just exec'd and starts no threads), so no
+    // other thread can observe the change; FILES is not among the flags, so fd tables are shared
+    // with nobody.
+    unsafe { rustix::thread::unshare_unsafe(flags) }.map_err(io::Error::from)
+}
+
+fn drop_capabilities() -> io::Result<()> {
+    for cap in CapabilitySet::all().iter() {
+        match rustix::thread::remove_capability_from_bounding_set(cap) {
+            // EINVAL: a capability this kernel does not know.
+            Ok(()) | Err(rustix::io::Errno::INVAL) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    rustix::thread::clear_ambient_capability_set()?;
+    rustix::thread::set_capabilities(
+        None,
+        CapabilitySets {
+            effective: CapabilitySet::empty(),
+            permitted: CapabilitySet::empty(),
+            inheritable: CapabilitySet::empty(),
+        },
+    )?;
+    Ok(())
+}

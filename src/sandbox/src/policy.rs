@@ -1,0 +1,427 @@
+//! The sandbox policies: `policies/seccomp.json` (Firecracker style: one justification per entry)
+//! and `policies/sandbox.toml` (which layers are required). Loaded in two stages: raw serde types
+//! that refuse unknown fields, then validated types that refuse dangerous values.
+
+use serde::{Deserialize, Serialize};
+
+/// The built-in policy texts.
+pub const BUILT_IN_SECCOMP: &str = include_str!("../../../policies/seccomp.json");
+pub const BUILT_IN_SANDBOX: &str = include_str!("../../../policies/sandbox.toml");
+
+/// Syscalls that would let the worker reach outside its box. Never allowed, whatever the policy
+/// file says.
+pub const FORBIDDEN: &[&str] = &[
+    "socket",
+    "socketpair",
+    "connect",
+    "bind",
+    "listen",
+    "accept",
+    "accept4",
+    "sendto",
+    "sendmsg",
+    "sendmmsg",
+    "recvfrom",
+    "execve",
+    "execveat",
+    "ptrace",
+    "fork",
+    "vfork",
+    "clone",
+    "clone3",
+    "open",
+    "openat",
+    "openat2",
+    "creat",
+    "unshare",
+    "setns",
+    "mount",
+    "kill",
+    "tkill",
+    "setuid",
+    "setgid",
+    "process_vm_readv",
+    "process_vm_writev",
+    "bpf",
+    "perf_event_open",
+    "io_uring_setup",
+    "userfaultfd",
+    "keyctl",
+    "mprotect",
+    "ioctl",
+    "prctl",
+    "seccomp",
+    "landlock_restrict_self",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("{file} does not parse: {message}")]
+    Parse { file: &'static str, message: String },
+    #[error("{file}: {what}")]
+    Invalid { file: &'static str, what: String },
+}
+
+// ---- seccomp.json -------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DefaultAction {
+    KillProcess,
+    KillThread,
+    Trap,
+    Allow,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RuleAction {
+    #[default]
+    Allow,
+    ErrnoEnosys,
+}
+
+/// A comparison on one syscall argument, as seccompiler spells it: `"eq"`, `"ne"`, `"lt"`, …
+/// or `{"masked_eq": MASK}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ArgOp {
+    Simple(String),
+    Masked { masked_eq: u64 },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArgCondition {
+    pub index: u8,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub op: ArgOp,
+    pub val: u64,
+    pub comment: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyscallRule {
+    pub syscall: String,
+    pub comment: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub args: Option<Vec<ArgCondition>>,
+    #[serde(default, skip_serializing_if = "is_allow")]
+    pub action: RuleAction,
+}
+
+fn is_allow(a: &RuleAction) -> bool {
+    *a == RuleAction::Allow
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSeccomp {
+    comment: Option<String>,
+    default_action: DefaultAction,
+    filter: Vec<SyscallRule>,
+}
+
+/// A validated allowlist.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeccompPolicy {
+    pub default_action: DefaultAction,
+    pub rules: Vec<SyscallRule>,
+}
+
+impl SeccompPolicy {
+    pub fn parse(text: &str) -> Result<Self, PolicyError> {
+        const FILE: &str = "seccomp.json";
+        let raw: RawSeccomp = serde_json::from_str(text).map_err(|e| PolicyError::Parse {
+            file: FILE,
+            message: e.to_string(),
+        })?;
+        let policy = SeccompPolicy {
+            default_action: raw.default_action,
+            rules: raw.filter,
+        };
+        policy
+            .validate()
+            .map_err(|what| PolicyError::Invalid { file: FILE, what })?;
+        Ok(policy)
+    }
+
+    /// The semantic checks; also run by the worker on what it was handed.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.default_action == DefaultAction::Allow {
+            return Err("default_action must not be allow: this is an allowlist".into());
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for rule in &self.rules {
+            if FORBIDDEN.contains(&rule.syscall.as_str()) {
+                return Err(format!(
+                    "{:?} must never be allowed in the worker",
+                    rule.syscall
+                ));
+            }
+            if rule.comment.trim().is_empty() {
+                return Err(format!(
+                    "{:?} needs a comment saying why it is allowed",
+                    rule.syscall
+                ));
+            }
+            if !seen.insert(rule.syscall.as_str()) {
+                return Err(format!("{:?} is listed twice", rule.syscall));
+            }
+        }
+        if !seen.contains("tgkill") {
+            return self.check_mmap();
+        }
+        // tgkill lets abort() raise SIGABRT; any other signal could reach other processes' threads.
+        let tgkill = self.rules.iter().find(|r| r.syscall == "tgkill");
+        let limited = tgkill.and_then(|r| r.args.as_ref()).is_some_and(|args| {
+            args.iter().any(|a| {
+                a.index == 2 && a.op == ArgOp::Simple("eq".into()) && a.val == libc::SIGABRT as u64
+            })
+        });
+        if !limited {
+            return Err("tgkill must be limited to SIGABRT (args index 2 eq 6)".into());
+        }
+        self.check_mmap()
+    }
+
+    /// mmap must not hand out executable memory: its `prot` argument is masked against PROT_EXEC.
+    fn check_mmap(&self) -> Result<(), String> {
+        let Some(mmap) = self.rules.iter().find(|r| r.syscall == "mmap") else {
+            return Ok(());
+        };
+        let exec = libc::PROT_EXEC as u64;
+        let no_exec = mmap.args.as_ref().is_some_and(|args| {
+            args.iter().any(|a| {
+                a.index == 2
+                    && a.val == 0
+                    && matches!(a.op, ArgOp::Masked { masked_eq } if masked_eq & exec != 0)
+            })
+        });
+        if !no_exec {
+            return Err("mmap must be limited to non-executable memory (args index 2 masked_eq PROT_EXEC == 0)".into());
+        }
+        Ok(())
+    }
+
+    /// The allowlist as seccompiler JSON filters: the allowlist proper, and (if any rule asks for
+    /// it) a second filter that turns the `errno_enosys` calls into ENOSYS. Seccomp stacks them
+    /// and the most restrictive verdict wins.
+    pub(crate) fn to_seccompiler_json(&self) -> (String, Option<String>) {
+        let action = match self.default_action {
+            DefaultAction::KillProcess => "kill_process",
+            DefaultAction::KillThread => "kill_thread",
+            DefaultAction::Trap => "trap",
+            DefaultAction::Allow => "allow",
+        };
+        let rule = |r: &SyscallRule| {
+            let mut v = serde_json::json!({"syscall": r.syscall});
+            if let Some(args) = &r.args {
+                v["args"] = serde_json::json!(args
+                    .iter()
+                    .map(|a| serde_json::json!({"index": a.index, "type": a.kind, "op": a.op, "val": a.val}))
+                    .collect::<Vec<_>>());
+            }
+            v
+        };
+        let allow = serde_json::json!({"worker": {
+            "mismatch_action": action,
+            "match_action": "allow",
+            "filter": self.rules.iter().map(rule).collect::<Vec<_>>(),
+        }});
+        let enosys: Vec<_> = self
+            .rules
+            .iter()
+            .filter(|r| r.action == RuleAction::ErrnoEnosys)
+            .map(rule)
+            .collect();
+        let enosys = (!enosys.is_empty()).then(|| {
+            serde_json::json!({"worker": {
+                "mismatch_action": "allow",
+                "match_action": {"errno": libc::ENOSYS},
+                "filter": enosys,
+            }})
+            .to_string()
+        });
+        (allow.to_string(), enosys)
+    }
+}
+
+// ---- sandbox.toml -------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Requirement {
+    Required,
+    Optional,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Layers {
+    pub close_fds: Requirement,
+    pub rlimits: Requirement,
+    pub namespaces: Requirement,
+    pub capabilities: Requirement,
+    pub no_new_privs: Requirement,
+    pub landlock: Requirement,
+    pub seccomp: Requirement,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LandlockPolicy {
+    pub min_abi: u8,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SandboxLayers {
+    pub layers: Layers,
+    pub landlock: LandlockPolicy,
+}
+
+impl SandboxLayers {
+    pub fn parse(text: &str) -> Result<Self, PolicyError> {
+        const FILE: &str = "sandbox.toml";
+        let policy: SandboxLayers = toml::from_str(text).map_err(|e| PolicyError::Parse {
+            file: FILE,
+            message: e.to_string(),
+        })?;
+        policy
+            .validate()
+            .map_err(|what| PolicyError::Invalid { file: FILE, what })?;
+        Ok(policy)
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        let l = &self.layers;
+        let always = [
+            ("close_fds", l.close_fds),
+            ("rlimits", l.rlimits),
+            ("capabilities", l.capabilities),
+            ("no_new_privs", l.no_new_privs),
+            ("landlock", l.landlock),
+            ("seccomp", l.seccomp),
+        ];
+        for (name, req) in always {
+            if req != Requirement::Required {
+                return Err(format!(
+                    "layer {name} must be required; only namespaces may be optional"
+                ));
+            }
+        }
+        if !(6..=9).contains(&self.landlock.min_abi) {
+            return Err(format!(
+                "landlock.min_abi = {} is outside 6..=9 (6 brings the socket and signal scopes)",
+                self.landlock.min_abi
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Everything the lockdown needs: both policy files, validated.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SandboxPolicy {
+    pub seccomp: SeccompPolicy,
+    pub layers: SandboxLayers,
+}
+
+impl SandboxPolicy {
+    pub fn built_in() -> Result<Self, PolicyError> {
+        Self::parse(BUILT_IN_SECCOMP, BUILT_IN_SANDBOX)
+    }
+
+    pub fn parse(seccomp_json: &str, sandbox_toml: &str) -> Result<Self, PolicyError> {
+        Ok(SandboxPolicy {
+            seccomp: SeccompPolicy::parse(seccomp_json)?,
+            layers: SandboxLayers::parse(sandbox_toml)?,
+        })
+    }
+
+    /// Re-check a policy that arrived over a trust boundary (the worker's argument).
+    pub fn validate(&self) -> Result<(), String> {
+        self.seccomp.validate()?;
+        self.layers.validate()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn built_in_policies_are_valid() {
+        let p = SandboxPolicy::built_in().unwrap();
+        assert_eq!(p.seccomp.default_action, DefaultAction::KillProcess);
+        assert!(p.seccomp.rules.iter().all(|r| !r.comment.is_empty()));
+    }
+
+    #[test]
+    fn allow_by_default_is_refused() {
+        let text = BUILT_IN_SECCOMP.replace("\"kill_process\"", "\"allow\"");
+        assert!(matches!(
+            SeccompPolicy::parse(&text),
+            Err(PolicyError::Invalid { .. })
+        ));
+    }
+
+    #[test]
+    fn forbidden_syscalls_are_refused() {
+        for name in [
+            "socket", "connect", "execve", "ptrace", "fork", "clone", "clone3", "openat",
+        ] {
+            let text = BUILT_IN_SECCOMP.replace(
+                "{\"syscall\": \"read\",",
+                &format!("{{\"syscall\": \"{name}\", \"comment\": \"x\"}},\n    {{\"syscall\": \"read\","),
+            );
+            let err = SeccompPolicy::parse(&text).unwrap_err();
+            assert!(err.to_string().contains(name), "{name}: {err}");
+        }
+    }
+
+    #[test]
+    fn entries_need_a_comment_and_tgkill_needs_its_limit() {
+        let text = BUILT_IN_SECCOMP.replace(
+            "\"comment\": \"Read the input on fd 0\"",
+            "\"comment\": \"\"",
+        );
+        assert!(SeccompPolicy::parse(&text).is_err());
+        let text = BUILT_IN_SECCOMP.replace("\"val\": 6", "\"val\": 9");
+        assert!(SeccompPolicy::parse(&text).is_err());
+        let text = BUILT_IN_SECCOMP.replace("{\"masked_eq\": 4}", "\"eq\"");
+        assert!(SeccompPolicy::parse(&text)
+            .unwrap_err()
+            .to_string()
+            .contains("mmap"));
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let text =
+            BUILT_IN_SECCOMP.replace("\"default_action\"", "\"defaults\": 1, \"default_action\"");
+        assert!(matches!(
+            SeccompPolicy::parse(&text),
+            Err(PolicyError::Parse { .. })
+        ));
+        let text = format!("{BUILT_IN_SANDBOX}\n[extra]\nx = 1\n");
+        assert!(matches!(
+            SandboxLayers::parse(&text),
+            Err(PolicyError::Parse { .. })
+        ));
+    }
+
+    #[test]
+    fn only_namespaces_may_be_optional() {
+        let text =
+            BUILT_IN_SANDBOX.replace("namespaces = \"required\"", "namespaces = \"optional\"");
+        assert!(SandboxLayers::parse(&text).is_ok());
+        let text = BUILT_IN_SANDBOX.replace("seccomp = \"required\"", "seccomp = \"optional\"");
+        assert!(SandboxLayers::parse(&text).is_err());
+        let text = BUILT_IN_SANDBOX.replace("min_abi = 6", "min_abi = 3");
+        assert!(SandboxLayers::parse(&text).is_err());
+    }
+}

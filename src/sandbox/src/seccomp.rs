@@ -1,0 +1,45 @@
+//! Seccomp: compile the allowlist from `policies/seccomp.json` early (compiling allocates), apply
+//! it last, when nothing else in the lockdown needs a syscall the allowlist would refuse.
+
+use seccompiler::{BpfProgram, TargetArch};
+
+use crate::policy::SeccompPolicy;
+
+/// The compiled filters, in the order they are installed.
+#[derive(Debug)]
+pub struct Compiled(Vec<BpfProgram>);
+
+#[cfg(target_arch = "x86_64")]
+const ARCH: TargetArch = TargetArch::x86_64;
+#[cfg(target_arch = "aarch64")]
+const ARCH: TargetArch = TargetArch::aarch64;
+
+pub fn compile(policy: &SeccompPolicy) -> Result<Compiled, String> {
+    let (allow, enosys) = policy.to_seccompiler_json();
+    let mut programs = Vec::new();
+    for json in std::iter::once(allow).chain(enosys) {
+        let mut map =
+            seccompiler::compile_from_json(json.as_bytes(), ARCH).map_err(|e| e.to_string())?;
+        programs.push(
+            map.remove("worker")
+                .ok_or("the compiled filter is missing")?,
+        );
+    }
+    Ok(Compiled(programs))
+}
+
+/// Install every filter on this thread (the worker has no other). Requires no_new_privs.
+pub fn apply(compiled: &Compiled) -> Result<(), String> {
+    for program in &compiled.0 {
+        seccompiler::apply_filter(program).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// Whether this kernel offers seccomp filters at all.
+pub fn supported() -> bool {
+    // Kernels built with CONFIG_SECCOMP_FILTER list the filter count in /proc/self/status.
+    std::fs::read_to_string("/proc/self/status")
+        .map(|s| s.lines().any(|l| l.starts_with("Seccomp_filters:")))
+        .unwrap_or(false)
+}
