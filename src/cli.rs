@@ -34,6 +34,21 @@ enum Command {
     /// Validate one file through the sandboxed worker; no services needed.
     #[command(after_help = EXAMPLES)]
     Process(ProcessArgs),
+    /// Show which sandbox layers this host supports and prove the active policy runs here.
+    #[command(
+        after_help = "Exit status: 0 the policy runs here, 1 it cannot (see \"problems\"), 2 usage error.\n\nExample:\n  airlock doctor --policy-dir /etc/airlock/policies"
+    )]
+    Doctor(DoctorArgs),
+}
+
+#[derive(Debug, Args)]
+struct DoctorArgs {
+    /// A directory whose policy files replace the built-in ones.
+    #[arg(long, value_name = "DIR", env = "AIRLOCK_POLICY_DIR")]
+    policy_dir: Option<PathBuf>,
+    /// The plan whose limits the check worker runs with.
+    #[arg(long, value_name = "NAME", default_value = "default")]
+    plan: String,
 }
 
 #[derive(Debug, Args)]
@@ -88,6 +103,7 @@ pub fn main() -> ExitCode {
     init_logging();
     match cli.command {
         Command::Process(args) => process_command(args),
+        Command::Doctor(args) => doctor_command(args),
     }
 }
 
@@ -102,6 +118,17 @@ fn chain(e: &anyhow::Error) -> String {
         .map(ToString::to_string)
         .collect::<Vec<_>>()
         .join(": ")
+}
+
+fn doctor_command(args: DoctorArgs) -> ExitCode {
+    let policies = match Policies::load(args.policy_dir.as_deref()) {
+        Ok(p) => p,
+        Err(e) => return usage(chain(&e.into())),
+    };
+    match crate::doctor::run(&policies, &args.plan) {
+        Ok(code) => code,
+        Err(e) => usage(chain(&e)),
+    }
 }
 
 fn process_command(args: ProcessArgs) -> ExitCode {

@@ -314,6 +314,11 @@ fn classify(status: ExitStatus, timed_out: bool, deadline: Duration) -> Option<R
         (Some(c), _) if c == i32::from(worker::EXIT_PANIC) => {
             (Code::WorkerCrashed, "the worker panicked".to_string())
         }
+        (Some(c), _) if c == i32::from(worker::EXIT_SANDBOX) => (
+            Code::SandboxUnavailable,
+            "the worker could not establish its sandbox and read nothing (see its log line)"
+                .to_string(),
+        ),
         (Some(c), _) => (
             Code::WorkerCrashed,
             format!("the worker exited with status {c}"),
@@ -385,5 +390,57 @@ fn write_report(report: &Report, dest: Option<&Path>) -> anyhow::Result<()> {
             std::io::Write::write_all(&mut std::io::stdout().lock(), &json)?;
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn signalled(sig: i32) -> ExitStatus {
+        ExitStatus::from_raw(sig)
+    }
+
+    fn exited(code: i32) -> ExitStatus {
+        ExitStatus::from_raw(code << 8)
+    }
+
+    fn code_of(status: ExitStatus, timed_out: bool) -> Option<Code> {
+        classify(status, timed_out, Duration::from_secs(1)).map(|r| r.code)
+    }
+
+    #[test]
+    fn worker_endings_map_to_the_failure_codes() {
+        assert_eq!(code_of(exited(0), false), None);
+        assert_eq!(
+            code_of(signalled(libc_signal::SIGSYS), false),
+            Some(Code::SandboxViolation)
+        );
+        assert_eq!(
+            code_of(signalled(libc_signal::SIGXCPU), false),
+            Some(Code::CpuLimit)
+        );
+        assert_eq!(
+            code_of(signalled(libc_signal::SIGABRT), false),
+            Some(Code::MemoryLimit)
+        );
+        assert_eq!(
+            code_of(signalled(libc_signal::SIGKILL), true),
+            Some(Code::Timeout)
+        );
+        assert_eq!(code_of(exited(101), false), Some(Code::WorkerCrashed));
+        assert_eq!(code_of(exited(77), false), Some(Code::SandboxUnavailable));
+        assert_eq!(code_of(signalled(11), false), Some(Code::WorkerCrashed));
+    }
+
+    #[test]
+    fn reports_that_contradict_themselves_are_refused() {
+        let mut file = tempfile::tempfile().unwrap();
+        let report = Report::without_input(Status::Accepted, Rejection::new(Code::Empty, "x"), 0);
+        std::io::Write::write_all(&mut file, &serde_json::to_vec(&report).unwrap()).unwrap();
+        assert!(read_report(file).is_err());
+        let mut file = tempfile::tempfile().unwrap();
+        std::io::Write::write_all(&mut file, &vec![b' '; REPORT_CAP as usize + 10]).unwrap();
+        assert!(read_report(file).unwrap_err().contains("larger"));
     }
 }

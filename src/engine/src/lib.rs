@@ -1,7 +1,7 @@
 //! Airlock's validation engine: the only code that parses untrusted bytes.
 //!
 //! One streaming pass turns an untrusted upload into a clean CSV, a rejects CSV and a
-//! [`Report`]: type and encoding check ([`text`]), delimiter sniffing ([`sniff`]), structure
+//! [`Report`]: type and encoding check (`text`), delimiter sniffing ([`sniff`]), structure
 //! (`csv-core` into fixed buffers), and the formula guard ([`guard`]).
 //!
 //! # What it must never do

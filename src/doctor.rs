@@ -1,0 +1,66 @@
+//! `airlock doctor`: which sandbox layers this host supports, and whether the active policy can
+//! run here — proven by running one real worker, locked down, on a tiny sample.
+
+use std::process::ExitCode;
+
+use airlock_engine::Status;
+use airlock_sandbox::host::HostSupport;
+use serde_json::json;
+
+use crate::policy::Policies;
+use crate::process::{self, Destinations};
+
+const SAMPLE: &[u8] = b"email,name\nana@example.com,Ana\n";
+
+pub fn run(policies: &Policies, plan: &str) -> anyhow::Result<ExitCode> {
+    let host = HostSupport::probe();
+    let problems = host.problems(&policies.sandbox);
+    let worker = if problems.is_empty() {
+        worker_check(policies, plan)
+    } else {
+        json!({"ok": false, "detail": "not run: the host lacks required layers"})
+    };
+    let ok = problems.is_empty() && worker["ok"] == json!(true);
+    let out = json!({
+        "ok": ok,
+        "host": host,
+        "policy": {
+            "required_landlock_abi": policies.sandbox.layers.landlock.min_abi,
+            "layers": policies.sandbox.layers.layers,
+            "seccomp_allowlist": policies.sandbox.seccomp.rules.iter().map(|r| &r.syscall).collect::<Vec<_>>(),
+            "problems": problems,
+        },
+        "worker": worker,
+    });
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// Run the real worker, under the active policy, on a built-in sample.
+fn worker_check(policies: &Policies, plan: &str) -> serde_json::Value {
+    let attempt = || -> anyhow::Result<serde_json::Value> {
+        let dir = tempfile::tempdir()?;
+        let input = dir.path().join("sample.csv");
+        std::fs::write(&input, SAMPLE)?;
+        let (file, size) = process::open_input(&input)?;
+        let dest = Destinations {
+            report: Some(dir.path().join("report.json")),
+            ..Destinations::default()
+        };
+        let plan = policies.limits.plan(plan)?;
+        let outcome = process::run(file, size, plan, &policies.sandbox, None, &dest)?;
+        let report = outcome.report;
+        let ok = report.status == Status::Accepted;
+        Ok(json!({
+            "ok": ok,
+            "status": report.status,
+            "rejection": report.rejection,
+            "sandbox": report.sandbox,
+        }))
+    };
+    attempt().unwrap_or_else(|e| json!({"ok": false, "detail": format!("{e:#}")}))
+}

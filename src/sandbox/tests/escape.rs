@@ -1,0 +1,467 @@
+//! The escape suite: every probe runs in its own child process, started the way the worker is
+//! started (`spawn::spawn`: exec, cleared environment, fds 0-4 only) and locked down with the
+//! production policy (`policies/seccomp.json`, `policies/sandbox.toml`, the default plan's
+//! rlimits). The parent then checks how the child ended. We run as root, so every probe is aimed
+//! at something root could otherwise reach: a world-readable file, a live listener this test
+//! started on 127.0.0.1, an abstract socket it listens on, its own pid.
+//!
+//! Regression check: the same network and file probes run again with seccomp left out, to show
+//! which other layer still stops them (landlock, the empty network namespace) — and, with the
+//! namespaces also left out, that UDP is stopped by seccomp and the namespace alone.
+
+use std::ffi::OsStr;
+use std::io::{Read, Write};
+use std::net::{TcpListener, UdpSocket};
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixListener;
+use std::os::unix::process::ExitStatusExt;
+use std::process::ExitCode;
+
+use airlock_sandbox::lockdown::{Lockdown, Rlimits};
+use airlock_sandbox::policy::SandboxPolicy;
+use airlock_sandbox::spawn::{spawn, WorkerIo};
+
+const DEFAULT_RLIMITS: Rlimits = Rlimits {
+    address_space_bytes: 512 << 20,
+    cpu_seconds: 300,
+    file_size_bytes: 4 << 30,
+};
+
+// ---- child side --------------------------------------------------------------------------
+
+fn say(s: &str) {
+    let mut out = std::io::stdout();
+    let _ = out.write_all(s.as_bytes());
+    let _ = out.flush();
+}
+
+fn errno_result(rc: i64) -> String {
+    if rc < 0 {
+        format!(
+            "err {}",
+            std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+        )
+    } else {
+        format!("ok {rc}")
+    }
+}
+
+fn io_result<T>(r: std::io::Result<T>) -> String {
+    match r {
+        Ok(_) => "ok".into(),
+        Err(e) => format!("err {}", e.raw_os_error().unwrap_or(0)),
+    }
+}
+
+#[inline(never)]
+fn recurse(n: u64) -> u64 {
+    let buf = [n; 512];
+    std::hint::black_box(&buf);
+    if std::hint::black_box(n) == u64::MAX {
+        return 0;
+    }
+    recurse(n + 1) + buf[7]
+}
+
+/// Runs in the child, after the lockdown. Prints its result on fd 1 and exits 0, unless the
+/// sandbox kills it first.
+#[allow(clippy::undocumented_unsafe_blocks)]
+fn probe(name: &str, arg: &str) {
+    // The probes call raw libc on purpose, to see the exact errno; the calls take no pointers
+    // into freed memory and the child exits right after.
+    let result = match name {
+        "nothing" => "ok".to_string(),
+        "read_file" => io_result(std::fs::read(arg)),
+        "write_file" => io_result(std::fs::write(arg, b"escaped")),
+        "proc_environ" => io_result(std::fs::read("/proc/self/environ")),
+        "env_count" => format!("ok {}", std::env::vars_os().count()),
+        "socket" => {
+            let (domain, ty) = match arg {
+                "inet" => (libc::AF_INET, libc::SOCK_STREAM),
+                "inet6" => (libc::AF_INET6, libc::SOCK_STREAM),
+                "unix" => (libc::AF_UNIX, libc::SOCK_STREAM),
+                "netlink" => (libc::AF_NETLINK, libc::SOCK_RAW),
+                "packet" => (libc::AF_PACKET, libc::SOCK_RAW),
+                _ => unreachable!(),
+            };
+            errno_result(i64::from(unsafe { libc::socket(domain, ty, 0) }))
+        }
+        "tcp_connect" => io_result(std::net::TcpStream::connect(arg)),
+        "udp_send" => {
+            io_result(UdpSocket::bind("0.0.0.0:0").and_then(|s| s.send_to(b"escaped", arg)))
+        }
+        "abstract_connect" => {
+            use std::os::linux::net::SocketAddrExt;
+            let addr = std::os::unix::net::SocketAddr::from_abstract_name(arg.as_bytes()).unwrap();
+            io_result(std::os::unix::net::UnixStream::connect_addr(&addr))
+        }
+        "execve" => {
+            let path = c"/bin/true";
+            let argv = [path.as_ptr(), std::ptr::null()];
+            let envp = [std::ptr::null()];
+            errno_result(i64::from(unsafe {
+                libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr())
+            }))
+        }
+        "fork" => errno_result(i64::from(unsafe { libc::fork() })),
+        "clone3" => {
+            errno_result(unsafe { libc::syscall(libc::SYS_clone3, std::ptr::null::<u8>(), 0usize) })
+        }
+        "fork_bomb" => {
+            for _ in 0..10_000 {
+                unsafe { libc::fork() };
+            }
+            "ok".into()
+        }
+        "ptrace" => errno_result(unsafe { libc::ptrace(libc::PTRACE_TRACEME, 0, 0, 0) }),
+        "kill_parent" => {
+            let pid: i32 = arg.parse().unwrap();
+            errno_result(i64::from(unsafe { libc::kill(pid, libc::SIGTERM) }))
+        }
+        "unshare" => errno_result(i64::from(unsafe { libc::unshare(libc::CLONE_NEWNET) })),
+        "setuid" => errno_result(i64::from(unsafe { libc::setuid(0) })),
+        "mprotect_exec" => {
+            let p = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    4096,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                    -1,
+                    0,
+                )
+            };
+            errno_result(i64::from(unsafe {
+                libc::mprotect(p, 4096, libc::PROT_READ | libc::PROT_EXEC)
+            }))
+        }
+        "mmap_exec" => {
+            let p = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    4096,
+                    libc::PROT_READ | libc::PROT_EXEC,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                    -1,
+                    0,
+                )
+            };
+            errno_result(if p == libc::MAP_FAILED { -1 } else { 0 })
+        }
+        "ioctl_tiocsti" => {
+            let c: u8 = b'x';
+            errno_result(i64::from(unsafe { libc::ioctl(0, libc::TIOCSTI, &c) }))
+        }
+        "memory_bomb" => {
+            let v = vec![1u8; 1 << 30];
+            format!("ok {}", std::hint::black_box(&v)[12345])
+        }
+        "cpu_spin" => {
+            let mut x = 0u64;
+            loop {
+                x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+            }
+        }
+        "stack_overflow" => format!("ok {}", recurse(0)),
+        "panic" => panic!("probe panic with secret cell content"),
+        other => panic!("unknown probe {other}"),
+    };
+    say(&result);
+    std::process::exit(0);
+}
+
+fn child(args: &[String]) -> ExitCode {
+    let [name, arg, variant, policy_minus] = args else {
+        return ExitCode::from(2);
+    };
+    let fds = std::mem::ManuallyDrop::new(airlock_sandbox::fds::take().expect("worker fds"));
+    let _ = &fds;
+    let mut policy = SandboxPolicy::built_in().expect("production policy");
+    if !policy_minus.is_empty() {
+        policy.seccomp.rules.retain(|r| r.syscall != *policy_minus);
+    }
+    let mut rlimits = DEFAULT_RLIMITS;
+    if variant.contains("cpu1") {
+        rlimits.cpu_seconds = 1;
+    }
+    let mut lockdown = Lockdown::new(&policy, rlimits);
+    if variant.contains("no-seccomp") {
+        lockdown = lockdown.without_seccomp_for_tests();
+    }
+    if variant.contains("no-ns") {
+        lockdown = lockdown.without_namespaces_for_tests();
+    }
+    if let Err(e) = lockdown.apply() {
+        say(&format!("lockdown failed: {e}"));
+        return ExitCode::from(3);
+    }
+    probe(name, arg);
+    ExitCode::SUCCESS
+}
+
+// ---- parent side -------------------------------------------------------------------------
+
+#[derive(Debug, PartialEq)]
+enum Ended {
+    Exit(i32, String),
+    Signal(i32),
+}
+
+fn run(name: &str, arg: &str, variant: &str, minus: &str) -> Ended {
+    let exe = std::env::current_exe().unwrap();
+    let (out_r, out_w) = rustix::pipe::pipe().unwrap();
+    let null = || {
+        OwnedFd::from(
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/null")
+                .unwrap(),
+        )
+    };
+    let io = WorkerIo {
+        input: null(),
+        output: out_w,
+        report: null(),
+        rejects: null(),
+    };
+    let args: Vec<&OsStr> = ["probe", name, arg, variant, minus]
+        .into_iter()
+        .map(OsStr::new)
+        .collect();
+    let mut child = spawn(&exe, &args, io).expect("spawn probe");
+    let mut out = String::new();
+    std::fs::File::from(out_r).read_to_string(&mut out).unwrap();
+    let status = child.wait().unwrap();
+    match status.signal() {
+        Some(sig) => Ended::Signal(sig),
+        None => Ended::Exit(status.code().unwrap(), out),
+    }
+}
+
+struct Suite {
+    failures: Vec<String>,
+    passed: usize,
+}
+
+impl Suite {
+    fn check(&mut self, what: &str, ok: bool, detail: impl std::fmt::Debug) {
+        if ok {
+            self.passed += 1;
+            println!("ok      {what}");
+        } else {
+            println!("FAILED  {what}: {detail:?}");
+            self.failures.push(what.to_string());
+        }
+    }
+
+    fn killed(&mut self, what: &str, name: &str, arg: &str) {
+        let ended = run(name, arg, "full", "");
+        self.check(
+            &format!("{what} is killed by seccomp"),
+            ended == Ended::Signal(libc::SIGSYS),
+            ended,
+        );
+    }
+}
+
+fn errno_of(ended: &Ended) -> Option<i32> {
+    match ended {
+        Ended::Exit(0, out) => out.strip_prefix("err ").and_then(|n| n.parse().ok()),
+        _ => None,
+    }
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("probe") {
+        return child(&args[2..]);
+    }
+    // `cargo test -- <filter>` passes arguments; the suite always runs whole.
+    let mut s = Suite {
+        failures: Vec::new(),
+        passed: 0,
+    };
+
+    // Baseline: the lockdown itself succeeds and a harmless probe finishes.
+    let ended = run("nothing", "", "full", "");
+    s.check(
+        "a harmless probe runs to completion under the lockdown",
+        ended == Ended::Exit(0, "ok".into()),
+        &ended,
+    );
+
+    // Targets root could reach without the sandbox.
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("world-readable.txt");
+    std::fs::write(&secret, b"secret").unwrap();
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let secret = secret.to_str().unwrap().to_string();
+    let target = dir.path().join("written.txt").to_str().unwrap().to_string();
+    let tcp = TcpListener::bind("127.0.0.1:0").unwrap();
+    tcp.set_nonblocking(true).unwrap();
+    let tcp_addr = tcp.local_addr().unwrap().to_string();
+    let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    udp.set_nonblocking(true).unwrap();
+    let udp_addr = udp.local_addr().unwrap().to_string();
+    let abstract_name = format!("airlock-escape-{}", std::process::id());
+    let unix = {
+        use std::os::linux::net::SocketAddrExt;
+        let addr =
+            std::os::unix::net::SocketAddr::from_abstract_name(abstract_name.as_bytes()).unwrap();
+        UnixListener::bind_addr(&addr).unwrap()
+    };
+    unix.set_nonblocking(true).unwrap();
+    // Without a sandbox, each of these works for this (root) process.
+    s.check(
+        "control: the file is readable without the sandbox",
+        std::fs::read(&secret).is_ok(),
+        (),
+    );
+    s.check(
+        "control: the TCP listener accepts without the sandbox",
+        std::net::TcpStream::connect(&tcp_addr).is_ok() && tcp.accept().is_ok(),
+        (),
+    );
+
+    s.killed("open+read of a world-readable file", "read_file", &secret);
+    s.killed("creating a file", "write_file", &target);
+    s.killed("reading /proc/self/environ", "proc_environ", "");
+    for family in ["inet", "inet6", "unix", "netlink", "packet"] {
+        s.killed(&format!("socket({family})"), "socket", family);
+    }
+    s.killed("TCP connect to a live listener", "tcp_connect", &tcp_addr);
+    s.killed("UDP send to a live socket", "udp_send", &udp_addr);
+    s.killed(
+        "connect to a live abstract unix socket",
+        "abstract_connect",
+        &abstract_name,
+    );
+    s.killed("execve", "execve", "");
+    s.killed("fork", "fork", "");
+    s.killed("clone3", "clone3", "");
+    s.killed("a fork bomb", "fork_bomb", "");
+    s.killed("ptrace", "ptrace", "");
+    let me = std::process::id().to_string();
+    s.killed("kill of the parent", "kill_parent", &me);
+    s.killed("unshare", "unshare", "");
+    s.killed("setuid", "setuid", "");
+    s.killed("mprotect to executable memory", "mprotect_exec", "");
+    s.killed("mmap of executable memory", "mmap_exec", "");
+    s.killed("ioctl TIOCSTI", "ioctl_tiocsti", "");
+
+    let ended = run("env_count", "", "full", "");
+    s.check(
+        "the environment is empty",
+        ended == Ended::Exit(0, "ok 0".into()),
+        &ended,
+    );
+    let ended = run("memory_bomb", "", "full", "");
+    s.check(
+        "a memory bomb dies of SIGABRT (allocation failure under RLIMIT_AS)",
+        ended == Ended::Signal(libc::SIGABRT),
+        &ended,
+    );
+    let ended = run("cpu_spin", "", "full-cpu1", "");
+    s.check(
+        "a CPU spin dies of SIGXCPU",
+        ended == Ended::Signal(libc::SIGXCPU),
+        &ended,
+    );
+    let ended = run("stack_overflow", "", "full", "");
+    s.check(
+        "a stack overflow dies of SIGSEGV/SIGABRT, not SIGSYS",
+        matches!(ended, Ended::Signal(libc::SIGSEGV | libc::SIGABRT)),
+        &ended,
+    );
+    let ended = run("panic", "", "full", "");
+    s.check(
+        "a panic exits 101 (worker_crashed) and prints no payload",
+        matches!(&ended, Ended::Exit(101, out) if !out.contains("secret")),
+        &ended,
+    );
+
+    // Every abort-path syscall in the allowlist is needed: without it the memory bomb dies of
+    // SIGSYS instead of SIGABRT.
+    for syscall in ["rt_sigprocmask", "getpid", "gettid", "tgkill"] {
+        let ended = run("memory_bomb", "", "full", syscall);
+        s.check(
+            &format!("{syscall} is needed by abort()"),
+            ended == Ended::Signal(libc::SIGSYS),
+            &ended,
+        );
+    }
+
+    // Regression check: the other layers on their own.
+    let ended = run("read_file", &secret, "no-seccomp", "");
+    s.check(
+        "without seccomp, landlock denies reading (EACCES)",
+        errno_of(&ended) == Some(libc::EACCES),
+        &ended,
+    );
+    let ended = run("write_file", &target, "no-seccomp", "");
+    s.check(
+        "without seccomp, landlock denies creating a file (EACCES)",
+        errno_of(&ended) == Some(libc::EACCES),
+        &ended,
+    );
+    let ended = run("tcp_connect", &tcp_addr, "no-seccomp", "");
+    s.check(
+        "without seccomp, TCP connect still fails",
+        errno_of(&ended).is_some(),
+        &ended,
+    );
+    let ended = run("tcp_connect", &tcp_addr, "no-seccomp-no-ns", "");
+    s.check(
+        "without seccomp and namespaces, landlock denies TCP connect (EACCES)",
+        errno_of(&ended) == Some(libc::EACCES),
+        &ended,
+    );
+    let ended = run("abstract_connect", &abstract_name, "no-seccomp-no-ns", "");
+    s.check(
+        "without seccomp and namespaces, the landlock scope denies the abstract socket (EPERM)",
+        errno_of(&ended) == Some(libc::EPERM),
+        &ended,
+    );
+    let ended = run("udp_send", &udp_addr, "no-seccomp", "");
+    s.check(
+        "without seccomp, the empty network namespace stops UDP (ENETUNREACH)",
+        errno_of(&ended) == Some(libc::ENETUNREACH),
+        &ended,
+    );
+    let ended = run("udp_send", &udp_addr, "no-seccomp-no-ns", "");
+    let mut buf = [0u8; 16];
+    let got = udp.recv(&mut buf).ok();
+    s.check(
+        "without seccomp and namespaces, UDP gets through: landlock does not cover UDP",
+        ended == Ended::Exit(0, "ok".into()) && got == Some(7),
+        (&ended, got),
+    );
+    s.check(
+        "no probe ever reached the TCP listener",
+        tcp.accept().is_err(),
+        (),
+    );
+    s.check(
+        "no probe ever reached the abstract socket",
+        unix.accept().is_err(),
+        (),
+    );
+    s.check(
+        "the world-readable file is untouched",
+        std::fs::read(&secret).unwrap() == b"secret",
+        (),
+    );
+    s.check(
+        "no file was created",
+        !std::path::Path::new(&target).exists(),
+        (),
+    );
+
+    println!("\n{} passed, {} failed", s.passed, s.failures.len());
+    if s.failures.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}

@@ -1,0 +1,281 @@
+//! The real worker under the real lockdown: what an outside observer sees, that every allowlisted
+//! syscall is needed, that results are the same as the engine's in-process, and that a host or
+//! policy that cannot provide a layer refuses to run jobs.
+
+use std::io::Write;
+use std::os::fd::OwnedFd;
+use std::time::{Duration, Instant};
+
+use airlock_sandbox::policy::{SandboxPolicy, BUILT_IN_SANDBOX, BUILT_IN_SECCOMP};
+use serde_json::json;
+
+use crate::common::{airlock, fixture, process};
+
+fn policy_dir_with(seccomp: &str, sandbox: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("seccomp.json"), seccomp).unwrap();
+    std::fs::write(dir.path().join("sandbox.toml"), sandbox).unwrap();
+    dir
+}
+
+/// The allowlist with one entry taken out. Done on the parsed policy so it cannot silently miss.
+fn seccomp_without(syscall: &str) -> String {
+    let mut value: serde_json::Value = serde_json::from_str(BUILT_IN_SECCOMP).unwrap();
+    let filter = value["filter"].as_array_mut().unwrap();
+    let before = filter.len();
+    filter.retain(|r| r["syscall"] != syscall);
+    assert_eq!(filter.len(), before - 1, "{syscall} is in the allowlist");
+    value.to_string()
+}
+
+#[test]
+fn every_allowlisted_syscall_on_the_normal_path_is_needed() {
+    // The abort path (rt_sigprocmask, getpid, gettid, tgkill) is shown needed by the escape suite
+    // in src/sandbox/tests/escape.rs, with a memory bomb.
+    let abort_path = ["rt_sigprocmask", "getpid", "gettid", "tgkill"];
+    let policy = SandboxPolicy::built_in().unwrap();
+    let normal: Vec<&str> = policy
+        .seccomp
+        .rules
+        .iter()
+        .map(|r| r.syscall.as_str())
+        .filter(|s| !abort_path.contains(s))
+        .collect();
+    assert!(normal.len() >= 7, "{normal:?}");
+    let input = fixture("rows/ragged_row.csv");
+    let baseline = process(&input, &[]);
+    assert_eq!(baseline.code, 0, "{}", baseline.report);
+    for syscall in normal {
+        let dir = policy_dir_with(&seccomp_without(syscall), BUILT_IN_SANDBOX);
+        let p = process(&input, &["--policy-dir", dir.path().to_str().unwrap()]);
+        assert_eq!(p.code, 70, "without {syscall}: {}", p.report);
+        assert_eq!(
+            p.rejection_code(),
+            Some("sandbox_violation"),
+            "without {syscall}"
+        );
+        assert!(
+            p.output().is_none() && p.rejects().is_none(),
+            "a killed worker publishes nothing"
+        );
+        assert!(p.leftovers().is_empty(), "{:?}", p.leftovers());
+    }
+}
+
+#[test]
+fn sandboxed_output_is_byte_identical_to_the_engine_in_process() {
+    for entry in std::fs::read_dir(fixture("valid")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.to_string_lossy().contains("legacy-excel") {
+            continue;
+        }
+        let p = process(&path, &[]);
+        let mut out = Vec::new();
+        let mut rej = Vec::new();
+        let bytes = std::fs::read(&path).unwrap();
+        let report = airlock_engine::process(
+            &bytes[..],
+            &mut out,
+            &mut rej,
+            &airlock_engine::Options::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            p.output().unwrap().as_bytes(),
+            &out[..],
+            "{}",
+            path.display()
+        );
+        assert_eq!(p.report["output"]["sha256"], report.output.sha256);
+        let enforced = p.report["sandbox"]["enforced"].as_array().unwrap();
+        assert_eq!(enforced.len(), 7, "{}", p.report["sandbox"]);
+    }
+}
+
+#[test]
+fn a_layer_the_host_cannot_provide_refuses_the_job() {
+    // This kernel has landlock ABI 7; a policy requiring 9 cannot be met.
+    let dir = policy_dir_with(
+        BUILT_IN_SECCOMP,
+        &BUILT_IN_SANDBOX.replace("min_abi = 6", "min_abi = 9"),
+    );
+    let p = process(
+        &fixture("valid/leads.csv"),
+        &["--policy-dir", dir.path().to_str().unwrap()],
+    );
+    assert_eq!(p.code, 70, "{}", p.report);
+    assert_eq!(p.rejection_code(), Some("sandbox_unavailable"));
+    assert!(p.output().is_none());
+    let out = airlock()
+        .args(["doctor", "--policy-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let doctor: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doctor["ok"], false);
+    assert!(doctor["policy"]["problems"][0]
+        .as_str()
+        .unwrap()
+        .contains("landlock ABI"));
+}
+
+#[test]
+fn doctor_passes_on_this_host_with_every_layer() {
+    let out = airlock().arg("doctor").output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let doctor: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(doctor["host"]["landlock_abi"].as_u64().unwrap() >= 6);
+    assert_eq!(doctor["worker"]["status"], "accepted");
+    assert_eq!(doctor["worker"]["sandbox"]["missing"], json!([]));
+}
+
+fn status_field(pid: u32, key: &str) -> Option<String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key).map(|v| v.trim().to_string()))
+}
+
+#[test]
+fn a_live_worker_seen_from_outside_is_locked_down() {
+    let policy = SandboxPolicy::built_in().unwrap();
+    let config = json!({
+        "max_bytes": 1u64 << 30, "max_rows": 10_000_000u64, "max_columns": 1024,
+        "max_field_bytes": 65536, "max_record_bytes": 1048576, "max_rejected_ratio": 0.1,
+        "max_issues": 100, "delimiter": null, "fallback_encoding": null,
+        "rlimits": {"address_space_bytes": 536870912u64, "cpu_seconds": 300, "file_size_bytes": 4294967296u64},
+        "sandbox": policy,
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let (pipe_r, pipe_w) = rustix::pipe::pipe().unwrap();
+    let file = |name: &str| OwnedFd::from(std::fs::File::create(dir.path().join(name)).unwrap());
+    let io = airlock_sandbox::spawn::WorkerIo {
+        input: pipe_r,
+        output: file("out.csv"),
+        report: file("report.json"),
+        rejects: file("rej.csv"),
+    };
+    let exe = std::path::Path::new(env!("CARGO_BIN_EXE_airlock"));
+    let config = config.to_string();
+    let args = [
+        std::ffi::OsStr::new("__airlock-worker"),
+        std::ffi::OsStr::new(&config),
+    ];
+    let mut child = airlock_sandbox::spawn::spawn(exe, &args, io).unwrap();
+    let pid = child.id();
+
+    // Feed part of a job; the worker is mid-read when we look.
+    let mut feed = std::fs::File::from(pipe_w);
+    let body = std::fs::read(fixture("valid/leads.csv")).unwrap();
+    feed.write_all(&body[..body.len() / 2]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while status_field(pid, "Seccomp:").as_deref() != Some("2") {
+        assert!(
+            Instant::now() < deadline,
+            "worker never reached seccomp mode 2"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(status_field(pid, "NoNewPrivs:").as_deref(), Some("1"));
+    assert_eq!(
+        status_field(pid, "CapEff:").as_deref(),
+        Some("0000000000000000")
+    );
+    assert_eq!(
+        status_field(pid, "CapPrm:").as_deref(),
+        Some("0000000000000000")
+    );
+    assert_eq!(
+        status_field(pid, "CapBnd:").as_deref(),
+        Some("0000000000000000")
+    );
+    let ns = |p: &str| std::fs::read_link(format!("/proc/{p}/ns/net")).unwrap();
+    assert_ne!(
+        ns(&pid.to_string()),
+        ns("self"),
+        "the worker has its own network namespace"
+    );
+    let userns = |p: &str| std::fs::read_link(format!("/proc/{p}/ns/user")).unwrap();
+    assert_ne!(userns(&pid.to_string()), userns("self"));
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    assert!(environ.is_empty(), "environment: {} bytes", environ.len());
+    let mut fds: Vec<u32> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().parse().unwrap())
+        .collect();
+    fds.sort();
+    assert_eq!(fds, [0, 1, 2, 3, 4]);
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let limit = |name: &str| {
+        limits
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap()
+            .split_whitespace()
+            .rev()
+            .nth(1)
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(limit("Max address space"), "536870912");
+    assert_eq!(limit("Max core file size"), "0");
+
+    // Finish the job; the result is the normal one.
+    feed.write_all(&body[body.len() / 2..]).unwrap();
+    drop(feed);
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("report.json")).unwrap()).unwrap();
+    assert_eq!(report["status"], "accepted");
+    assert_eq!(report["rows"]["accepted"], 4);
+}
+
+#[test]
+fn a_worker_started_without_its_fds_refuses() {
+    // Run by hand (no fds 3 and 4): the worker must not fall back to anything.
+    let policy = SandboxPolicy::built_in().unwrap();
+    let config = json!({
+        "max_bytes": 10, "max_rows": 1, "max_columns": 1, "max_field_bytes": 1, "max_record_bytes": 1,
+        "max_rejected_ratio": 0.1, "max_issues": 1, "delimiter": null, "fallback_encoding": null,
+        "rlimits": {"address_space_bytes": 536870912u64, "cpu_seconds": 1, "file_size_bytes": 1024},
+        "sandbox": policy,
+    });
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_airlock"))
+        .args(["__airlock-worker", &config.to_string()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("fd 3 is not open"));
+}
+
+#[test]
+fn a_worker_past_its_wall_clock_limit_is_killed_as_timeout() {
+    let policy = crate::common::tiny_policy_dir();
+    let limits = std::fs::read_to_string(policy.path().join("limits.toml")).unwrap();
+    let limits = limits
+        .replace("max_bytes = 4096", "max_bytes = 1073741824")
+        .replace("max_rows = 5", "max_rows = 100000000")
+        .replace("worker_cpu_seconds = 10", "worker_cpu_seconds = 1")
+        .replace("worker_wall_seconds = 20", "worker_wall_seconds = 1");
+    std::fs::write(policy.path().join("limits.toml"), limits).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("big.csv");
+    // Enough rows that the (debug-build) worker needs well over a second.
+    let mut body = b"a\n".to_vec();
+    body.extend(b"1\n".repeat(48 << 20));
+    std::fs::write(&path, body).unwrap();
+    let p = process(&path, &["--policy-dir", policy.path().to_str().unwrap()]);
+    assert_eq!(p.code, 70, "{}", p.report);
+    // Wall and CPU limits are both 1 s; whichever fires first, the job fails and publishes nothing.
+    let code = p.rejection_code().unwrap().to_string();
+    assert!(code == "timeout" || code == "cpu_limit", "{code}");
+    assert!(p.output().is_none() && p.rejects().is_none());
+    assert!(p.leftovers().is_empty(), "{:?}", p.leftovers());
+}
