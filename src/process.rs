@@ -156,12 +156,33 @@ pub fn run(
     let args = [OsStr::new(worker::ARG), OsStr::new(&config)];
     let child = airlock_sandbox::spawn::spawn(Path::new("/proc/self/exe"), &args, io)
         .with_context(|| format!("starting the worker ({})", exe.display()))?;
+    // Hash the input here, on the other core, while the worker parses it. `read_at` leaves the
+    // file offset (shared with the worker's fd 0, and read for progress) alone.
+    let hasher = {
+        let file = input.try_clone()?;
+        std::thread::spawn(move || sha256_file(&file, size))
+    };
     let deadline = Duration::from_secs(plan.worker.wall_seconds);
     let (status, timed_out) = wait(child, deadline, &input, size)?;
-    let report = match classify(status, timed_out, deadline) {
+    let input_sha256 = hasher
+        .join()
+        .map_err(|_| anyhow::anyhow!("the input hashing thread panicked"))?
+        .context("hashing the input")?;
+    let mut report = match classify(status, timed_out, deadline) {
         Some(failure) => Report::without_input(Status::Failed, failure, size),
         None => match read_report(report_file) {
-            Ok(report) => report,
+            Ok(report) if report.input.bytes == size => report,
+            Ok(report) => Report::without_input(
+                Status::Failed,
+                Rejection::new(
+                    Code::WorkerCrashed,
+                    format!(
+                        "the worker says it read {} bytes of {size}",
+                        report.input.bytes
+                    ),
+                ),
+                size,
+            ),
             Err(why) => Report::without_input(
                 Status::Failed,
                 Rejection::new(
@@ -172,6 +193,7 @@ pub fn run(
             ),
         },
     };
+    report.input.sha256 = input_sha256;
     if report.status == Status::Accepted {
         output.publish()?;
     }
@@ -190,6 +212,29 @@ pub fn run(
         "processed"
     );
     Ok(Outcome { report })
+}
+
+/// sha256 of the first `size` bytes of `file`, hex, read with `pread` so the shared offset stays
+/// the worker's.
+fn sha256_file(file: &File, size: u64) -> std::io::Result<String> {
+    use sha2::Digest;
+    use std::os::unix::fs::FileExt;
+    let mut hasher = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut offset = 0;
+    while offset < size {
+        let n = file.read_at(&mut buf, offset)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        offset += n as u64;
+    }
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
 }
 
 /// A result file written under a temporary name beside its destination, renamed into place only

@@ -86,6 +86,8 @@ impl WorkerConfig {
             },
             delimiter: self.delimiter,
             fallback_encoding,
+            // The parent hashes the input on its own core, in parallel (process.rs).
+            hash_input: false,
         })
     }
 }

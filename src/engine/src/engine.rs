@@ -37,6 +37,9 @@ pub fn process<R: Read, O: Write, J: Write>(
 ) -> Result<Report, EngineError> {
     let limits = &options.limits;
     let mut text = TextReader::new(input, limits.max_bytes);
+    if !options.hash_input {
+        text = text.without_hash();
+    }
     let mut sink = Sink::new(output, rejects, limits)?;
     let mut dialect = None;
     let outcome = match text.start(options.fallback_encoding)? {

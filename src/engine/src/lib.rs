@@ -70,13 +70,27 @@ impl Default for Limits {
 }
 
 /// How to read one file.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Options {
     pub limits: Limits,
     /// The delimiter, when the job names one; otherwise sniffed.
     pub delimiter: Option<u8>,
     /// Transcode from this encoding when the input is not UTF-8 (default: strict UTF-8).
     pub fallback_encoding: Option<&'static Encoding>,
+    /// Compute `input.sha256` (default). A caller that hashes the input itself, on another core,
+    /// turns this off and fills the field in.
+    pub hash_input: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            limits: Limits::default(),
+            delimiter: None,
+            fallback_encoding: None,
+            hash_input: true,
+        }
+    }
 }
 
 /// The engine could not finish: reading or writing failed. Bad *content* is never an error; it is

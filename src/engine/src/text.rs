@@ -30,7 +30,8 @@ pub(crate) type Chunk<'a> = Result<Option<&'a [u8]>, Rejection>;
 
 pub(crate) struct TextReader<R> {
     reader: R,
-    hasher: Sha256,
+    /// `None` when the caller hashes the input itself.
+    hasher: Option<Sha256>,
     /// Raw bytes read so far (including any BOM).
     bytes_in: u64,
     max_bytes: u64,
@@ -54,7 +55,7 @@ impl<R: Read> TextReader<R> {
     pub(crate) fn new(reader: R, max_bytes: u64) -> Self {
         TextReader {
             reader,
-            hasher: Sha256::new(),
+            hasher: Some(Sha256::new()),
             bytes_in: 0,
             max_bytes,
             eof: false,
@@ -79,9 +80,18 @@ impl<R: Read> TextReader<R> {
         self.source
     }
 
-    /// The sha256 of every raw byte read so far, hex.
+    /// Leave the input hash to the caller (the report's `input.sha256` is then empty).
+    pub(crate) fn without_hash(mut self) -> Self {
+        self.hasher = None;
+        self
+    }
+
+    /// The sha256 of every raw byte read so far, hex; empty when not hashing.
     pub(crate) fn sha256_hex(&self) -> String {
-        hex(&self.hasher.clone().finalize())
+        self.hasher
+            .as_ref()
+            .map(|h| hex(&h.clone().finalize()))
+            .unwrap_or_default()
     }
 
     /// Read to end without checking, so the hash and size cover the whole input even when the
@@ -114,7 +124,9 @@ impl<R: Read> TextReader<R> {
             match self.reader.read(&mut self.raw[self.end..CHUNK]) {
                 Ok(0) => self.eof = true,
                 Ok(n) => {
-                    self.hasher.update(&self.raw[self.end..self.end + n]);
+                    if let Some(hasher) = &mut self.hasher {
+                        hasher.update(&self.raw[self.end..self.end + n]);
+                    }
                     self.end += n;
                     self.bytes_in += n as u64;
                     if self.bytes_in > self.max_bytes {
@@ -216,8 +228,9 @@ impl<R: Read> TextReader<R> {
     }
 
     fn next_utf8(&mut self) -> Result<Chunk<'_>, EngineError> {
-        // Keep a full block unless the input is exhausted; a tail of < 4 bytes is carried.
-        if self.end - self.start < CHUNK / 2 && !self.eof {
+        // Refill only when the block is used up, so at most a cut-off sequence (< 4 bytes) is
+        // ever moved to the front.
+        if self.end - self.start < 4 && !self.eof {
             if let Err(r) = self.refill()? {
                 return Ok(Err(r));
             }
@@ -259,7 +272,7 @@ impl<R: Read> TextReader<R> {
 
     fn next_transcoded(&mut self) -> Result<Chunk<'_>, EngineError> {
         loop {
-            if self.end - self.start < CHUNK / 2 && !self.eof {
+            if self.end - self.start < 4 && !self.eof {
                 if let Err(r) = self.refill()? {
                     return Ok(Err(r));
                 }

@@ -1,0 +1,33 @@
+//! Run the engine in-process over FILE, writing the clean output to OUT (default /dev/null),
+//! and print seconds and MB/s. Used by benches/throughput.sh as the no-sandbox reference.
+
+use std::time::Instant;
+
+fn main() {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let Some(path) = args.first() else {
+        eprintln!("usage: inprocess FILE [OUT]");
+        return;
+    };
+    let out_path = args.get(1).map(String::as_str).unwrap_or("/dev/null");
+    let input = std::fs::File::open(path).unwrap();
+    let output = std::fs::File::create(out_path).unwrap();
+    let bytes = input.metadata().unwrap().len();
+    let started = Instant::now();
+    let report = airlock_engine::process(
+        &input,
+        &output,
+        std::io::sink(),
+        &airlock_engine::Options::default(),
+    )
+    .unwrap();
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "{secs:.3} s  {:.1} MB/s  {:?}",
+        bytes as f64 / secs / 1e6,
+        report.status
+    );
+}
