@@ -39,6 +39,18 @@ enum Command {
         after_help = "Exit status: 0 the policy runs here, 1 it cannot (see \"problems\"), 2 usage error.\n\nExample:\n  airlock doctor --policy-dir /etc/airlock/policies"
     )]
     Doctor(DoctorArgs),
+    /// Serve signed-link downloads for the local storage backend (HTTP, 127.0.0.1 by default).
+    #[command(
+        after_help = "Links come from `airlock link` and expire within the presign policy's TTL (5 min).\n\nExample:\n  AIRLOCK_STORAGE_URL=file:///var/lib/airlock airlock serve --listen 127.0.0.1:8787"
+    )]
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, value_name = "ADDR", env = "AIRLOCK_LISTEN", default_value = crate::config::DEFAULT_LISTEN)]
+    listen: String,
 }
 
 #[derive(Debug, Args)]
@@ -104,6 +116,7 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Process(args) => process_command(args),
         Command::Doctor(args) => doctor_command(args),
+        Command::Serve(args) => serve_command(args),
     }
 }
 
@@ -118,6 +131,37 @@ fn chain(e: &anyhow::Error) -> String {
         .map(ToString::to_string)
         .collect::<Vec<_>>()
         .join(": ")
+}
+
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+}
+
+fn serve_command(args: ServeArgs) -> ExitCode {
+    let url = match crate::config::StorageUrl::from_env() {
+        Ok(u) => u,
+        Err(e) => return usage(e),
+    };
+    let crate::config::StorageUrl::File(root) = url else {
+        return usage("AIRLOCK_STORAGE_URL is s3://: S3 serves its own presigned links; `serve` is for the local backend");
+    };
+    let store = match crate::storage::fs::FsStore::open(&root, &crate::config::public_url()) {
+        Ok(s) => std::sync::Arc::new(s),
+        Err(e) => return usage(e),
+    };
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => return usage(format!("starting the runtime: {e}")),
+    };
+    match rt.block_on(crate::serve::run(store, &args.listen)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("airlock: {}", chain(&e));
+            ExitCode::from(EXIT_FAILED)
+        }
+    }
 }
 
 fn doctor_command(args: DoctorArgs) -> ExitCode {

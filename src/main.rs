@@ -1,17 +1,11 @@
-//! `airlock`: the safe door through which untrusted CSV uploads enter a data pipeline.
-//!
-//! The same binary is the CLI and, re-executed with a hidden first argument, the sandboxed worker.
-//! That dispatch happens first thing in `main`, before clap, logging or any thread exists.
+//! `airlock`: the CLI and, re-executed with a hidden first argument, the sandboxed worker. That
+//! dispatch happens first thing in `main`, before clap, logging, a runtime or any thread exists.
 
 #![forbid(unsafe_code)]
 
-mod cli;
-mod doctor;
-mod policy;
-mod process;
-mod worker;
-
 use std::process::ExitCode;
+
+use airlock::{cli, worker};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();

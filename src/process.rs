@@ -230,11 +230,7 @@ fn sha256_file(file: &File, size: u64) -> std::io::Result<String> {
         hasher.update(&buf[..n]);
         offset += n as u64;
     }
-    Ok(hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
+    Ok(hex::encode(hasher.finalize()))
 }
 
 /// A result file written under a temporary name beside its destination, renamed into place only

@@ -3,3 +3,4 @@
 mod common;
 mod process;
 mod sandbox;
+mod storage;

@@ -3,6 +3,7 @@
 //! serde structs that refuse unknown fields, then validated types with the semantic checks.
 
 pub mod limits;
+pub mod storage;
 
 use std::path::{Path, PathBuf};
 
@@ -14,6 +15,10 @@ const BUILT_IN: &[(&str, &str)] = &[
     ("limits.toml", include_str!("../../policies/limits.toml")),
     ("seccomp.json", BUILT_IN_SECCOMP),
     ("sandbox.toml", BUILT_IN_SANDBOX),
+    (
+        "storage/presign.toml",
+        include_str!("../../policies/storage/presign.toml"),
+    ),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +52,7 @@ pub enum PolicyError {
 pub struct Policies {
     pub limits: LimitsPolicy,
     pub sandbox: SandboxPolicy,
+    pub presign: storage::PresignPolicy,
 }
 
 impl Policies {
@@ -61,9 +67,11 @@ impl Policies {
                 source,
             }
         })?;
+        let presign = read("storage/presign.toml", dir)?;
         Ok(Policies {
             limits: LimitsPolicy::parse(&limits.0, &limits.1)?,
             sandbox,
+            presign: storage::PresignPolicy::parse(&presign.0, &presign.1)?,
         })
     }
 }

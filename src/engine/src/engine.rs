@@ -13,7 +13,7 @@ use crate::report::{
     excerpt, Code, Dialect, InputInfo, Issue, OutputInfo, Rejection, Report, RowCounts, Status,
 };
 use crate::sniff::sniff_delimiter;
-use crate::text::{self, hex, Source, TextReader};
+use crate::text::{self, Source, TextReader};
 use crate::{EngineError, Limits, Options};
 
 /// Decoded bytes used to sniff the dialect and the text format.
@@ -654,11 +654,11 @@ impl<O: Write, J: Write> Sink<O, J> {
             issues: self.issues,
             output: OutputInfo {
                 bytes: out.bytes,
-                sha256: hex(&out.hasher.clone().finalize()),
+                sha256: hex::encode(out.hasher.clone().finalize()),
             },
             rejects: OutputInfo {
                 bytes: rej.bytes,
-                sha256: hex(&rej.hasher.clone().finalize()),
+                sha256: hex::encode(rej.hasher.clone().finalize()),
             },
             sandbox: None,
         })

@@ -90,7 +90,7 @@ impl<R: Read> TextReader<R> {
     pub(crate) fn sha256_hex(&self) -> String {
         self.hasher
             .as_ref()
-            .map(|h| hex(&h.clone().finalize()))
+            .map(|h| hex::encode(h.clone().finalize()))
             .unwrap_or_default()
     }
 
@@ -435,16 +435,6 @@ pub(crate) fn text_format(sample: &[u8]) -> Option<&'static str> {
         }
         _ => None,
     }
-}
-
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for &b in bytes {
-        s.push(DIGITS[usize::from(b >> 4)] as char);
-        s.push(DIGITS[usize::from(b & 15)] as char);
-    }
-    s
 }
 
 #[cfg(test)]

@@ -1,0 +1,16 @@
+//! Airlock: the safe door through which untrusted CSV uploads enter a data pipeline.
+//!
+//! This crate is the service around the engine: the CLI, policies, the worker entry point and
+//! the parent side of `process`, object storage, and the download server. It never parses CSV;
+//! only the worker does, through `airlock-engine`, after `airlock-sandbox` has locked it down.
+
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod config;
+pub mod doctor;
+pub mod policy;
+pub mod process;
+pub mod serve;
+pub mod storage;
+pub mod worker;

@@ -1,0 +1,310 @@
+//! The local-directory backend (the embedded default). Directories 0700, files 0600, writes go to
+//! a temp file and are renamed into place. Links have the same shape as presigned S3 links:
+//! expiry, key and download name signed with HMAC-SHA256, checked in constant time by
+//! `airlock serve`. The signing key is generated once, stored 0600 and zeroized in memory.
+
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use hmac::{Hmac, Mac};
+use rand::RngCore;
+use secrecy::{ExposeSecret, SecretBox};
+use sha2::Sha256;
+
+use super::{
+    DeleteOutcome, ListPage, Listed, ObjectKey, ObjectMeta, ObjectStore, PutMeta, StorageError,
+};
+
+const KEY_FILE: &str = "signing.key";
+
+/// HMAC key for local links; never printed.
+pub struct SigningKey(SecretBox<[u8; 32]>);
+
+impl std::fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SigningKey([redacted])")
+    }
+}
+
+impl SigningKey {
+    /// Load `dir/signing.key`, creating it (0600, 32 random bytes) on first use.
+    pub fn load_or_create(dir: &Path) -> Result<Self, StorageError> {
+        let path = dir.join(KEY_FILE);
+        let io = |source| StorageError::Io {
+            path: path.display().to_string(),
+            source,
+        };
+        if !path.exists() {
+            let mut bytes = zeroize::Zeroizing::new([0u8; 32]);
+            rand::rng().fill_bytes(bytes.as_mut());
+            let tmp = dir.join(format!(".{KEY_FILE}.{}", std::process::id()));
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)
+                .and_then(|mut f| std::io::Write::write_all(&mut f, bytes.as_ref()))
+                .map_err(io)?;
+            // Another process may have won the race; theirs stays.
+            if std::fs::hard_link(&tmp, &path).is_err() && !path.exists() {
+                return Err(io(std::io::Error::other(
+                    "could not install the signing key",
+                )));
+            }
+            let _ = std::fs::remove_file(&tmp);
+        }
+        let bytes = zeroize::Zeroizing::new(std::fs::read(&path).map_err(io)?);
+        let key: [u8; 32] = bytes.as_slice().try_into().map_err(|_| {
+            StorageError::Config(format!("{} is not a 32-byte key", path.display()))
+        })?;
+        Ok(SigningKey(SecretBox::new(Box::new(key))))
+    }
+
+    fn mac(&self, key: &str, expires: u64, name: &str) -> Hmac<Sha256> {
+        let mut mac =
+            Hmac::<Sha256>::new_from_slice(self.0.expose_secret()).expect("any key length");
+        mac.update(format!("GET\n{key}\n{expires}\n{name}").as_bytes());
+        mac
+    }
+
+    pub fn sign(&self, key: &str, expires: u64, name: &str) -> String {
+        hex::encode(self.mac(key, expires, name).finalize().into_bytes())
+    }
+
+    /// Constant-time check of a hex signature.
+    pub fn verify(&self, key: &str, expires: u64, name: &str, sig_hex: &str) -> bool {
+        if sig_hex.len() != 64 {
+            return false;
+        }
+        let Ok(sig) = hex::decode(sig_hex) else {
+            return false;
+        };
+        self.mac(key, expires, name).verify_slice(&sig).is_ok()
+    }
+}
+
+/// A private local directory of objects.
+#[derive(Debug)]
+pub struct FsStore {
+    objects: PathBuf,
+    key: SigningKey,
+    base_url: String,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl FsStore {
+    /// Open (creating 0700) `root`; objects live under `root/objects`, the key in `root`.
+    /// `base_url` is where `airlock serve` answers, e.g. `http://127.0.0.1:8787`.
+    pub fn open(root: &Path, base_url: &str) -> Result<Self, StorageError> {
+        let objects = root.join("objects");
+        for dir in [root, objects.as_path()] {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|source| StorageError::Io {
+                    path: dir.display().to_string(),
+                    source,
+                })?;
+        }
+        Ok(FsStore {
+            key: SigningKey::load_or_create(root)?,
+            objects,
+            base_url: base_url.trim_end_matches('/').to_string(),
+        })
+    }
+
+    pub fn signing_key(&self) -> &SigningKey {
+        &self.key
+    }
+
+    /// The file behind a validated key.
+    pub fn path_of(&self, key: &ObjectKey) -> PathBuf {
+        self.objects.join(key.as_str())
+    }
+
+    fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StorageError + '_ {
+        move |source| StorageError::Io {
+            path: path.display().to_string(),
+            source,
+        }
+    }
+
+    /// Copy `from` to `dest` through a 0600 temp file in the destination directory and rename.
+    async fn copy_atomic(from: &Path, dest: &Path, cap: u64) -> Result<u64, StorageError> {
+        let dir = dest.parent().unwrap_or(Path::new("."));
+        tokio::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .await
+            .map_err(Self::io(dir))?;
+        let tmp = dir.join(format!(".tmp-{}", uuid::Uuid::new_v4()));
+        let result = async {
+            let mut src = tokio::fs::File::open(from).await.map_err(Self::io(from))?;
+            let size = src.metadata().await.map_err(Self::io(from))?.len();
+            if size > cap {
+                return Err(StorageError::TooLarge { size, cap });
+            }
+            let mut out = tokio::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)
+                .await
+                .map_err(Self::io(&tmp))?;
+            let mut limited = tokio::io::AsyncReadExt::take(&mut src, cap + 1);
+            let n = tokio::io::copy(&mut limited, &mut out)
+                .await
+                .map_err(Self::io(&tmp))?;
+            if n > cap {
+                return Err(StorageError::TooLarge { size: n, cap });
+            }
+            out.sync_all().await.map_err(Self::io(&tmp))?;
+            tokio::fs::rename(&tmp, dest)
+                .await
+                .map_err(Self::io(dest))?;
+            Ok(n)
+        }
+        .await;
+        if result.is_err() {
+            let _ = tokio::fs::remove_file(&tmp).await;
+        }
+        result
+    }
+}
+
+#[async_trait]
+impl ObjectStore for FsStore {
+    async fn put_file(
+        &self,
+        key: &ObjectKey,
+        path: &Path,
+        cap: u64,
+        _meta: &PutMeta,
+    ) -> Result<u64, StorageError> {
+        Self::copy_atomic(path, &self.path_of(key), cap).await
+    }
+
+    async fn get_to_file(
+        &self,
+        key: &ObjectKey,
+        dest: &Path,
+        cap: u64,
+    ) -> Result<u64, StorageError> {
+        let src = self.path_of(key);
+        if !tokio::fs::try_exists(&src).await.unwrap_or(false) {
+            return Err(StorageError::NotFound(key.clone()));
+        }
+        Self::copy_atomic(&src, dest, cap).await
+    }
+
+    async fn head(&self, key: &ObjectKey) -> Result<Option<ObjectMeta>, StorageError> {
+        let path = self.path_of(key);
+        match tokio::fs::metadata(&path).await {
+            Ok(m) => Ok(Some(ObjectMeta {
+                size: m.len(),
+                modified: m.modified().ok(),
+            })),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Self::io(&path)(e)),
+        }
+    }
+
+    async fn delete_many(&self, keys: &[ObjectKey]) -> Result<DeleteOutcome, StorageError> {
+        let mut outcome = DeleteOutcome::default();
+        for key in keys {
+            match tokio::fs::remove_file(self.path_of(key)).await {
+                Ok(()) => outcome.deleted.push(key.clone()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    outcome.deleted.push(key.clone())
+                }
+                Err(e) => outcome.failed.push((key.clone(), e.kind().to_string())),
+            }
+        }
+        Ok(outcome)
+    }
+
+    async fn presign_get(
+        &self,
+        key: &ObjectKey,
+        ttl: Duration,
+        download_name: &str,
+    ) -> Result<String, StorageError> {
+        let expires = unix_now() + ttl.as_secs();
+        let name = super::ascii_filename(download_name);
+        let sig = self.key.sign(key.as_str(), expires, &name);
+        let enc = |s: &str| {
+            percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+        };
+        Ok(format!(
+            "{}/o/{}?exp={expires}&name={}&sig={sig}",
+            self.base_url,
+            key.as_str(),
+            enc(&name)
+        ))
+    }
+
+    async fn list(&self, prefix: &str, next: Option<String>) -> Result<ListPage, StorageError> {
+        // One directory per prefix; a page is the whole directory (local stores are small).
+        if next.is_some() {
+            return Ok(ListPage::default());
+        }
+        let dir = self.objects.join(prefix.trim_end_matches('/'));
+        let mut page = ListPage::default();
+        let mut entries = match tokio::fs::read_dir(&dir).await {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(page),
+            Err(e) => return Err(Self::io(&dir)(e)),
+        };
+        while let Some(entry) = entries.next_entry().await.map_err(Self::io(&dir))? {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') {
+                continue;
+            }
+            let meta = entry.metadata().await.map_err(Self::io(&dir))?;
+            page.objects.push(Listed {
+                key: format!("{}/{name}", prefix.trim_end_matches('/')),
+                size: meta.len(),
+                modified: meta.modified().ok(),
+            });
+        }
+        Ok(page)
+    }
+}
+
+/// Whether a local link is valid now: the signature matches and it has not expired.
+pub fn check_link(
+    key: &SigningKey,
+    object: &str,
+    expires: u64,
+    name: &str,
+    sig: &str,
+) -> Result<(), LinkError> {
+    if !key.verify(object, expires, name, sig) {
+        return Err(LinkError::BadSignature);
+    }
+    if unix_now() > expires {
+        return Err(LinkError::Expired);
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkError {
+    BadSignature,
+    Expired,
+}
+
+/// Mode bits of a path (for tests and `doctor`).
+pub fn mode_of(path: &Path) -> std::io::Result<u32> {
+    Ok(std::fs::metadata(path)?.permissions().mode() & 0o777)
+}

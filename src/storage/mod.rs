@@ -1,0 +1,294 @@
+//! Object storage: where inputs and outputs live, reachable only through short-lived links.
+//!
+//! Keys are random UUIDv4s under a fixed prefix (`in/`, `out/`, `rej/`, `rep/`), never a tenant
+//! name, file name, date or sequence; the original file name travels only as metadata and in the
+//! signed download disposition. Two backends behind one object-safe trait:
+//!
+//! - [`s3::S3Store`]: any S3-compatible store through `aws-sdk-s3` (production).
+//! - [`fs::FsStore`]: a private local directory (the embedded default), with HMAC-signed links
+//!   served by `airlock serve`.
+//!
+//! Backend differences: S3 stores the download name as object metadata and can list by last
+//! modification time; the local store keeps no metadata (the name is carried in the signed link).
+
+pub mod fs;
+pub mod s3;
+
+use std::fmt;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use uuid::Uuid;
+
+/// Which artifact a key holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Input,
+    Output,
+    Rejects,
+    Report,
+}
+
+impl Kind {
+    const ALL: [Kind; 4] = [Kind::Input, Kind::Output, Kind::Rejects, Kind::Report];
+
+    fn prefix(self) -> &'static str {
+        match self {
+            Kind::Input => "in/",
+            Kind::Output => "out/",
+            Kind::Rejects => "rej/",
+            Kind::Report => "rep/",
+        }
+    }
+
+    fn suffix(self) -> &'static str {
+        match self {
+            Kind::Input => "",
+            Kind::Output | Kind::Rejects => ".csv",
+            Kind::Report => ".json",
+        }
+    }
+
+    /// The prefixes Airlock owns in a bucket.
+    pub fn prefixes() -> [&'static str; 4] {
+        Kind::ALL.map(Kind::prefix)
+    }
+}
+
+/// A validated object key: `<prefix><uuidv4><suffix>` and nothing else.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObjectKey(String);
+
+impl ObjectKey {
+    /// A fresh random key for `kind`.
+    pub fn new(kind: Kind) -> Self {
+        ObjectKey(format!(
+            "{}{}{}",
+            kind.prefix(),
+            Uuid::new_v4(),
+            kind.suffix()
+        ))
+    }
+
+    /// Parse a key from storage or the database; anything but the exact shape is refused, so a
+    /// key can never name a path outside the store.
+    pub fn parse(s: &str) -> Result<Self, StorageError> {
+        let bad = || StorageError::BadKey(s.chars().take(80).collect());
+        let kind = Kind::ALL
+            .into_iter()
+            .find(|k| s.starts_with(k.prefix()))
+            .ok_or_else(bad)?;
+        let id = s[kind.prefix().len()..]
+            .strip_suffix(kind.suffix())
+            .ok_or_else(bad)?;
+        let uuid = Uuid::try_parse(id).map_err(|_| bad())?;
+        if uuid.get_version_num() != 4 || uuid.hyphenated().to_string() != id {
+            return Err(bad());
+        }
+        Ok(ObjectKey(s.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn kind(&self) -> Kind {
+        Kind::ALL
+            .into_iter()
+            .find(|k| self.0.starts_with(k.prefix()))
+            .unwrap_or(Kind::Input)
+    }
+}
+
+impl fmt::Debug for ObjectKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// How an object is stored and later served.
+#[derive(Debug, Clone)]
+pub struct PutMeta {
+    pub content_type: String,
+    /// The name a download gets (the original file name); sanitised before use.
+    pub download_name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectMeta {
+    pub size: u64,
+    pub modified: Option<SystemTime>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    pub key: String,
+    pub size: u64,
+    pub modified: Option<SystemTime>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ListPage {
+    pub objects: Vec<Listed>,
+    /// Pass back to get the next page; `None` at the end.
+    pub next: Option<String>,
+}
+
+/// What a batched delete did. A key that was already gone counts as deleted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeleteOutcome {
+    pub deleted: Vec<ObjectKey>,
+    /// Keys the store refused to delete, with its error code.
+    pub failed: Vec<(ObjectKey, String)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("not an Airlock object key: {0:?}")]
+    BadKey(String),
+    #[error("object is {size} bytes, over the cap of {cap}")]
+    TooLarge { size: u64, cap: u64 },
+    #[error("object {0} does not exist")]
+    NotFound(ObjectKey),
+    #[error("a link may live at most {max:?}; {asked:?} was asked for")]
+    TtlTooLong { asked: Duration, max: Duration },
+    #[error("the store refused our credentials ({code}); check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY and the bucket policy")]
+    Credentials { code: String },
+    #[error("the store is unreachable or failed: {0}")]
+    Unavailable(String),
+    #[error("local storage I/O failed at {path}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("storage configuration: {0}")]
+    Config(String),
+}
+
+impl StorageError {
+    /// Worth retrying later (an outage), as opposed to a permanent refusal.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StorageError::Unavailable(_) | StorageError::Io { .. })
+    }
+}
+
+/// The store behind Airlock's inputs and outputs. Object-safe: held as `Arc<dyn ObjectStore>`.
+#[async_trait]
+pub trait ObjectStore: Send + Sync + fmt::Debug {
+    /// Upload the file at `path` under `key`, streamed; refuses files over `cap` bytes before
+    /// sending anything. Requests server-side encryption where the store supports it.
+    async fn put_file(
+        &self,
+        key: &ObjectKey,
+        path: &Path,
+        cap: u64,
+        meta: &PutMeta,
+    ) -> Result<u64, StorageError>;
+    /// Download `key` into `dest` (created 0600), streamed; refuses objects over `cap`.
+    async fn get_to_file(
+        &self,
+        key: &ObjectKey,
+        dest: &Path,
+        cap: u64,
+    ) -> Result<u64, StorageError>;
+    /// Size and time of `key`, `None` when it does not exist. Reads no content.
+    async fn head(&self, key: &ObjectKey) -> Result<Option<ObjectMeta>, StorageError>;
+    /// Delete `keys` in batches (at most 1000 per request), reading every per-key error.
+    async fn delete_many(&self, keys: &[ObjectKey]) -> Result<DeleteOutcome, StorageError>;
+    /// A link that downloads `key` as an attachment named `download_name`, valid for `ttl`.
+    async fn presign_get(
+        &self,
+        key: &ObjectKey,
+        ttl: Duration,
+        download_name: &str,
+    ) -> Result<String, StorageError>;
+    /// One page of the objects under `prefix`.
+    async fn list(&self, prefix: &str, next: Option<String>) -> Result<ListPage, StorageError>;
+}
+
+/// A download name safe for a quoted `filename="…"`: printable ASCII without quotes, backslashes,
+/// slashes or control characters, at most 100 characters.
+pub fn ascii_filename(name: &str) -> String {
+    let cleaned: String = name
+        .chars()
+        .map(|c| match c {
+            ' '..='~' if !matches!(c, '"' | '\\' | '/' | ';' | '%') => c,
+            _ => '_',
+        })
+        .take(100)
+        .collect();
+    let trimmed = cleaned.trim_matches(|c| c == '.' || c == ' ' || c == '_');
+    if trimmed.is_empty() {
+        "download.csv".to_string()
+    } else {
+        cleaned
+    }
+}
+
+/// `attachment; filename="…"; filename*=UTF-8''…` (RFC 6266 / RFC 5987).
+pub fn content_disposition(name: &str) -> String {
+    const ATTR_CHAR: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'!')
+        .remove(b'#')
+        .remove(b'$')
+        .remove(b'&')
+        .remove(b'+')
+        .remove(b'-')
+        .remove(b'.')
+        .remove(b'^')
+        .remove(b'_')
+        .remove(b'`')
+        .remove(b'|')
+        .remove(b'~');
+    let clean: String = name.chars().filter(|c| !c.is_control()).take(200).collect();
+    let clean = clean.replace(['/', '\\'], "_");
+    format!(
+        "attachment; filename=\"{}\"; filename*=UTF-8''{}",
+        ascii_filename(&clean),
+        percent_encoding::utf8_percent_encode(&clean, ATTR_CHAR)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_prefix_uuid_suffix_only() {
+        let k = ObjectKey::new(Kind::Output);
+        assert!(k.as_str().starts_with("out/") && k.as_str().ends_with(".csv"));
+        assert_eq!(ObjectKey::parse(k.as_str()).unwrap(), k);
+        for bad in [
+            "in/../etc/passwd",
+            "out/x.csv",
+            "in/00000000-0000-0000-0000-000000000000",
+            "tenant/acme.csv",
+            "in/6F9619FF-8B86-4011-B42D-00C04FC964FF",
+            "",
+        ] {
+            assert!(ObjectKey::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn disposition_is_sanitised() {
+        let cd = content_disposition("evil\"\r\nSet-Cookie: x.csv");
+        assert!(!cd.contains('\r') && !cd.contains('\n'));
+        assert_eq!(cd.matches('"').count(), 2, "{cd}");
+        let cd = content_disposition("Müller leads.csv");
+        assert!(cd.contains("filename=\"M_ller leads.csv\""), "{cd}");
+        assert!(
+            cd.contains("filename*=UTF-8''M%C3%BCller%20leads.csv"),
+            "{cd}"
+        );
+        assert!(content_disposition("../../x").contains("filename=\".._.._x\""));
+    }
+}

@@ -1,0 +1,484 @@
+//! Object storage: one conformance suite run against both backends (the local directory, and a
+//! real S3 server started by `.ci/s3-server.sh`), then the link and access checks: against S3
+//! directly, and against `airlock serve` for the local backend.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use airlock::storage::fs::FsStore;
+use airlock::storage::s3::{Explicit, S3Store};
+use airlock::storage::{Kind, ObjectKey, ObjectStore, PutMeta, StorageError};
+
+/// The S3 server the test script started. A missing server fails the test: it never skips.
+pub struct S3Env {
+    pub endpoint: String,
+    pub bucket: String,
+    pub access_key: String,
+    pub secret_key: String,
+}
+
+pub fn s3_env() -> S3Env {
+    let var = |name: &str| {
+        std::env::var(name).unwrap_or_else(|_| {
+            panic!("{name} is not set: run the tests with `bash .ci/test`, which starts the S3 server (or start it with .ci/s3-server.sh and source its env file)")
+        })
+    };
+    S3Env {
+        endpoint: var("AIRLOCK_TEST_S3_ENDPOINT"),
+        bucket: var("AIRLOCK_TEST_S3_BUCKET"),
+        access_key: var("AIRLOCK_TEST_S3_ACCESS_KEY"),
+        secret_key: var("AIRLOCK_TEST_S3_SECRET_KEY"),
+    }
+}
+
+pub fn s3_store() -> Arc<S3Store> {
+    let env = s3_env();
+    Arc::new(S3Store::explicit(
+        Explicit {
+            endpoint: &env.endpoint,
+            region: "us-east-1",
+            access_key: &env.access_key,
+            secret_key: env.secret_key.clone().into(),
+        },
+        &env.bucket,
+    ))
+}
+
+fn fs_store(dir: &std::path::Path) -> Arc<FsStore> {
+    Arc::new(FsStore::open(dir, "http://127.0.0.1:1").unwrap())
+}
+
+fn meta() -> PutMeta {
+    PutMeta {
+        content_type: "text/csv".into(),
+        download_name: "Müller \"leads\".csv".into(),
+    }
+}
+
+fn random_file(dir: &std::path::Path, name: &str, len: usize) -> std::path::PathBuf {
+    let mut bytes = vec![0u8; len];
+    let mut x: u64 = 0x9E3779B97F4A7C15 ^ len as u64;
+    for b in bytes.iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = x as u8;
+    }
+    let path = dir.join(name);
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+// ---- the conformance suite ----------------------------------------------------------------
+
+async fn round_trip(store: Arc<dyn ObjectStore>) {
+    let dir = tempfile::tempdir().unwrap();
+    let src = random_file(dir.path(), "src", 5 * 1024 * 1024 + 17);
+    let key = ObjectKey::new(Kind::Input);
+    let n = store.put_file(&key, &src, 10 << 20, &meta()).await.unwrap();
+    assert_eq!(n, 5 * 1024 * 1024 + 17);
+    assert_eq!(store.head(&key).await.unwrap().unwrap().size, n);
+    let dest = dir.path().join("dest");
+    assert_eq!(store.get_to_file(&key, &dest, 10 << 20).await.unwrap(), n);
+    assert_eq!(std::fs::read(&dest).unwrap(), std::fs::read(&src).unwrap());
+    assert!(matches!(
+        store
+            .get_to_file(&key, &dir.path().join("small"), 1024)
+            .await,
+        Err(StorageError::TooLarge { .. })
+    ));
+    let listed = store.list("in/", None).await.unwrap();
+    assert!(listed.objects.iter().any(|o| o.key == key.as_str()));
+    let out = store.delete_many(std::slice::from_ref(&key)).await.unwrap();
+    assert_eq!(out.deleted, vec![key.clone()]);
+    assert!(store.head(&key).await.unwrap().is_none());
+    assert!(matches!(
+        store.get_to_file(&key, &dest, 1 << 30).await,
+        Err(StorageError::NotFound(_))
+    ));
+}
+
+async fn size_cap_on_put(store: Arc<dyn ObjectStore>) {
+    let dir = tempfile::tempdir().unwrap();
+    let src = random_file(dir.path(), "src", 4096);
+    let key = ObjectKey::new(Kind::Input);
+    let err = store.put_file(&key, &src, 4095, &meta()).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StorageError::TooLarge {
+                size: 4096,
+                cap: 4095
+            }
+        ),
+        "{err}"
+    );
+    assert!(
+        store.head(&key).await.unwrap().is_none(),
+        "nothing was stored"
+    );
+}
+
+async fn delete_many_is_idempotent(store: Arc<dyn ObjectStore>) {
+    let dir = tempfile::tempdir().unwrap();
+    let src = random_file(dir.path(), "src", 100);
+    let mut keys = Vec::new();
+    for _ in 0..5 {
+        let key = ObjectKey::new(Kind::Output);
+        store.put_file(&key, &src, 1000, &meta()).await.unwrap();
+        keys.push(key);
+    }
+    keys.push(ObjectKey::new(Kind::Report)); // never existed
+    let first = store.delete_many(&keys).await.unwrap();
+    assert_eq!(first.deleted.len(), 6, "{first:?}");
+    assert!(first.failed.is_empty());
+    let second = store.delete_many(&keys).await.unwrap();
+    assert_eq!(second.deleted.len(), 6);
+    assert!(second.failed.is_empty());
+    for key in &keys {
+        assert!(store.head(key).await.unwrap().is_none());
+    }
+}
+
+#[test]
+fn a_thousand_keys_are_unique_uuidv4_and_nothing_else() {
+    let mut seen = HashSet::new();
+    for i in 0..1000 {
+        let kind = [Kind::Input, Kind::Output, Kind::Rejects, Kind::Report][i % 4];
+        let key = ObjectKey::new(kind);
+        let s = key.as_str().to_string();
+        let (prefix, rest) = s.split_once('/').unwrap();
+        assert!(["in", "out", "rej", "rep"].contains(&prefix));
+        let id = rest.trim_end_matches(".csv").trim_end_matches(".json");
+        let uuid = uuid::Uuid::parse_str(id).unwrap();
+        assert_eq!(uuid.get_version_num(), 4);
+        assert_eq!(s.len(), prefix.len() + 1 + 36 + (rest.len() - id.len()));
+        assert!(seen.insert(s));
+    }
+}
+
+macro_rules! conformance {
+    ($backend:ident, $make:expr) => {
+        mod $backend {
+            use super::*;
+
+            #[tokio::test]
+            async fn round_trip_multi_mb() {
+                let dir = tempfile::tempdir().unwrap();
+                let _ = &dir;
+                round_trip($make(dir.path())).await;
+            }
+
+            #[tokio::test]
+            async fn size_cap() {
+                let dir = tempfile::tempdir().unwrap();
+                size_cap_on_put($make(dir.path())).await;
+            }
+
+            #[tokio::test]
+            async fn delete_idempotent() {
+                let dir = tempfile::tempdir().unwrap();
+                delete_many_is_idempotent($make(dir.path())).await;
+            }
+        }
+    };
+}
+
+conformance!(fs, |dir: &std::path::Path| -> Arc<dyn ObjectStore> {
+    fs_store(dir)
+});
+conformance!(s3, |_dir: &std::path::Path| -> Arc<dyn ObjectStore> {
+    s3_store()
+});
+
+// ---- local backend specifics --------------------------------------------------------------
+
+#[tokio::test]
+async fn local_store_is_private() {
+    use airlock::storage::fs::mode_of;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("store");
+    let store = fs_store(&root);
+    let src = random_file(dir.path(), "src", 10);
+    let key = ObjectKey::new(Kind::Input);
+    store.put_file(&key, &src, 100, &meta()).await.unwrap();
+    assert_eq!(mode_of(&root).unwrap(), 0o700);
+    assert_eq!(mode_of(&root.join("objects")).unwrap(), 0o700);
+    assert_eq!(mode_of(&root.join("objects/in")).unwrap(), 0o700);
+    assert_eq!(mode_of(&store.path_of(&key)).unwrap(), 0o600);
+    assert_eq!(mode_of(&root.join("signing.key")).unwrap(), 0o600);
+    assert!(
+        !format!("{store:?}").contains(&hex_of(&std::fs::read(root.join("signing.key")).unwrap()))
+    );
+    // No temp files left behind.
+    let names: Vec<_> = std::fs::read_dir(root.join("objects/in"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names.len(), 1);
+}
+
+fn hex_of(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+async fn serve_local(root: &std::path::Path) -> (Arc<FsStore>, String) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let store = Arc::new(FsStore::open(root, &base).unwrap());
+    let app = airlock::serve::router(store.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (store, base)
+}
+
+#[tokio::test]
+async fn local_links_over_http() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, base) = serve_local(&dir.path().join("store")).await;
+    let src = random_file(dir.path(), "src", 1000);
+    let key = ObjectKey::new(Kind::Output);
+    store.put_file(&key, &src, 10_000, &meta()).await.unwrap();
+    let other = ObjectKey::new(Kind::Output);
+    store.put_file(&other, &src, 10_000, &meta()).await.unwrap();
+    let http = reqwest::Client::new();
+
+    let url = store
+        .presign_get(&key, Duration::from_secs(60), "Müller \"leads\".csv")
+        .await
+        .unwrap();
+    assert!(url.starts_with(&base));
+    let resp = http.get(&url).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let cd = resp.headers()["content-disposition"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        cd.starts_with("attachment; filename=\"M_ller _leads_.csv\""),
+        "{cd}"
+    );
+    assert_eq!(resp.headers()["content-type"], "text/csv; charset=utf-8");
+    assert_eq!(
+        resp.bytes().await.unwrap().as_ref(),
+        std::fs::read(&src).unwrap()
+    );
+
+    for method in [
+        reqwest::Method::HEAD,
+        reqwest::Method::PUT,
+        reqwest::Method::DELETE,
+    ] {
+        let resp = http.request(method.clone(), &url).send().await.unwrap();
+        assert_eq!(resp.status(), 405, "{method}");
+    }
+    let tampered = format!(
+        "{}{}",
+        &url[..url.len() - 1],
+        if url.ends_with('0') { '1' } else { '0' }
+    );
+    assert_eq!(http.get(&tampered).send().await.unwrap().status(), 403);
+    let moved = url.replace(key.as_str(), other.as_str());
+    assert_eq!(http.get(&moved).send().await.unwrap().status(), 403);
+    let renamed = url.replace("name=M", "name=X");
+    assert_ne!(renamed, url);
+    assert_eq!(http.get(&renamed).send().await.unwrap().status(), 403);
+    let unsigned = format!("{base}/o/{}", key.as_str());
+    assert_eq!(http.get(&unsigned).send().await.unwrap().status(), 403);
+    let traversal = format!("{base}/o/in/../../signing.key?exp=9999999999&name=x&sig=00");
+    assert!(http
+        .get(&traversal)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .is_client_error());
+
+    let past = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        - 10;
+    let sig = store.signing_key().sign(key.as_str(), past, "x.csv");
+    let expired = format!("{base}/o/{}?exp={past}&name=x.csv&sig={sig}", key.as_str());
+    let resp = http.get(&expired).send().await.unwrap();
+    assert_eq!(resp.status(), 403);
+    assert!(resp.text().await.unwrap().contains("link_expired"));
+}
+
+// ---- S3 specifics -------------------------------------------------------------------------
+
+#[tokio::test]
+async fn s3_multipart_upload_of_a_large_object() {
+    let store = s3_store();
+    let dir = tempfile::tempdir().unwrap();
+    let src = random_file(dir.path(), "big", 70 * 1024 * 1024);
+    let key = ObjectKey::new(Kind::Input);
+    store
+        .put_file(&key, &src, 100 << 20, &meta())
+        .await
+        .unwrap();
+    assert_eq!(
+        store.head(&key).await.unwrap().unwrap().size,
+        70 * 1024 * 1024
+    );
+    let dest = dir.path().join("back");
+    store.get_to_file(&key, &dest, 100 << 20).await.unwrap();
+    assert!(std::fs::read(&dest).unwrap() == std::fs::read(&src).unwrap());
+    store.delete_many(&[key]).await.unwrap();
+}
+
+#[tokio::test]
+async fn s3_access_is_only_through_presigned_gets() {
+    let env = s3_env();
+    let store = s3_store();
+    let dir = tempfile::tempdir().unwrap();
+    let src = random_file(dir.path(), "src", 2000);
+    let key = ObjectKey::new(Kind::Output);
+    store.put_file(&key, &src, 10_000, &meta()).await.unwrap();
+    let other = ObjectKey::new(Kind::Output);
+    store.put_file(&other, &src, 10_000, &meta()).await.unwrap();
+    let http = reqwest::Client::new();
+    let object_url = format!("{}/{}/{}", env.endpoint, env.bucket, key.as_str());
+
+    // Anonymous requests are refused and change nothing.
+    assert_eq!(http.get(&object_url).send().await.unwrap().status(), 403);
+    assert_eq!(
+        http.put(&object_url)
+            .body("overwritten")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        403
+    );
+    assert_eq!(http.delete(&object_url).send().await.unwrap().status(), 403);
+    let list = format!("{}/{}?list-type=2", env.endpoint, env.bucket);
+    assert_eq!(http.get(&list).send().await.unwrap().status(), 403);
+    assert_eq!(
+        store.head(&key).await.unwrap().unwrap().size,
+        2000,
+        "the object survives"
+    );
+
+    // A presigned GET works, as an attachment.
+    let url = store
+        .presign_get(&key, Duration::from_secs(60), "Müller \"leads\".csv")
+        .await
+        .unwrap();
+    let resp = http.get(&url).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let cd = resp.headers()["content-disposition"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(cd.starts_with("attachment;"), "{cd}");
+    assert!(cd.contains("filename*=UTF-8''M%C3%BCller"), "{cd}");
+    assert_eq!(resp.headers()["content-type"], "text/csv; charset=utf-8");
+    assert_eq!(
+        resp.bytes().await.unwrap().as_ref(),
+        std::fs::read(&src).unwrap()
+    );
+
+    // The same URL for anything but GET is refused.
+    assert_eq!(http.head(&url).send().await.unwrap().status(), 403);
+    assert_eq!(http.put(&url).body("x").send().await.unwrap().status(), 403);
+    assert_eq!(store.head(&key).await.unwrap().unwrap().size, 2000);
+
+    // Tampered signature, or the signature moved to another key: refused.
+    let (before, sig) = url.split_once("X-Amz-Signature=").unwrap();
+    let flipped: String = sig
+        .chars()
+        .enumerate()
+        .map(|(i, c)| {
+            if i == 0 {
+                if c == 'a' {
+                    'b'
+                } else {
+                    'a'
+                }
+            } else {
+                c
+            }
+        })
+        .collect();
+    assert_eq!(
+        http.get(format!("{before}X-Amz-Signature={flipped}"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        403
+    );
+    let moved = url.replace(key.as_str(), other.as_str());
+    assert_ne!(moved, url);
+    assert_eq!(http.get(&moved).send().await.unwrap().status(), 403);
+
+    store.delete_many(&[key, other]).await.unwrap();
+}
+
+#[tokio::test]
+async fn s3_expired_links_are_refused() {
+    let env = s3_env();
+    let store = s3_store();
+    let dir = tempfile::tempdir().unwrap();
+    let src = random_file(dir.path(), "src", 10);
+    let key = ObjectKey::new(Kind::Output);
+    store.put_file(&key, &src, 100, &meta()).await.unwrap();
+    // Signed with a 1-second lifetime, ten minutes ago: expired without waiting.
+    let client = aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::new()
+            .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+            .endpoint_url(&env.endpoint)
+            .region(aws_sdk_s3::config::Region::new("us-east-1"))
+            .credentials_provider(aws_sdk_s3::config::Credentials::new(
+                &env.access_key,
+                &env.secret_key,
+                None,
+                None,
+                "t",
+            ))
+            .force_path_style(true)
+            .build(),
+    );
+    let config = aws_sdk_s3::presigning::PresigningConfig::builder()
+        .start_time(std::time::SystemTime::now() - Duration::from_secs(600))
+        .expires_in(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let req = client
+        .get_object()
+        .bucket(&env.bucket)
+        .key(key.as_str())
+        .presigned(config)
+        .await
+        .unwrap();
+    let status = reqwest::get(req.uri()).await.unwrap().status();
+    assert_eq!(status, 403);
+    store.delete_many(&[key]).await.unwrap();
+}
+
+#[tokio::test]
+async fn s3_wrong_credentials_give_a_clear_error() {
+    let env = s3_env();
+    let store = S3Store::explicit(
+        Explicit {
+            endpoint: &env.endpoint,
+            region: "us-east-1",
+            access_key: &env.access_key,
+            secret_key: "not-the-secret".to_string().into(),
+        },
+        &env.bucket,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let src = random_file(dir.path(), "src", 10);
+    let err = store
+        .put_file(&ObjectKey::new(Kind::Input), &src, 100, &meta())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StorageError::Credentials { .. }), "{err:?}");
+    let message = err.to_string();
+    assert!(message.contains("AWS_SECRET_ACCESS_KEY"), "{message}");
+    assert!(!message.contains("not-the-secret"));
+    assert!(!format!("{store:?}").contains("not-the-secret"));
+}
