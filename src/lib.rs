@@ -9,6 +9,7 @@
 pub mod cli;
 pub mod config;
 pub mod doctor;
+pub mod jobs;
 pub mod policy;
 pub mod process;
 pub mod serve;

@@ -1,6 +1,7 @@
 //! Integration tests: the real binary, the real worker process, real files.
 
 mod common;
+mod jobs;
 mod process;
 mod sandbox;
 mod storage;

@@ -1,0 +1,285 @@
+//! The job store (DESIGN §4): a queue of jobs per tenant, shared by any number of supervisors.
+//!
+//! States: `queued → running → succeeded | rejected | failed | cancelled`, and `purged` after
+//! retention. A claim takes a lease (`lease_expires_at`) and bumps a fencing token; heartbeats,
+//! completion and failure are fenced by it, so a supervisor that lost its lease cannot record
+//! anything. The reaper returns expired leases to `queued` (or `failed` once attempts are spent).
+//! Claims go round-robin across tenants (the tenant claimed from longest ago goes first), so one
+//! tenant's 10,000 queued jobs cannot starve another's one. Every state change writes its audit
+//! row in the same transaction. All times are milliseconds since the Unix epoch, passed in by the
+//! caller, so tests drive the clock.
+//!
+//! Backends: one implementation ([`sql::SqlStore`]) with two dialects: [`postgres`]
+//! (`FOR UPDATE SKIP LOCKED`, many supervisors on many hosts) and [`sqlite`] (`BEGIN IMMEDIATE`,
+//! the embedded default; one host).
+
+pub mod postgres;
+pub mod sql;
+pub mod sqlite;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    Queued,
+    Running,
+    Succeeded,
+    Rejected,
+    Failed,
+    Cancelled,
+    Purged,
+}
+
+impl JobState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Queued => "queued",
+            JobState::Running => "running",
+            JobState::Succeeded => "succeeded",
+            JobState::Rejected => "rejected",
+            JobState::Failed => "failed",
+            JobState::Cancelled => "cancelled",
+            JobState::Purged => "purged",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            JobState::Queued,
+            JobState::Running,
+            JobState::Succeeded,
+            JobState::Rejected,
+            JobState::Failed,
+            JobState::Cancelled,
+            JobState::Purged,
+        ]
+        .into_iter()
+        .find(|st| st.as_str() == s)
+    }
+
+    pub fn is_finished(self) -> bool {
+        matches!(
+            self,
+            JobState::Succeeded | JobState::Rejected | JobState::Failed
+        )
+    }
+}
+
+impl fmt::Display for JobState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A job to enqueue; the input is already in storage.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    pub tenant: String,
+    pub idempotency_key: Option<String>,
+    pub plan: String,
+    pub input_key: String,
+    pub input_bytes: i64,
+    /// The uploaded file's name, kept only for download names.
+    pub file_name: String,
+    pub max_attempts: i32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Submitted {
+    Created(Uuid),
+    /// The tenant already has a job with this idempotency key.
+    Existing(Uuid),
+}
+
+impl Submitted {
+    pub fn id(self) -> Uuid {
+        match self {
+            Submitted::Created(id) | Submitted::Existing(id) => id,
+        }
+    }
+}
+
+/// A job this supervisor now holds the lease on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claimed {
+    pub id: Uuid,
+    pub tenant: String,
+    pub plan: String,
+    pub input_key: String,
+    pub input_bytes: i64,
+    pub file_name: String,
+    pub fence: i64,
+    pub attempt: i32,
+}
+
+/// How a job finished.
+#[derive(Debug, Clone)]
+pub struct Completion {
+    pub state: JobState,
+    pub result_code: Option<String>,
+    pub output_key: Option<String>,
+    pub rejects_key: Option<String>,
+    pub report_key: Option<String>,
+    pub summary: serde_json::Value,
+}
+
+/// Everything known about a job.
+#[derive(Debug, Clone, Serialize)]
+pub struct JobRecord {
+    pub id: Uuid,
+    pub tenant: String,
+    pub state: JobState,
+    pub plan: String,
+    pub file_name: String,
+    pub input_key: String,
+    pub input_bytes: i64,
+    pub attempts: i32,
+    pub max_attempts: i32,
+    pub created_at: i64,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+    pub result_code: Option<String>,
+    pub output_key: Option<String>,
+    pub rejects_key: Option<String>,
+    pub report_key: Option<String>,
+    pub summary: Option<serde_json::Value>,
+    pub purged_at: Option<i64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    #[error("no job {0}")]
+    NotFound(Uuid),
+    #[error(
+        "job {0}: the lease was lost (fencing token {1} is stale); the result is not recorded"
+    )]
+    StaleFence(Uuid, i64),
+    #[error("job {id} is {state}; {what}")]
+    WrongState {
+        id: Uuid,
+        state: JobState,
+        what: &'static str,
+    },
+    #[error("database error")]
+    Db(#[from] sqlx::Error),
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+}
+
+impl JobError {
+    /// An outage worth retrying, as opposed to a refusal.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, JobError::Db(_))
+    }
+}
+
+pub type Shared = Arc<dyn JobStore>;
+
+/// The queue. Object-safe; held as `Arc<dyn JobStore>`.
+#[async_trait]
+pub trait JobStore: Send + Sync + fmt::Debug {
+    /// Create or upgrade the schema (idempotent).
+    async fn migrate(&self) -> Result<(), JobError>;
+    /// The tenant's job with this idempotency key, if any.
+    async fn find_idempotent(&self, tenant: &str, key: &str) -> Result<Option<Uuid>, JobError>;
+    /// Enqueue; with an idempotency key the tenant's existing job wins.
+    async fn submit(&self, job: &NewJob, now: i64) -> Result<Submitted, JobError>;
+    /// Take the next runnable job, round-robin across tenants.
+    async fn claim(
+        &self,
+        owner: &str,
+        lease_ms: i64,
+        now: i64,
+    ) -> Result<Option<Claimed>, JobError>;
+    /// Extend the lease; `false` when the lease is no longer ours.
+    async fn heartbeat(
+        &self,
+        id: Uuid,
+        fence: i64,
+        lease_ms: i64,
+        now: i64,
+    ) -> Result<bool, JobError>;
+    /// Record the result, fenced.
+    async fn complete(
+        &self,
+        id: Uuid,
+        fence: i64,
+        done: &Completion,
+        now: i64,
+    ) -> Result<(), JobError>;
+    /// A transient failure: back to `queued` at `retry_at`, or `failed` when attempts are spent
+    /// or `retry_at` is `None` (permanent). Fenced. Returns the new state.
+    async fn fail(
+        &self,
+        id: Uuid,
+        fence: i64,
+        code: &str,
+        retry_at: Option<i64>,
+        now: i64,
+    ) -> Result<JobState, JobError>;
+    /// Give a job back without counting the attempt (graceful shutdown). Fenced.
+    async fn release(&self, id: Uuid, fence: i64, now: i64) -> Result<(), JobError>;
+    /// Return expired leases to `queued` (retry after backoff) or `failed`. Returns how many.
+    async fn reap(&self, now: i64) -> Result<u64, JobError>;
+    /// Cancel a queued job.
+    async fn cancel(&self, id: Uuid, now: i64) -> Result<JobState, JobError>;
+    async fn get(&self, id: Uuid) -> Result<Option<JobRecord>, JobError>;
+    /// Jobs per state.
+    async fn counts(&self) -> Result<BTreeMap<String, i64>, JobError>;
+    /// Audit rows for a job, oldest first: (from, to, detail).
+    async fn audit(
+        &self,
+        id: Uuid,
+    ) -> Result<Vec<(Option<String>, String, Option<String>)>, JobError>;
+}
+
+/// Delay before retry `attempt` (1-based): 2 s doubling, capped at 5 min, with ±25% jitter.
+pub fn backoff_ms(attempt: i32) -> i64 {
+    use rand::Rng;
+    let base = 2_000i64
+        .saturating_mul(1i64 << attempt.clamp(1, 20).saturating_sub(1))
+        .min(300_000);
+    let jitter = rand::rng().random_range(-base / 4..=base / 4);
+    base + jitter
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Open the store named by a URL: `postgres://…` or `sqlite://path`.
+pub async fn open(url: &str) -> Result<Shared, JobError> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Arc::new(postgres::connect(url, None).await?))
+    } else if let Some(path) = url.strip_prefix("sqlite://") {
+        Ok(Arc::new(sqlite::open(std::path::Path::new(path)).await?))
+    } else {
+        Err(JobError::Corrupt(format!(
+            "AIRLOCK_DATABASE_URL must start with postgres:// or sqlite:// (got {:?})",
+            url.split(':').next().unwrap_or("")
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_with_jitter_and_a_cap() {
+        for (attempt, base) in [(1, 2_000), (2, 4_000), (3, 8_000), (12, 300_000)] {
+            let d = backoff_ms(attempt);
+            assert!(d >= base * 3 / 4 && d <= base * 5 / 4, "{attempt}: {d}");
+        }
+    }
+}

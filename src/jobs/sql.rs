@@ -1,0 +1,540 @@
+//! The job store over SQL, shared by both backends through sqlx's `Any` driver: the same
+//! statements (`$N` parameters work in both), with the dialect's claim query, row locking and
+//! schema supplied by [`super::postgres`] and [`super::sqlite`].
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::AnyPool;
+use sqlx::{Any, Executor, Row, Transaction};
+use uuid::Uuid;
+
+use super::{
+    backoff_ms, Claimed, Completion, JobError, JobRecord, JobState, JobStore, NewJob, Submitted,
+};
+
+/// What differs between PostgreSQL and SQLite.
+#[derive(Debug)]
+pub struct Dialect {
+    pub name: &'static str,
+    pub migrations: &'static str,
+    /// `$1` = now; returns one `id`: the next runnable job, round-robin across tenants.
+    pub claim_pick: &'static str,
+    /// Appended to selects that must lock their rows (`FOR UPDATE` or nothing).
+    pub for_update: &'static str,
+    /// `$1` = now; returns id, tenant, attempts, max_attempts of expired leases.
+    pub reap_select: &'static str,
+    /// How write transactions begin.
+    pub begin: &'static str,
+    /// Run after each new connection (schema, pragmas).
+    pub on_connect: fn(Option<&str>) -> String,
+}
+
+/// A job store on a SQL database.
+#[derive(Debug, Clone)]
+pub struct SqlStore {
+    pool: AnyPool,
+    dialect: &'static Dialect,
+}
+
+type Tx<'a> = Transaction<'a, Any>;
+
+async fn audit(
+    tx: &mut Tx<'_>,
+    id: &str,
+    tenant: &str,
+    now: i64,
+    from: Option<&str>,
+    to: &str,
+    detail: Option<&str>,
+) -> Result<(), JobError> {
+    sqlx::query("INSERT INTO airlock_audit (job_id, tenant, at, from_state, to_state, detail) VALUES ($1, $2, $3, $4, $5, $6)")
+        .bind(id)
+        .bind(tenant)
+        .bind(now)
+        .bind(from)
+        .bind(to)
+        .bind(detail)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+async fn queued_delta(tx: &mut Tx<'_>, tenant: &str, delta: i64) -> Result<(), JobError> {
+    sqlx::query(
+        "INSERT INTO airlock_tenants (tenant, queued) VALUES ($1, $2)
+         ON CONFLICT (tenant) DO UPDATE SET queued = airlock_tenants.queued + EXCLUDED.queued",
+    )
+    .bind(tenant)
+    .bind(delta)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+fn record(row: &AnyRow) -> Result<JobRecord, JobError> {
+    let id: String = row.try_get("id")?;
+    let state: String = row.try_get("state")?;
+    let summary: Option<String> = row.try_get("summary")?;
+    Ok(JobRecord {
+        id: Uuid::parse_str(&id).map_err(|e| JobError::Corrupt(e.to_string()))?,
+        tenant: row.try_get("tenant")?,
+        state: JobState::parse(&state).ok_or_else(|| JobError::Corrupt(state.clone()))?,
+        plan: row.try_get("plan")?,
+        file_name: row.try_get("file_name")?,
+        input_key: row.try_get("input_key")?,
+        input_bytes: row.try_get("input_bytes")?,
+        attempts: row.try_get::<i64, _>("attempts")? as i32,
+        max_attempts: row.try_get::<i64, _>("max_attempts")? as i32,
+        created_at: row.try_get("created_at")?,
+        started_at: row.try_get("started_at")?,
+        finished_at: row.try_get("finished_at")?,
+        result_code: row.try_get("result_code")?,
+        output_key: row.try_get("output_key")?,
+        rejects_key: row.try_get("rejects_key")?,
+        report_key: row.try_get("report_key")?,
+        summary: summary.and_then(|s| serde_json::from_str(&s).ok()),
+        purged_at: row.try_get("purged_at")?,
+    })
+}
+
+impl SqlStore {
+    /// Connect to `url` with `dialect`; `schema` (PostgreSQL) isolates tests.
+    pub async fn connect(
+        url: &str,
+        dialect: &'static Dialect,
+        schema: Option<String>,
+        max_connections: u32,
+    ) -> Result<Self, JobError> {
+        sqlx::any::install_default_drivers();
+        let setup = (dialect.on_connect)(schema.as_deref());
+        let pool = AnyPoolOptions::new()
+            .max_connections(max_connections)
+            .after_connect(move |conn, _| {
+                let setup = setup.clone();
+                Box::pin(async move {
+                    if !setup.is_empty() {
+                        conn.execute(setup.as_str()).await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect(url)
+            .await?;
+        Ok(SqlStore { pool, dialect })
+    }
+
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    async fn begin(&self) -> Result<Tx<'static>, JobError> {
+        Ok(self.pool.begin_with(self.dialect.begin).await?)
+    }
+
+    /// Fenced transition out of `running`: the job's tenant, or `StaleFence`.
+    async fn fenced(&self, tx: &mut Tx<'_>, id: Uuid, fence: i64) -> Result<String, JobError> {
+        let sql = format!(
+            "SELECT tenant FROM airlock_jobs WHERE id = $1 AND fence = $2 AND state = 'running'{}",
+            self.dialect.for_update
+        );
+        let row = sqlx::query(&sql)
+            .bind(id.to_string())
+            .bind(fence)
+            .fetch_optional(&mut **tx)
+            .await?;
+        match row {
+            Some(r) => Ok(r.try_get("tenant")?),
+            None => Err(JobError::StaleFence(id, fence)),
+        }
+    }
+}
+
+#[async_trait]
+impl JobStore for SqlStore {
+    async fn migrate(&self) -> Result<(), JobError> {
+        let mut tx = self.begin().await?;
+        tx.execute(self.dialect.migrations).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn find_idempotent(&self, tenant: &str, key: &str) -> Result<Option<Uuid>, JobError> {
+        let row =
+            sqlx::query("SELECT id FROM airlock_jobs WHERE tenant = $1 AND idempotency_key = $2")
+                .bind(tenant)
+                .bind(key)
+                .fetch_optional(&self.pool)
+                .await?;
+        row.map(|r| {
+            let id: String = r.try_get("id")?;
+            Uuid::parse_str(&id).map_err(|e| JobError::Corrupt(e.to_string()))
+        })
+        .transpose()
+    }
+
+    async fn submit(&self, job: &NewJob, now: i64) -> Result<Submitted, JobError> {
+        let id = Uuid::new_v4();
+        let mut tx = self.begin().await?;
+        let inserted = sqlx::query(
+            "INSERT INTO airlock_jobs (id, tenant, idempotency_key, state, plan, input_key, input_bytes, file_name, max_attempts, run_after, created_at)
+             VALUES ($1, $2, $3, 'queued', $4, $5, $6, $7, $8, $9, $9)
+             ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING",
+        )
+        .bind(id.to_string())
+        .bind(&job.tenant)
+        .bind(&job.idempotency_key)
+        .bind(&job.plan)
+        .bind(&job.input_key)
+        .bind(job.input_bytes)
+        .bind(&job.file_name)
+        .bind(i64::from(job.max_attempts))
+        .bind(now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if inserted == 0 {
+            tx.rollback().await?;
+            let key = job.idempotency_key.as_deref().unwrap_or_default();
+            let existing = self.find_idempotent(&job.tenant, key).await?;
+            return existing
+                .map(Submitted::Existing)
+                .ok_or_else(|| JobError::Corrupt("idempotency conflict without a row".into()));
+        }
+        queued_delta(&mut tx, &job.tenant, 1).await?;
+        audit(
+            &mut tx,
+            &id.to_string(),
+            &job.tenant,
+            now,
+            None,
+            "queued",
+            None,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Submitted::Created(id))
+    }
+
+    async fn claim(
+        &self,
+        owner: &str,
+        lease_ms: i64,
+        now: i64,
+    ) -> Result<Option<Claimed>, JobError> {
+        let mut tx = self.begin().await?;
+        let picked = sqlx::query(self.dialect.claim_pick)
+            .bind(now)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some(picked) = picked else {
+            tx.rollback().await?;
+            return Ok(None);
+        };
+        let id: String = picked.try_get("id")?;
+        let row = sqlx::query(
+            "UPDATE airlock_jobs SET state = 'running', attempts = attempts + 1, fence = fence + 1,
+                 lease_owner = $2, lease_expires_at = $3, started_at = COALESCE(started_at, $4)
+             WHERE id = $1
+             RETURNING id, tenant, plan, input_key, input_bytes, file_name, fence, attempts",
+        )
+        .bind(&id)
+        .bind(owner)
+        .bind(now + lease_ms)
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await?;
+        let tenant: String = row.try_get("tenant")?;
+        sqlx::query(
+            "UPDATE airlock_tenants SET queued = queued - 1,
+                 last_claimed = (SELECT COALESCE(MAX(last_claimed), 0) + 1 FROM airlock_tenants)
+             WHERE tenant = $1",
+        )
+        .bind(&tenant)
+        .execute(&mut *tx)
+        .await?;
+        audit(
+            &mut tx,
+            &id,
+            &tenant,
+            now,
+            Some("queued"),
+            "running",
+            Some(owner),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Some(Claimed {
+            id: Uuid::parse_str(&id).map_err(|e| JobError::Corrupt(e.to_string()))?,
+            tenant,
+            plan: row.try_get("plan")?,
+            input_key: row.try_get("input_key")?,
+            input_bytes: row.try_get("input_bytes")?,
+            file_name: row.try_get("file_name")?,
+            fence: row.try_get("fence")?,
+            attempt: row.try_get::<i64, _>("attempts")? as i32,
+        }))
+    }
+
+    async fn heartbeat(
+        &self,
+        id: Uuid,
+        fence: i64,
+        lease_ms: i64,
+        now: i64,
+    ) -> Result<bool, JobError> {
+        let n = sqlx::query("UPDATE airlock_jobs SET lease_expires_at = $3 WHERE id = $1 AND fence = $2 AND state = 'running'")
+            .bind(id.to_string())
+            .bind(fence)
+            .bind(now + lease_ms)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        Ok(n == 1)
+    }
+
+    async fn complete(
+        &self,
+        id: Uuid,
+        fence: i64,
+        done: &Completion,
+        now: i64,
+    ) -> Result<(), JobError> {
+        let mut tx = self.begin().await?;
+        let tenant = self.fenced(&mut tx, id, fence).await?;
+        sqlx::query(
+            "UPDATE airlock_jobs SET state = $2, finished_at = $3, result_code = $4, output_key = $5,
+                 rejects_key = $6, report_key = $7, summary = $8, lease_owner = NULL, lease_expires_at = NULL
+             WHERE id = $1",
+        )
+        .bind(id.to_string())
+        .bind(done.state.as_str())
+        .bind(now)
+        .bind(&done.result_code)
+        .bind(&done.output_key)
+        .bind(&done.rejects_key)
+        .bind(&done.report_key)
+        .bind(done.summary.to_string())
+        .execute(&mut *tx)
+        .await?;
+        audit(
+            &mut tx,
+            &id.to_string(),
+            &tenant,
+            now,
+            Some("running"),
+            done.state.as_str(),
+            done.result_code.as_deref(),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn fail(
+        &self,
+        id: Uuid,
+        fence: i64,
+        code: &str,
+        retry_at: Option<i64>,
+        now: i64,
+    ) -> Result<JobState, JobError> {
+        let mut tx = self.begin().await?;
+        let tenant = self.fenced(&mut tx, id, fence).await?;
+        let row = sqlx::query("SELECT attempts, max_attempts FROM airlock_jobs WHERE id = $1")
+            .bind(id.to_string())
+            .fetch_one(&mut *tx)
+            .await?;
+        let (attempts, max) = (
+            row.try_get::<i64, _>("attempts")? as i32,
+            row.try_get::<i64, _>("max_attempts")? as i32,
+        );
+        let state = match retry_at {
+            Some(at) if attempts < max => {
+                sqlx::query("UPDATE airlock_jobs SET state = 'queued', run_after = $2, result_code = $3, lease_owner = NULL, lease_expires_at = NULL WHERE id = $1")
+                    .bind(id.to_string())
+                    .bind(at)
+                    .bind(code)
+                    .execute(&mut *tx)
+                    .await?;
+                queued_delta(&mut tx, &tenant, 1).await?;
+                JobState::Queued
+            }
+            _ => {
+                sqlx::query("UPDATE airlock_jobs SET state = 'failed', finished_at = $2, result_code = $3, lease_owner = NULL, lease_expires_at = NULL WHERE id = $1")
+                    .bind(id.to_string())
+                    .bind(now)
+                    .bind(code)
+                    .execute(&mut *tx)
+                    .await?;
+                JobState::Failed
+            }
+        };
+        audit(
+            &mut tx,
+            &id.to_string(),
+            &tenant,
+            now,
+            Some("running"),
+            state.as_str(),
+            Some(code),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(state)
+    }
+
+    async fn release(&self, id: Uuid, fence: i64, now: i64) -> Result<(), JobError> {
+        let mut tx = self.begin().await?;
+        let tenant = self.fenced(&mut tx, id, fence).await?;
+        sqlx::query("UPDATE airlock_jobs SET state = 'queued', attempts = attempts - 1, run_after = $2, lease_owner = NULL, lease_expires_at = NULL WHERE id = $1")
+            .bind(id.to_string())
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        queued_delta(&mut tx, &tenant, 1).await?;
+        audit(
+            &mut tx,
+            &id.to_string(),
+            &tenant,
+            now,
+            Some("running"),
+            "queued",
+            Some("released at shutdown"),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn reap(&self, now: i64) -> Result<u64, JobError> {
+        let mut tx = self.begin().await?;
+        let rows = sqlx::query(self.dialect.reap_select)
+            .bind(now)
+            .fetch_all(&mut *tx)
+            .await?;
+        for row in &rows {
+            let id: String = row.try_get("id")?;
+            let tenant: String = row.try_get("tenant")?;
+            let (attempts, max) = (
+                row.try_get::<i64, _>("attempts")? as i32,
+                row.try_get::<i64, _>("max_attempts")? as i32,
+            );
+            if attempts < max {
+                sqlx::query("UPDATE airlock_jobs SET state = 'queued', run_after = $2, lease_owner = NULL, lease_expires_at = NULL WHERE id = $1")
+                    .bind(&id)
+                    .bind(now + backoff_ms(attempts))
+                    .execute(&mut *tx)
+                    .await?;
+                queued_delta(&mut tx, &tenant, 1).await?;
+                audit(
+                    &mut tx,
+                    &id,
+                    &tenant,
+                    now,
+                    Some("running"),
+                    "queued",
+                    Some("lease expired"),
+                )
+                .await?;
+            } else {
+                sqlx::query("UPDATE airlock_jobs SET state = 'failed', finished_at = $2, result_code = 'lease_expired', lease_owner = NULL, lease_expires_at = NULL WHERE id = $1")
+                    .bind(&id)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                audit(
+                    &mut tx,
+                    &id,
+                    &tenant,
+                    now,
+                    Some("running"),
+                    "failed",
+                    Some("lease expired; attempts spent"),
+                )
+                .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(rows.len() as u64)
+    }
+
+    async fn cancel(&self, id: Uuid, now: i64) -> Result<JobState, JobError> {
+        let mut tx = self.begin().await?;
+        let sql = format!(
+            "SELECT tenant, state FROM airlock_jobs WHERE id = $1{}",
+            self.dialect.for_update
+        );
+        let row = sqlx::query(&sql)
+            .bind(id.to_string())
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or(JobError::NotFound(id))?;
+        let (tenant, state): (String, String) = (row.try_get("tenant")?, row.try_get("state")?);
+        let state = JobState::parse(&state).ok_or_else(|| JobError::Corrupt(state.clone()))?;
+        if state != JobState::Queued {
+            return Err(JobError::WrongState {
+                id,
+                state,
+                what: "only a queued job can be cancelled",
+            });
+        }
+        sqlx::query("UPDATE airlock_jobs SET state = 'cancelled', finished_at = $2 WHERE id = $1")
+            .bind(id.to_string())
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        queued_delta(&mut tx, &tenant, -1).await?;
+        audit(
+            &mut tx,
+            &id.to_string(),
+            &tenant,
+            now,
+            Some("queued"),
+            "cancelled",
+            None,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(JobState::Cancelled)
+    }
+
+    async fn get(&self, id: Uuid) -> Result<Option<JobRecord>, JobError> {
+        let row = sqlx::query("SELECT * FROM airlock_jobs WHERE id = $1")
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(record).transpose()
+    }
+
+    async fn counts(&self) -> Result<BTreeMap<String, i64>, JobError> {
+        let rows = sqlx::query("SELECT state, COUNT(*) AS n FROM airlock_jobs GROUP BY state")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get::<String, _>("state")?, r.try_get::<i64, _>("n")?)))
+            .collect()
+    }
+
+    async fn audit(
+        &self,
+        id: Uuid,
+    ) -> Result<Vec<(Option<String>, String, Option<String>)>, JobError> {
+        let rows = sqlx::query(
+            "SELECT from_state, to_state, detail FROM airlock_audit WHERE job_id = $1 ORDER BY id",
+        )
+        .bind(id.to_string())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("from_state")?,
+                    r.try_get("to_state")?,
+                    r.try_get("detail")?,
+                ))
+            })
+            .collect()
+    }
+}
