@@ -16,6 +16,10 @@ const EXIT_FAILED: u8 = 70;
 const EXAMPLES: &str = "\
 Examples:
   airlock process leads.csv --output clean.csv --rejects rejects.csv --report report.json
+  airlock submit --tenant acme --idempotency-key upload-42 leads.csv   # prints the job id
+  airlock supervise --until-idle                 # run queued jobs, exit when none are left
+  airlock status JOB                             # state and report summary, JSON
+  airlock link JOB --artifact output             # presigned download link (5 min)
   airlock process leads.csv                      # report JSON on stdout, outputs discarded
   airlock process export.csv --plan legacy-excel # windows-1252 fallback for old spreadsheets
 
@@ -39,11 +43,96 @@ enum Command {
         after_help = "Exit status: 0 the policy runs here, 1 it cannot (see \"problems\"), 2 usage error.\n\nExample:\n  airlock doctor --policy-dir /etc/airlock/policies"
     )]
     Doctor(DoctorArgs),
+    /// Queue a file as a job for a tenant; prints the job id.
+    #[command(
+        after_help = "The file is uploaded under a new random key; its size is checked against the plan first.\nWith --idempotency-key, a second submit with the same key returns the first job's id.\n\nExample:\n  airlock submit --tenant acme --idempotency-key upload-42 leads.csv"
+    )]
+    Submit(SubmitCli),
+    /// Run queued jobs through sandboxed workers.
+    #[command(
+        after_help = "SIGTERM/SIGINT: stop claiming, let in-flight jobs finish within --grace-seconds, then give the rest back.\n\nExamples:\n  airlock supervise                        # run until stopped\n  airlock supervise --until-idle -c 4      # drain the queue and exit"
+    )]
+    Supervise(SuperviseCli),
+    /// A job's state and report summary, as JSON.
+    Status(JobCli),
+    /// A fresh presigned link to a finished job's output, rejects or report.
+    #[command(
+        after_help = "Example:\n  curl -o clean.csv \"$(airlock link JOB --artifact output --ttl 60)\""
+    )]
+    Link(LinkCli),
+    /// Cancel a queued job.
+    Cancel(JobCli),
+    /// Create or upgrade the job store schema (every command also does this on start).
+    Migrate,
     /// Serve signed-link downloads for the local storage backend (HTTP, 127.0.0.1 by default).
     #[command(
         after_help = "Links come from `airlock link` and expire within the presign policy's TTL (5 min).\n\nExample:\n  AIRLOCK_STORAGE_URL=file:///var/lib/airlock airlock serve --listen 127.0.0.1:8787"
     )]
     Serve(ServeArgs),
+}
+
+#[derive(Debug, Args)]
+struct SubmitCli {
+    /// The tenant the upload belongs to.
+    #[arg(long)]
+    tenant: String,
+    /// A key unique per tenant: resubmitting with it returns the existing job.
+    #[arg(long, value_name = "KEY")]
+    idempotency_key: Option<String>,
+    /// The plan of limits in policies/limits.toml.
+    #[arg(long, value_name = "NAME", default_value = "default")]
+    plan: String,
+    /// A directory whose policy files replace the built-in ones.
+    #[arg(long, value_name = "DIR", env = "AIRLOCK_POLICY_DIR")]
+    policy_dir: Option<PathBuf>,
+    /// The file to queue.
+    file: PathBuf,
+}
+
+#[derive(Debug, Args)]
+struct SuperviseCli {
+    /// Jobs run at once [default: number of cores].
+    #[arg(long, short = 'c', value_name = "N")]
+    concurrency: Option<usize>,
+    /// Exit when no job is queued or running.
+    #[arg(long)]
+    until_idle: bool,
+    /// Lease length; heartbeats renew it every third of this.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    lease_seconds: u64,
+    /// How long in-flight jobs may run on after SIGTERM before they are given back.
+    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+    grace_seconds: u64,
+    /// A directory whose policy files replace the built-in ones.
+    #[arg(long, value_name = "DIR", env = "AIRLOCK_POLICY_DIR")]
+    policy_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct JobCli {
+    /// The job id.
+    job: String,
+    /// Only succeed if the job belongs to this tenant.
+    #[arg(long)]
+    tenant: Option<String>,
+}
+
+#[derive(Debug, Args)]
+struct LinkCli {
+    /// The job id.
+    job: String,
+    /// Which file.
+    #[arg(long, value_name = "WHICH", default_value = "output", value_parser = ["output", "rejects", "report"])]
+    artifact: String,
+    /// Link lifetime (at most the presign policy's maximum, 300 s).
+    #[arg(long, value_name = "SECONDS")]
+    ttl: Option<u64>,
+    /// Only succeed if the job belongs to this tenant.
+    #[arg(long)]
+    tenant: Option<String>,
+    /// A directory whose policy files replace the built-in ones.
+    #[arg(long, value_name = "DIR", env = "AIRLOCK_POLICY_DIR")]
+    policy_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -98,8 +187,12 @@ fn parse_delimiter(s: &str) -> Result<u8, String> {
 }
 
 fn init_logging() {
+    let default = match std::env::args().nth(1).as_deref() {
+        Some("supervise" | "serve") => "info",
+        _ => "warn",
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_env("AIRLOCK_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -117,6 +210,59 @@ pub fn main() -> ExitCode {
         Command::Process(args) => process_command(args),
         Command::Doctor(args) => doctor_command(args),
         Command::Serve(args) => serve_command(args),
+        Command::Submit(args) => service_command(args.policy_dir.clone(), |p| async move {
+            let id = crate::service::submit(
+                &p,
+                crate::service::SubmitArgs {
+                    tenant: &args.tenant,
+                    idempotency_key: args.idempotency_key.as_deref(),
+                    plan: &args.plan,
+                    file: &args.file,
+                },
+            )
+            .await?;
+            Ok(id.to_string())
+        }),
+        Command::Supervise(args) => service_command(args.policy_dir.clone(), |p| async move {
+            let summary = crate::service::supervise(
+                p,
+                crate::service::SuperviseArgs {
+                    concurrency: args.concurrency.unwrap_or_else(|| {
+                        std::thread::available_parallelism()
+                            .map(|n| n.get())
+                            .unwrap_or(2)
+                    }),
+                    until_idle: args.until_idle,
+                    lease: std::time::Duration::from_secs(args.lease_seconds.max(3)),
+                    grace: std::time::Duration::from_secs(args.grace_seconds),
+                    work_dir: None,
+                },
+            )
+            .await?;
+            Ok(serde_json::to_string(&summary).unwrap_or_default())
+        }),
+        Command::Status(args) => service_command(None, |_| async move {
+            let v = crate::service::status(&args.job, args.tenant.as_deref()).await?;
+            Ok(serde_json::to_string_pretty(&v).unwrap_or_default())
+        }),
+        Command::Link(args) => service_command(args.policy_dir.clone(), |p| async move {
+            crate::service::link(
+                &p,
+                &args.job,
+                &args.artifact,
+                args.ttl,
+                args.tenant.as_deref(),
+            )
+            .await
+        }),
+        Command::Cancel(args) => service_command(None, |_| async move {
+            Ok(crate::service::cancel(&args.job, args.tenant.as_deref())
+                .await?
+                .to_string())
+        }),
+        Command::Migrate => {
+            service_command(None, |_| async move { crate::service::migrate().await })
+        }
     }
 }
 
@@ -131,6 +277,37 @@ fn chain(e: &anyhow::Error) -> String {
         .map(ToString::to_string)
         .collect::<Vec<_>>()
         .join(": ")
+}
+
+/// Run an async service command: print its output, map its error to an exit status.
+fn service_command<F, Fut>(policy_dir: Option<PathBuf>, f: F) -> ExitCode
+where
+    F: FnOnce(Policies) -> Fut,
+    Fut: std::future::Future<Output = Result<String, crate::service::CommandError>>,
+{
+    use crate::service::CommandError;
+    let policies = match Policies::load(policy_dir.as_deref()) {
+        Ok(p) => p,
+        Err(e) => return usage(chain(&e.into())),
+    };
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => return usage(format!("starting the runtime: {e}")),
+    };
+    match rt.block_on(f(policies)) {
+        Ok(out) => {
+            println!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("airlock: {e}");
+            match e {
+                CommandError::Usage(_) => ExitCode::from(EXIT_USAGE),
+                CommandError::Refused(_) => ExitCode::from(1),
+                CommandError::Failed(_) => ExitCode::from(EXIT_FAILED),
+            }
+        }
+    }
 }
 
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {

@@ -13,5 +13,7 @@ pub mod jobs;
 pub mod policy;
 pub mod process;
 pub mod serve;
+pub mod service;
 pub mod storage;
+pub mod supervisor;
 pub mod worker;

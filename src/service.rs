@@ -1,0 +1,322 @@
+//! The service commands: `migrate`, `submit`, `status`, `link`, `cancel`, `supervise`. Each opens
+//! the configured job store and object store (embedded default: SQLite + a local directory under
+//! `./airlock-data`), migrating the schema first (idempotent).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use uuid::Uuid;
+
+use crate::config::{StorageUrl, DEFAULT_DATA_DIR};
+use crate::jobs::{now_ms, JobRecord, JobState, NewJob, Shared, Submitted};
+use crate::policy::Policies;
+use crate::storage::{Kind, ObjectKey, ObjectStore, PutMeta};
+use crate::supervisor::{Settings, Supervisor};
+
+/// A command's failure, with the exit status it maps to.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    /// Bad flags or configuration (exit 2).
+    #[error("{0}")]
+    Usage(String),
+    /// The request was refused: not found, wrong state, too large (exit 1).
+    #[error("{0}")]
+    Refused(String),
+    /// A service failed or is unreachable (exit 70).
+    #[error("{0}")]
+    Failed(String),
+}
+
+pub fn database_url() -> String {
+    std::env::var("AIRLOCK_DATABASE_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(|| format!("sqlite://{DEFAULT_DATA_DIR}/airlock.db"))
+}
+
+pub async fn open_jobs() -> Result<Shared, CommandError> {
+    let url = database_url();
+    let jobs = crate::jobs::open(&url).await.map_err(|e| {
+        CommandError::Failed(format!("cannot open the job store: {e} ({})", chain(&e)))
+    })?;
+    jobs.migrate().await.map_err(|e| {
+        CommandError::Failed(format!("migrating the job store failed: {}", chain(&e)))
+    })?;
+    Ok(jobs)
+}
+
+pub async fn open_store() -> Result<Arc<dyn ObjectStore>, CommandError> {
+    let url = StorageUrl::from_env().map_err(|e| CommandError::Usage(e.to_string()))?;
+    crate::config::open_store(&url)
+        .await
+        .map_err(|e| CommandError::Failed(format!("cannot open storage: {e}")))
+}
+
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
+}
+
+fn failed(e: impl std::error::Error) -> CommandError {
+    CommandError::Failed(chain(&e))
+}
+
+pub async fn migrate() -> Result<String, CommandError> {
+    open_jobs().await?;
+    Ok(format!(
+        "schema is up to date ({})",
+        database_url().split(':').next().unwrap_or("")
+    ))
+}
+
+#[derive(Debug)]
+pub struct SubmitArgs<'a> {
+    pub tenant: &'a str,
+    pub idempotency_key: Option<&'a str>,
+    pub plan: &'a str,
+    pub file: &'a Path,
+}
+
+pub async fn submit(policies: &Policies, args: SubmitArgs<'_>) -> Result<Uuid, CommandError> {
+    validate_tenant(args.tenant)?;
+    let plan = policies
+        .limits
+        .plan(args.plan)
+        .map_err(|e| CommandError::Usage(e.to_string()))?;
+    let (_, size) =
+        crate::process::open_input(args.file).map_err(|e| CommandError::Usage(e.to_string()))?;
+    if size > plan.limits.max_bytes {
+        return Err(CommandError::Refused(format!(
+            "too_large: the file is {size} bytes; plan {:?} allows {} (nothing was uploaded)",
+            plan.name, plan.limits.max_bytes
+        )));
+    }
+    let jobs = open_jobs().await?;
+    if let Some(key) = args.idempotency_key {
+        if let Some(existing) = jobs
+            .find_idempotent(args.tenant, key)
+            .await
+            .map_err(failed)?
+        {
+            return Ok(existing);
+        }
+    }
+    let store = open_store().await?;
+    let input = ObjectKey::new(Kind::Input);
+    let file_name = args
+        .file
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "upload.csv".into());
+    let meta = PutMeta {
+        content_type: "application/octet-stream".into(),
+        download_name: file_name.clone(),
+    };
+    store
+        .put_file(&input, args.file, plan.limits.max_bytes, &meta)
+        .await
+        .map_err(failed)?;
+    let job = NewJob {
+        tenant: args.tenant.to_string(),
+        idempotency_key: args.idempotency_key.map(String::from),
+        plan: plan.name.clone(),
+        input_key: input.to_string(),
+        input_bytes: size as i64,
+        file_name,
+        max_attempts: 5,
+    };
+    match jobs.submit(&job, now_ms()).await {
+        Ok(Submitted::Created(id)) => Ok(id),
+        Ok(Submitted::Existing(id)) => {
+            // Lost an idempotency race: the upload is not needed.
+            let _ = store.delete_many(&[input]).await;
+            Ok(id)
+        }
+        Err(e) => {
+            let _ = store.delete_many(&[input]).await;
+            Err(failed(e))
+        }
+    }
+}
+
+fn validate_tenant(tenant: &str) -> Result<(), CommandError> {
+    let ok = !tenant.is_empty()
+        && tenant.len() <= 128
+        && tenant
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(CommandError::Usage(
+            "--tenant must be 1-128 characters of A-Z a-z 0-9 - _ .".into(),
+        ))
+    }
+}
+
+fn parse_id(job: &str) -> Result<Uuid, CommandError> {
+    Uuid::parse_str(job).map_err(|_| CommandError::Usage(format!("{job:?} is not a job id (UUID)")))
+}
+
+/// The job, if it exists and (when a tenant is named) belongs to that tenant. A job of another
+/// tenant looks exactly like a missing one.
+async fn find(jobs: &Shared, job: &str, tenant: Option<&str>) -> Result<JobRecord, CommandError> {
+    let id = parse_id(job)?;
+    let rec = jobs.get(id).await.map_err(failed)?;
+    match rec {
+        Some(r) if tenant.is_none_or(|t| t == r.tenant) => Ok(r),
+        _ => Err(CommandError::Refused(format!("no job {id}"))),
+    }
+}
+
+pub async fn status(job: &str, tenant: Option<&str>) -> Result<serde_json::Value, CommandError> {
+    let jobs = open_jobs().await?;
+    let r = find(&jobs, job, tenant).await?;
+    let artifacts: Vec<&str> = [
+        ("output", &r.output_key),
+        ("rejects", &r.rejects_key),
+        ("report", &r.report_key),
+    ]
+    .into_iter()
+    .filter(|(_, k)| k.is_some() && r.state != JobState::Purged)
+    .map(|(n, _)| n)
+    .collect();
+    Ok(serde_json::json!({
+        "id": r.id,
+        "tenant": r.tenant,
+        "state": r.state,
+        "plan": r.plan,
+        "attempts": r.attempts,
+        "created_at_ms": r.created_at,
+        "started_at_ms": r.started_at,
+        "finished_at_ms": r.finished_at,
+        "purged_at_ms": r.purged_at,
+        "result_code": r.result_code,
+        "report": r.summary,
+        "artifacts": artifacts,
+    }))
+}
+
+pub async fn link(
+    policies: &Policies,
+    job: &str,
+    artifact: &str,
+    ttl: Option<u64>,
+    tenant: Option<&str>,
+) -> Result<String, CommandError> {
+    let ttl = policies.presign.ttl(ttl).map_err(CommandError::Usage)?;
+    let jobs = open_jobs().await?;
+    let r = find(&jobs, job, tenant).await?;
+    if r.state == JobState::Purged {
+        return Err(CommandError::Refused(format!(
+            "job {} was purged (retention); its files are gone",
+            r.id
+        )));
+    }
+    if !r.state.is_finished() {
+        return Err(CommandError::Refused(format!(
+            "job {} is {}; links exist only for finished jobs",
+            r.id, r.state
+        )));
+    }
+    let (key, suffix) = match artifact {
+        "output" => (&r.output_key, "clean.csv"),
+        "rejects" => (&r.rejects_key, "rejects.csv"),
+        "report" => (&r.report_key, "report.json"),
+        other => {
+            return Err(CommandError::Usage(format!(
+                "--artifact {other:?}: use output, rejects or report"
+            )))
+        }
+    };
+    let key = key.as_deref().ok_or_else(|| {
+        CommandError::Refused(format!("job {} ({}) has no {artifact}", r.id, r.state))
+    })?;
+    let key = ObjectKey::parse(key).map_err(failed)?;
+    let stem = Path::new(&r.file_name)
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "upload".into());
+    let store = open_store().await?;
+    store
+        .presign_get(&key, ttl, &format!("{stem}.{suffix}"))
+        .await
+        .map_err(failed)
+}
+
+pub async fn cancel(job: &str, tenant: Option<&str>) -> Result<JobState, CommandError> {
+    let jobs = open_jobs().await?;
+    let r = find(&jobs, job, tenant).await?;
+    jobs.cancel(r.id, now_ms()).await.map_err(|e| match e {
+        crate::jobs::JobError::WrongState { .. } => CommandError::Refused(e.to_string()),
+        e => failed(e),
+    })
+}
+
+#[derive(Debug)]
+pub struct SuperviseArgs {
+    pub concurrency: usize,
+    pub until_idle: bool,
+    pub lease: Duration,
+    pub grace: Duration,
+    pub work_dir: Option<PathBuf>,
+}
+
+pub async fn supervise(
+    policies: Policies,
+    args: SuperviseArgs,
+) -> Result<crate::supervisor::Summary, CommandError> {
+    let problems = airlock_sandbox::host::HostSupport::probe().problems(&policies.sandbox);
+    if !problems.is_empty() {
+        return Err(CommandError::Failed(format!(
+            "this host cannot run the sandbox ({}); see `airlock doctor`",
+            problems.join("; ")
+        )));
+    }
+    let jobs = open_jobs().await?;
+    let store = open_store().await?;
+    let work_dir = match args.work_dir {
+        Some(d) => d,
+        None => std::env::temp_dir().join(format!("airlock-work-{}", std::process::id())),
+    };
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&work_dir)
+            .map_err(|e| {
+                CommandError::Failed(format!("cannot create {}: {e}", work_dir.display()))
+            })?;
+    }
+    let settings = Settings {
+        concurrency: args.concurrency,
+        lease: args.lease,
+        grace: args.grace,
+        poll: Duration::from_millis(200),
+        until_idle: args.until_idle,
+        work_dir: work_dir.clone(),
+    };
+    let supervisor = Arc::new(Supervisor::new(jobs, store, Arc::new(policies), settings));
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+        }
+        tracing::info!("shutdown requested: no new claims; finishing in-flight jobs");
+        let _ = tx.send(true);
+    });
+    let summary = supervisor.run(rx).await;
+    let _ = std::fs::remove_dir(&work_dir);
+    Ok(summary)
+}
