@@ -4,4 +4,5 @@ mod common;
 mod jobs;
 mod process;
 mod sandbox;
+mod service;
 mod storage;
