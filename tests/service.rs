@@ -401,3 +401,96 @@ macro_rules! service_suite {
 
 service_suite!(embedded, Deployment::embedded());
 service_suite!(production, Deployment::production().await);
+
+/// A private S3 server for a test that stops and restarts it (the shared one keeps running).
+struct OwnS3 {
+    dir: tempfile::TempDir,
+}
+
+impl OwnS3 {
+    fn script(&self, cmd: &str) {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join(".ci/s3-server.sh");
+        let out = Command::new("bash")
+            .arg(script)
+            .arg(cmd)
+            .arg(self.dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "s3-server.sh {cmd}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn var(&self, name: &str) -> String {
+        let env = std::fs::read_to_string(self.dir.path().join("env")).unwrap();
+        env.lines()
+            .find_map(|l| l.strip_prefix(&format!("export {name}=")).map(String::from))
+            .unwrap()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_s3_outage_is_retried_until_the_store_returns() {
+    let s3 = OwnS3 {
+        dir: tempfile::tempdir().unwrap(),
+    };
+    s3.script("start");
+    let mut d = Deployment::production().await;
+    for (k, v) in d.vars.iter_mut() {
+        match k.as_str() {
+            "AWS_ENDPOINT_URL" => *v = s3.var("AIRLOCK_TEST_S3_ENDPOINT"),
+            "AWS_ACCESS_KEY_ID" => *v = s3.var("AIRLOCK_TEST_S3_ACCESS_KEY"),
+            "AWS_SECRET_ACCESS_KEY" => *v = s3.var("AIRLOCK_TEST_S3_SECRET_KEY"),
+            _ => {}
+        }
+    }
+    let id = d.submit("acme", &fixture("valid/leads.csv"), &[]);
+    s3.script("stop");
+    let mut sup = d
+        .cmd()
+        .args(["supervise", "--until-idle", "-c", "1"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // The attempt fails on storage and is queued again with backoff; the supervisor stays up.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let s = d.status(&id);
+        if s["attempts"].as_i64() >= Some(1) && s["state"] == "queued" {
+            assert!(
+                s["result_code"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("storage_unavailable"),
+                "{s}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "no retry was scheduled: {s}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        sup.try_wait().unwrap().is_none(),
+        "the supervisor did not crash"
+    );
+    s3.script("start");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(st) = sup.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the job did not finish after S3 returned"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(status.success());
+    let s = d.status(&id);
+    assert_eq!(s["state"], "succeeded", "{s}");
+    assert!(s["attempts"].as_i64().unwrap() >= 2, "{s}");
+    s3.script("stop");
+}
