@@ -70,6 +70,45 @@ CREATE INDEX IF NOT EXISTS airlock_audit_job ON airlock_audit (job_id, id);
     reap_select: "SELECT id, tenant, attempts, max_attempts FROM airlock_jobs
          WHERE state = 'running' AND lease_expires_at < $1
          LIMIT 100 FOR UPDATE SKIP LOCKED",
+    claim_one: Some(
+        "WITH picked AS (
+             SELECT j.id FROM airlock_tenants t
+             CROSS JOIN LATERAL (
+                 SELECT id FROM airlock_jobs
+                 WHERE tenant = t.tenant AND state = 'queued' AND run_after <= $1
+                 ORDER BY run_after, created_at
+                 LIMIT 1
+                 FOR UPDATE SKIP LOCKED
+             ) j
+             WHERE t.queued > 0
+             ORDER BY t.last_claimed
+             LIMIT 1
+         ), upd AS (
+             UPDATE airlock_jobs SET state = 'running', attempts = attempts + 1, fence = fence + 1,
+                 lease_owner = $2, lease_expires_at = $3, started_at = COALESCE(started_at, $1)
+             FROM picked WHERE airlock_jobs.id = picked.id
+             RETURNING airlock_jobs.id, airlock_jobs.tenant, plan, input_key, input_bytes, file_name, fence, attempts
+         ), tenant AS (
+             UPDATE airlock_tenants SET queued = queued - 1,
+                 last_claimed = (SELECT COALESCE(MAX(last_claimed), 0) + 1 FROM airlock_tenants)
+             FROM upd WHERE airlock_tenants.tenant = upd.tenant
+         ), audit AS (
+             INSERT INTO airlock_audit (job_id, tenant, at, from_state, to_state, detail)
+             SELECT id, tenant, $1, 'queued', 'running', $2 FROM upd
+         )
+         SELECT * FROM upd",
+    ),
+    complete_one: Some(
+        "WITH upd AS (
+             UPDATE airlock_jobs SET state = $3, finished_at = $4, result_code = $5, output_key = $6,
+                 rejects_key = $7, report_key = $8, summary = $9, lease_owner = NULL, lease_expires_at = NULL
+             WHERE id = $1 AND fence = $2 AND state = 'running'
+             RETURNING id, tenant
+         )
+         INSERT INTO airlock_audit (job_id, tenant, at, from_state, to_state, detail)
+         SELECT id, tenant, $4, 'running', $3, $5 FROM upd
+         RETURNING job_id",
+    ),
     begin: "BEGIN",
     on_connect: |schema| match schema {
         Some(s) => format!("CREATE SCHEMA IF NOT EXISTS \"{s}\"; SET search_path TO \"{s}\""),

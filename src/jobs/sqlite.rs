@@ -67,6 +67,8 @@ CREATE INDEX IF NOT EXISTS airlock_audit_job ON airlock_audit (job_id, id);
     for_update: "",
     reap_select: "SELECT id, tenant, attempts, max_attempts FROM airlock_jobs
          WHERE state = 'running' AND lease_expires_at < $1 LIMIT 100",
+    claim_one: None,
+    complete_one: None,
     begin: "BEGIN IMMEDIATE",
     on_connect: |_| {
         "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 10000; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;".to_string()

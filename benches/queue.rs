@@ -1,0 +1,117 @@
+//! Claim-and-complete throughput of the job store with empty jobs: N jobs over 10 tenants are
+//! enqueued, then K concurrent workers claim and complete until the queue is empty. Run against
+//! PostgreSQL (AIRLOCK_TEST_DATABASE_URL, default the machine's `test` database, fresh schema)
+//! and SQLite (a temp file). Reference in the same run: K workers doing a bare `SELECT 1` round
+//! trip per job, the floor any claim query stands on.
+//!
+//! `cargo bench --bench queue -- [JOBS] [WORKERS]`
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use airlock::jobs::{Completion, JobState, JobStore, NewJob};
+
+fn job(i: usize) -> NewJob {
+    NewJob {
+        tenant: format!("tenant-{}", i % 10),
+        idempotency_key: None,
+        plan: "default".into(),
+        input_key: "in/00000000-0000-4000-8000-000000000000".into(),
+        input_bytes: 0,
+        file_name: "x.csv".into(),
+        max_attempts: 3,
+    }
+}
+
+async fn drain(store: Arc<dyn JobStore>, workers: usize) -> usize {
+    let mut tasks = Vec::new();
+    for w in 0..workers {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut n = 0;
+            let done = Completion {
+                state: JobState::Succeeded,
+                result_code: None,
+                output_key: None,
+                rejects_key: None,
+                report_key: None,
+                summary: serde_json::json!({}),
+            };
+            while let Some(c) = store
+                .claim(&format!("bench-{w}"), 30_000, 1_000_000_000)
+                .await
+                .unwrap()
+            {
+                store
+                    .complete(c.id, c.fence, &done, 1_000_000_001)
+                    .await
+                    .unwrap();
+                n += 1;
+            }
+            n
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.unwrap();
+    }
+    total
+}
+
+async fn bench(name: &str, store: Arc<dyn JobStore>, jobs: usize, workers: usize) -> f64 {
+    store.migrate().await.unwrap();
+    for i in 0..jobs {
+        store.submit(&job(i), i as i64).await.unwrap();
+    }
+    let started = Instant::now();
+    let n = drain(store, workers).await;
+    let secs = started.elapsed().as_secs_f64();
+    assert_eq!(n, jobs);
+    let rate = n as f64 / secs;
+    println!("{name:<10} {n} jobs, {workers} workers: {secs:.2} s = {rate:.0} jobs/s (claim + complete, each with its audit row)");
+    rate
+}
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<usize> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    let jobs = args.first().copied().unwrap_or(5000);
+    let workers = args.get(1).copied().unwrap_or(8);
+    let url = std::env::var("AIRLOCK_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let schema = format!("bench_{}", uuid::Uuid::new_v4().simple());
+    let pg = airlock::jobs::postgres::connect(&url, Some(schema.clone()))
+        .await
+        .expect("PostgreSQL");
+    let pool = pg.pool().clone();
+    // Reference: the bare round-trip rate with the same concurrency.
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..workers {
+        let pool = pool.clone();
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..jobs / workers {
+                sqlx::query("SELECT 1").execute(&pool).await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let floor = (jobs / workers * workers) as f64 / started.elapsed().as_secs_f64();
+    println!("reference  SELECT 1 round trips, {workers} workers: {floor:.0} /s");
+    let rate = bench("postgres", Arc::new(pg), jobs, workers).await;
+    println!("postgres claim+complete / SELECT 1: {:.3}", rate / floor);
+    sqlx::query(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
+        .execute(&pool)
+        .await
+        .ok();
+    let dir = tempfile::tempdir().unwrap();
+    let lite = airlock::jobs::sqlite::open(&dir.path().join("bench.db"))
+        .await
+        .unwrap();
+    bench("sqlite", Arc::new(lite), jobs, workers).await;
+}
