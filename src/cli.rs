@@ -62,6 +62,16 @@ enum Command {
     Link(LinkCli),
     /// Cancel a queued job.
     Cancel(JobCli),
+    /// Retention sweep: delete every file whose job completed longer ago than its plan's
+    /// retention (30 days by default), and old orphans; prints a JSON summary. For cron.
+    #[command(
+        after_help = "Exit status: 0 all done, 1 something failed (the next run retries it), 2 usage, 70 a service failed.\n\nExamples:\n  airlock sweep --dry-run     # counts, bytes and the oldest overdue completion; deletes nothing\n  17 3 * * * airlock sweep    # crontab: every night at 03:17"
+    )]
+    Sweep(SweepCli),
+    /// Erase one tenant's inputs and outputs now, with receipts.
+    Purge(PurgeCli),
+    /// A tenant's deletion receipts, as JSON.
+    Receipts(ReceiptsCli),
     /// Create or upgrade the job store schema (every command also does this on start).
     Migrate,
     /// Serve signed-link downloads for the local storage backend (HTTP, 127.0.0.1 by default).
@@ -136,6 +146,36 @@ struct LinkCli {
 }
 
 #[derive(Debug, Args)]
+struct SweepCli {
+    /// Report what would be deleted; delete nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// A directory whose policy files replace the built-in ones.
+    #[arg(long, value_name = "DIR", env = "AIRLOCK_POLICY_DIR")]
+    policy_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct PurgeCli {
+    /// The tenant whose data is erased.
+    #[arg(long)]
+    tenant: String,
+    /// Report what would be deleted; delete nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// A directory whose policy files replace the built-in ones.
+    #[arg(long, value_name = "DIR", env = "AIRLOCK_POLICY_DIR")]
+    policy_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct ReceiptsCli {
+    /// The tenant.
+    #[arg(long)]
+    tenant: String,
+}
+
+#[derive(Debug, Args)]
 struct ServeArgs {
     /// Address to listen on.
     #[arg(long, value_name = "ADDR", env = "AIRLOCK_LISTEN", default_value = crate::config::DEFAULT_LISTEN)]
@@ -188,7 +228,7 @@ fn parse_delimiter(s: &str) -> Result<u8, String> {
 
 fn init_logging() {
     let default = match std::env::args().nth(1).as_deref() {
-        Some("supervise" | "serve") => "info",
+        Some("supervise" | "serve" | "sweep" | "purge") => "info",
         _ => "warn",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("AIRLOCK_LOG")
@@ -260,6 +300,13 @@ pub fn main() -> ExitCode {
                 .await?
                 .to_string())
         }),
+        Command::Sweep(args) => sweep_command(args.policy_dir.clone(), None, args.dry_run),
+        Command::Purge(args) => {
+            sweep_command(args.policy_dir.clone(), Some(args.tenant), args.dry_run)
+        }
+        Command::Receipts(args) => service_command(None, |_| async move {
+            crate::service::receipts(&args.tenant).await
+        }),
         Command::Migrate => {
             service_command(None, |_| async move { crate::service::migrate().await })
         }
@@ -277,6 +324,21 @@ fn chain(e: &anyhow::Error) -> String {
         .map(ToString::to_string)
         .collect::<Vec<_>>()
         .join(": ")
+}
+
+fn sweep_command(policy_dir: Option<PathBuf>, tenant: Option<String>, dry_run: bool) -> ExitCode {
+    let failed = std::sync::atomic::AtomicBool::new(false);
+    let failed_ref = &failed;
+    let code = service_command(policy_dir, |p| async move {
+        let (json, any_failed) = crate::service::sweep(&p, tenant.as_deref(), dry_run).await?;
+        failed_ref.store(any_failed, std::sync::atomic::Ordering::Relaxed);
+        Ok(json)
+    });
+    if failed.load(std::sync::atomic::Ordering::Relaxed) {
+        ExitCode::from(1)
+    } else {
+        code
+    }
 }
 
 /// Run an async service command: print its output, map its error to an exit status.

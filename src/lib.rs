@@ -16,4 +16,5 @@ pub mod serve;
 pub mod service;
 pub mod storage;
 pub mod supervisor;
+pub mod sweeper;
 pub mod worker;

@@ -216,8 +216,9 @@ pub async fn link(
     let r = find(&jobs, job, tenant).await?;
     if r.state == JobState::Purged {
         return Err(CommandError::Refused(format!(
-            "job {} was purged (retention); its files are gone",
-            r.id
+            "job {} was purged at {} ms (retention or erasure); its files are gone",
+            r.id,
+            r.purged_at.unwrap_or_default()
         )));
     }
     if !r.state.is_finished() {
@@ -319,4 +320,35 @@ pub async fn supervise(
     let summary = supervisor.run(rx).await;
     let _ = std::fs::remove_dir(&work_dir);
     Ok(summary)
+}
+
+/// `airlock sweep` / `airlock purge`: the summary, and whether anything failed.
+pub async fn sweep(
+    policies: &Policies,
+    tenant: Option<&str>,
+    dry_run: bool,
+) -> Result<(String, bool), CommandError> {
+    if let Some(t) = tenant {
+        validate_tenant(t)?;
+    }
+    let jobs = open_jobs().await?;
+    let store = open_store().await?;
+    let sweeper = crate::sweeper::Sweeper::new(jobs, store, policies.retention.clone());
+    let summary = match tenant {
+        Some(t) => sweeper.purge(t, now_ms(), dry_run).await,
+        None => sweeper.sweep(now_ms(), dry_run).await,
+    }
+    .map_err(failed)?;
+    let failed = summary.failed();
+    Ok((
+        serde_json::to_string_pretty(&summary).unwrap_or_default(),
+        failed,
+    ))
+}
+
+pub async fn receipts(tenant: &str) -> Result<String, CommandError> {
+    validate_tenant(tenant)?;
+    let jobs = open_jobs().await?;
+    let list = jobs.receipts(tenant).await.map_err(failed)?;
+    Ok(serde_json::to_string_pretty(&list).unwrap_or_default())
 }

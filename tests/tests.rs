@@ -6,3 +6,4 @@ mod process;
 mod sandbox;
 mod service;
 mod storage;
+mod sweeper;

@@ -233,11 +233,68 @@ pub trait JobStore: Send + Sync + fmt::Debug {
     async fn get(&self, id: Uuid) -> Result<Option<JobRecord>, JobError>;
     /// Jobs per state.
     async fn counts(&self) -> Result<BTreeMap<String, i64>, JobError>;
+    /// Take up to `limit` due jobs for sweeping under a lease owned by `owner`.
+    async fn claim_sweep(
+        &self,
+        scope: &SweepScope,
+        owner: &str,
+        lease_ms: i64,
+        limit: i64,
+        now: i64,
+    ) -> Result<Vec<JobRecord>, JobError>;
+    /// What `claim_sweep` would find now, without taking anything.
+    async fn preview_sweep(&self, scope: &SweepScope, now: i64) -> Result<SweepPreview, JobError>;
+    /// After its objects are deleted: mark the job `purged` and store its receipt, in one
+    /// transaction, fenced by the sweep lease.
+    async fn mark_purged(
+        &self,
+        id: Uuid,
+        owner: &str,
+        run_id: &str,
+        reason: &str,
+        receipt: &serde_json::Value,
+        now: i64,
+    ) -> Result<(), JobError>;
+    /// The subset of `keys` that some job still references (any state but purged).
+    async fn referenced(
+        &self,
+        keys: &[String],
+    ) -> Result<std::collections::HashSet<String>, JobError>;
+    /// A tenant's deletion receipts, oldest first.
+    async fn receipts(&self, tenant: &str) -> Result<Vec<serde_json::Value>, JobError>;
+    /// A tenant's queued jobs (to cancel before an erasure).
+    async fn queued_of(&self, tenant: &str) -> Result<Vec<Uuid>, JobError>;
     /// Audit rows for a job, oldest first: (from, to, detail).
     async fn audit(
         &self,
         id: Uuid,
     ) -> Result<Vec<(Option<String>, String, Option<String>)>, JobError>;
+}
+
+/// Which finished jobs a sweep may take.
+#[derive(Debug, Clone)]
+pub enum SweepScope {
+    /// Retention: jobs finished at or before the cutoff of their plan's class.
+    Retention(Vec<RetentionClass>),
+    /// Erasure on request: every finished or cancelled job of one tenant, now.
+    Tenant(String),
+}
+
+/// Plans sharing one retention period. `others` = every plan not named in another class.
+#[derive(Debug, Clone)]
+pub struct RetentionClass {
+    pub plans: Vec<String>,
+    pub others: bool,
+    /// Jobs finished at or before this time (ms) are due.
+    pub cutoff: i64,
+}
+
+/// What a dry run would take.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct SweepPreview {
+    pub jobs: i64,
+    pub input_bytes: i64,
+    pub oldest_finished_at: Option<i64>,
 }
 
 /// Delay before retry `attempt` (1-based): 2 s doubling, capped at 5 min, with ±25% jitter.

@@ -32,7 +32,9 @@ CREATE TABLE IF NOT EXISTS airlock_jobs (
     rejects_key TEXT,
     report_key TEXT,
     summary TEXT,
-    purged_at BIGINT
+    purged_at BIGINT,
+    sweep_owner TEXT,
+    sweep_lease BIGINT
 ) WITH (fillfactor = 80);
 CREATE UNIQUE INDEX IF NOT EXISTS airlock_jobs_idem ON airlock_jobs (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL;
 CREATE INDEX IF NOT EXISTS airlock_jobs_queue ON airlock_jobs (tenant, run_after, created_at) WHERE state = 'queued';
@@ -54,6 +56,17 @@ CREATE TABLE IF NOT EXISTS airlock_audit (
     detail TEXT
 );
 CREATE INDEX IF NOT EXISTS airlock_audit_job ON airlock_audit (job_id, id);
+CREATE TABLE IF NOT EXISTS airlock_receipts (
+    id TEXT PRIMARY KEY,
+    job_id TEXT NOT NULL,
+    tenant TEXT NOT NULL,
+    run_id TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    at BIGINT NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS airlock_receipts_tenant ON airlock_receipts (tenant, at);
+CREATE INDEX IF NOT EXISTS airlock_jobs_tenant ON airlock_jobs (tenant);
 "#,
     claim_pick: "SELECT j.id FROM airlock_tenants t
          CROSS JOIN LATERAL (
@@ -67,6 +80,7 @@ CREATE INDEX IF NOT EXISTS airlock_audit_job ON airlock_audit (job_id, id);
          ORDER BY t.last_claimed
          LIMIT 1",
     for_update: " FOR UPDATE",
+    skip_locked: " FOR UPDATE SKIP LOCKED",
     reap_select: "SELECT id, tenant, attempts, max_attempts FROM airlock_jobs
          WHERE state = 'running' AND lease_expires_at < $1
          LIMIT 100 FOR UPDATE SKIP LOCKED",

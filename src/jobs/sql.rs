@@ -12,7 +12,27 @@ use uuid::Uuid;
 
 use super::{
     backoff_ms, Claimed, Completion, JobError, JobRecord, JobState, JobStore, NewJob, Submitted,
+    SweepPreview, SweepScope,
 };
+
+#[derive(Debug, Clone)]
+enum ScopeArg {
+    Text(String),
+    Int(i64),
+}
+
+fn bind_scope<'q>(
+    mut q: sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>>,
+    args: &[ScopeArg],
+) -> sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>> {
+    for a in args {
+        q = match a {
+            ScopeArg::Text(t) => q.bind(t.clone()),
+            ScopeArg::Int(i) => q.bind(*i),
+        };
+    }
+    q
+}
 
 /// What differs between PostgreSQL and SQLite.
 #[derive(Debug)]
@@ -23,6 +43,8 @@ pub struct Dialect {
     pub claim_pick: &'static str,
     /// Appended to selects that must lock their rows (`FOR UPDATE` or nothing).
     pub for_update: &'static str,
+    /// Appended to selects that take rows other claimers must skip.
+    pub skip_locked: &'static str,
     /// `$1` = now; returns id, tenant, attempts, max_attempts of expired leases.
     pub reap_select: &'static str,
     /// Optional single-statement claim (`$1` now, `$2` owner, `$3` lease expiry), returning the
@@ -149,6 +171,59 @@ impl SqlStore {
         &self.pool
     }
 
+    /// The WHERE clause for a sweep scope, with its parameters from `$first` on.
+    fn scope_sql(scope: &SweepScope, first: usize) -> (String, Vec<ScopeArg>) {
+        let mut args = Vec::new();
+        let mut next = first;
+        let mut param = |a: ScopeArg, args: &mut Vec<ScopeArg>| {
+            args.push(a);
+            next += 1;
+            format!("${}", next - 1)
+        };
+        let clause = match scope {
+            SweepScope::Tenant(t) => {
+                let p = param(ScopeArg::Text(t.clone()), &mut args);
+                format!(
+                    "tenant = {p} AND state IN ('succeeded', 'rejected', 'failed', 'cancelled')"
+                )
+            }
+            SweepScope::Retention(classes) => {
+                let named: Vec<String> = classes
+                    .iter()
+                    .filter(|c| !c.others)
+                    .flat_map(|c| c.plans.clone())
+                    .collect();
+                let mut parts = Vec::new();
+                for class in classes {
+                    let cutoff = param(ScopeArg::Int(class.cutoff), &mut args);
+                    let plans: Vec<String> = if class.others {
+                        named.clone()
+                    } else {
+                        class.plans.clone()
+                    };
+                    let list: Vec<String> = plans
+                        .into_iter()
+                        .map(|p| param(ScopeArg::Text(p), &mut args))
+                        .collect();
+                    let membership = match (class.others, list.is_empty()) {
+                        (true, true) => "TRUE".to_string(),
+                        (true, false) => format!("plan NOT IN ({})", list.join(", ")),
+                        (false, true) => "FALSE".to_string(),
+                        (false, false) => format!("plan IN ({})", list.join(", ")),
+                    };
+                    parts.push(format!("({membership} AND finished_at <= {cutoff})"));
+                }
+                let any = if parts.is_empty() {
+                    "FALSE".to_string()
+                } else {
+                    parts.join(" OR ")
+                };
+                format!("state IN ('succeeded', 'rejected', 'failed') AND ({any})")
+            }
+        };
+        (format!("{clause} AND purged_at IS NULL"), args)
+    }
+
     async fn begin(&self) -> Result<Tx<'static>, JobError> {
         Ok(self.pool.begin_with(self.dialect.begin).await?)
     }
@@ -177,6 +252,16 @@ impl JobStore for SqlStore {
         let mut tx = self.begin().await?;
         tx.execute(self.dialect.migrations).await?;
         tx.commit().await?;
+        // Columns added after a schema was first created; a column that exists already is fine.
+        for column in ["sweep_owner TEXT", "sweep_lease BIGINT"] {
+            let sql = format!("ALTER TABLE airlock_jobs ADD COLUMN {column}");
+            if let Err(e) = sqlx::query(&sql).execute(&self.pool).await {
+                let msg = e.to_string();
+                if !(msg.contains("duplicate column") || msg.contains("already exists")) {
+                    return Err(e.into());
+                }
+            }
+        }
         Ok(())
     }
 
@@ -525,6 +610,152 @@ impl JobStore for SqlStore {
             .await?;
         rows.iter()
             .map(|r| Ok((r.try_get::<String, _>("state")?, r.try_get::<i64, _>("n")?)))
+            .collect()
+    }
+
+    async fn claim_sweep(
+        &self,
+        scope: &SweepScope,
+        owner: &str,
+        lease_ms: i64,
+        limit: i64,
+        now: i64,
+    ) -> Result<Vec<JobRecord>, JobError> {
+        let (clause, args) = Self::scope_sql(scope, 5);
+        let sql = format!(
+            "UPDATE airlock_jobs SET sweep_owner = $1, sweep_lease = $2
+             WHERE id IN (SELECT id FROM airlock_jobs
+                          WHERE {clause} AND (sweep_lease IS NULL OR sweep_lease < $3)
+                          ORDER BY finished_at LIMIT $4{})
+             RETURNING *",
+            self.dialect.skip_locked
+        );
+        let mut tx = self.begin().await?;
+        let q = sqlx::query(&sql)
+            .bind(owner)
+            .bind(now + lease_ms)
+            .bind(now)
+            .bind(limit);
+        let rows = bind_scope(q, &args).fetch_all(&mut *tx).await?;
+        tx.commit().await?;
+        rows.iter().map(record).collect()
+    }
+
+    async fn preview_sweep(&self, scope: &SweepScope, _now: i64) -> Result<SweepPreview, JobError> {
+        let (clause, args) = Self::scope_sql(scope, 1);
+        let sql = format!(
+            "SELECT COUNT(*) AS n, CAST(COALESCE(SUM(input_bytes), 0) AS BIGINT) AS bytes, MIN(finished_at) AS oldest FROM airlock_jobs WHERE {clause}"
+        );
+        let row = bind_scope(sqlx::query(&sql), &args)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(SweepPreview {
+            jobs: row.try_get("n")?,
+            input_bytes: row.try_get("bytes")?,
+            oldest_finished_at: row.try_get("oldest")?,
+        })
+    }
+
+    async fn mark_purged(
+        &self,
+        id: Uuid,
+        owner: &str,
+        run_id: &str,
+        reason: &str,
+        receipt: &serde_json::Value,
+        now: i64,
+    ) -> Result<(), JobError> {
+        let mut tx = self.begin().await?;
+        let sql = format!(
+            "SELECT tenant, state FROM airlock_jobs WHERE id = $1 AND sweep_owner = $2{}",
+            self.dialect.for_update
+        );
+        let row = sqlx::query(&sql)
+            .bind(id.to_string())
+            .bind(owner)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or(JobError::StaleFence(id, 0))?;
+        let (tenant, state): (String, String) = (row.try_get("tenant")?, row.try_get("state")?);
+        sqlx::query("UPDATE airlock_jobs SET state = 'purged', purged_at = $2, sweep_owner = NULL, sweep_lease = NULL WHERE id = $1")
+            .bind(id.to_string())
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("INSERT INTO airlock_receipts (id, job_id, tenant, run_id, reason, at, body) VALUES ($1, $2, $3, $4, $5, $6, $7)")
+            .bind(Uuid::new_v4().to_string())
+            .bind(id.to_string())
+            .bind(&tenant)
+            .bind(run_id)
+            .bind(reason)
+            .bind(now)
+            .bind(receipt.to_string())
+            .execute(&mut *tx)
+            .await?;
+        audit(
+            &mut tx,
+            &id.to_string(),
+            &tenant,
+            now,
+            Some(&state),
+            "purged",
+            Some(reason),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn referenced(
+        &self,
+        keys: &[String],
+    ) -> Result<std::collections::HashSet<String>, JobError> {
+        let mut found = std::collections::HashSet::new();
+        for chunk in keys.chunks(200) {
+            let list: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let list = list.join(", ");
+            let sql = format!(
+                "SELECT input_key AS k FROM airlock_jobs WHERE state <> 'purged' AND input_key IN ({list})
+                 UNION SELECT output_key FROM airlock_jobs WHERE state <> 'purged' AND output_key IN ({list})
+                 UNION SELECT rejects_key FROM airlock_jobs WHERE state <> 'purged' AND rejects_key IN ({list})
+                 UNION SELECT report_key FROM airlock_jobs WHERE state <> 'purged' AND report_key IN ({list})"
+            );
+            let mut q = sqlx::query(&sql);
+            for k in chunk {
+                q = q.bind(k.clone());
+            }
+            for row in q.fetch_all(&self.pool).await? {
+                found.insert(row.try_get::<String, _>("k")?);
+            }
+        }
+        Ok(found)
+    }
+
+    async fn receipts(&self, tenant: &str) -> Result<Vec<serde_json::Value>, JobError> {
+        let rows =
+            sqlx::query("SELECT body FROM airlock_receipts WHERE tenant = $1 ORDER BY at, id")
+                .bind(tenant)
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter()
+            .map(|r| {
+                let body: String = r.try_get("body")?;
+                serde_json::from_str(&body).map_err(|e| JobError::Corrupt(e.to_string()))
+            })
+            .collect()
+    }
+
+    async fn queued_of(&self, tenant: &str) -> Result<Vec<Uuid>, JobError> {
+        let rows =
+            sqlx::query("SELECT id FROM airlock_jobs WHERE tenant = $1 AND state = 'queued'")
+                .bind(tenant)
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter()
+            .map(|r| {
+                let id: String = r.try_get("id")?;
+                Uuid::parse_str(&id).map_err(|e| JobError::Corrupt(e.to_string()))
+            })
             .collect()
     }
 

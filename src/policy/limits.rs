@@ -79,6 +79,17 @@ impl LimitsPolicy {
         Ok(LimitsPolicy { plans })
     }
 
+    /// The longest wall time any plan lets a job run.
+    pub fn longest_job(&self) -> std::time::Duration {
+        let secs = self
+            .plans
+            .values()
+            .map(|p| p.worker.wall_seconds)
+            .max()
+            .unwrap_or(0);
+        std::time::Duration::from_secs(secs)
+    }
+
     pub fn plan(&self, name: &str) -> Result<&Plan, PolicyError> {
         self.plans
             .get(name)

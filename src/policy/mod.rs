@@ -3,6 +3,7 @@
 //! serde structs that refuse unknown fields, then validated types with the semantic checks.
 
 pub mod limits;
+pub mod retention;
 pub mod storage;
 
 use std::path::{Path, PathBuf};
@@ -18,6 +19,14 @@ const BUILT_IN: &[(&str, &str)] = &[
     (
         "storage/presign.toml",
         include_str!("../../policies/storage/presign.toml"),
+    ),
+    (
+        "storage/lifecycle.json",
+        include_str!("../../policies/storage/lifecycle.json"),
+    ),
+    (
+        "retention.toml",
+        include_str!("../../policies/retention.toml"),
     ),
 ];
 
@@ -53,6 +62,7 @@ pub struct Policies {
     pub limits: LimitsPolicy,
     pub sandbox: SandboxPolicy,
     pub presign: storage::PresignPolicy,
+    pub retention: retention::RetentionPolicy,
 }
 
 impl Policies {
@@ -68,10 +78,26 @@ impl Policies {
             }
         })?;
         let presign = read("storage/presign.toml", dir)?;
+        let lifecycle = read("storage/lifecycle.json", dir)?;
+        let backstop = storage::lifecycle_backstop_days(&lifecycle.0).map_err(|what| {
+            PolicyError::Invalid {
+                file: lifecycle.1.clone(),
+                what,
+            }
+        })?;
+        let limits = LimitsPolicy::parse(&limits.0, &limits.1)?;
+        let retention = read("retention.toml", dir)?;
+        let retention = retention::RetentionPolicy::parse(
+            &retention.0,
+            &retention.1,
+            backstop,
+            limits.longest_job(),
+        )?;
         Ok(Policies {
-            limits: LimitsPolicy::parse(&limits.0, &limits.1)?,
+            limits,
             sandbox,
             presign: storage::PresignPolicy::parse(&presign.0, &presign.1)?,
+            retention,
         })
     }
 }

@@ -1,0 +1,140 @@
+//! `policies/retention.toml`: how long results live after their job completed.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::PolicyError;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRetention {
+    retain_days: u64,
+    orphan_grace_hours: u64,
+    batch_size: u64,
+    lease_seconds: u64,
+    #[serde(default)]
+    plans: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetentionPolicy {
+    pub retain_days: u64,
+    pub plans: BTreeMap<String, u64>,
+    pub orphan_grace: Duration,
+    pub batch_size: i64,
+    pub lease: Duration,
+}
+
+const DAY_MS: i64 = 86_400_000;
+
+impl RetentionPolicy {
+    /// `backstop_days`: the lifecycle rule's expiration; `max_job`: the longest wall time a job
+    /// may run. Retention must end before the backstop could delete anything early.
+    pub fn parse(
+        text: &str,
+        file: &str,
+        backstop_days: u64,
+        max_job: Duration,
+    ) -> Result<Self, PolicyError> {
+        let raw: RawRetention = toml::from_str(text).map_err(|source| PolicyError::Parse {
+            file: file.to_string(),
+            source,
+        })?;
+        let invalid = |what: String| PolicyError::Invalid {
+            file: file.to_string(),
+            what,
+        };
+        let limit = Duration::from_secs(backstop_days * 86_400).saturating_sub(max_job);
+        let all = std::iter::once(("retain_days".to_string(), raw.retain_days))
+            .chain(raw.plans.iter().map(|(p, d)| (format!("plans.{p}"), *d)));
+        for (name, days) in all {
+            if !(1..=3650).contains(&days) {
+                return Err(invalid(format!("{name} = {days} is outside 1..=3650 days")));
+            }
+            if Duration::from_secs(days * 86_400) >= limit {
+                return Err(invalid(format!(
+                    "{name} = {days} days does not end before the lifecycle backstop ({backstop_days} days) minus the longest job"
+                )));
+            }
+        }
+        if !(1..=100_000).contains(&raw.batch_size) {
+            return Err(invalid("batch_size must be 1..=100000".into()));
+        }
+        if raw.lease_seconds < 30 {
+            return Err(invalid("lease_seconds must be at least 30".into()));
+        }
+        Ok(RetentionPolicy {
+            retain_days: raw.retain_days,
+            plans: raw.plans,
+            orphan_grace: Duration::from_secs(raw.orphan_grace_hours * 3600),
+            batch_size: raw.batch_size as i64,
+            lease: Duration::from_secs(raw.lease_seconds),
+        })
+    }
+
+    /// The retention classes due at `now` (ms).
+    pub fn classes(&self, now: i64) -> Vec<crate::jobs::RetentionClass> {
+        let mut by_days: BTreeMap<u64, Vec<String>> = BTreeMap::new();
+        for (plan, days) in &self.plans {
+            by_days.entry(*days).or_default().push(plan.clone());
+        }
+        let mut classes: Vec<_> = by_days
+            .into_iter()
+            .map(|(days, plans)| crate::jobs::RetentionClass {
+                plans,
+                others: false,
+                cutoff: now - days as i64 * DAY_MS,
+            })
+            .collect();
+        classes.push(crate::jobs::RetentionClass {
+            plans: Vec::new(),
+            others: true,
+            cutoff: now - self.retain_days as i64 * DAY_MS,
+        });
+        classes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TEXT: &str = include_str!("../../policies/retention.toml");
+    const JOB: Duration = Duration::from_secs(600);
+
+    #[test]
+    fn built_in_retention_is_30_days_and_valid() {
+        let p = RetentionPolicy::parse(TEXT, "t", 45, JOB).unwrap();
+        assert_eq!(p.retain_days, 30);
+        assert_eq!(p.plans["trial"], 7);
+    }
+
+    #[test]
+    fn out_of_range_or_past_the_backstop_is_refused() {
+        for (from, to) in [
+            ("retain_days = 30", "retain_days = 0"),
+            ("retain_days = 30", "retain_days = 4000"),
+            ("trial = 7", "trial = 45"),
+        ] {
+            let text = TEXT.replacen(from, to, 1);
+            assert!(RetentionPolicy::parse(&text, "t", 45, JOB).is_err(), "{to}");
+        }
+        // A backstop shorter than retention + the longest job is refused too.
+        assert!(RetentionPolicy::parse(TEXT, "t", 30, JOB).is_err());
+        assert!(RetentionPolicy::parse(&format!("{TEXT}\nbogus = 1\n"), "t", 45, JOB).is_err());
+    }
+
+    #[test]
+    fn classes_cover_named_plans_and_the_rest() {
+        let p = RetentionPolicy::parse(TEXT, "t", 45, JOB).unwrap();
+        let c = p.classes(100 * DAY_MS);
+        assert_eq!(c.len(), 2);
+        assert_eq!(
+            (c[0].plans.clone(), c[0].cutoff),
+            (vec!["trial".to_string()], 93 * DAY_MS)
+        );
+        assert!(c[1].others && c[1].cutoff == 70 * DAY_MS);
+    }
+}

@@ -1,0 +1,309 @@
+//! The retention sweeper (`airlock sweep`, for cron) and erasure on request (`airlock purge`).
+//!
+//! Per batch: claim due jobs under a lease (so overlapping sweeps never take the same job), delete
+//! their objects first (`delete_many`, reading every per-key error), then mark each job `purged`
+//! and write its deletion receipt in one transaction. A crash between the two steps leaves the
+//! lease to expire; the next run deletes again (a missing key is success) and finishes the rows.
+//! Receipts hold ids, keys, sizes and hashes, never file names or cell data.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::jobs::{JobError, JobRecord, Shared, SweepScope};
+use crate::policy::retention::RetentionPolicy;
+use crate::storage::{Kind, ObjectKey, ObjectStore};
+
+/// The JSON a sweep prints.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SweepSummary {
+    pub run_id: String,
+    pub dry_run: bool,
+    pub candidates: i64,
+    pub jobs_purged: u64,
+    pub objects_deleted: u64,
+    /// Inputs and clean outputs (their sizes are recorded); rejects and reports are small.
+    pub bytes_freed: i64,
+    pub failures: BTreeMap<String, u64>,
+    pub oldest_overdue_completed_at_ms: Option<i64>,
+    pub orphans_found: u64,
+    pub orphans_deleted: u64,
+}
+
+impl SweepSummary {
+    pub fn failed(&self) -> bool {
+        !self.failures.is_empty()
+    }
+
+    fn fail(&mut self, code: &str, n: u64) {
+        *self.failures.entry(code.to_string()).or_default() += n;
+    }
+}
+
+#[derive(Debug)]
+pub struct Sweeper {
+    jobs: Shared,
+    store: Arc<dyn ObjectStore>,
+    policy: RetentionPolicy,
+    owner: String,
+}
+
+/// The objects a job owns, with what is known of each.
+fn objects_of(job: &JobRecord) -> Vec<(String, &'static str, Option<i64>, Option<String>)> {
+    let summary = job.summary.clone().unwrap_or_default();
+    let sha = |v: &serde_json::Value| v.as_str().filter(|s| !s.is_empty()).map(String::from);
+    let mut out = vec![(
+        job.input_key.clone(),
+        "input",
+        Some(job.input_bytes),
+        sha(&summary["input"]["sha256"]),
+    )];
+    if let Some(k) = &job.output_key {
+        out.push((
+            k.clone(),
+            "output",
+            summary["output"]["bytes"].as_i64(),
+            sha(&summary["output"]["sha256"]),
+        ));
+    }
+    if let Some(k) = &job.rejects_key {
+        out.push((k.clone(), "rejects", None, None));
+    }
+    if let Some(k) = &job.report_key {
+        out.push((k.clone(), "report", None, None));
+    }
+    out
+}
+
+fn receipt(job: &JobRecord, run_id: &str, reason: &str, now: i64) -> serde_json::Value {
+    serde_json::json!({
+        "receipt": "deletion",
+        "job_id": job.id,
+        "tenant": job.tenant,
+        "run_id": run_id,
+        "reason": reason,
+        "deleted_at_ms": now,
+        "job_finished_at_ms": job.finished_at,
+        "objects": objects_of(job).into_iter().map(|(key, kind, bytes, sha256)| serde_json::json!({
+            "key": key, "kind": kind, "bytes": bytes, "sha256": sha256,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+impl Sweeper {
+    pub fn new(jobs: Shared, store: Arc<dyn ObjectStore>, policy: RetentionPolicy) -> Self {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        Sweeper {
+            jobs,
+            store,
+            policy,
+            owner: format!(
+                "sweep:{}:{}:{}",
+                host.trim(),
+                std::process::id(),
+                Uuid::new_v4().simple()
+            ),
+        }
+    }
+
+    /// Retention: every job past its plan's retention, and old orphans.
+    pub async fn sweep(&self, now: i64, dry_run: bool) -> Result<SweepSummary, JobError> {
+        let scope = SweepScope::Retention(self.policy.classes(now));
+        let mut summary = self.run(&scope, "retention", now, dry_run).await?;
+        self.orphans(now, dry_run, &mut summary).await;
+        Ok(summary)
+    }
+
+    /// Erasure on request: all of one tenant's finished jobs now (queued ones are cancelled
+    /// first; running ones are left to finish and need another purge).
+    pub async fn purge(
+        &self,
+        tenant: &str,
+        now: i64,
+        dry_run: bool,
+    ) -> Result<SweepSummary, JobError> {
+        if !dry_run {
+            for id in self.jobs.queued_of(tenant).await? {
+                // A job claimed meanwhile is simply not cancelled.
+                let _ = self.jobs.cancel(id, now).await;
+            }
+        }
+        self.run(
+            &SweepScope::Tenant(tenant.to_string()),
+            "erasure_request",
+            now,
+            dry_run,
+        )
+        .await
+    }
+
+    async fn run(
+        &self,
+        scope: &SweepScope,
+        reason: &str,
+        now: i64,
+        dry_run: bool,
+    ) -> Result<SweepSummary, JobError> {
+        let preview = self.jobs.preview_sweep(scope, now).await?;
+        let mut summary = SweepSummary {
+            run_id: Uuid::new_v4().to_string(),
+            dry_run,
+            candidates: preview.jobs,
+            oldest_overdue_completed_at_ms: preview.oldest_finished_at,
+            ..SweepSummary::default()
+        };
+        if dry_run {
+            summary.bytes_freed = preview.input_bytes;
+            return Ok(summary);
+        }
+        let bar = progress(preview.jobs as u64);
+        let lease_ms = self.policy.lease.as_millis() as i64;
+        loop {
+            let batch = self
+                .jobs
+                .claim_sweep(scope, &self.owner, lease_ms, self.policy.batch_size, now)
+                .await?;
+            if batch.is_empty() {
+                break;
+            }
+            self.purge_batch(&batch, reason, now, &mut summary).await;
+            if let Some(bar) = &bar {
+                bar.inc(batch.len() as u64);
+            } else {
+                tracing::info!(run_id = %summary.run_id, batch = batch.len(), purged = summary.jobs_purged, "sweep batch");
+            }
+        }
+        if let Some(bar) = bar {
+            bar.finish_and_clear();
+        }
+        Ok(summary)
+    }
+
+    async fn purge_batch(
+        &self,
+        batch: &[JobRecord],
+        reason: &str,
+        now: i64,
+        summary: &mut SweepSummary,
+    ) {
+        let mut keys = Vec::new();
+        for job in batch {
+            for (key, ..) in objects_of(job) {
+                match ObjectKey::parse(&key) {
+                    Ok(k) => keys.push(k),
+                    Err(_) => summary.fail("bad_key", 1),
+                }
+            }
+        }
+        let outcome = match self.store.delete_many(&keys).await {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::warn!(error = %e, "storage delete failed; the batch is retried by the next run");
+                summary.fail(
+                    if e.is_transient() {
+                        "storage_unavailable"
+                    } else {
+                        "storage_refused"
+                    },
+                    batch.len() as u64,
+                );
+                return;
+            }
+        };
+        summary.objects_deleted += outcome.deleted.len() as u64;
+        let failed: BTreeMap<String, String> = outcome
+            .failed
+            .iter()
+            .map(|(k, c)| (k.to_string(), c.clone()))
+            .collect();
+        for job in batch {
+            let objects = objects_of(job);
+            if let Some(code) = objects.iter().find_map(|(k, ..)| failed.get(k)) {
+                summary.fail(&format!("delete_{code}"), 1);
+                continue;
+            }
+            let body = receipt(job, &summary.run_id, reason, now);
+            match self
+                .jobs
+                .mark_purged(job.id, &self.owner, &summary.run_id, reason, &body, now)
+                .await
+            {
+                Ok(()) => {
+                    summary.jobs_purged += 1;
+                    summary.bytes_freed += objects.iter().filter_map(|o| o.2).sum::<i64>();
+                }
+                Err(e) => {
+                    tracing::warn!(job_id = %job.id, error = %e, "marking purged failed; the next run finishes it");
+                    summary.fail("database", 1);
+                }
+            }
+        }
+    }
+
+    /// Objects under Airlock's prefixes that no job references, older than the grace period.
+    async fn orphans(&self, now: i64, dry_run: bool, summary: &mut SweepSummary) {
+        let cutoff = std::time::UNIX_EPOCH + std::time::Duration::from_millis(now.max(0) as u64)
+            - self.policy.orphan_grace;
+        for prefix in Kind::prefixes() {
+            let mut next = None;
+            loop {
+                let page = match self.store.list(prefix, next.take()).await {
+                    Ok(p) => p,
+                    Err(e) => {
+                        tracing::warn!(error = %e, prefix, "listing for orphans failed");
+                        summary.fail("orphan_list", 1);
+                        break;
+                    }
+                };
+                let old: Vec<String> = page
+                    .objects
+                    .iter()
+                    .filter(|o| o.modified.is_some_and(|m| m < cutoff))
+                    .map(|o| o.key.clone())
+                    .collect();
+                let live = match self.jobs.referenced(&old).await {
+                    Ok(l) => l,
+                    Err(_) => {
+                        summary.fail("database", 1);
+                        break;
+                    }
+                };
+                let orphans: Vec<ObjectKey> = old
+                    .iter()
+                    .filter(|k| !live.contains(*k))
+                    .filter_map(|k| ObjectKey::parse(k).ok())
+                    .collect();
+                summary.orphans_found += orphans.len() as u64;
+                if !dry_run && !orphans.is_empty() {
+                    match self.store.delete_many(&orphans).await {
+                        Ok(o) => {
+                            summary.orphans_deleted += o.deleted.len() as u64;
+                            if !o.failed.is_empty() {
+                                summary.fail("orphan_delete", o.failed.len() as u64);
+                            }
+                        }
+                        Err(_) => summary.fail("orphan_delete", orphans.len() as u64),
+                    }
+                }
+                match page.next {
+                    Some(n) => next = Some(n),
+                    None => break,
+                }
+            }
+        }
+    }
+}
+
+fn progress(total: u64) -> Option<indicatif::ProgressBar> {
+    use std::io::IsTerminal;
+    (total > 0 && std::io::stderr().is_terminal()).then(|| {
+        let bar = indicatif::ProgressBar::new(total);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("sweeping {pos}/{len} jobs {bar:30} eta {eta}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar
+    })
+}

@@ -1,0 +1,385 @@
+//! The retention sweeper and erasure, on both deployments (SQLite + local directory, PostgreSQL +
+//! the real S3 server), with an injected clock: nothing sleeps.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use airlock::jobs::{Completion, JobRecord, JobState, JobStore, NewJob};
+use airlock::policy::Policies;
+use airlock::storage::{Kind, ObjectKey, ObjectStore, PutMeta};
+use airlock::sweeper::Sweeper;
+
+const DAY: i64 = 86_400_000;
+const SECRET_CELL: &str = "ana.secret@example.com";
+
+struct World {
+    jobs: Arc<dyn JobStore>,
+    store: Arc<dyn ObjectStore>,
+    dir: tempfile::TempDir,
+}
+
+async fn embedded() -> World {
+    let (jobs, dir) = crate::jobs::sqlite().await;
+    let dir = dir.unwrap();
+    let store = Arc::new(
+        airlock::storage::fs::FsStore::open(&dir.path().join("storage"), "http://127.0.0.1:1")
+            .unwrap(),
+    );
+    World { jobs, store, dir }
+}
+
+/// PostgreSQL in a fresh schema and a fresh bucket: the orphan sweep owns everything under
+/// Airlock's prefixes in its bucket, so sharing one with other tests would be wrong.
+async fn production() -> World {
+    let (jobs, _) = crate::jobs::postgres().await;
+    let env = crate::storage::s3_env();
+    let bucket = format!("sweep-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let client = aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::new()
+            .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+            .endpoint_url(&env.endpoint)
+            .region(aws_sdk_s3::config::Region::new("us-east-1"))
+            .credentials_provider(aws_sdk_s3::config::Credentials::new(
+                &env.access_key,
+                &env.secret_key,
+                None,
+                None,
+                "t",
+            ))
+            .force_path_style(true)
+            .build(),
+    );
+    client.create_bucket().bucket(&bucket).send().await.unwrap();
+    let store = airlock::storage::s3::S3Store::explicit(
+        airlock::storage::s3::Explicit {
+            endpoint: &env.endpoint,
+            region: "us-east-1",
+            access_key: &env.access_key,
+            secret_key: env.secret_key.clone().into(),
+        },
+        &bucket,
+    );
+    World {
+        jobs,
+        store: Arc::new(store),
+        dir: tempfile::tempdir().unwrap(),
+    }
+}
+
+fn policies() -> Policies {
+    Policies::load(None).unwrap()
+}
+
+impl World {
+    fn sweeper(&self) -> Sweeper {
+        Sweeper::new(self.jobs.clone(), self.store.clone(), policies().retention)
+    }
+
+    async fn put(&self, kind: Kind) -> String {
+        let path = self.dir.path().join(format!("f-{}", uuid::Uuid::new_v4()));
+        std::fs::write(&path, format!("email\n{SECRET_CELL}\n")).unwrap();
+        let key = ObjectKey::new(kind);
+        let meta = PutMeta {
+            content_type: "text/csv".into(),
+            download_name: "leads of Ana.csv".into(),
+        };
+        self.store
+            .put_file(&key, &path, 1 << 20, &meta)
+            .await
+            .unwrap();
+        key.to_string()
+    }
+
+    /// A job of `tenant` that finished at `finished` (ms), with all four objects stored.
+    async fn finished_job(&self, tenant: &str, plan: &str, finished: i64) -> JobRecord {
+        let input = self.put(Kind::Input).await;
+        let job = NewJob {
+            tenant: tenant.into(),
+            idempotency_key: None,
+            plan: plan.into(),
+            input_key: input,
+            input_bytes: 30,
+            file_name: "leads of Ana.csv".into(),
+            max_attempts: 3,
+        };
+        let id = self.jobs.submit(&job, finished - 10).await.unwrap().id();
+        let c = loop {
+            let c = self
+                .jobs
+                .claim("test", 60_000, finished - 5)
+                .await
+                .unwrap()
+                .unwrap();
+            if c.id == id {
+                break c;
+            }
+            // Another test job of this world: finish it where it is.
+            self.jobs
+                .release(c.id, c.fence, finished - 5)
+                .await
+                .unwrap();
+            unreachable!("each world claims its own jobs in order");
+        };
+        let done = Completion {
+            state: JobState::Succeeded,
+            result_code: None,
+            output_key: Some(self.put(Kind::Output).await),
+            rejects_key: Some(self.put(Kind::Rejects).await),
+            report_key: Some(self.put(Kind::Report).await),
+            summary: serde_json::json!({"input": {"sha256": "ab"}, "output": {"bytes": 30, "sha256": "cd"}}),
+        };
+        self.jobs
+            .complete(c.id, c.fence, &done, finished)
+            .await
+            .unwrap();
+        self.jobs.get(id).await.unwrap().unwrap()
+    }
+
+    async fn exists(&self, key: &str) -> bool {
+        self.store
+            .head(&ObjectKey::parse(key).unwrap())
+            .await
+            .unwrap()
+            .is_some()
+    }
+
+    async fn all_exist(&self, job: &JobRecord) -> Vec<bool> {
+        let mut v = Vec::new();
+        for k in keys(job) {
+            v.push(self.exists(&k).await);
+        }
+        v
+    }
+}
+
+fn keys(job: &JobRecord) -> Vec<String> {
+    [
+        Some(job.input_key.clone()),
+        job.output_key.clone(),
+        job.rejects_key.clone(),
+        job.report_key.clone(),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
+async fn retention_boundary(w: World) {
+    let now = 100 * DAY;
+    let kept = w
+        .finished_job("acme", "default", now - 30 * DAY + 60_000)
+        .await;
+    let due = w
+        .finished_job("acme", "default", now - 30 * DAY - 1_000)
+        .await;
+    let trial_due = w.finished_job("acme", "trial", now - 7 * DAY - 1_000).await;
+    // An unfinished job, however old, is never touched.
+    let queued_input = w.put(Kind::Input).await;
+    let queued = w
+        .jobs
+        .submit(
+            &NewJob {
+                tenant: "acme".into(),
+                idempotency_key: None,
+                plan: "default".into(),
+                input_key: queued_input.clone(),
+                input_bytes: 1,
+                file_name: "x".into(),
+                max_attempts: 3,
+            },
+            1,
+        )
+        .await
+        .unwrap()
+        .id();
+
+    let dry = w.sweeper().sweep(now, true).await.unwrap();
+    assert_eq!(dry.candidates, 2, "{dry:?}");
+    assert_eq!(
+        dry.oldest_overdue_completed_at_ms,
+        Some(due.finished_at.unwrap())
+    );
+    assert_eq!(
+        w.all_exist(&due).await,
+        [true; 4],
+        "dry-run deletes nothing"
+    );
+
+    let s = w.sweeper().sweep(now, false).await.unwrap();
+    assert_eq!((s.jobs_purged, s.objects_deleted), (2, 8), "{s:?}");
+    assert!(s.failures.is_empty(), "{s:?}");
+    assert_eq!(w.all_exist(&due).await, [false; 4]);
+    assert_eq!(w.all_exist(&trial_due).await, [false; 4]);
+    assert_eq!(
+        w.all_exist(&kept).await,
+        [true; 4],
+        "30 days minus a minute is kept"
+    );
+    assert!(w.exists(&queued_input).await);
+    assert_eq!(
+        w.jobs.get(queued).await.unwrap().unwrap().state,
+        JobState::Queued
+    );
+    let rec = w.jobs.get(due.id).await.unwrap().unwrap();
+    assert_eq!((rec.state, rec.purged_at), (JobState::Purged, Some(now)));
+
+    // Receipts: one per job, ids, keys and hashes, no file name and no cell data.
+    let receipts = w.jobs.receipts("acme").await.unwrap();
+    assert_eq!(receipts.len(), 2);
+    let text = serde_json::to_string(&receipts).unwrap();
+    assert!(
+        !text.contains(SECRET_CELL) && !text.contains("Ana"),
+        "{text}"
+    );
+    let r = receipts
+        .iter()
+        .find(|r| r["job_id"] == due.id.to_string())
+        .unwrap();
+    let listed: HashSet<String> = r["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["key"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(listed, keys(&due).into_iter().collect());
+    assert_eq!(r["run_id"], s.run_id);
+
+    // A re-run finds nothing more.
+    let again = w.sweeper().sweep(now, false).await.unwrap();
+    assert_eq!((again.candidates, again.jobs_purged), (0, 0));
+}
+
+async fn crash_between_delete_and_mark_then_rerun(w: World) {
+    let now = 100 * DAY;
+    let job = w.finished_job("acme", "default", now - 31 * DAY).await;
+    // A sweep claims the job and deletes its objects, then dies before marking the row.
+    let classes = policies().retention.classes(now);
+    let scope = airlock::jobs::SweepScope::Retention(classes);
+    let taken = w
+        .jobs
+        .claim_sweep(&scope, "dead-sweep", 600_000, 10, now)
+        .await
+        .unwrap();
+    assert_eq!(taken.len(), 1);
+    let ks: Vec<ObjectKey> = keys(&job)
+        .iter()
+        .map(|k| ObjectKey::parse(k).unwrap())
+        .collect();
+    w.store.delete_many(&ks).await.unwrap();
+    // While its lease lasts, nobody else takes the job.
+    assert_eq!(
+        w.sweeper()
+            .sweep(now + 1_000, false)
+            .await
+            .unwrap()
+            .jobs_purged,
+        0
+    );
+    // After the lease, the next run finishes cleanly: the objects are already gone, which is fine.
+    let s = w.sweeper().sweep(now + 600_001, false).await.unwrap();
+    assert_eq!(s.jobs_purged, 1, "{s:?}");
+    assert!(s.failures.is_empty());
+    assert_eq!(
+        w.jobs.get(job.id).await.unwrap().unwrap().state,
+        JobState::Purged
+    );
+    assert_eq!(w.jobs.receipts("acme").await.unwrap().len(), 1);
+}
+
+async fn concurrent_sweeps_take_each_job_once(w: World) {
+    let now = 100 * DAY;
+    let mut all = Vec::new();
+    for i in 0..12 {
+        all.push(w.finished_job("acme", "default", now - 40 * DAY + i).await);
+    }
+    let (a, b) = tokio::join!(
+        async { w.sweeper().sweep(now, false).await.unwrap() },
+        async { w.sweeper().sweep(now, false).await.unwrap() }
+    );
+    assert_eq!(a.jobs_purged + b.jobs_purged, 12, "{a:?} {b:?}");
+    assert_eq!(
+        a.objects_deleted + b.objects_deleted,
+        48,
+        "each object deleted once"
+    );
+    let receipts = w.jobs.receipts("acme").await.unwrap();
+    let ids: HashSet<String> = receipts
+        .iter()
+        .map(|r| r["job_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!((receipts.len(), ids.len()), (12, 12));
+}
+
+async fn orphans_go_and_referenced_objects_stay(w: World) {
+    let real_now = airlock::jobs::now_ms();
+    let job = w.finished_job("acme", "default", real_now - DAY).await;
+    let orphan = w.put(Kind::Output).await;
+    // Within the grace period: kept.
+    let s = w.sweeper().sweep(real_now, false).await.unwrap();
+    assert!(w.exists(&orphan).await, "{s:?}");
+    // Past it (49 h later, by the injected clock): the orphan goes, the live job's objects stay.
+    let later = real_now + 49 * 3_600_000;
+    let s = w.sweeper().sweep(later, false).await.unwrap();
+    assert!(s.orphans_deleted >= 1, "{s:?}");
+    assert!(!w.exists(&orphan).await);
+    assert_eq!(w.all_exist(&job).await, [true; 4]);
+}
+
+async fn purge_erases_exactly_one_tenant(w: World) {
+    let now = airlock::jobs::now_ms();
+    let a1 = w.finished_job("acme", "default", now - 1_000).await;
+    let g1 = w.finished_job("globex", "default", now - 900).await;
+    let a2 = w.finished_job("acme", "trial", now - 800).await;
+    let dry = w.sweeper().purge("acme", now, true).await.unwrap();
+    assert_eq!(dry.candidates, 2);
+    assert_eq!(w.all_exist(&a1).await, [true; 4]);
+    let s = w.sweeper().purge("acme", now, false).await.unwrap();
+    assert_eq!(s.jobs_purged, 2, "{s:?}");
+    assert_eq!(w.all_exist(&a1).await, [false; 4]);
+    assert_eq!(w.all_exist(&a2).await, [false; 4]);
+    assert_eq!(
+        w.all_exist(&g1).await,
+        [true; 4],
+        "another tenant is untouched"
+    );
+    assert_eq!(
+        w.jobs.get(g1.id).await.unwrap().unwrap().state,
+        JobState::Succeeded
+    );
+    let receipts = w.jobs.receipts("acme").await.unwrap();
+    assert_eq!(receipts.len(), 2);
+    assert!(receipts.iter().all(|r| r["reason"] == "erasure_request"));
+    assert!(w.jobs.receipts("globex").await.unwrap().is_empty());
+}
+
+macro_rules! sweeper_suite {
+    ($name:ident, $make:expr) => {
+        mod $name {
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread")]
+            async fn retention_boundary_dry_run_and_receipts() {
+                retention_boundary($make).await;
+            }
+            #[tokio::test(flavor = "multi_thread")]
+            async fn crash_between_delete_and_mark() {
+                crash_between_delete_and_mark_then_rerun($make).await;
+            }
+            #[tokio::test(flavor = "multi_thread")]
+            async fn two_concurrent_sweeps() {
+                concurrent_sweeps_take_each_job_once($make).await;
+            }
+            #[tokio::test(flavor = "multi_thread")]
+            async fn orphans() {
+                orphans_go_and_referenced_objects_stay($make).await;
+            }
+            #[tokio::test(flavor = "multi_thread")]
+            async fn purge_one_tenant() {
+                purge_erases_exactly_one_tenant($make).await;
+            }
+        }
+    };
+}
+
+sweeper_suite!(embedded, embedded().await);
+sweeper_suite!(production, production().await);
