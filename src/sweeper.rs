@@ -218,26 +218,32 @@ impl Sweeper {
             .iter()
             .map(|(k, c)| (k.to_string(), c.clone()))
             .collect();
+        let mut done = Vec::new();
+        let mut freed = BTreeMap::new();
         for job in batch {
             let objects = objects_of(job);
             if let Some(code) = objects.iter().find_map(|(k, ..)| failed.get(k)) {
                 summary.fail(&format!("delete_{code}"), 1);
                 continue;
             }
-            let body = receipt(job, &summary.run_id, reason, now);
-            match self
-                .jobs
-                .mark_purged(job.id, &self.owner, &summary.run_id, reason, &body, now)
-                .await
-            {
-                Ok(()) => {
-                    summary.jobs_purged += 1;
-                    summary.bytes_freed += objects.iter().filter_map(|o| o.2).sum::<i64>();
+            freed.insert(job.id, objects.iter().filter_map(|o| o.2).sum::<i64>());
+            done.push((job.id, receipt(job, &summary.run_id, reason, now)));
+        }
+        match self
+            .jobs
+            .mark_purged(&done, &self.owner, &summary.run_id, reason, now)
+            .await
+        {
+            Ok(marked) => {
+                summary.jobs_purged += marked.len() as u64;
+                summary.bytes_freed += marked.iter().filter_map(|id| freed.get(id)).sum::<i64>();
+                if marked.len() < done.len() {
+                    summary.fail("lease_lost", (done.len() - marked.len()) as u64);
                 }
-                Err(e) => {
-                    tracing::warn!(job_id = %job.id, error = %e, "marking purged failed; the next run finishes it");
-                    summary.fail("database", 1);
-                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "marking a batch purged failed; the next run finishes it");
+                summary.fail("database", done.len() as u64);
             }
         }
     }

@@ -244,17 +244,17 @@ pub trait JobStore: Send + Sync + fmt::Debug {
     ) -> Result<Vec<JobRecord>, JobError>;
     /// What `claim_sweep` would find now, without taking anything.
     async fn preview_sweep(&self, scope: &SweepScope, now: i64) -> Result<SweepPreview, JobError>;
-    /// After its objects are deleted: mark the job `purged` and store its receipt, in one
-    /// transaction, fenced by the sweep lease.
+    /// After their objects are deleted: mark each job `purged` and store its receipt, all in one
+    /// transaction, fenced by the sweep lease. A job no longer leased to `owner` is skipped.
+    /// Returns the ids marked.
     async fn mark_purged(
         &self,
-        id: Uuid,
+        done: &[(Uuid, serde_json::Value)],
         owner: &str,
         run_id: &str,
         reason: &str,
-        receipt: &serde_json::Value,
         now: i64,
-    ) -> Result<(), JobError>;
+    ) -> Result<Vec<Uuid>, JobError>;
     /// The subset of `keys` that some job still references (any state but purged).
     async fn referenced(
         &self,

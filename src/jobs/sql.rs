@@ -658,52 +658,102 @@ impl JobStore for SqlStore {
 
     async fn mark_purged(
         &self,
-        id: Uuid,
+        done: &[(Uuid, serde_json::Value)],
         owner: &str,
         run_id: &str,
         reason: &str,
-        receipt: &serde_json::Value,
         now: i64,
-    ) -> Result<(), JobError> {
+    ) -> Result<Vec<Uuid>, JobError> {
+        if done.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Set-based: four statements per batch, whatever its size, in one transaction.
+        let list = |first: usize, n: usize| {
+            (first..first + n)
+                .map(|i| format!("${i}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
         let mut tx = self.begin().await?;
         let sql = format!(
-            "SELECT tenant, state FROM airlock_jobs WHERE id = $1 AND sweep_owner = $2{}",
+            "SELECT id, tenant, state FROM airlock_jobs WHERE sweep_owner = $1 AND id IN ({}){}",
+            list(2, done.len()),
             self.dialect.for_update
         );
-        let row = sqlx::query(&sql)
-            .bind(id.to_string())
-            .bind(owner)
-            .fetch_optional(&mut *tx)
-            .await?
-            .ok_or(JobError::StaleFence(id, 0))?;
-        let (tenant, state): (String, String) = (row.try_get("tenant")?, row.try_get("state")?);
-        sqlx::query("UPDATE airlock_jobs SET state = 'purged', purged_at = $2, sweep_owner = NULL, sweep_lease = NULL WHERE id = $1")
-            .bind(id.to_string())
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("INSERT INTO airlock_receipts (id, job_id, tenant, run_id, reason, at, body) VALUES ($1, $2, $3, $4, $5, $6, $7)")
-            .bind(Uuid::new_v4().to_string())
-            .bind(id.to_string())
-            .bind(&tenant)
-            .bind(run_id)
-            .bind(reason)
-            .bind(now)
-            .bind(receipt.to_string())
-            .execute(&mut *tx)
-            .await?;
-        audit(
-            &mut tx,
-            &id.to_string(),
-            &tenant,
-            now,
-            Some(&state),
-            "purged",
-            Some(reason),
-        )
-        .await?;
+        let mut q = sqlx::query(&sql).bind(owner);
+        for (id, _) in done {
+            q = q.bind(id.to_string());
+        }
+        let rows = q.fetch_all(&mut *tx).await?;
+        let mut held = std::collections::HashMap::new();
+        for row in &rows {
+            let id: String = row.try_get("id")?;
+            held.insert(
+                id,
+                (
+                    row.try_get::<String, _>("tenant")?,
+                    row.try_get::<String, _>("state")?,
+                ),
+            );
+        }
+        let marked: Vec<&(Uuid, serde_json::Value)> = done
+            .iter()
+            .filter(|(id, _)| held.contains_key(&id.to_string()))
+            .collect();
+        if marked.is_empty() {
+            tx.rollback().await?;
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "UPDATE airlock_jobs SET state = 'purged', purged_at = $1, sweep_owner = NULL, sweep_lease = NULL WHERE id IN ({})",
+            list(2, marked.len())
+        );
+        let mut q = sqlx::query(&sql).bind(now);
+        for (id, _) in &marked {
+            q = q.bind(id.to_string());
+        }
+        q.execute(&mut *tx).await?;
+        let values: Vec<String> = (0..marked.len())
+            .map(|i| {
+                let b = 4 + i * 4;
+                format!("(${b}, ${}, ${}, $1, $2, $3, ${})", b + 1, b + 2, b + 3)
+            })
+            .collect();
+        let sql = format!(
+            "INSERT INTO airlock_receipts (id, job_id, tenant, run_id, reason, at, body) VALUES {}",
+            values.join(", ")
+        );
+        let mut q = sqlx::query(&sql).bind(run_id).bind(reason).bind(now);
+        for (id, receipt) in &marked {
+            let tenant = &held[&id.to_string()].0;
+            q = q
+                .bind(Uuid::new_v4().to_string())
+                .bind(id.to_string())
+                .bind(tenant.clone())
+                .bind(receipt.to_string());
+        }
+        q.execute(&mut *tx).await?;
+        let values: Vec<String> = (0..marked.len())
+            .map(|i| {
+                let b = 3 + i * 3;
+                format!("(${b}, ${}, $1, ${}, 'purged', $2)", b + 1, b + 2)
+            })
+            .collect();
+        let sql = format!(
+            "INSERT INTO airlock_audit (job_id, tenant, at, from_state, to_state, detail) VALUES {}",
+            values.join(", ")
+        );
+        let mut q = sqlx::query(&sql).bind(now).bind(reason);
+        for (id, _) in &marked {
+            let (tenant, state) = &held[&id.to_string()];
+            q = q
+                .bind(id.to_string())
+                .bind(tenant.clone())
+                .bind(state.clone());
+        }
+        q.execute(&mut *tx).await?;
         tx.commit().await?;
-        Ok(())
+        Ok(marked.into_iter().map(|(id, _)| *id).collect())
     }
 
     async fn referenced(
