@@ -79,6 +79,10 @@ impl LimitsPolicy {
         Ok(LimitsPolicy { plans })
     }
 
+    pub fn plan_names(&self) -> Vec<&str> {
+        self.plans.keys().map(String::as_str).collect()
+    }
+
     /// The longest wall time any plan lets a job run.
     pub fn longest_job(&self) -> std::time::Duration {
         let secs = self

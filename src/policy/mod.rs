@@ -92,6 +92,7 @@ impl Policies {
             &retention.1,
             backstop,
             limits.longest_job(),
+            &limits.plan_names(),
         )?;
         Ok(Policies {
             limits,
@@ -138,6 +139,11 @@ mod tests {
         let text =
             include_str!("../../policies/limits.toml").replace("[plans.trial]", "[plans.tiny]");
         std::fs::write(dir.path().join("limits.toml"), text).unwrap();
+        // Retention names plans too; a directory that renames a plan must say its retention.
+        assert!(Policies::load(Some(dir.path())).is_err());
+        let retention =
+            include_str!("../../policies/retention.toml").replace("trial = 7", "tiny = 7");
+        std::fs::write(dir.path().join("retention.toml"), retention).unwrap();
         let p = Policies::load(Some(dir.path())).unwrap();
         assert!(p.limits.plan("tiny").is_ok());
         assert!(p.limits.plan("trial").is_err());

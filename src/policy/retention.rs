@@ -32,11 +32,13 @@ const DAY_MS: i64 = 86_400_000;
 impl RetentionPolicy {
     /// `backstop_days`: the lifecycle rule's expiration; `max_job`: the longest wall time a job
     /// may run. Retention must end before the backstop could delete anything early.
+    /// `known_plans`: the plans of limits.toml; retention for any other name is refused.
     pub fn parse(
         text: &str,
         file: &str,
         backstop_days: u64,
         max_job: Duration,
+        known_plans: &[&str],
     ) -> Result<Self, PolicyError> {
         let raw: RawRetention = toml::from_str(text).map_err(|source| PolicyError::Parse {
             file: file.to_string(),
@@ -58,6 +60,15 @@ impl RetentionPolicy {
                     "{name} = {days} days does not end before the lifecycle backstop ({backstop_days} days) minus the longest job"
                 )));
             }
+        }
+        if let Some(unknown) = raw
+            .plans
+            .keys()
+            .find(|p| !known_plans.contains(&p.as_str()))
+        {
+            return Err(invalid(format!(
+                "plans.{unknown}: no such plan in limits.toml"
+            )));
         }
         if !(1..=100_000).contains(&raw.batch_size) {
             return Err(invalid("batch_size must be 1..=100000".into()));
@@ -103,10 +114,11 @@ mod tests {
 
     const TEXT: &str = include_str!("../../policies/retention.toml");
     const JOB: Duration = Duration::from_secs(600);
+    const PLANS: &[&str] = &["default", "trial", "legacy-excel"];
 
     #[test]
     fn built_in_retention_is_30_days_and_valid() {
-        let p = RetentionPolicy::parse(TEXT, "t", 45, JOB).unwrap();
+        let p = RetentionPolicy::parse(TEXT, "t", 45, JOB, PLANS).unwrap();
         assert_eq!(p.retain_days, 30);
         assert_eq!(p.plans["trial"], 7);
     }
@@ -119,16 +131,26 @@ mod tests {
             ("trial = 7", "trial = 45"),
         ] {
             let text = TEXT.replacen(from, to, 1);
-            assert!(RetentionPolicy::parse(&text, "t", 45, JOB).is_err(), "{to}");
+            assert!(
+                RetentionPolicy::parse(&text, "t", 45, JOB, PLANS).is_err(),
+                "{to}"
+            );
         }
         // A backstop shorter than retention + the longest job is refused too.
-        assert!(RetentionPolicy::parse(TEXT, "t", 30, JOB).is_err());
-        assert!(RetentionPolicy::parse(&format!("{TEXT}\nbogus = 1\n"), "t", 45, JOB).is_err());
+        assert!(RetentionPolicy::parse(TEXT, "t", 30, JOB, PLANS).is_err());
+        let unknown_field = TEXT.replace("retain_days = 30", "retain_days = 30\nbogus = 1");
+        assert!(RetentionPolicy::parse(&unknown_field, "t", 45, JOB, PLANS).is_err());
+        let unknown_plan = format!("{TEXT}\ngold = 10\n");
+        let err = RetentionPolicy::parse(&unknown_plan, "t", 45, JOB, PLANS).unwrap_err();
+        assert!(
+            err.to_string().contains("gold") || format!("{err:?}").contains("gold"),
+            "{err:?}"
+        );
     }
 
     #[test]
     fn classes_cover_named_plans_and_the_rest() {
-        let p = RetentionPolicy::parse(TEXT, "t", 45, JOB).unwrap();
+        let p = RetentionPolicy::parse(TEXT, "t", 45, JOB, PLANS).unwrap();
         let c = p.classes(100 * DAY_MS);
         assert_eq!(c.len(), 2);
         assert_eq!(

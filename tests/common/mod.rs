@@ -100,6 +100,10 @@ worker_cpu_seconds = 10
 worker_wall_seconds = 20
 ";
     std::fs::write(dir.path().join("limits.toml"), limits).unwrap();
+    // Only the default plan exists here, so retention must not name others.
+    let retention =
+        "retain_days = 30\norphan_grace_hours = 48\nbatch_size = 250\nlease_seconds = 600\n";
+    std::fs::write(dir.path().join("retention.toml"), retention).unwrap();
     dir
 }
 
