@@ -30,13 +30,7 @@ pub const EXIT_SANDBOX: u8 = 77;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WorkerConfig {
-    pub max_bytes: u64,
-    pub max_rows: u64,
-    pub max_columns: usize,
-    pub max_field_bytes: usize,
-    pub max_record_bytes: usize,
-    pub max_rejected_ratio: f64,
-    pub max_issues: usize,
+    pub limits: Limits,
     pub delimiter: Option<u8>,
     pub fallback_encoding: Option<String>,
     pub rlimits: Rlimits,
@@ -45,22 +39,19 @@ pub struct WorkerConfig {
 
 impl WorkerConfig {
     pub fn new(plan: &crate::policy::Plan, sandbox: &SandboxPolicy, delimiter: Option<u8>) -> Self {
-        let l = &plan.limits;
         WorkerConfig {
-            max_bytes: l.max_bytes,
-            max_rows: l.max_rows,
-            max_columns: l.max_columns,
-            max_field_bytes: l.max_field_bytes,
-            max_record_bytes: l.max_record_bytes,
-            max_rejected_ratio: l.max_rejected_ratio,
-            max_issues: l.max_issues,
+            limits: plan.limits.clone(),
             delimiter,
             fallback_encoding: plan.fallback_encoding.map(|e| e.name().to_string()),
             rlimits: Rlimits {
                 address_space_bytes: plan.worker.memory_bytes,
                 cpu_seconds: plan.worker.cpu_seconds,
                 // The clean output can outgrow the input (quoting, the formula guard): 4x bounds it.
-                file_size_bytes: l.max_bytes.saturating_mul(4).saturating_add(1 << 20),
+                file_size_bytes: plan
+                    .limits
+                    .max_bytes
+                    .saturating_mul(4)
+                    .saturating_add(1 << 20),
             },
             sandbox: sandbox.clone(),
         }
@@ -75,15 +66,7 @@ impl WorkerConfig {
             ),
         };
         Ok(Options {
-            limits: Limits {
-                max_bytes: self.max_bytes,
-                max_rows: self.max_rows,
-                max_columns: self.max_columns,
-                max_field_bytes: self.max_field_bytes,
-                max_record_bytes: self.max_record_bytes,
-                max_rejected_ratio: self.max_rejected_ratio,
-                max_issues: self.max_issues,
-            },
+            limits: self.limits.clone(),
             delimiter: self.delimiter,
             fallback_encoding,
             // The parent hashes the input on its own core, in parallel (process.rs).

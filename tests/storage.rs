@@ -45,6 +45,26 @@ pub fn s3_store() -> Arc<S3Store> {
     ))
 }
 
+/// A raw SDK client on the test server, for what the store does not do (buckets, odd presigns).
+pub fn s3_client() -> aws_sdk_s3::Client {
+    let env = s3_env();
+    aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::new()
+            .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+            .endpoint_url(&env.endpoint)
+            .region(aws_sdk_s3::config::Region::new("us-east-1"))
+            .credentials_provider(aws_sdk_s3::config::Credentials::new(
+                &env.access_key,
+                &env.secret_key,
+                None,
+                None,
+                "test",
+            ))
+            .force_path_style(true)
+            .build(),
+    )
+}
+
 fn fs_store(dir: &std::path::Path) -> Arc<FsStore> {
     Arc::new(FsStore::open(dir, "http://127.0.0.1:1").unwrap())
 }
@@ -426,21 +446,7 @@ async fn s3_expired_links_are_refused() {
     let key = ObjectKey::new(Kind::Output);
     store.put_file(&key, &src, 100, &meta()).await.unwrap();
     // Signed with a 1-second lifetime, ten minutes ago: expired without waiting.
-    let client = aws_sdk_s3::Client::from_conf(
-        aws_sdk_s3::config::Builder::new()
-            .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
-            .endpoint_url(&env.endpoint)
-            .region(aws_sdk_s3::config::Region::new("us-east-1"))
-            .credentials_provider(aws_sdk_s3::config::Credentials::new(
-                &env.access_key,
-                &env.secret_key,
-                None,
-                None,
-                "t",
-            ))
-            .force_path_style(true)
-            .build(),
-    );
+    let client = s3_client();
     let config = aws_sdk_s3::presigning::PresigningConfig::builder()
         .start_time(std::time::SystemTime::now() - Duration::from_secs(600))
         .expires_in(Duration::from_secs(1))

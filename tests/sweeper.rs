@@ -34,21 +34,7 @@ async fn production() -> World {
     let (jobs, _) = crate::jobs::postgres().await;
     let env = crate::storage::s3_env();
     let bucket = format!("sweep-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-    let client = aws_sdk_s3::Client::from_conf(
-        aws_sdk_s3::config::Builder::new()
-            .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
-            .endpoint_url(&env.endpoint)
-            .region(aws_sdk_s3::config::Region::new("us-east-1"))
-            .credentials_provider(aws_sdk_s3::config::Credentials::new(
-                &env.access_key,
-                &env.secret_key,
-                None,
-                None,
-                "t",
-            ))
-            .force_path_style(true)
-            .build(),
-    );
+    let client = crate::storage::s3_client();
     client.create_bucket().bucket(&bucket).send().await.unwrap();
     let store = airlock::storage::s3::S3Store::explicit(
         airlock::storage::s3::Explicit {

@@ -34,11 +34,79 @@ fn bind_scope<'q>(
     q
 }
 
+/// The schema, one template for both dialects: `{INT}` is the 64-bit integer type, `{SERIAL}`
+/// the auto-increment primary key, `{JOBS_WITH}` storage options for the jobs table.
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS airlock_jobs (
+    id TEXT PRIMARY KEY,
+    tenant TEXT NOT NULL,
+    idempotency_key TEXT,
+    state TEXT NOT NULL,
+    plan TEXT NOT NULL,
+    input_key TEXT NOT NULL,
+    input_bytes {INT} NOT NULL,
+    file_name TEXT NOT NULL,
+    attempts {INT} NOT NULL DEFAULT 0,
+    max_attempts {INT} NOT NULL,
+    run_after {INT} NOT NULL,
+    lease_owner TEXT,
+    lease_expires_at {INT},
+    fence {INT} NOT NULL DEFAULT 0,
+    created_at {INT} NOT NULL,
+    started_at {INT},
+    finished_at {INT},
+    result_code TEXT,
+    output_key TEXT,
+    rejects_key TEXT,
+    report_key TEXT,
+    summary TEXT,
+    purged_at {INT},
+    sweep_owner TEXT,
+    sweep_lease {INT}
+) {JOBS_WITH};
+CREATE UNIQUE INDEX IF NOT EXISTS airlock_jobs_idem ON airlock_jobs (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL;
+CREATE INDEX IF NOT EXISTS airlock_jobs_queue ON airlock_jobs (tenant, run_after, created_at) WHERE state = 'queued';
+CREATE INDEX IF NOT EXISTS airlock_jobs_lease ON airlock_jobs (lease_expires_at) WHERE state = 'running';
+CREATE INDEX IF NOT EXISTS airlock_jobs_finished ON airlock_jobs (finished_at) WHERE state IN ('succeeded', 'rejected', 'failed');
+CREATE TABLE IF NOT EXISTS airlock_tenants (
+    tenant TEXT PRIMARY KEY,
+    queued {INT} NOT NULL DEFAULT 0,
+    last_claimed {INT} NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS airlock_tenants_rr ON airlock_tenants (last_claimed) WHERE queued > 0;
+CREATE TABLE IF NOT EXISTS airlock_audit (
+    id {SERIAL},
+    job_id TEXT NOT NULL,
+    tenant TEXT NOT NULL,
+    at {INT} NOT NULL,
+    from_state TEXT,
+    to_state TEXT NOT NULL,
+    detail TEXT
+);
+CREATE INDEX IF NOT EXISTS airlock_audit_job ON airlock_audit (job_id, id);
+CREATE TABLE IF NOT EXISTS airlock_receipts (
+    id TEXT PRIMARY KEY,
+    job_id TEXT NOT NULL,
+    tenant TEXT NOT NULL,
+    run_id TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    at {INT} NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS airlock_receipts_tenant ON airlock_receipts (tenant, at);
+CREATE INDEX IF NOT EXISTS airlock_jobs_tenant ON airlock_jobs (tenant);
+"#;
+
 /// What differs between PostgreSQL and SQLite.
 #[derive(Debug)]
 pub struct Dialect {
     pub name: &'static str,
-    pub migrations: &'static str,
+    /// Runs before the schema, in the same transaction (PostgreSQL: one migrator at a time).
+    pub migrations_prelude: &'static str,
+    /// The integer type, the auto-increment key, and storage options for the jobs table.
+    pub int_type: &'static str,
+    pub serial_key: &'static str,
+    pub jobs_with: &'static str,
     /// `$1` = now; returns one `id`: the next runnable job, round-robin across tenants.
     pub claim_pick: &'static str,
     /// Appended to selects that must lock their rows (`FOR UPDATE` or nothing).
@@ -250,7 +318,13 @@ impl SqlStore {
 impl JobStore for SqlStore {
     async fn migrate(&self) -> Result<(), JobError> {
         let mut tx = self.begin().await?;
-        tx.execute(self.dialect.migrations).await?;
+        let d = self.dialect;
+        let schema = SCHEMA
+            .replace("{INT}", d.int_type)
+            .replace("{SERIAL}", d.serial_key)
+            .replace("{JOBS_WITH}", d.jobs_with);
+        tx.execute(format!("{}{schema}", d.migrations_prelude).as_str())
+            .await?;
         tx.commit().await?;
         // Columns added after a schema was first created; a column that exists already is fine.
         for column in ["sweep_owner TEXT", "sweep_lease BIGINT"] {

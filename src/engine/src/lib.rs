@@ -41,7 +41,8 @@ pub use engine::process;
 pub use report::{Code, Report, Status};
 
 /// Size limits for one file; every buffer the engine allocates is derived from these.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Limits {
     pub max_bytes: u64,
     pub max_rows: u64,
