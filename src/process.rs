@@ -13,6 +13,8 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ExitStatus};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use airlock_engine::report::Rejection;
@@ -144,7 +146,10 @@ pub fn run(
     let output = Staged::new(dest.output.as_deref())?;
     let rejects = Staged::new(dest.rejects.as_deref())?;
     let report_file = tempfile::tempfile().context("creating the report temp file")?;
-    let config = serde_json::to_string(&WorkerConfig::new(plan, sandbox, delimiter))?;
+    let mut config = WorkerConfig::new(plan, sandbox, delimiter);
+    let output_reader = output.reader()?;
+    config.parent_hashes_output = output_reader.is_some();
+    let config = serde_json::to_string(&config)?;
     let exe = std::env::current_exe().context("finding this executable")?;
     let io = airlock_sandbox::spawn::WorkerIo {
         input: OwnedFd::from(input.try_clone()?),
@@ -163,7 +168,15 @@ pub fn run(
         std::thread::spawn(move || sha256_file(&file, size))
     };
     let deadline = Duration::from_secs(plan.worker.wall_seconds);
-    let (status, timed_out) = wait(child, deadline, &input, size)?;
+    // And the clean output, following the worker as it writes.
+    let worker_done = Arc::new(AtomicBool::new(false));
+    let output_hasher = output_reader.map(|file| {
+        let done = worker_done.clone();
+        std::thread::spawn(move || sha256_following(&file, &done))
+    });
+    let waited = wait(child, deadline, &input, size);
+    worker_done.store(true, Ordering::Release);
+    let (status, timed_out) = waited?;
     let input_sha256 = hasher
         .join()
         .map_err(|_| anyhow::anyhow!("the input hashing thread panicked"))?
@@ -194,6 +207,30 @@ pub fn run(
         },
     };
     report.input.sha256 = input_sha256;
+    if let Some(h) = output_hasher {
+        let (sha, bytes) = h
+            .join()
+            .map_err(|_| anyhow::anyhow!("the output hashing thread panicked"))?
+            .context("hashing the output")?;
+        if report.status != Status::Failed {
+            if bytes != report.output.bytes {
+                report = Report::without_input(
+                    Status::Failed,
+                    Rejection::new(
+                        Code::WorkerCrashed,
+                        format!(
+                            "the worker reported {} output bytes but wrote {bytes}",
+                            report.output.bytes
+                        ),
+                    ),
+                    size,
+                );
+                report.input.sha256.clear();
+            } else {
+                report.output.sha256 = sha;
+            }
+        }
+    }
     if report.status == Status::Accepted {
         output.publish()?;
     }
@@ -233,6 +270,29 @@ fn sha256_file(file: &File, size: u64) -> std::io::Result<String> {
     Ok(hex::encode(hasher.finalize()))
 }
 
+/// sha256 and length of a file another process is still appending to: read behind the writer
+/// until `done` is set, then to the end.
+fn sha256_following(file: &File, done: &AtomicBool) -> std::io::Result<(String, u64)> {
+    use sha2::Digest;
+    use std::os::unix::fs::FileExt;
+    let mut hasher = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut offset = 0u64;
+    loop {
+        let finished = done.load(Ordering::Acquire);
+        let n = file.read_at(&mut buf, offset)?;
+        if n > 0 {
+            hasher.update(&buf[..n]);
+            offset += n as u64;
+        } else if finished {
+            break;
+        } else {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+    Ok((hex::encode(hasher.finalize()), offset))
+}
+
 /// A result file written under a temporary name beside its destination, renamed into place only
 /// when it is good. Without a destination it is `/dev/null`.
 enum Staged {
@@ -256,6 +316,14 @@ impl Staged {
         Ok(Staged::File {
             temp,
             dest: dest.to_path_buf(),
+        })
+    }
+
+    /// A separate read handle on the staged file, to hash it while the worker writes it.
+    fn reader(&self) -> anyhow::Result<Option<File>> {
+        Ok(match self {
+            Staged::Discard => None,
+            Staged::File { temp, .. } => Some(temp.reopen()?),
         })
     }
 

@@ -33,6 +33,8 @@ pub struct WorkerConfig {
     pub limits: Limits,
     pub delimiter: Option<u8>,
     pub fallback_encoding: Option<String>,
+    /// The parent hashes the clean output itself as it is written (only when it keeps it).
+    pub parent_hashes_output: bool,
     pub rlimits: Rlimits,
     pub sandbox: SandboxPolicy,
 }
@@ -43,6 +45,7 @@ impl WorkerConfig {
             limits: plan.limits.clone(),
             delimiter,
             fallback_encoding: plan.fallback_encoding.map(|e| e.name().to_string()),
+            parent_hashes_output: false,
             rlimits: Rlimits {
                 address_space_bytes: plan.worker.memory_bytes,
                 cpu_seconds: plan.worker.cpu_seconds,
@@ -71,6 +74,7 @@ impl WorkerConfig {
             fallback_encoding,
             // The parent hashes the input on its own core, in parallel (process.rs).
             hash_input: false,
+            hash_output: !self.parent_hashes_output,
         })
     }
 }

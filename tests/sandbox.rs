@@ -149,7 +149,7 @@ fn a_live_worker_seen_from_outside_is_locked_down() {
         "limits": {"max_bytes": 1u64 << 30, "max_rows": 10_000_000u64, "max_columns": 1024,
             "max_field_bytes": 65536, "max_record_bytes": 1048576, "max_rejected_ratio": 0.1,
             "max_issues": 100},
-        "delimiter": null, "fallback_encoding": null,
+        "delimiter": null, "fallback_encoding": null, "parent_hashes_output": false,
         "rlimits": {"address_space_bytes": 536870912u64, "cpu_seconds": 300, "file_size_bytes": 4294967296u64},
         "sandbox": policy,
     });
@@ -245,7 +245,7 @@ fn a_worker_started_without_its_fds_refuses() {
     let config = json!({
         "limits": {"max_bytes": 10, "max_rows": 1, "max_columns": 1, "max_field_bytes": 1,
             "max_record_bytes": 1, "max_rejected_ratio": 0.1, "max_issues": 1},
-        "delimiter": null, "fallback_encoding": null,
+        "delimiter": null, "fallback_encoding": null, "parent_hashes_output": false,
         "rlimits": {"address_space_bytes": 536870912u64, "cpu_seconds": 1, "file_size_bytes": 1024},
         "sandbox": policy,
     });

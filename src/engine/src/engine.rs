@@ -40,7 +40,7 @@ pub fn process<R: Read, O: Write, J: Write>(
     if !options.hash_input {
         text = text.without_hash();
     }
-    let mut sink = Sink::new(output, rejects, limits)?;
+    let mut sink = Sink::new(output, rejects, limits, options.hash_output)?;
     let mut dialect = None;
     let outcome = match text.start(options.fallback_encoding)? {
         Err(rejection) => Err(rejection),
@@ -317,14 +317,26 @@ impl Parser {
 /// A `Write` that hashes and counts what passes through.
 struct Hashing<W> {
     inner: W,
-    hasher: Sha256,
+    /// `None` when the caller hashes this stream itself.
+    hasher: Option<Sha256>,
     bytes: u64,
+}
+
+impl<W> Hashing<W> {
+    fn hex(&self) -> String {
+        self.hasher
+            .as_ref()
+            .map(|h| hex::encode(h.clone().finalize()))
+            .unwrap_or_default()
+    }
 }
 
 impl<W: Write> Write for Hashing<W> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
+        if let Some(h) = &mut self.hasher {
+            h.update(&buf[..n]);
+        }
         self.bytes += n as u64;
         Ok(n)
     }
@@ -340,7 +352,7 @@ fn csv_writer<W: Write>(inner: W) -> csv::Writer<Hashing<W>> {
         .terminator(csv::Terminator::Any(b'\n'))
         .from_writer(Hashing {
             inner,
-            hasher: Sha256::new(),
+            hasher: Some(Sha256::new()),
             bytes: 0,
         })
 }
@@ -362,12 +374,12 @@ struct Sink<O: Write, J: Write> {
 }
 
 impl<O: Write, J: Write> Sink<O, J> {
-    fn new(output: O, rejects: J, limits: &Limits) -> Result<Self, EngineError> {
+    fn new(output: O, rejects: J, limits: &Limits, hash_output: bool) -> Result<Self, EngineError> {
         let mut rej = csv_writer(rejects);
         rej.write_record(REJECTS_HEADER)
             .map_err(|e| EngineError::WriteRejects(e.into()))?;
         Ok(Sink {
-            out: CsvOut::new(output),
+            out: CsvOut::new(output, hash_output),
             rej,
             raw: Vec::new(),
             guarded: Vec::new(),
@@ -654,11 +666,11 @@ impl<O: Write, J: Write> Sink<O, J> {
             issues: self.issues,
             output: OutputInfo {
                 bytes: out.bytes,
-                sha256: hex::encode(out.hasher.clone().finalize()),
+                sha256: out.hex(),
             },
             rejects: OutputInfo {
                 bytes: rej.bytes,
-                sha256: hex::encode(rej.hasher.clone().finalize()),
+                sha256: rej.hex(),
             },
             sandbox: None,
         })
@@ -675,13 +687,13 @@ struct CsvOut<W> {
 }
 
 impl<W: Write> CsvOut<W> {
-    fn new(inner: W) -> Self {
+    fn new(inner: W, hash: bool) -> Self {
         CsvOut {
             buf: Vec::with_capacity(OUT_BUFFER * 2),
             plain: false,
             inner: Hashing {
                 inner,
-                hasher: Sha256::new(),
+                hasher: hash.then(Sha256::new),
                 bytes: 0,
             },
         }

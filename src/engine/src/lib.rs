@@ -81,6 +81,8 @@ pub struct Options {
     /// Compute `input.sha256` (default). A caller that hashes the input itself, on another core,
     /// turns this off and fills the field in.
     pub hash_input: bool,
+    /// Compute `output.sha256` (default); see `hash_input`.
+    pub hash_output: bool,
 }
 
 impl Default for Options {
@@ -90,6 +92,7 @@ impl Default for Options {
             delimiter: None,
             fallback_encoding: None,
             hash_input: true,
+            hash_output: true,
         }
     }
 }
