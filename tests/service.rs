@@ -494,3 +494,49 @@ async fn an_s3_outage_is_retried_until_the_store_returns() {
     assert!(s["attempts"].as_i64().unwrap() >= 2, "{s}");
     s3.script("stop");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn after_a_purge_status_says_when_and_link_refuses() {
+    let d = Deployment::embedded();
+    let id = d.submit("acme", &fixture("valid/leads.csv"), &[]);
+    let other = d.submit("globex", &fixture("valid/leads.csv"), &[]);
+    d.supervise(&[]);
+    let out = d.run(&["link", &id]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = d.run(&["purge", "--tenant", "acme", "--dry-run"]);
+    assert!(out.status.success());
+    let dry: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (dry["candidates"].as_i64(), dry["jobs_purged"].as_i64()),
+        (Some(1), Some(0))
+    );
+    let out = d.run(&["purge", "--tenant", "acme"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["jobs_purged"], 1);
+    let s = d.status(&id);
+    assert_eq!(s["state"], "purged");
+    assert!(s["purged_at_ms"].as_i64().unwrap() > 0);
+    assert_eq!(s["artifacts"], serde_json::json!([]));
+    let out = d.run(&["link", &id]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("was purged"));
+    assert_eq!(d.status(&other)["state"], "succeeded");
+    let out = d.run(&["receipts", "--tenant", "acme"]);
+    let receipts: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(receipts.as_array().unwrap().len(), 1);
+    assert_eq!(receipts[0]["job_id"], id.as_str());
+    // A nightly sweep with nothing due is quiet and succeeds.
+    let out = d.run(&["sweep"]);
+    assert!(out.status.success());
+    let sweep: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(sweep["jobs_purged"], 0);
+}
