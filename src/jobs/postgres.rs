@@ -3,15 +3,12 @@
 //! `FOR UPDATE SKIP LOCKED`, so concurrent claimers never wait on each other's rows.
 
 use super::sql::{Dialect, SqlStore};
-use super::JobError;
 
-pub static DIALECT: Dialect = Dialect {
-    name: "postgres",
-    migrations_prelude: "SELECT pg_advisory_xact_lock(7426010);\n",
-    int_type: "BIGINT",
-    serial_key: "BIGSERIAL PRIMARY KEY",
-    jobs_with: "WITH (fillfactor = 80)",
-    claim_pick: "SELECT j.id FROM airlock_tenants t
+/// The next runnable job, round-robin across tenants: one index probe per tenant visited.
+/// `$1` = now.
+macro_rules! pick {
+    () => {
+        "SELECT j.id FROM airlock_tenants t
          CROSS JOIN LATERAL (
              SELECT id FROM airlock_jobs
              WHERE tenant = t.tenant AND state = 'queued' AND run_after <= $1
@@ -21,26 +18,28 @@ pub static DIALECT: Dialect = Dialect {
          ) j
          WHERE t.queued > 0
          ORDER BY t.last_claimed
-         LIMIT 1",
+         LIMIT 1"
+    };
+}
+use super::JobError;
+
+pub static DIALECT: Dialect = Dialect {
+    name: "postgres",
+    migrations_prelude: "SELECT pg_advisory_xact_lock(7426010);\n",
+    int_type: "BIGINT",
+    serial_key: "BIGSERIAL PRIMARY KEY",
+    jobs_with: "WITH (fillfactor = 80)",
+    claim_pick: pick!(),
     for_update: " FOR UPDATE",
     skip_locked: " FOR UPDATE SKIP LOCKED",
     reap_select: "SELECT id, tenant, attempts, max_attempts FROM airlock_jobs
          WHERE state = 'running' AND lease_expires_at < $1
          LIMIT 100 FOR UPDATE SKIP LOCKED",
     claim_one: Some(
-        "WITH picked AS (
-             SELECT j.id FROM airlock_tenants t
-             CROSS JOIN LATERAL (
-                 SELECT id FROM airlock_jobs
-                 WHERE tenant = t.tenant AND state = 'queued' AND run_after <= $1
-                 ORDER BY run_after, created_at
-                 LIMIT 1
-                 FOR UPDATE SKIP LOCKED
-             ) j
-             WHERE t.queued > 0
-             ORDER BY t.last_claimed
-             LIMIT 1
-         ), upd AS (
+        concat!(
+            "WITH picked AS (",
+            pick!(),
+            "), upd AS (
              UPDATE airlock_jobs SET state = 'running', attempts = attempts + 1, fence = fence + 1,
                  lease_owner = $2, lease_expires_at = $3, started_at = COALESCE(started_at, $1)
              FROM picked WHERE airlock_jobs.id = picked.id
@@ -53,7 +52,8 @@ pub static DIALECT: Dialect = Dialect {
              INSERT INTO airlock_audit (job_id, tenant, at, from_state, to_state, detail)
              SELECT id, tenant, $1, 'queued', 'running', $2 FROM upd
          )
-         SELECT * FROM upd",
+         SELECT * FROM upd"
+        ),
     ),
     complete_one: Some(
         "WITH upd AS (

@@ -169,10 +169,14 @@ async fn queued_delta(tx: &mut Tx<'_>, tenant: &str, delta: i64) -> Result<(), J
     Ok(())
 }
 
+fn uuid(s: &str) -> Result<Uuid, JobError> {
+    Uuid::parse_str(s).map_err(|e| JobError::Corrupt(format!("job id {s:?}: {e}")))
+}
+
 fn claimed(row: &AnyRow) -> Result<Claimed, JobError> {
     let id: String = row.try_get("id")?;
     Ok(Claimed {
-        id: Uuid::parse_str(&id).map_err(|e| JobError::Corrupt(e.to_string()))?,
+        id: uuid(&id)?,
         tenant: row.try_get("tenant")?,
         plan: row.try_get("plan")?,
         input_key: row.try_get("input_key")?,
@@ -188,7 +192,7 @@ fn record(row: &AnyRow) -> Result<JobRecord, JobError> {
     let state: String = row.try_get("state")?;
     let summary: Option<String> = row.try_get("summary")?;
     Ok(JobRecord {
-        id: Uuid::parse_str(&id).map_err(|e| JobError::Corrupt(e.to_string()))?,
+        id: uuid(&id)?,
         tenant: row.try_get("tenant")?,
         state: JobState::parse(&state).ok_or_else(|| JobError::Corrupt(state.clone()))?,
         plan: row.try_get("plan")?,
@@ -348,7 +352,7 @@ impl JobStore for SqlStore {
                 .await?;
         row.map(|r| {
             let id: String = r.try_get("id")?;
-            Uuid::parse_str(&id).map_err(|e| JobError::Corrupt(e.to_string()))
+            uuid(&id)
         })
         .transpose()
     }
@@ -878,7 +882,7 @@ impl JobStore for SqlStore {
         rows.iter()
             .map(|r| {
                 let id: String = r.try_get("id")?;
-                Uuid::parse_str(&id).map_err(|e| JobError::Corrupt(e.to_string()))
+                uuid(&id)
             })
             .collect()
     }

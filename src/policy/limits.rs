@@ -59,14 +59,8 @@ const WORKER_BASE_MEMORY: u64 = 64 * MIB;
 
 impl LimitsPolicy {
     pub fn parse(text: &str, file: &str) -> Result<Self, PolicyError> {
-        let raw: RawLimitsFile = toml::from_str(text).map_err(|source| PolicyError::Parse {
-            file: file.to_string(),
-            source,
-        })?;
-        let invalid = |what: String| PolicyError::Invalid {
-            file: file.to_string(),
-            what,
-        };
+        let raw: RawLimitsFile = super::parse_toml(text, file)?;
+        let invalid = |what: String| PolicyError::invalid(file, what);
         if !raw.plans.contains_key("default") {
             return Err(invalid("there must be a plan named \"default\"".into()));
         }

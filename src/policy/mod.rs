@@ -56,6 +56,23 @@ pub enum PolicyError {
     UnknownPlan { name: String, known: String },
 }
 
+impl PolicyError {
+    pub fn invalid(file: &str, what: String) -> Self {
+        PolicyError::Invalid {
+            file: file.to_string(),
+            what,
+        }
+    }
+}
+
+/// Stage one of loading: the raw serde types (which refuse unknown fields).
+fn parse_toml<T: serde::de::DeserializeOwned>(text: &str, file: &str) -> Result<T, PolicyError> {
+    toml::from_str(text).map_err(|source| PolicyError::Parse {
+        file: file.to_string(),
+        source,
+    })
+}
+
 /// Every policy Airlock runs with.
 #[derive(Debug, Clone)]
 pub struct Policies {

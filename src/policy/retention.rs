@@ -40,14 +40,8 @@ impl RetentionPolicy {
         max_job: Duration,
         known_plans: &[&str],
     ) -> Result<Self, PolicyError> {
-        let raw: RawRetention = toml::from_str(text).map_err(|source| PolicyError::Parse {
-            file: file.to_string(),
-            source,
-        })?;
-        let invalid = |what: String| PolicyError::Invalid {
-            file: file.to_string(),
-            what,
-        };
+        let raw: RawRetention = super::parse_toml(text, file)?;
+        let invalid = |what: String| PolicyError::invalid(file, what);
         let limit = Duration::from_secs(backstop_days * 86_400).saturating_sub(max_job);
         let all = std::iter::once(("retain_days".to_string(), raw.retain_days))
             .chain(raw.plans.iter().map(|(p, d)| (format!("plans.{p}"), *d)));

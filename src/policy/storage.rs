@@ -25,14 +25,8 @@ pub struct PresignPolicy {
 
 impl PresignPolicy {
     pub fn parse(text: &str, file: &str) -> Result<Self, PolicyError> {
-        let raw: RawPresign = toml::from_str(text).map_err(|source| PolicyError::Parse {
-            file: file.to_string(),
-            source,
-        })?;
-        let invalid = |what: String| PolicyError::Invalid {
-            file: file.to_string(),
-            what,
-        };
+        let raw: RawPresign = super::parse_toml(text, file)?;
+        let invalid = |what: String| PolicyError::invalid(file, what);
         let max = Duration::from_secs(raw.max_ttl_seconds);
         if raw.max_ttl_seconds == 0 || max > LINK_TTL_CEILING {
             return Err(invalid(format!(
