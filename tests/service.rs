@@ -240,7 +240,7 @@ async fn mixed_batch(d: Deployment) {
 async fn crash_recovery(d: Deployment) {
     let big = d.dir.path().join("big.csv");
     let mut body = b"id,name\n".to_vec();
-    for i in 0..700_000 {
+    for i in 0..2_000_000 {
         body.extend_from_slice(format!("{i},name {i}\n").as_bytes());
     }
     std::fs::write(&big, &body).unwrap();
@@ -343,7 +343,7 @@ async fn permanent_failures_and_idempotency(d: Deployment) {
 async fn sigterm_loses_nothing(d: Deployment) {
     let big = d.dir.path().join("big.csv");
     let mut body = b"id,name\n".to_vec();
-    for i in 0..500_000 {
+    for i in 0..2_000_000 {
         body.extend_from_slice(format!("{i},name {i}\n").as_bytes());
     }
     std::fs::write(&big, &body).unwrap();
