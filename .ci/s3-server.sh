@@ -76,6 +76,8 @@ stop)
     kill -9 "$pid" 2> /dev/null || true
     rm -f "$dir/pid"
   fi
+  # Whatever else still serves this directory (a server that outlived its pid file) goes too.
+  pkill -9 -f -- "-dir=$dir/data" 2> /dev/null || true
   ;;
 *) echo "usage: $0 start|stop DIR" >&2; exit 2 ;;
 esac

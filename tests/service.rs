@@ -407,6 +407,18 @@ struct OwnS3 {
     dir: tempfile::TempDir,
 }
 
+impl Drop for OwnS3 {
+    fn drop(&mut self) {
+        // Also on a failed assertion: never leave a server behind.
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join(".ci/s3-server.sh");
+        let _ = Command::new("bash")
+            .arg(script)
+            .arg("stop")
+            .arg(self.dir.path())
+            .output();
+    }
+}
+
 impl OwnS3 {
     fn script(&self, cmd: &str) {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join(".ci/s3-server.sh");
