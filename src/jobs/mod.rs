@@ -4,8 +4,10 @@
 //! retention. A claim takes a lease (`lease_expires_at`) and bumps a fencing token; heartbeats,
 //! completion and failure are fenced by it, so a supervisor that lost its lease cannot record
 //! anything. The reaper returns expired leases to `queued` (or `failed` once attempts are spent).
-//! Claims go round-robin across tenants (the tenant claimed from longest ago goes first), so one
-//! tenant's 10,000 queued jobs cannot starve another's one. Every state change writes its audit
+//! Fairness is start-time fair queuing: each job gets a position when submitted — one past its
+//! tenant's previous job while that tenant has a backlog, else one past the queue's front — and
+//! claims take the lowest position. Tenants thus interleave, so one tenant's 10,000 queued jobs
+//! cannot starve another's one, and a claim touches no per-tenant row. Every state change writes its audit
 //! row in the same transaction. All times are milliseconds since the Unix epoch, passed in by the
 //! caller, so tests drive the clock.
 //!

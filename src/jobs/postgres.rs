@@ -1,24 +1,18 @@
-//! PostgreSQL: many supervisors on many hosts. A claim probes, tenant by tenant in round-robin
-//! order, one index entry per tenant through `LATERAL`, and locks the job row with
-//! `FOR UPDATE SKIP LOCKED`, so concurrent claimers never wait on each other's rows.
+//! PostgreSQL: many supervisors on many hosts. A claim takes the queued job with the lowest
+//! fair-queuing position and locks it with `FOR UPDATE SKIP LOCKED`, in one statement with its
+//! audit row, so concurrent claimers never wait on each other's rows.
 
 use super::sql::{Dialect, SqlStore};
 
-/// The next runnable job, round-robin across tenants: one index probe per tenant visited.
-/// `$1` = now.
+/// The next runnable job in fair-queuing order (see `next_vseq`), skipping rows other claimers
+/// hold. `$1` = now.
 macro_rules! pick {
     () => {
-        "SELECT j.id FROM airlock_tenants t
-         CROSS JOIN LATERAL (
-             SELECT id FROM airlock_jobs
-             WHERE tenant = t.tenant AND state = 'queued' AND run_after <= $1
-             ORDER BY run_after, created_at
-             LIMIT 1
-             FOR UPDATE SKIP LOCKED
-         ) j
-         WHERE t.queued > 0
-         ORDER BY t.last_claimed
-         LIMIT 1"
+        "SELECT id FROM airlock_jobs
+         WHERE state = 'queued' AND run_after <= $1
+         ORDER BY vseq, created_at
+         LIMIT 1
+         FOR UPDATE SKIP LOCKED"
     };
 }
 use super::JobError;
@@ -44,10 +38,6 @@ pub static DIALECT: Dialect = Dialect {
                  lease_owner = $2, lease_expires_at = $3, started_at = COALESCE(started_at, $1)
              FROM picked WHERE airlock_jobs.id = picked.id
              RETURNING airlock_jobs.id, airlock_jobs.tenant, plan, input_key, input_bytes, file_name, fence, attempts
-         ), tenant AS (
-             UPDATE airlock_tenants SET queued = queued - 1,
-                 last_claimed = (SELECT COALESCE(MAX(last_claimed), 0) + 1 FROM airlock_tenants)
-             FROM upd WHERE airlock_tenants.tenant = upd.tenant
          ), audit AS (
              INSERT INTO airlock_audit (job_id, tenant, at, from_state, to_state, detail)
              SELECT id, tenant, $1, 'queued', 'running', $2 FROM upd

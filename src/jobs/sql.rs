@@ -61,19 +61,19 @@ CREATE TABLE IF NOT EXISTS airlock_jobs (
     report_key TEXT,
     summary TEXT,
     purged_at {INT},
+    vseq {INT} NOT NULL DEFAULT 0,
     sweep_owner TEXT,
     sweep_lease {INT}
 ) {JOBS_WITH};
 CREATE UNIQUE INDEX IF NOT EXISTS airlock_jobs_idem ON airlock_jobs (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL;
 CREATE INDEX IF NOT EXISTS airlock_jobs_queue ON airlock_jobs (tenant, run_after, created_at) WHERE state = 'queued';
+CREATE INDEX IF NOT EXISTS airlock_jobs_fair ON airlock_jobs (vseq, created_at) WHERE state = 'queued';
 CREATE INDEX IF NOT EXISTS airlock_jobs_lease ON airlock_jobs (lease_expires_at) WHERE state = 'running';
 CREATE INDEX IF NOT EXISTS airlock_jobs_finished ON airlock_jobs (finished_at) WHERE state IN ('succeeded', 'rejected', 'failed');
 CREATE TABLE IF NOT EXISTS airlock_tenants (
     tenant TEXT PRIMARY KEY,
-    queued {INT} NOT NULL DEFAULT 0,
-    last_claimed {INT} NOT NULL DEFAULT 0
+    last_vseq {INT} NOT NULL DEFAULT 0
 );
-CREATE INDEX IF NOT EXISTS airlock_tenants_rr ON airlock_tenants (last_claimed) WHERE queued > 0;
 CREATE TABLE IF NOT EXISTS airlock_audit (
     id {SERIAL},
     job_id TEXT NOT NULL,
@@ -154,18 +154,6 @@ async fn audit(
         .bind(detail)
         .execute(&mut **tx)
         .await?;
-    Ok(())
-}
-
-async fn queued_delta(tx: &mut Tx<'_>, tenant: &str, delta: i64) -> Result<(), JobError> {
-    sqlx::query(
-        "INSERT INTO airlock_tenants (tenant, queued) VALUES ($1, $2)
-         ON CONFLICT (tenant) DO UPDATE SET queued = airlock_tenants.queued + EXCLUDED.queued",
-    )
-    .bind(tenant)
-    .bind(delta)
-    .execute(&mut **tx)
-    .await?;
     Ok(())
 }
 
@@ -296,6 +284,50 @@ impl SqlStore {
         (format!("{clause} AND purged_at IS NULL"), args)
     }
 
+    /// Fair-queuing position for a tenant's new job (start-time fair queuing): one past the
+    /// tenant's last position while it has a backlog, else one past the queue's current front.
+    /// Claims then simply take the lowest position, so a claim touches no tenant row.
+    async fn next_vseq(&self, tx: &mut Tx<'_>, tenant: &str) -> Result<i64, JobError> {
+        sqlx::query(
+            "INSERT INTO airlock_tenants (tenant) VALUES ($1) ON CONFLICT (tenant) DO NOTHING",
+        )
+        .bind(tenant)
+        .execute(&mut **tx)
+        .await?;
+        // Serializes this tenant's submits (PostgreSQL; SQLite holds the write lock already).
+        let sql = format!(
+            "SELECT last_vseq FROM airlock_tenants WHERE tenant = $1{}",
+            self.dialect.for_update
+        );
+        let last: i64 = sqlx::query(&sql)
+            .bind(tenant)
+            .fetch_one(&mut **tx)
+            .await?
+            .try_get("last_vseq")?;
+        let front: i64 = sqlx::query("SELECT CAST(COALESCE(MIN(vseq), 0) AS BIGINT) AS v FROM airlock_jobs WHERE state = 'queued'")
+            .fetch_one(&mut **tx)
+            .await?
+            .try_get("v")?;
+        let backlogged = sqlx::query(
+            "SELECT 1 AS x FROM airlock_jobs WHERE tenant = $1 AND state = 'queued' LIMIT 1",
+        )
+        .bind(tenant)
+        .fetch_optional(&mut **tx)
+        .await?
+        .is_some();
+        let next = if backlogged {
+            last.max(front) + 1
+        } else {
+            front + 1
+        };
+        sqlx::query("UPDATE airlock_tenants SET last_vseq = $2 WHERE tenant = $1")
+            .bind(tenant)
+            .bind(next)
+            .execute(&mut **tx)
+            .await?;
+        Ok(next)
+    }
+
     async fn begin(&self) -> Result<Tx<'static>, JobError> {
         Ok(self.pool.begin_with(self.dialect.begin).await?)
     }
@@ -331,8 +363,13 @@ impl JobStore for SqlStore {
             .await?;
         tx.commit().await?;
         // Columns added after a schema was first created; a column that exists already is fine.
-        for column in ["sweep_owner TEXT", "sweep_lease BIGINT"] {
-            let sql = format!("ALTER TABLE airlock_jobs ADD COLUMN {column}");
+        for (table, column) in [
+            ("airlock_jobs", "sweep_owner TEXT"),
+            ("airlock_jobs", "sweep_lease BIGINT"),
+            ("airlock_jobs", "vseq BIGINT NOT NULL DEFAULT 0"),
+            ("airlock_tenants", "last_vseq BIGINT NOT NULL DEFAULT 0"),
+        ] {
+            let sql = format!("ALTER TABLE {table} ADD COLUMN {column}");
             if let Err(e) = sqlx::query(&sql).execute(&self.pool).await {
                 let msg = e.to_string();
                 if !(msg.contains("duplicate column") || msg.contains("already exists")) {
@@ -360,9 +397,10 @@ impl JobStore for SqlStore {
     async fn submit(&self, job: &NewJob, now: i64) -> Result<Submitted, JobError> {
         let id = Uuid::new_v4();
         let mut tx = self.begin().await?;
+        let vseq = self.next_vseq(&mut tx, &job.tenant).await?;
         let inserted = sqlx::query(
-            "INSERT INTO airlock_jobs (id, tenant, idempotency_key, state, plan, input_key, input_bytes, file_name, max_attempts, run_after, created_at)
-             VALUES ($1, $2, $3, 'queued', $4, $5, $6, $7, $8, $9, $9)
+            "INSERT INTO airlock_jobs (id, tenant, idempotency_key, state, plan, input_key, input_bytes, file_name, max_attempts, run_after, created_at, vseq)
+             VALUES ($1, $2, $3, 'queued', $4, $5, $6, $7, $8, $9, $9, $10)
              ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING",
         )
         .bind(id.to_string())
@@ -374,6 +412,7 @@ impl JobStore for SqlStore {
         .bind(&job.file_name)
         .bind(i64::from(job.max_attempts))
         .bind(now)
+        .bind(vseq)
         .execute(&mut *tx)
         .await?
         .rows_affected();
@@ -385,7 +424,6 @@ impl JobStore for SqlStore {
                 .map(Submitted::Existing)
                 .ok_or_else(|| JobError::Corrupt("idempotency conflict without a row".into()));
         }
-        queued_delta(&mut tx, &job.tenant, 1).await?;
         audit(
             &mut tx,
             &id.to_string(),
@@ -429,14 +467,7 @@ impl JobStore for SqlStore {
         .fetch_one(&mut *tx)
         .await?;
         let tenant: String = row.try_get("tenant")?;
-        sqlx::query(
-            "UPDATE airlock_tenants SET queued = queued - 1,
-                 last_claimed = (SELECT COALESCE(MAX(last_claimed), 0) + 1 FROM airlock_tenants)
-             WHERE tenant = $1",
-        )
-        .bind(&tenant)
-        .execute(&mut *tx)
-        .await?;
+
         audit(
             &mut tx,
             &id,
@@ -532,7 +563,6 @@ impl JobStore for SqlStore {
                     .bind(code)
                     .execute(&mut *tx)
                     .await?;
-                queued_delta(&mut tx, &tenant, 1).await?;
                 JobState::Queued
             }
             _ => {
@@ -567,7 +597,6 @@ impl JobStore for SqlStore {
             .bind(now)
             .execute(&mut *tx)
             .await?;
-        queued_delta(&mut tx, &tenant, 1).await?;
         audit(
             &mut tx,
             &id.to_string(),
@@ -601,7 +630,6 @@ impl JobStore for SqlStore {
                     .bind(now + backoff_ms(attempts))
                     .execute(&mut *tx)
                     .await?;
-                queued_delta(&mut tx, &tenant, 1).await?;
                 audit(
                     &mut tx,
                     &id,
@@ -659,7 +687,6 @@ impl JobStore for SqlStore {
             .bind(now)
             .execute(&mut *tx)
             .await?;
-        queued_delta(&mut tx, &tenant, -1).await?;
         audit(
             &mut tx,
             &id.to_string(),

@@ -13,14 +13,9 @@ pub static DIALECT: Dialect = Dialect {
     int_type: "INTEGER",
     serial_key: "INTEGER PRIMARY KEY AUTOINCREMENT",
     jobs_with: "",
-    claim_pick: "SELECT id FROM (
-             SELECT (SELECT id FROM airlock_jobs
-                     WHERE tenant = t.tenant AND state = 'queued' AND run_after <= $1
-                     ORDER BY run_after, created_at LIMIT 1) AS id,
-                    t.last_claimed AS last_claimed
-             FROM airlock_tenants t WHERE t.queued > 0
-             ORDER BY t.last_claimed LIMIT 256
-         ) WHERE id IS NOT NULL ORDER BY last_claimed LIMIT 1",
+    claim_pick: "SELECT id FROM airlock_jobs
+         WHERE state = 'queued' AND run_after <= $1
+         ORDER BY vseq, created_at LIMIT 1",
     for_update: "",
     skip_locked: "",
     reap_select: "SELECT id, tenant, attempts, max_attempts FROM airlock_jobs
