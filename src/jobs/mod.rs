@@ -193,7 +193,7 @@ pub trait JobStore: Send + Sync + fmt::Debug {
     async fn find_idempotent(&self, tenant: &str, key: &str) -> Result<Option<Uuid>, JobError>;
     /// Enqueue; with an idempotency key the tenant's existing job wins.
     async fn submit(&self, job: &NewJob, now: i64) -> Result<Submitted, JobError>;
-    /// Take the next runnable job, round-robin across tenants.
+    /// Take the next runnable job, in fair-queuing order across tenants.
     async fn claim(
         &self,
         owner: &str,

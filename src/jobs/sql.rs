@@ -107,7 +107,7 @@ pub struct Dialect {
     pub int_type: &'static str,
     pub serial_key: &'static str,
     pub jobs_with: &'static str,
-    /// `$1` = now; returns one `id`: the next runnable job, round-robin across tenants.
+    /// `$1` = now; returns one `id`: the next runnable job in fair-queuing order.
     pub claim_pick: &'static str,
     /// Appended to selects that must lock their rows (`FOR UPDATE` or nothing).
     pub for_update: &'static str,
