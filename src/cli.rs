@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 use crate::policy::Policies;
-use crate::process::{self, Destinations};
+use crate::process::{self, Dest, Destinations};
 
 const EXIT_USAGE: u8 = 2;
 const EXIT_FAILED: u8 = 70;
@@ -21,6 +21,7 @@ Examples:
   airlock status JOB                             # state and report summary, JSON
   airlock link JOB --artifact output             # presigned download link (5 min)
   airlock process leads.csv                      # report JSON on stdout, outputs discarded
+  airlock process leads.csv --output - --report r.json | head   # clean CSV on stdout
   airlock process export.csv --plan legacy-excel # windows-1252 fallback for old spreadsheets
 
 Exit status: 0 accepted, 1 rejected (the report says why), 2 usage or configuration error,
@@ -95,6 +96,9 @@ struct SubmitCli {
     /// A directory whose policy files replace the built-in ones.
     #[arg(long, value_name = "DIR", env = "AIRLOCK_POLICY_DIR")]
     policy_dir: Option<PathBuf>,
+    /// Read the file through a symbolic link (refused by default).
+    #[arg(long)]
+    follow_symlinks: bool,
     /// The file to queue.
     file: PathBuf,
 }
@@ -196,15 +200,19 @@ struct DoctorArgs {
 struct ProcessArgs {
     /// The uploaded file (a regular file; never opened by this process beyond a size check).
     input: PathBuf,
-    /// Where to write the clean CSV (only when the file is accepted).
+    /// Where to write the clean CSV (only when the file is accepted); - for stdout. An existing
+    /// destination must be a regular file: a symlink or device is refused, never replaced.
     #[arg(long, value_name = "FILE")]
     output: Option<PathBuf>,
-    /// Where to write the rejected rows, as CSV: record,line,code,message,raw.
+    /// Where to write the rejected rows, as CSV: record,line,code,message,raw; - for stdout.
     #[arg(long, value_name = "FILE")]
     rejects: Option<PathBuf>,
     /// Where to write the JSON report [default: stdout].
     #[arg(long, value_name = "FILE")]
     report: Option<PathBuf>,
+    /// Read INPUT through a symbolic link (refused by default).
+    #[arg(long)]
+    follow_symlinks: bool,
     /// The plan of limits in policies/limits.toml.
     #[arg(long, value_name = "NAME", default_value = "default")]
     plan: String,
@@ -227,7 +235,8 @@ fn parse_delimiter(s: &str) -> Result<u8, String> {
 }
 
 fn init_logging() {
-    let default = match std::env::args().nth(1).as_deref() {
+    let command = std::env::args_os().nth(1);
+    let default = match command.as_ref().and_then(|c| c.to_str()) {
         Some("supervise" | "serve" | "sweep" | "purge") => "info",
         _ => "warn",
     };
@@ -258,6 +267,7 @@ pub fn main() -> ExitCode {
                     idempotency_key: args.idempotency_key.as_deref(),
                     plan: &args.plan,
                     file: &args.file,
+                    follow_symlinks: args.follow_symlinks,
                 },
             )
             .await?;
@@ -423,14 +433,19 @@ fn process_command(args: ProcessArgs) -> ExitCode {
         Ok(plan) => plan,
         Err(e) => return usage(e),
     };
-    let (input, size) = match process::open_input(&args.input) {
+    let dest = Destinations {
+        output: Dest::from_arg(args.output),
+        rejects: Dest::from_arg(args.rejects),
+        report: args
+            .report
+            .map_or(Dest::Stdout, |p| Dest::from_arg(Some(p))),
+    };
+    if let Err(e) = dest.check() {
+        return usage(e);
+    }
+    let (input, size) = match process::open_input(&args.input, args.follow_symlinks) {
         Ok(opened) => opened,
         Err(e) => return usage(e),
-    };
-    let dest = Destinations {
-        output: args.output,
-        rejects: args.rejects,
-        report: args.report,
     };
     match process::run(input, size, plan, &policies.sandbox, args.delimiter, &dest) {
         Ok(outcome) => ExitCode::from(outcome.exit_code()),

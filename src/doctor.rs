@@ -8,7 +8,7 @@ use airlock_sandbox::host::HostSupport;
 use serde_json::json;
 
 use crate::policy::Policies;
-use crate::process::{self, Destinations};
+use crate::process::{self, Dest, Destinations};
 
 const SAMPLE: &[u8] = b"email,name\nana@example.com,Ana\n";
 
@@ -46,9 +46,9 @@ fn worker_check(policies: &Policies, plan: &str) -> serde_json::Value {
         let dir = tempfile::tempdir()?;
         let input = dir.path().join("sample.csv");
         std::fs::write(&input, SAMPLE)?;
-        let (file, size) = process::open_input(&input)?;
+        let (file, size) = process::open_input(&input, false)?;
         let dest = Destinations {
-            report: Some(dir.path().join("report.json")),
+            report: Dest::File(dir.path().join("report.json")),
             ..Destinations::default()
         };
         let plan = policies.limits.plan(plan)?;

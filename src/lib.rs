@@ -9,6 +9,8 @@
 pub mod cli;
 pub mod config;
 pub mod doctor;
+#[cfg(feature = "test-seam")]
+pub mod hostile;
 pub mod jobs;
 pub mod policy;
 pub mod process;

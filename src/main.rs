@@ -8,9 +8,14 @@ use std::process::ExitCode;
 use airlock::{cli, worker};
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().collect();
-    if args.get(1).map(String::as_str) == Some(worker::ARG) {
+    // `args_os`: a file name need not be UTF-8, and `args` would panic on it.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.get(1).is_some_and(|a| a == worker::ARG) {
         return worker::main(&args[2..]);
+    }
+    #[cfg(feature = "test-seam")]
+    if args.get(1).is_some_and(|a| a == airlock::hostile::ARG) {
+        return airlock::hostile::main(&args[2..]);
     }
     cli::main()
 }

@@ -82,6 +82,8 @@ pub struct SubmitArgs<'a> {
     pub idempotency_key: Option<&'a str>,
     pub plan: &'a str,
     pub file: &'a Path,
+    /// Read through a symbolic link instead of refusing it.
+    pub follow_symlinks: bool,
 }
 
 pub async fn submit(policies: &Policies, args: SubmitArgs<'_>) -> Result<Uuid, CommandError> {
@@ -90,8 +92,13 @@ pub async fn submit(policies: &Policies, args: SubmitArgs<'_>) -> Result<Uuid, C
         .limits
         .plan(args.plan)
         .map_err(|e| CommandError::Usage(e.to_string()))?;
-    let (_, size) =
-        crate::process::open_input(args.file).map_err(|e| CommandError::Usage(e.to_string()))?;
+    let (opened, size) = crate::process::open_input(args.file, args.follow_symlinks)
+        .map_err(|e| CommandError::Usage(e.to_string()))?;
+    // Upload what was opened and checked, not whatever the path names by then.
+    let opened_path = {
+        use std::os::fd::AsRawFd;
+        std::path::PathBuf::from(format!("/proc/self/fd/{}", opened.as_raw_fd()))
+    };
     if size > plan.limits.max_bytes {
         return Err(CommandError::Refused(format!(
             "too_large: the file is {size} bytes; plan {:?} allows {} (nothing was uploaded)",
@@ -120,7 +127,7 @@ pub async fn submit(policies: &Policies, args: SubmitArgs<'_>) -> Result<Uuid, C
         download_name: file_name.clone(),
     };
     store
-        .put_file(&input, args.file, plan.limits.max_bytes, &meta)
+        .put_file(&input, &opened_path, plan.limits.max_bytes, &meta)
         .await
         .map_err(failed)?;
     let job = NewJob {

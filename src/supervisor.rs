@@ -20,7 +20,7 @@ use uuid::Uuid;
 
 use crate::jobs::{backoff_ms, now_ms, Claimed, Completion, JobState, Shared};
 use crate::policy::Policies;
-use crate::process::{self, Destinations};
+use crate::process::{self, Dest, Destinations};
 use crate::storage::{Kind, ObjectKey, ObjectStore, PutMeta, StorageError};
 
 #[derive(Debug, Clone)]
@@ -366,13 +366,16 @@ impl Supervisor {
             return Self::storage_attempt(e, "get");
         }
         let dest = Destinations {
-            output: Some(dir.path().join("out.csv")),
-            rejects: Some(dir.path().join("rejects.csv")),
-            report: Some(dir.path().join("report.json")),
+            output: Dest::File(dir.path().join("out.csv")),
+            rejects: Dest::File(dir.path().join("rejects.csv")),
+            report: Dest::File(dir.path().join("report.json")),
         };
         let policies = self.policies.clone();
+        // The worker's diagnostics are logged from the blocking thread: keep the job's span.
+        let span = tracing::Span::current();
         let run = tokio::task::spawn_blocking(move || -> anyhow::Result<Report> {
-            let (file, size) = process::open_input(&staged)?;
+            let _span = span.enter();
+            let (file, size) = process::open_input(&staged, false)?;
             let plan = policies.limits.plan(&plan.name)?;
             Ok(process::run(file, size, plan, &policies.sandbox, None, &dest)?.report)
         })

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use airlock_engine::report::SandboxSummary;
-use airlock_engine::{Limits, Options};
+use airlock_engine::{Limits, Options, Report};
 use airlock_sandbox::lockdown::{Lockdown, Rlimits};
 use airlock_sandbox::policy::SandboxPolicy;
 use serde::{Deserialize, Serialize};
@@ -40,7 +40,15 @@ pub struct WorkerConfig {
 }
 
 impl WorkerConfig {
-    pub fn new(plan: &crate::policy::Plan, sandbox: &SandboxPolicy, delimiter: Option<u8>) -> Self {
+    /// The config for one input of `input_bytes`: the file-size rlimit is the larger of the
+    /// output and rejects bounds for that size (and the report cap), so a worker cannot write
+    /// gigabytes for an 8-byte input.
+    pub fn new(
+        plan: &crate::policy::Plan,
+        sandbox: &SandboxPolicy,
+        delimiter: Option<u8>,
+        input_bytes: u64,
+    ) -> Self {
         WorkerConfig {
             limits: plan.limits.clone(),
             delimiter,
@@ -49,12 +57,9 @@ impl WorkerConfig {
             rlimits: Rlimits {
                 address_space_bytes: plan.worker.memory_bytes,
                 cpu_seconds: plan.worker.cpu_seconds,
-                // The clean output can outgrow the input (quoting, the formula guard): 4x bounds it.
-                file_size_bytes: plan
-                    .limits
-                    .max_bytes
-                    .saturating_mul(4)
-                    .saturating_add(1 << 20),
+                file_size_bytes: airlock_engine::output_bound(input_bytes)
+                    .max(airlock_engine::rejects_bound(input_bytes))
+                    .max(crate::process::REPORT_CAP + 1),
             },
             sandbox: sandbox.clone(),
         }
@@ -96,45 +101,83 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// Entry point of the worker. `args` are the arguments after [`ARG`].
-pub fn main(args: &[String]) -> ExitCode {
+/// A worker that has taken its fds and locked itself down, ready to read.
+#[derive(Debug)]
+pub struct LockedDown {
+    pub config: WorkerConfig,
+    pub options: Options,
+    /// The kernel closes the fds at exit; dropping them would need close (and fcntl in debug
+    /// builds), which the seccomp allowlist does not grant.
+    pub fds: std::mem::ManuallyDrop<airlock_sandbox::fds::WorkerFds>,
+    pub sandbox: SandboxSummary,
+}
+
+/// Parse the config, take fds 0–4 and apply the lockdown. `Err` is the exit status to end with.
+pub fn lock_down(args: &[std::ffi::OsString]) -> Result<LockedDown, ExitCode> {
     let [config] = args else {
-        return fail(EXIT_SETUP, "expected exactly one argument (the config)");
+        return Err(fail(
+            EXIT_SETUP,
+            "expected exactly one argument (the config)",
+        ));
     };
-    let config: WorkerConfig = match serde_json::from_str(config) {
-        Ok(c) => c,
-        Err(_) => return fail(EXIT_SETUP, "the config argument does not parse"),
+    let Some(config) = config.to_str() else {
+        return Err(fail(EXIT_SETUP, "the config argument is not UTF-8"));
     };
-    let options = match config.options() {
-        Ok(o) => o,
-        Err(e) => return fail(EXIT_SETUP, &e),
+    let config: WorkerConfig = serde_json::from_str(config)
+        .map_err(|_| fail(EXIT_SETUP, "the config argument does not parse"))?;
+    let options = config.options().map_err(|e| fail(EXIT_SETUP, &e))?;
+    let fds = airlock_sandbox::fds::take().map_err(|e| fail(EXIT_SETUP, &e.to_string()))?;
+    let fds = std::mem::ManuallyDrop::new(fds);
+    // Nothing after this runs outside the sandbox.
+    let lockdown = Lockdown::new(&config.sandbox, config.rlimits)
+        .apply()
+        .map_err(|e| fail(EXIT_SANDBOX, &error_chain(&e)))?;
+    Ok(LockedDown {
+        config,
+        options,
+        fds,
+        sandbox: SandboxSummary {
+            enforced: lockdown.enforced,
+            missing: lockdown.missing,
+            landlock_abi: lockdown.landlock_abi,
+        },
+    })
+}
+
+impl LockedDown {
+    /// Run the engine over fd 0, writing fds 1 and 4.
+    pub fn process(&self) -> Result<Report, ExitCode> {
+        let fds = &self.fds;
+        let mut report =
+            airlock_engine::process(&fds.input, &fds.output, &fds.rejects, &self.options)
+                .map_err(|e| fail(EXIT_IO, &e.to_string()))?;
+        report.sandbox = Some(self.sandbox.clone());
+        Ok(report)
+    }
+
+    /// Write `report` to fd 3 and say how to exit.
+    pub fn write_report(&self, report: &Report) -> ExitCode {
+        // Streamed through a fixed buffer: a report with 1,024 long header names is about 1 MiB,
+        // and building it in a growing Vec would need mremap, which seccomp does not allow.
+        let mut out = std::io::BufWriter::with_capacity(64 * 1024, &self.fds.report);
+        let written = serde_json::to_writer(&mut out, report)
+            .map_err(std::io::Error::from)
+            .and_then(|()| out.flush());
+        match written {
+            Ok(()) => ExitCode::from(EXIT_DONE),
+            Err(_) => fail(EXIT_IO, "writing the report failed"),
+        }
+    }
+}
+
+/// Entry point of the worker. `args` are the arguments after [`ARG`].
+pub fn main(args: &[std::ffi::OsString]) -> ExitCode {
+    let worker = match lock_down(args) {
+        Ok(w) => w,
+        Err(code) => return code,
     };
-    // The kernel closes the fds at exit; dropping them would need close (and fcntl in debug
-    // builds), which the seccomp allowlist does not grant.
-    let fds = match airlock_sandbox::fds::take() {
-        Ok(fds) => std::mem::ManuallyDrop::new(fds),
-        Err(e) => return fail(EXIT_SETUP, &e.to_string()),
-    };
-    // Nothing below this line runs outside the sandbox.
-    let lockdown = match Lockdown::new(&config.sandbox, config.rlimits).apply() {
-        Ok(report) => report,
-        Err(e) => return fail(EXIT_SANDBOX, &error_chain(&e)),
-    };
-    let mut report = match airlock_engine::process(&fds.input, &fds.output, &fds.rejects, &options)
-    {
-        Ok(report) => report,
-        Err(e) => return fail(EXIT_IO, &e.to_string()),
-    };
-    report.sandbox = Some(SandboxSummary {
-        enforced: lockdown.enforced,
-        missing: lockdown.missing,
-        landlock_abi: lockdown.landlock_abi,
-    });
-    let written = serde_json::to_vec(&report)
-        .map_err(std::io::Error::from)
-        .and_then(|json| (&fds.report).write_all(&json));
-    match written {
-        Ok(()) => ExitCode::from(EXIT_DONE),
-        Err(_) => fail(EXIT_IO, "writing the report failed"),
+    match worker.process() {
+        Ok(report) => worker.write_report(&report),
+        Err(code) => code,
     }
 }

@@ -156,9 +156,11 @@ fn a_live_worker_seen_from_outside_is_locked_down() {
     let dir = tempfile::tempdir().unwrap();
     let (pipe_r, pipe_w) = rustix::pipe::pipe().unwrap();
     let file = |name: &str| OwnedFd::from(std::fs::File::create(dir.path().join(name)).unwrap());
+    let (_diag_r, diag_w) = rustix::pipe::pipe().unwrap();
     let io = airlock_sandbox::spawn::WorkerIo {
         input: pipe_r,
         output: file("out.csv"),
+        diagnostics: diag_w,
         report: file("report.json"),
         rejects: file("rej.csv"),
     };

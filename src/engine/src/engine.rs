@@ -10,7 +10,8 @@ use crate::guard::needs_guard;
 use crate::lines::Lines;
 use crate::quote::QuoteTracker;
 use crate::report::{
-    excerpt, Code, Dialect, InputInfo, Issue, OutputInfo, Rejection, Report, RowCounts, Status,
+    excerpt, Code, Dialect, InputInfo, Issue, OutputInfo, Rejection, RejectsInfo, Report,
+    RowCounts, Status,
 };
 use crate::sniff::sniff_delimiter;
 use crate::text::{self, Source, TextReader};
@@ -24,6 +25,18 @@ const OUT_BUFFER: usize = 64 * 1024;
 const REJECTS_HEADER: [&str; 5] = ["record", "line", "code", "message", "raw"];
 
 type Outcome = Result<Result<(), Rejection>, EngineError>;
+
+/// The most bytes one record can take once written: every byte of it a doubled quote, plus
+/// quotes, a formula-guard prefix and a delimiter per cell, and the line break. Output and
+/// rejects buffers are sized to this up front, so they never grow (and never reallocate, which
+/// the worker's seccomp allowlist does not permit for large blocks: no `mremap`).
+fn written_record_max(limits: &Limits) -> usize {
+    limits
+        .max_record_bytes
+        .saturating_mul(2)
+        .saturating_add(limits.max_columns.saturating_add(1).saturating_mul(4))
+        .saturating_add(16)
+}
 
 /// Validate `input` and write the clean CSV to `output` and rejected rows to `rejects`.
 ///
@@ -86,7 +99,8 @@ fn run<R: Read, O: Write, J: Write>(
     options: &Options,
     dialect: &mut Option<Dialect>,
 ) -> Outcome {
-    let mut sample = Vec::with_capacity(SAMPLE * 3);
+    // Sized so the last chunk always fits: the sample never reallocates.
+    let mut sample = Vec::with_capacity(SAMPLE + text::MAX_CHUNK);
     let mut complete = false;
     while sample.len() < SAMPLE {
         match text.next_chunk()? {
@@ -112,9 +126,12 @@ fn run<R: Read, O: Write, J: Write>(
             line_terminator: parser.lines.style().into(),
         });
     };
+    sink.input_seen = text.bytes_in();
     let mut outcome = parser.feed(&sample, false, sink)?;
     drop(sample);
     while outcome.is_ok() {
+        // Read before this chunk: an underestimate keeps the rejects budget on the safe side.
+        sink.input_seen = text.bytes_in();
         match text.next_chunk()? {
             Err(r) => outcome = Err(r),
             Ok(Some(chunk)) => outcome = parser.feed(chunk, false, sink)?,
@@ -156,6 +173,10 @@ struct Parser {
 
 impl Parser {
     fn new(delimiter: u8, limits: &Limits) -> Self {
+        let raw_cap = limits
+            .max_record_bytes
+            .saturating_mul(2)
+            .saturating_add(SAMPLE * 4);
         Parser {
             csv: csv_core::ReaderBuilder::new()
                 .delimiter(delimiter)
@@ -166,11 +187,9 @@ impl Parser {
             ends: vec![0; limits.max_columns + 1],
             out_len: 0,
             ends_len: 0,
-            raw: Vec::new(),
-            raw_cap: limits
-                .max_record_bytes
-                .saturating_mul(2)
-                .saturating_add(SAMPLE * 4),
+            // Never grown past `raw_cap` (see `feed`), so allocated once.
+            raw: Vec::with_capacity(raw_cap),
+            raw_cap,
             lines: Lines::new(),
             tracker: QuoteTracker::new(delimiter, b'"'),
             draining: false,
@@ -371,6 +390,12 @@ struct Sink<O: Write, J: Write> {
     issue_counts: BTreeMap<Code, u64>,
     issues: Vec<Issue>,
     limits: Limits,
+    /// Raw input bytes read so far; the rejects budget grows with it.
+    input_seen: u64,
+    /// An upper bound of the bytes written to the rejects file so far.
+    rejects_spent: u64,
+    rejects_rows: u64,
+    rejects_truncated: bool,
 }
 
 impl<O: Write, J: Write> Sink<O, J> {
@@ -378,18 +403,23 @@ impl<O: Write, J: Write> Sink<O, J> {
         let mut rej = csv_writer(rejects);
         rej.write_record(REJECTS_HEADER)
             .map_err(|e| EngineError::WriteRejects(e.into()))?;
+        let record_max = written_record_max(limits);
         Ok(Sink {
-            out: CsvOut::new(output, hash_output),
+            out: CsvOut::new(output, hash_output, record_max),
             rej,
-            raw: Vec::new(),
-            guarded: Vec::new(),
+            raw: Vec::with_capacity(record_max),
+            guarded: Vec::with_capacity(limits.max_field_bytes.saturating_add(1)),
             header: None,
             header_len: 0,
             record_no: 0,
             rows: RowCounts::default(),
             issue_counts: BTreeMap::new(),
-            issues: Vec::new(),
+            issues: Vec::with_capacity(limits.max_issues.min(1024)),
             limits: limits.clone(),
+            input_seen: 0,
+            rejects_spent: csv_row_max(REJECTS_HEADER.iter().map(|h| h.len())),
+            rejects_rows: 0,
+            rejects_truncated: false,
         })
     }
 
@@ -600,7 +630,18 @@ impl<O: Write, J: Write> Sink<O, J> {
             message.as_bytes(),
             raw,
         ];
+        // The file stays within `rejects_bound` of the input read so far, counted pessimistically
+        // (every byte quoted), so it stays within it of the whole input too.
+        let cost = csv_row_max(row.iter().map(|f| f.len()));
+        if self.rejects_truncated
+            || self.rejects_spent.saturating_add(cost) > crate::rejects_bound(self.input_seen)
+        {
+            self.rejects_truncated = true;
+            return Ok(Ok(()));
+        }
         self.rej.write_record(row).map_err(raw_err)?;
+        self.rejects_spent += cost;
+        self.rejects_rows += 1;
         Ok(Ok(()))
     }
 
@@ -668,9 +709,11 @@ impl<O: Write, J: Write> Sink<O, J> {
                 bytes: out.bytes,
                 sha256: out.hex(),
             },
-            rejects: OutputInfo {
+            rejects: RejectsInfo {
                 bytes: rej.bytes,
                 sha256: rej.hex(),
+                rows_written: self.rejects_rows,
+                truncated: self.rejects_truncated,
             },
             sandbox: None,
         })
@@ -687,9 +730,10 @@ struct CsvOut<W> {
 }
 
 impl<W: Write> CsvOut<W> {
-    fn new(inner: W, hash: bool) -> Self {
+    /// `record_max`: the most one written record can take, so `buf` never grows.
+    fn new(inner: W, hash: bool, record_max: usize) -> Self {
         CsvOut {
-            buf: Vec::with_capacity(OUT_BUFFER * 2),
+            buf: Vec::with_capacity(OUT_BUFFER.saturating_add(record_max)),
             plain: false,
             inner: Hashing {
                 inner,
@@ -733,6 +777,12 @@ impl<W: Write> CsvOut<W> {
         self.inner.flush()?;
         Ok(&self.inner)
     }
+}
+
+/// The most bytes a CSV row of fields this long can take: each doubled and quoted, plus the
+/// delimiters and the line break.
+fn csv_row_max(fields: impl Iterator<Item = usize>) -> u64 {
+    fields.map(|n| 2 * n as u64 + 3).sum::<u64>() + 1
 }
 
 /// Append `cell` with RFC 4180 quoting where needed. A lone empty cell is quoted so the record

@@ -109,6 +109,26 @@ pub enum EngineError {
     WriteRejects(#[source] std::io::Error),
 }
 
+/// Constant slack in [`output_bound`]: a last record without a line break gains one.
+pub const OUTPUT_SLACK: u64 = 64 * 1024;
+/// Constant floor of [`rejects_bound`]: room for a few rejected rows of even a tiny file.
+pub const REJECTS_FLOOR: u64 = 1024 * 1024;
+
+/// The most bytes the clean output can have for an input of `input_bytes`: 3 × the input, plus
+/// [`OUTPUT_SLACK`]. One input byte becomes at most three output bytes (a windows-1252 byte
+/// transcoded to UTF-8); quoting and the formula guard add at most three bytes per cell, and every
+/// cell but the last costs at least one delimiter byte in the input. The parent enforces it.
+pub fn output_bound(input_bytes: u64) -> u64 {
+    input_bytes.saturating_mul(3).saturating_add(OUTPUT_SLACK)
+}
+
+/// The most bytes the rejects file can have for an input of `input_bytes`: 2 × the input, plus
+/// [`REJECTS_FLOOR`]. The engine stops writing rows before it would pass this (the report's
+/// `rejects.truncated`), and the parent enforces it.
+pub fn rejects_bound(input_bytes: u64) -> u64 {
+    input_bytes.saturating_mul(2).saturating_add(REJECTS_FLOOR)
+}
+
 /// Look an encoding up by its WHATWG label (`windows-1252`, `latin1`, `shift_jis`, …).
 pub fn encoding_for_label(label: &str) -> Option<&'static Encoding> {
     Encoding::for_label(label.as_bytes())

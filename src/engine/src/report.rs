@@ -265,6 +265,21 @@ pub struct OutputInfo {
     pub sha256: String,
 }
 
+/// The rejects file. It holds at most [`crate::rejects_bound`] bytes: past that, rejected rows
+/// are still counted (`rows.rejected`, `issue_counts`) but no longer written, and `truncated` is
+/// set.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RejectsInfo {
+    pub bytes: u64,
+    pub sha256: String,
+    /// Rows written to the file (the header line not counted).
+    #[serde(default)]
+    pub rows_written: u64,
+    #[serde(default)]
+    pub truncated: bool,
+}
+
 /// The report for one file (DESIGN §3.2).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -278,8 +293,8 @@ pub struct Report {
     pub issue_counts: BTreeMap<Code, u64>,
     pub issues: Vec<Issue>,
     pub output: OutputInfo,
-    /// Bytes written to the rejects file.
-    pub rejects: OutputInfo,
+    /// The rejects file: its size and hash, and whether rows were left out of it.
+    pub rejects: RejectsInfo,
     /// The sandbox layers the worker ran under (filled in by the worker, not the engine).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sandbox: Option<SandboxSummary>,
@@ -313,7 +328,7 @@ impl Report {
             issue_counts: BTreeMap::new(),
             issues: Vec::new(),
             output: OutputInfo::default(),
-            rejects: OutputInfo::default(),
+            rejects: RejectsInfo::default(),
             sandbox: None,
         }
     }

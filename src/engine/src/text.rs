@@ -15,6 +15,8 @@ use crate::EngineError;
 
 /// Raw bytes read per call.
 const CHUNK: usize = 128 * 1024;
+/// The longest chunk [`TextReader::next_chunk`] hands out (transcoding can triple a raw chunk).
+pub(crate) const MAX_CHUNK: usize = CHUNK * 3 + 16;
 /// Bytes `infer` looks at.
 const MAGIC_LEN: usize = 8 * 1024;
 
@@ -206,7 +208,7 @@ impl<R: Read> TextReader<R> {
         self.source = source;
         if let Source::Transcode(enc) = source {
             self.decoder = Some(enc.new_decoder_without_bom_handling());
-            self.decoded = vec![0; CHUNK * 3 + 16];
+            self.decoded = vec![0; MAX_CHUNK];
         }
         Ok(())
     }

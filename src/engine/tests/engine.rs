@@ -256,3 +256,33 @@ fn no_cell_content_in_the_report() {
     assert!(!json.contains(secret), "{json}");
     assert!(!json.contains("=cmd"));
 }
+
+/// 20 MB of one-cell rows under a two-column header: every row is ragged. The rejects file used
+/// to grow to 38 times the input; it now stops at the bound, says so, and still counts every row.
+#[test]
+fn rejects_file_is_bounded_by_the_input() {
+    let mut input = b"a,b\n".to_vec();
+    for _ in 0..2_000_000 {
+        input.extend_from_slice(b"x\n");
+    }
+    let r = run(&input);
+    let rejects_len = r.rejects.len() as u64;
+    assert!(rejects_len <= airlock_engine::rejects_bound(input.len() as u64));
+    assert_eq!(r.report.rejects.bytes, rejects_len);
+    assert!(r.report.rejects.truncated);
+    assert!(r.report.rejects.rows_written < 2_000_000);
+    assert_eq!(r.report.rows.rejected, 2_000_000);
+    assert_eq!(r.report.issue_counts[&Code::RaggedRow], 2_000_000);
+    assert_eq!(
+        r.rejects.lines().count() as u64,
+        r.report.rejects.rows_written + 1
+    );
+}
+
+/// A few ragged rows are all written, and the file is not marked truncated.
+#[test]
+fn rejects_file_is_whole_when_small() {
+    let r = run(b"a,b\n1,2\n3\n4,5\n6,7\n8,9\n10,11\n12,13\n14,15\n16,17\n18,19\n20,21\n");
+    assert!(!r.report.rejects.truncated);
+    assert_eq!(r.report.rejects.rows_written, 1);
+}

@@ -2,7 +2,7 @@
 //! aside), and no input at all makes the engine panic or write output that does not parse.
 
 use airlock_engine::guard::needs_guard;
-use airlock_engine::{process, Options, Status};
+use airlock_engine::{output_bound, process, rejects_bound, Options, Status};
 use proptest::prelude::*;
 
 /// Cells without C0 controls (other than TAB/CR/LF), which the engine refuses by design.
@@ -82,5 +82,37 @@ proptest! {
         for r in rd.records() {
             prop_assert_eq!(r.unwrap().len(), 5);
         }
+        prop_assert!(out.len() as u64 <= output_bound(input.len() as u64));
+        prop_assert!(rej.len() as u64 <= rejects_bound(input.len() as u64));
+    }
+
+    /// The inputs that expand most: one-byte windows-1252 cells that become three UTF-8 bytes,
+    /// formula starts, stray quotes and commas under another delimiter, and rows too short for the
+    /// header. Output and rejects stay within their bounds of the input.
+    #[test]
+    fn output_and_rejects_stay_within_their_bounds(
+        cells in prop::collection::vec(prop::sample::select(vec![
+            &b"\x80"[..], b"=", b"-,", b"=\"\"", b"a\"", b",", b"\x80\x80\x80", b"", b"+\x80,",
+        ]), 1..400),
+        width in 1usize..4,
+        short_rows in any::<bool>(),
+    ) {
+        let mut input = b"h1;h2;h3;h4\n".to_vec();
+        for (i, c) in cells.iter().enumerate() {
+            input.extend_from_slice(c);
+            let end_of_row = if short_rows { i % 2 == 1 } else { i % width == width - 1 };
+            input.push(if end_of_row { b'\n' } else { b';' });
+        }
+        let options = Options {
+            delimiter: Some(b';'),
+            fallback_encoding: airlock_engine::encoding_for_label("windows-1252"),
+            ..Options::default()
+        };
+        let (mut out, mut rej) = (Vec::new(), Vec::new());
+        let report = process(&input[..], &mut out, &mut rej, &options).unwrap();
+        prop_assert!(out.len() as u64 <= output_bound(input.len() as u64), "{} > bound of {}", out.len(), input.len());
+        prop_assert!(rej.len() as u64 <= rejects_bound(input.len() as u64));
+        prop_assert_eq!(report.output.bytes, out.len() as u64);
+        prop_assert_eq!(report.rejects.bytes, rej.len() as u64);
     }
 }

@@ -57,6 +57,7 @@ fn run_self(exe: &Path, mode: &str) -> Duration {
     let io = WorkerIo {
         input: null(),
         output: w,
+        diagnostics: null(),
         report: null(),
         rejects: null(),
     };

@@ -187,7 +187,10 @@ impl SeccompPolicy {
         self.check_mmap()
     }
 
-    /// mmap must not hand out executable memory: its `prot` argument is masked against PROT_EXEC.
+    /// mmap must not hand out executable memory (its `prot` argument is masked against
+    /// PROT_EXEC), and must map only private anonymous memory (its `flags` masked against
+    /// MAP_SHARED|MAP_PRIVATE|MAP_ANONYMOUS equal MAP_PRIVATE|MAP_ANONYMOUS), so no file the
+    /// worker holds can be mapped and rewritten behind the parent's back.
     fn check_mmap(&self) -> Result<(), String> {
         let Some(mmap) = self.rules.iter().find(|r| r.syscall == "mmap") else {
             return Ok(());
@@ -202,6 +205,18 @@ impl SeccompPolicy {
         });
         if !no_exec {
             return Err("mmap must be limited to non-executable memory (args index 2 masked_eq PROT_EXEC == 0)".into());
+        }
+        let kinds = (libc::MAP_SHARED | libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64;
+        let private_anon = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64;
+        let anonymous = mmap.args.as_ref().is_some_and(|args| {
+            args.iter().any(|a| {
+                a.index == 3
+                    && a.val == private_anon
+                    && matches!(a.op, ArgOp::Masked { masked_eq } if masked_eq == kinds)
+            })
+        });
+        if !anonymous {
+            return Err("mmap must be limited to private anonymous memory (args index 3 masked_eq 35 == 34)".into());
         }
         Ok(())
     }
@@ -397,6 +412,11 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("mmap"));
+        let text = BUILT_IN_SECCOMP.replace("{\"masked_eq\": 35}", "{\"masked_eq\": 32}");
+        assert!(SeccompPolicy::parse(&text)
+            .unwrap_err()
+            .to_string()
+            .contains("private anonymous"));
     }
 
     #[test]

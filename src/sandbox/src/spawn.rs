@@ -13,11 +13,14 @@ use rustix::io::fcntl_dupfd_cloexec;
 pub struct WorkerIo {
     /// fd 0: the input, opened read-only.
     pub input: OwnedFd,
-    /// fd 1: the clean CSV.
+    /// fd 1: the clean CSV, opened write-only.
     pub output: OwnedFd,
-    /// fd 3: the JSON report.
+    /// fd 2: diagnostics, the write end of a pipe the parent reads with a cap. Never the parent's
+    /// own stderr: that can be a terminal (keystrokes to read) or the supervisor's log.
+    pub diagnostics: OwnedFd,
+    /// fd 3: the JSON report, opened write-only.
     pub report: OwnedFd,
-    /// fd 4: the rejects CSV.
+    /// fd 4: the rejects CSV, opened write-only.
     pub rejects: OwnedFd,
 }
 
@@ -27,8 +30,8 @@ pub const REJECTS_FD: i32 = 4;
 /// Parent-side copies are moved at or above this, clear of 0..=4, before the fork.
 const HIGH_FD: i32 = 10;
 
-/// Start `program args…` as a worker: environment cleared, stdin/stdout/fd 3/fd 4 from `io`,
-/// stderr inherited. Every other fd of the parent is close-on-exec (Rust opens them so), and the
+/// Start `program args…` as a worker: environment cleared, fds 0–4 from `io`, nothing
+/// inherited. Every other fd of the parent is close-on-exec (Rust opens them so), and the
 /// worker closes anything above 4 again before it reads a byte.
 pub fn spawn(program: &Path, args: &[&OsStr], io: WorkerIo) -> std::io::Result<Child> {
     // Duplicates above HIGH_FD cannot collide with the targets 3 and 4 in the child.
@@ -41,7 +44,7 @@ pub fn spawn(program: &Path, args: &[&OsStr], io: WorkerIo) -> std::io::Result<C
         .env_clear()
         .stdin(Stdio::from(io.input))
         .stdout(Stdio::from(io.output))
-        .stderr(Stdio::inherit());
+        .stderr(Stdio::from(io.diagnostics));
     // SAFETY: the closure runs in the child between fork and exec, where only async-signal-safe
     // calls are allowed. It calls dup2 only, on two fds that `report` and `rejects` keep open in
     // the parent until `spawn` returns, and it allocates nothing.
@@ -58,4 +61,46 @@ pub fn spawn(program: &Path, args: &[&OsStr], io: WorkerIo) -> std::io::Result<C
     let child = command.spawn();
     drop((report, rejects));
     child
+}
+
+/// How a worker ended, with what the kernel measured of it.
+#[derive(Debug, Clone, Copy)]
+pub struct Ended {
+    pub status: std::process::ExitStatus,
+    /// Peak resident set size, in bytes (`ru_maxrss`).
+    pub max_rss_bytes: u64,
+    /// CPU time used, user plus system.
+    pub cpu: std::time::Duration,
+}
+
+/// Reap `child` with `wait4`, which also says what it used: the parent classifies failures from
+/// these observations, never from what the worker claims.
+pub fn wait_measured(child: Child) -> std::io::Result<Ended> {
+    use std::os::unix::process::ExitStatusExt;
+    let pid = child.id() as libc::pid_t;
+    let mut status: libc::c_int = 0;
+    // SAFETY: rusage is a plain C struct for which all-zero bytes are a valid value.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: `pid` is our own unreaped child (`Child` never reaps on its own, and it is
+        // consumed here so nothing else can wait for it); both pointers are to live locals.
+        let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+        if rc == pid {
+            break;
+        }
+        let err = std::io::Error::last_os_error();
+        if err.kind() != std::io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+    drop(child);
+    let time = |t: libc::timeval| {
+        std::time::Duration::from_secs(t.tv_sec.max(0) as u64)
+            + std::time::Duration::from_micros(t.tv_usec.max(0) as u64)
+    };
+    Ok(Ended {
+        status: std::process::ExitStatus::from_raw(status),
+        max_rss_bytes: (usage.ru_maxrss.max(0) as u64).saturating_mul(1024),
+        cpu: time(usage.ru_utime) + time(usage.ru_stime),
+    })
 }

@@ -222,6 +222,7 @@ fn run(name: &str, arg: &str, variant: &str, minus: &str) -> Ended {
     let io = WorkerIo {
         input: null(),
         output: out_w,
+        diagnostics: null(),
         report: null(),
         rejects: null(),
     };

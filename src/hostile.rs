@@ -1,0 +1,110 @@
+//! A stand-in worker that misbehaves on purpose, for the tests of what the parent trusts. Built
+//! only with the `test-seam` feature; the parent runs it instead of the real worker when
+//! `AIRLOCK_TEST_HOSTILE_WORKER` names a mode (see `process::worker_args`). Release builds have
+//! neither this module nor the variable.
+//!
+//! Each mode plays a worker that an attacker controls after the lockdown (or, for the modes that
+//! act before it, one that never locks down), and the tests check that the parent's verdict
+//! comes from what it observed.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use crate::process::REPORT_CAP;
+use crate::worker;
+
+/// The hidden first argument of the stand-in.
+pub const ARG: &str = "__airlock-hostile-worker";
+/// The variable that selects a mode in the parent.
+pub const ENV: &str = "AIRLOCK_TEST_HOSTILE_WORKER";
+
+/// `args`: the mode, then the worker's own config argument.
+pub fn main(args: &[std::ffi::OsString]) -> ExitCode {
+    let Some((mode, rest)) = args.split_first() else {
+        return ExitCode::from(78);
+    };
+    let mode = mode.to_string_lossy().into_owned();
+    // Modes that act before (instead of) locking down.
+    match mode.as_str() {
+        "exit-77" => return ExitCode::from(worker::EXIT_SANDBOX),
+        "sleep" => {
+            std::thread::sleep(std::time::Duration::from_secs(3600));
+            return ExitCode::SUCCESS;
+        }
+        _ => {}
+    }
+    let w = match worker::lock_down(rest) {
+        Ok(w) => w,
+        Err(code) => return code,
+    };
+    let honest = || w.process().ok();
+    let mut fd2 = std::io::stderr();
+    match mode.as_str() {
+        "cpu-spin" => {
+            let mut x = 0u64;
+            loop {
+                x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+            }
+        }
+        "memory-bomb" => {
+            let mut hoard: Vec<Vec<u8>> = Vec::with_capacity(4096);
+            loop {
+                hoard.push(vec![1u8; 1 << 20]);
+                std::hint::black_box(&hoard);
+            }
+        }
+        "self-abort" => std::process::abort(),
+        "report-huge" => {
+            let chunk = vec![b' '; 1 << 20];
+            let mut report = &w.fds.report;
+            for _ in 0..=(REPORT_CAP >> 20) {
+                let _ = report.write_all(&chunk);
+            }
+            ExitCode::SUCCESS
+        }
+        "output-flood" => {
+            let chunk = vec![b'x'; 1 << 20];
+            let mut output = &w.fds.output;
+            for _ in 0..64 {
+                if output.write_all(&chunk).is_err() {
+                    break;
+                }
+            }
+            honest().map_or(ExitCode::from(74), |r| w.write_report(&r))
+        }
+        "stderr-forever" => loop {
+            let _ = fd2.write_all(b"{\"level\":\"INFO\",\"fields\":{\"message\":\"flood\"}}\n");
+        },
+        "fake-log" => {
+            let _ = fd2.write_all(
+                b"\n{\"level\":\"INFO\",\"fields\":{\"message\":\"job succeeded\",\"forged\":true}}\n",
+            );
+            honest().map_or(ExitCode::from(74), |r| w.write_report(&r))
+        }
+        lie => {
+            let Some(mut report) = honest() else {
+                return ExitCode::from(74);
+            };
+            match lie {
+                "wrong-output-bytes" => report.output.bytes += 1,
+                "wrong-rejects-hash" => report.rejects.sha256 = "0".repeat(64),
+                "contradictory-report" => report.rows.total += 1,
+                "huge-header" => {
+                    report.header = (0..=w.config.limits.max_columns)
+                        .map(|i| format!("c{i}"))
+                        .collect()
+                }
+                "too-many-issues" => {
+                    let issue = report.issues.first().cloned();
+                    report.issues = issue
+                        .into_iter()
+                        .cycle()
+                        .take(w.config.limits.max_issues + 1)
+                        .collect();
+                }
+                _ => return ExitCode::from(78),
+            }
+            w.write_report(&report)
+        }
+    }
+}

@@ -1,0 +1,428 @@
+//! `airlock process`: one file through the sandboxed worker, no services needed.
+//!
+//! The parent never parses CSV. It decides `too_large` from `fstat` alone, hands the file to a
+//! fresh worker process, waits with a wall-clock deadline, and treats everything that comes back
+//! as hostile (`verify`): the failure class comes from what the parent observed (signal, CPU
+//! time, peak memory, its own host check), the report is size-capped, strictly parsed and checked
+//! against the plan, and the output and rejects files are counted and hashed by the parent as the
+//! worker writes them, and must stay within a bound of the input size. Results are published
+//! (`dest`) only when all of that holds.
+
+mod dest;
+mod verify;
+
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io::{IsTerminal, Read, Seek};
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use airlock_engine::report::Rejection;
+use airlock_engine::{Code, Report, Status};
+use anyhow::Context;
+
+use airlock_sandbox::host::HostSupport;
+use airlock_sandbox::policy::SandboxPolicy;
+use airlock_sandbox::spawn::Ended;
+
+use crate::policy::Plan;
+use crate::worker::{self, WorkerConfig};
+
+use dest::Staged;
+pub use dest::{Dest, Destinations};
+pub use verify::REPORT_CAP;
+use verify::{Measured, Observed};
+
+/// Show a progress bar for inputs at least this large, when stderr is a terminal.
+const PROGRESS_MIN_BYTES: u64 = 16 * 1024 * 1024;
+const POLL_INTERVAL: Duration = Duration::from_millis(100);
+/// The most of the worker's diagnostics (its fd 2) the parent reads; it then closes the pipe.
+const DIAGNOSTICS_CAP: usize = 8 * 1024;
+
+/// A usage problem: the CLI exits 2 with this message.
+#[derive(Debug, thiserror::Error)]
+pub enum UsageError {
+    #[error("cannot open {path}: {source}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is not a regular file ({kind}); give the path of an uploaded file")]
+    NotRegular { path: PathBuf, kind: &'static str },
+    #[error("{path} is a symbolic link; give the file itself, or pass --follow-symlinks")]
+    Symlink { path: PathBuf },
+    #[error("{path} exists and is {kind}, not a regular file; refusing to replace it (use - for standard output)")]
+    Destination { path: PathBuf, kind: &'static str },
+    #[error("only one of --output, --rejects and --report can be - (standard output); the report goes there when --report is not given")]
+    TwoOnStdout,
+}
+
+fn kind_of(ft: &std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if ft.is_dir() {
+        "a directory"
+    } else if ft.is_symlink() {
+        "a symbolic link"
+    } else if ft.is_fifo() {
+        "a FIFO"
+    } else if ft.is_socket() {
+        "a socket"
+    } else if ft.is_char_device() || ft.is_block_device() {
+        "a device"
+    } else {
+        "not a file"
+    }
+}
+
+/// Open `path` for the worker without blocking on FIFOs, following into devices, or (unless
+/// `follow_symlinks`) following a symbolic link.
+pub fn open_input(path: &Path, follow_symlinks: bool) -> Result<(File, u64), UsageError> {
+    let mut flags = rustix::fs::OFlags::NONBLOCK | rustix::fs::OFlags::NOCTTY;
+    if !follow_symlinks {
+        flags |= rustix::fs::OFlags::NOFOLLOW;
+    }
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(flags.bits() as i32)
+        .open(path)
+        .map_err(|source| {
+            if source.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) {
+                UsageError::Symlink {
+                    path: path.to_path_buf(),
+                }
+            } else {
+                UsageError::Open {
+                    path: path.to_path_buf(),
+                    source,
+                }
+            }
+        })?;
+    let meta = file.metadata().map_err(|source| UsageError::Open {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if !meta.file_type().is_file() {
+        return Err(UsageError::NotRegular {
+            path: path.to_path_buf(),
+            kind: kind_of(&meta.file_type()),
+        });
+    }
+    Ok((file, meta.len()))
+}
+
+/// The outcome of one run, before it is written anywhere.
+#[derive(Debug)]
+pub struct Outcome {
+    pub report: Report,
+}
+
+impl Outcome {
+    /// Exit status of `airlock process`: 0 accepted, 1 rejected, 70 failed.
+    pub fn exit_code(&self) -> u8 {
+        match self.report.status {
+            Status::Accepted => 0,
+            Status::Rejected => 1,
+            Status::Failed => 70,
+        }
+    }
+}
+
+/// The program and arguments the worker is started with: this binary with the hidden worker
+/// argument, or, in builds with the `test-seam` feature and `AIRLOCK_TEST_HOSTILE_WORKER` set, a
+/// stand-in that misbehaves on purpose (`crate::hostile`).
+fn worker_args(config: &str) -> Vec<std::ffi::OsString> {
+    #[cfg(feature = "test-seam")]
+    if let Some(mode) = std::env::var_os(crate::hostile::ENV) {
+        return vec![crate::hostile::ARG.into(), mode, config.into()];
+    }
+    vec![worker::ARG.into(), config.into()]
+}
+
+fn failed(code: Code, message: String, size: u64) -> Report {
+    Report::without_input(Status::Failed, Rejection::new(code, message), size)
+}
+
+/// Run one file through a worker and publish the results.
+pub fn run(
+    input: File,
+    size: u64,
+    plan: &Plan,
+    sandbox: &SandboxPolicy,
+    delimiter: Option<u8>,
+    dest: &Destinations,
+) -> anyhow::Result<Outcome> {
+    dest.check()?;
+    let started = Instant::now();
+    let problems = HostSupport::probe().problems(sandbox);
+    let report = if !problems.is_empty() {
+        failed(
+            Code::SandboxUnavailable,
+            format!(
+                "this host cannot run the sandbox ({}); see `airlock doctor`",
+                problems.join("; ")
+            ),
+            size,
+        )
+    } else if size > plan.limits.max_bytes {
+        let rejection = Rejection::new(
+            Code::TooLarge,
+            format!(
+                "the file is {size} bytes; plan {:?} allows {} (decided from the size, nothing was read)",
+                plan.name, plan.limits.max_bytes
+            ),
+        )
+        .with_limit(plan.limits.max_bytes);
+        Report::without_input(Status::Rejected, rejection, size)
+    } else {
+        let output = Staged::new(&dest.output)?;
+        let rejects = Staged::new(&dest.rejects)?;
+        let report = run_worker(&input, size, plan, sandbox, delimiter, &output, &rejects)?;
+        if report.status == Status::Accepted {
+            output.publish()?;
+        }
+        if report.status != Status::Failed {
+            rejects.publish()?;
+        }
+        report
+    };
+    write_report(&report, &dest.report)?;
+    if let Some(sandbox) = report.sandbox.as_ref().filter(|s| !s.missing.is_empty()) {
+        tracing::warn!(missing = ?sandbox.missing, "worker ran without optional sandbox layers");
+    }
+    tracing::info!(
+        status = ?report.status,
+        code = report.rejection.as_ref().map(|r| r.code.as_str()),
+        bytes = size,
+        millis = started.elapsed().as_millis() as u64,
+        "processed"
+    );
+    Ok(Outcome { report })
+}
+
+/// Start a worker on `input`, watch it, and build the report from what was observed.
+fn run_worker(
+    input: &File,
+    size: u64,
+    plan: &Plan,
+    sandbox: &SandboxPolicy,
+    delimiter: Option<u8>,
+    output: &Staged,
+    rejects: &Staged,
+) -> anyhow::Result<Report> {
+    let report_file = tempfile::tempfile().context("creating the report temp file")?;
+    let mut config = WorkerConfig::new(plan, sandbox, delimiter, size);
+    let output_reader = output.reader()?;
+    let rejects_reader = rejects.reader()?;
+    config.parent_hashes_output = output_reader.is_some();
+    let config = serde_json::to_string(&config)?;
+    let (diag_read, diag_write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+        .context("creating the worker's diagnostics pipe")?;
+    let io = airlock_sandbox::spawn::WorkerIo {
+        input: OwnedFd::from(input.try_clone()?),
+        output: output.fd()?,
+        diagnostics: diag_write,
+        report: dest::write_only(&report_file)?,
+        rejects: rejects.fd()?,
+    };
+    let args = worker_args(&config);
+    let args: Vec<&OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+    let child = airlock_sandbox::spawn::spawn(Path::new("/proc/self/exe"), &args, io)
+        .context("starting the worker")?;
+    let diagnostics = std::thread::spawn(move || read_capped(File::from(diag_read)));
+    // Hash the input here, on the other core, while the worker parses it. `read_at` leaves the
+    // file offset (shared with the worker's fd 0, and read for progress) alone.
+    let hasher = {
+        let file = input.try_clone()?;
+        std::thread::spawn(move || sha256_file(&file, size))
+    };
+    // And the outputs, following the worker as it writes.
+    let worker_done = Arc::new(AtomicBool::new(false));
+    let follow = |reader: Option<File>| {
+        reader.map(|file| {
+            let done = worker_done.clone();
+            std::thread::spawn(move || sha256_following(&file, &done))
+        })
+    };
+    let (output_hasher, rejects_hasher) = (follow(output_reader), follow(rejects_reader));
+    let deadline = Duration::from_secs(plan.worker.wall_seconds);
+    let waited = wait(child, deadline, input, size);
+    worker_done.store(true, Ordering::Release);
+    let (ended, timed_out) = waited?;
+    let joined = |h: std::thread::JoinHandle<std::io::Result<Measured>>| {
+        h.join()
+            .map_err(|_| anyhow::anyhow!("a hashing thread panicked"))?
+            .context("hashing a result file")
+    };
+    let input_sha256 = joined(hasher)?.sha256;
+    let output_measured = output_hasher.map(joined).transpose()?;
+    let rejects_measured = rejects_hasher.map(joined).transpose()?;
+    let diagnostics = diagnostics.join().unwrap_or_default();
+    if !diagnostics.is_empty() {
+        // Data, escaped onto one line: never raw lines that could pass for the parent's own.
+        let text: String = String::from_utf8_lossy(&diagnostics)
+            .chars()
+            .flat_map(char::escape_debug)
+            .collect();
+        tracing::warn!(worker_diagnostics = %text, bytes = diagnostics.len(), "the worker wrote diagnostics");
+    }
+    let observed = Observed {
+        ended,
+        timed_out,
+        wall_limit: deadline,
+        cpu_limit: Duration::from_secs(plan.worker.cpu_seconds),
+        memory_limit: plan.worker.memory_bytes,
+    };
+    let mut report = match verify::classify(&observed, sandbox) {
+        Some(failure) => Report::without_input(Status::Failed, failure, size),
+        None => {
+            let checked = verify::read_report(report_file).and_then(|mut r| {
+                verify::check_report(
+                    &mut r,
+                    &plan.limits,
+                    size,
+                    output_measured.as_ref(),
+                    rejects_measured.as_ref(),
+                )
+                .map(|()| r)
+            });
+            checked.unwrap_or_else(|why| {
+                failed(
+                    Code::WorkerCrashed,
+                    format!("the worker's report was refused: {why}"),
+                    size,
+                )
+            })
+        }
+    };
+    report.input.sha256 = input_sha256;
+    Ok(report)
+}
+
+/// Up to [`DIAGNOSTICS_CAP`] bytes of the worker's fd 2; then the pipe is closed, so a worker
+/// that writes on gets EPIPE, and the parent never holds more.
+fn read_capped(file: File) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    let _ = file.take(DIAGNOSTICS_CAP as u64).read_to_end(&mut bytes);
+    bytes
+}
+
+/// sha256 of the first `size` bytes of `file`, read with `pread` so the shared offset stays the
+/// worker's.
+fn sha256_file(file: &File, size: u64) -> std::io::Result<Measured> {
+    use sha2::Digest;
+    use std::os::unix::fs::FileExt;
+    let mut hasher = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut offset = 0;
+    while offset < size {
+        let n = file.read_at(&mut buf, offset)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        offset += n as u64;
+    }
+    Ok(Measured {
+        bytes: offset,
+        sha256: hex::encode(hasher.finalize()),
+    })
+}
+
+/// sha256 and length of a file another process is still appending to: read behind the writer
+/// until `done` is set, then to the end.
+fn sha256_following(file: &File, done: &AtomicBool) -> std::io::Result<Measured> {
+    use sha2::Digest;
+    use std::os::unix::fs::FileExt;
+    let mut hasher = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut offset = 0u64;
+    loop {
+        let finished = done.load(Ordering::Acquire);
+        let n = file.read_at(&mut buf, offset)?;
+        if n > 0 {
+            hasher.update(&buf[..n]);
+            offset += n as u64;
+        } else if finished {
+            break;
+        } else {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+    Ok(Measured {
+        bytes: offset,
+        sha256: hex::encode(hasher.finalize()),
+    })
+}
+
+/// Wait for the worker, killing it at the deadline. Shows progress on a terminal.
+fn wait(
+    mut child: Child,
+    deadline: Duration,
+    input: &File,
+    size: u64,
+) -> anyhow::Result<(Ended, bool)> {
+    let started = Instant::now();
+    let pid = rustix::process::Pid::from_child(&child);
+    let pidfd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())
+        .context("pidfd_open on the worker")?;
+    let bar = (size >= PROGRESS_MIN_BYTES && std::io::stderr().is_terminal()).then(|| {
+        let bar = indicatif::ProgressBar::new(size);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} {bytes}/{total_bytes} {bar:30} {bytes_per_sec} eta {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar
+    });
+    let mut timed_out = false;
+    loop {
+        let left = deadline.saturating_sub(started.elapsed());
+        if left.is_zero() {
+            timed_out = true;
+            child.kill().ok();
+            break;
+        }
+        let slice = left.min(POLL_INTERVAL);
+        let timeout = rustix::time::Timespec {
+            tv_sec: slice.as_secs() as i64,
+            tv_nsec: i64::from(slice.subsec_nanos()),
+        };
+        let mut fds = [rustix::event::PollFd::new(
+            &pidfd,
+            rustix::event::PollFlags::IN,
+        )];
+        match rustix::event::poll(&mut fds, Some(&timeout)) {
+            Ok(n) if n > 0 => break,
+            Ok(_) | Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e).context("waiting for the worker"),
+        }
+        if let Some(bar) = &bar {
+            // The worker's fd 0 shares this file description, so its offset is the progress.
+            let mut shared = input;
+            if let Ok(pos) = shared.stream_position() {
+                bar.set_position(pos);
+            }
+        }
+    }
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    let ended = airlock_sandbox::spawn::wait_measured(child).context("reaping the worker")?;
+    Ok((ended, timed_out))
+}
+
+/// Write the report to its destination, atomically.
+fn write_report(report: &Report, dest: &Dest) -> anyhow::Result<()> {
+    let mut json = serde_json::to_vec_pretty(report)?;
+    json.push(b'\n');
+    let staged = Staged::new(dest)?;
+    staged.write_all(&json)?;
+    staged.publish()
+}
