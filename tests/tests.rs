@@ -6,4 +6,5 @@ mod process;
 mod sandbox;
 mod service;
 mod storage;
+mod sufficiency;
 mod sweeper;
