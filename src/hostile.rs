@@ -55,11 +55,13 @@ pub fn main(args: &[std::ffi::OsString]) -> ExitCode {
         }
         "self-abort" => std::process::abort(),
         "report-huge" => {
+            // One byte over the parent's cap (and exactly at the file-size rlimit).
             let chunk = vec![b' '; 1 << 20];
             let mut report = &w.fds.report;
-            for _ in 0..=(REPORT_CAP >> 20) {
+            for _ in 0..(REPORT_CAP >> 20) {
                 let _ = report.write_all(&chunk);
             }
+            let _ = report.write_all(b" ");
             ExitCode::SUCCESS
         }
         "output-flood" => {

@@ -237,3 +237,139 @@ fn outputs_are_private_files() {
         assert_eq!(mode & 0o077, 0, "{name} is {mode:o}");
     }
 }
+
+/// Running as root, a destination that is a device or a symlink must be refused, never replaced
+/// or written through. A private device node stands in for `/dev/null`.
+#[test]
+fn destinations_that_are_not_regular_files_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let device = dir.path().join("null");
+    let made = std::process::Command::new("mknod")
+        .arg(&device)
+        .args(["c", "1", "3"])
+        .status()
+        .unwrap();
+    assert!(made.success(), "mknod needs root, which these tests run as");
+    let target = write_temp(dir.path(), "target.csv", b"keep me\n");
+    let link = dir.path().join("link.csv");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let input = fixture("valid/leads.csv");
+    for (flag, dest) in [
+        ("--report", &device),
+        ("--output", &link),
+        ("--rejects", &link),
+        ("--output", &dir.path().to_path_buf()),
+    ] {
+        let out = airlock()
+            .arg("process")
+            .arg(&input)
+            .arg(flag)
+            .arg(dest)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{flag} {}", dest.display());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("not a regular file"), "{stderr}");
+    }
+    use std::os::unix::fs::FileTypeExt;
+    let meta = std::fs::symlink_metadata(&device).unwrap();
+    assert!(meta.file_type().is_char_device(), "the device was replaced");
+    assert!(std::fs::symlink_metadata(&link).unwrap().is_symlink());
+    assert_eq!(std::fs::read(&target).unwrap(), b"keep me\n");
+}
+
+#[test]
+fn dash_sends_one_result_to_stdout() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = airlock()
+        .arg("process")
+        .arg(fixture("valid/leads.csv"))
+        .args(["--output", "-", "--report"])
+        .arg(dir.path().join("report.json"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let clean = String::from_utf8(out.stdout).unwrap();
+    assert!(clean.starts_with("email,"), "{clean}");
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("report.json")).unwrap()).unwrap();
+    assert_eq!(report["output"]["bytes"], clean.len());
+    // The report goes to stdout by default, so a second `-` is a usage error.
+    let out = airlock()
+        .arg("process")
+        .arg(fixture("valid/leads.csv"))
+        .args(["--output", "-"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("standard output"));
+}
+
+#[test]
+fn an_input_symlink_is_refused_unless_asked_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = write_temp(dir.path(), "secret.csv", b"a,b\n1,2\n");
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let link = dir.path().join("upload.csv");
+    std::os::unix::fs::symlink(&secret, &link).unwrap();
+    let out = airlock().arg("process").arg(&link).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("symbolic link") && stderr.contains("--follow-symlinks"),
+        "{stderr}"
+    );
+    assert!(out.stdout.is_empty());
+    let out = airlock()
+        .arg("process")
+        .arg(&link)
+        .arg("--follow-symlinks")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+}
+
+#[test]
+fn non_utf8_file_names_work_and_never_panic() {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = tempfile::tempdir().unwrap();
+    let name = std::ffi::OsStr::from_bytes(b"leads-\xff\xfe.csv");
+    let input = dir.path().join(name);
+    std::fs::copy(fixture("valid/leads.csv"), &input).unwrap();
+    let report = dir
+        .path()
+        .join(std::ffi::OsStr::from_bytes(b"report-\xff.json"));
+    let out = airlock()
+        .arg("process")
+        .arg(&input)
+        .arg("--report")
+        .arg(&report)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(report.exists());
+    // A missing file with such a name is a usage error, not a panic (101).
+    let out = airlock()
+        .arg("process")
+        .arg(
+            dir.path()
+                .join(std::ffi::OsStr::from_bytes(b"gone-\xff.csv")),
+        )
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    // Any other argument that is not UTF-8 is a usage error too.
+    let out = airlock()
+        .arg("process")
+        .arg(&input)
+        .arg("--plan")
+        .arg(std::ffi::OsStr::from_bytes(b"\xff"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}

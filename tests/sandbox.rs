@@ -283,3 +283,65 @@ fn a_worker_past_its_wall_clock_limit_is_killed_as_timeout() {
     assert!(p.output().is_none() && p.rejects().is_none());
     assert!(p.leftovers().is_empty(), "{:?}", p.leftovers());
 }
+
+/// The worker `process` starts holds its outputs write-only (it can neither read back nor map
+/// what it wrote) and its fd 2 is a private pipe, not the parent's stderr.
+#[test]
+fn the_worker_gets_write_only_outputs_and_its_own_diagnostics_pipe() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("big.csv");
+    let mut body = b"email,name\n".to_vec();
+    body.extend(b"a@x.io,\"Smith, J\"\n".repeat(3_000_000));
+    std::fs::write(&input, &body).unwrap();
+    let mut parent = airlock()
+        .arg("process")
+        .arg(&input)
+        .arg("--output")
+        .arg(dir.path().join("out.csv"))
+        .arg("--rejects")
+        .arg(dir.path().join("rej.csv"))
+        .arg("--report")
+        .arg(dir.path().join("report.json"))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let worker = loop {
+        assert!(Instant::now() < deadline, "no locked-down worker seen");
+        let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", parent.id()))
+            .unwrap_or_default();
+        let locked = children
+            .split_whitespace()
+            .filter_map(|p| p.parse::<u32>().ok())
+            .find(|&p| status_field(p, "Seccomp:").as_deref() == Some("2"));
+        if let Some(pid) = locked {
+            break pid;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    let flags = |fd: u32| {
+        let info = std::fs::read_to_string(format!("/proc/{worker}/fdinfo/{fd}")).unwrap();
+        let octal = info
+            .lines()
+            .find_map(|l| l.strip_prefix("flags:"))
+            .unwrap()
+            .trim()
+            .to_string();
+        u32::from_str_radix(&octal, 8).unwrap()
+    };
+    for fd in [1, 3, 4] {
+        assert_eq!(flags(fd) & 0o3, 0o1, "fd {fd} must be O_WRONLY");
+    }
+    let link = |pid: u32, fd: u32| std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).unwrap();
+    let diagnostics = link(worker, 2);
+    assert!(
+        diagnostics.to_string_lossy().starts_with("pipe:"),
+        "{diagnostics:?}"
+    );
+    assert_ne!(
+        diagnostics,
+        link(parent.id(), 2),
+        "fd 2 is the parent's stderr"
+    );
+    assert!(parent.wait().unwrap().success());
+}

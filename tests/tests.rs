@@ -1,6 +1,8 @@
 //! Integration tests: the real binary, the real worker process, real files.
 
 mod common;
+#[cfg(feature = "test-seam")]
+mod hostile;
 mod jobs;
 mod process;
 mod sandbox;
@@ -8,3 +10,10 @@ mod service;
 mod storage;
 mod sufficiency;
 mod sweeper;
+
+/// The hostile-worker tests need the parent's test seam; without it they would silently not exist.
+#[cfg(not(feature = "test-seam"))]
+#[test]
+fn hostile_worker_tests_need_the_test_seam_feature() {
+    panic!("run the integration tests with --features test-seam (as .ci/test does)");
+}

@@ -1,0 +1,186 @@
+//! The parent trusts nothing the worker hands back. With the `test-seam` feature, the parent runs
+//! a stand-in worker (`src/hostile.rs`) that locks down like the real one and then lies, floods or
+//! dies on purpose; each test checks that the verdict comes from what the parent observed, and
+//! that nothing is published.
+
+use std::path::Path;
+
+use crate::common::{airlock, fixture, Processed};
+
+/// A policy directory whose default plan has small worker limits, so the failure classes show
+/// within seconds.
+fn quick_policy(memory_mib: u64, cpu_s: u64, wall_s: u64) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = format!(
+        "[plans.default]\nmax_bytes = 1_073_741_824\nmax_rows = 10_000_000\nmax_columns = 1024\n\
+         max_field_bytes = 65536\nmax_record_bytes = 1048576\nmax_rejected_ratio = 0.10\n\
+         max_issues = 100\nfallback_encoding = \"\"\nworker_memory_bytes = {}\n\
+         worker_cpu_seconds = {cpu_s}\nworker_wall_seconds = {wall_s}\n",
+        memory_mib << 20
+    );
+    std::fs::write(dir.path().join("limits.toml"), limits).unwrap();
+    let retention =
+        "retain_days = 30\norphan_grace_hours = 48\nbatch_size = 250\nlease_seconds = 600\n";
+    std::fs::write(dir.path().join("retention.toml"), retention).unwrap();
+    dir
+}
+
+/// Run `airlock process` on `input` with the stand-in worker in `mode`.
+fn hostile(mode: &str, input: &Path, policy: Option<&Path>) -> (Processed, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = airlock();
+    cmd.env("AIRLOCK_TEST_HOSTILE_WORKER", mode)
+        .env("AIRLOCK_LOG", "info")
+        .arg("process")
+        .arg(input)
+        .arg("--output")
+        .arg(dir.path().join("out.csv"))
+        .arg("--rejects")
+        .arg(dir.path().join("rej.csv"))
+        .arg("--report")
+        .arg(dir.path().join("report.json"));
+    if let Some(p) = policy {
+        cmd.arg("--policy-dir").arg(p);
+    }
+    let started = std::time::Instant::now();
+    let out = cmd.output().unwrap();
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(60),
+        "{mode}: the parent took {:?}",
+        started.elapsed()
+    );
+    let report = std::fs::read(dir.path().join("report.json"))
+        .map(|b| serde_json::from_slice(&b).unwrap())
+        .unwrap_or(serde_json::Value::Null);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let p = Processed {
+        code: out.status.code().unwrap(),
+        report,
+        stderr: stderr.clone(),
+        dir,
+    };
+    (p, stderr)
+}
+
+fn assert_failed(p: &Processed, code: &str, message_has: &str) {
+    assert_eq!(p.code, 70, "{}", p.report);
+    assert_eq!(p.status(), "failed");
+    assert_eq!(p.rejection_code(), Some(code), "{}", p.report);
+    let message = p.report["rejection"]["message"].as_str().unwrap();
+    assert!(message.contains(message_has), "{message}");
+    assert!(p.output().is_none(), "a failed job must publish no output");
+    assert!(
+        p.rejects().is_none(),
+        "a failed job must publish no rejects"
+    );
+    assert!(p.leftovers().is_empty(), "{:?}", p.leftovers());
+}
+
+fn leads() -> std::path::PathBuf {
+    fixture("valid/leads.csv")
+}
+
+#[test]
+fn a_report_over_the_cap_is_refused() {
+    let (p, _) = hostile("report-huge", &leads(), None);
+    assert_failed(&p, "worker_crashed", "larger than");
+}
+
+#[test]
+fn a_wrong_output_byte_count_is_refused() {
+    let (p, _) = hostile("wrong-output-bytes", &leads(), None);
+    assert_failed(&p, "worker_crashed", "output bytes");
+}
+
+#[test]
+fn a_rejects_file_whose_hash_is_not_the_reported_one_is_refused() {
+    let (p, _) = hostile("wrong-rejects-hash", &fixture("rows/ragged_row.csv"), None);
+    assert_failed(&p, "worker_crashed", "sha256");
+}
+
+#[test]
+fn a_report_that_contradicts_itself_is_refused() {
+    let (p, _) = hostile("contradictory-report", &leads(), None);
+    assert_failed(&p, "worker_crashed", "add up");
+}
+
+#[test]
+fn report_values_beyond_the_plan_are_refused() {
+    let (p, _) = hostile("huge-header", &leads(), None);
+    assert_failed(&p, "worker_crashed", "header has 1025 names");
+    let (p, _) = hostile(
+        "too-many-issues",
+        &fixture("rows/formula_escaped.csv"),
+        None,
+    );
+    assert_failed(&p, "worker_crashed", "issues");
+}
+
+#[test]
+fn exit_77_on_a_host_that_runs_the_sandbox_is_a_crash_not_a_host_problem() {
+    let (p, _) = hostile("exit-77", &leads(), None);
+    assert_failed(&p, "worker_crashed", "this host supports every layer");
+}
+
+#[test]
+fn output_past_the_bound_for_the_input_stops_the_worker() {
+    let dir = tempfile::tempdir().unwrap();
+    let tiny = dir.path().join("tiny.csv");
+    std::fs::write(&tiny, b"a,b\n1,2\n").unwrap();
+    let (p, _) = hostile("output-flood", &tiny, None);
+    assert_failed(&p, "worker_crashed", "output bound");
+}
+
+#[test]
+fn failure_classes_are_pinned_end_to_end() {
+    let policy = quick_policy(256, 1, 4);
+    let (p, _) = hostile("memory-bomb", &leads(), Some(policy.path()));
+    assert_failed(&p, "memory_limit", "memory limit");
+    let (p, _) = hostile("cpu-spin", &leads(), Some(policy.path()));
+    assert_failed(&p, "cpu_limit", "CPU time");
+    let (p, _) = hostile("sleep", &leads(), Some(policy.path()));
+    assert_failed(&p, "timeout", "wall-clock");
+    // abort() from a small worker is not an out-of-memory: the parent saw its peak RSS.
+    let (p, _) = hostile("self-abort", &leads(), Some(policy.path()));
+    assert_failed(&p, "worker_crashed", "signal 6");
+}
+
+#[test]
+fn worker_diagnostics_are_logged_as_one_escaped_field_never_as_lines() {
+    let (p, stderr) = hostile("fake-log", &leads(), None);
+    assert_eq!(p.code, 0, "{}", p.report);
+    assert!(
+        !stderr
+            .lines()
+            .any(|l| l.starts_with("{\"level\":\"INFO\",\"fields\":{\"message\":\"job succeeded\"")),
+        "a forged log line reached the parent's log:\n{stderr}"
+    );
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("worker_diagnostics"))
+        .unwrap_or_else(|| panic!("no diagnostics field in:\n{stderr}"));
+    let entry: serde_json::Value = serde_json::from_str(line).unwrap();
+    let text = entry["fields"]["worker_diagnostics"].as_str().unwrap();
+    assert!(
+        text.contains("job succeeded") && !text.contains('\n'),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_worker_writing_to_fd_2_forever_is_capped_and_stopped() {
+    let policy = quick_policy(256, 1, 4);
+    let (p, stderr) = hostile("stderr-forever", &leads(), Some(policy.path()));
+    assert_eq!(p.status(), "failed");
+    assert!(
+        matches!(p.rejection_code(), Some("cpu_limit" | "timeout")),
+        "{}",
+        p.report
+    );
+    assert!(
+        stderr.len() < 64 * 1024,
+        "{} bytes of parent stderr",
+        stderr.len()
+    );
+    assert_eq!(stderr.matches("worker_diagnostics").count(), 1, "{stderr}");
+}
