@@ -66,6 +66,8 @@ pub struct Lockdown<'a> {
     rlimits: Rlimits,
     seccomp: bool,
     namespaces: bool,
+    landlock: bool,
+    panic_hook: bool,
 }
 
 impl<'a> Lockdown<'a> {
@@ -75,6 +77,8 @@ impl<'a> Lockdown<'a> {
             rlimits,
             seccomp: true,
             namespaces: true,
+            landlock: true,
+            panic_hook: true,
         }
     }
 
@@ -93,11 +97,29 @@ impl<'a> Lockdown<'a> {
         self
     }
 
+    /// Leave landlock out (escape suite only): the control that shows which denials are
+    /// landlock's.
+    #[doc(hidden)]
+    pub fn without_landlock_for_tests(mut self) -> Self {
+        self.landlock = false;
+        self
+    }
+
+    /// Keep Rust's default panic hook (escape suite only): the control that shows the payload
+    /// check can fail.
+    #[doc(hidden)]
+    pub fn without_panic_hook_for_tests(mut self) -> Self {
+        self.panic_hook = false;
+        self
+    }
+
     /// Every step, in order. Nothing may run between this and reading the input except the
     /// engine itself.
     pub fn apply(self) -> Result<LockdownReport, LockdownError> {
         let mut report = LockdownReport::default();
-        install_panic_hook();
+        if self.panic_hook {
+            install_panic_hook();
+        }
         self.policy.validate().map_err(LockdownError::Policy)?;
         let filter =
             seccomp::compile(&self.policy.seccomp).map_err(LockdownError::SeccompCompile)?;
@@ -118,9 +140,11 @@ impl<'a> Lockdown<'a> {
         report.enforced.push("capabilities".into());
         rustix::thread::set_no_new_privs(true).map_err(|e| LockdownError::NoNewPrivs(e.into()))?;
         report.enforced.push("no_new_privs".into());
-        report.landlock_abi = landlock::restrict(self.policy.layers.landlock.min_abi)
-            .map_err(LockdownError::Landlock)?;
-        report.enforced.push("landlock".into());
+        if self.landlock {
+            report.landlock_abi = landlock::restrict(self.policy.layers.landlock.min_abi)
+                .map_err(LockdownError::Landlock)?;
+            report.enforced.push("landlock".into());
+        }
         if self.seccomp {
             seccomp::apply(&filter).map_err(LockdownError::SeccompApply)?;
             report.enforced.push("seccomp".into());

@@ -163,6 +163,26 @@ fn probe(name: &str, arg: &str) {
             }
         }
         "stack_overflow" => format!("ok {}", recurse(0)),
+        "whoami" => format!("ok {}", unsafe { libc::geteuid() }),
+        "signal_parent" => {
+            let pid: i32 = arg.parse().unwrap();
+            // Signal 0: the permission check alone, nothing is delivered.
+            errno_result(i64::from(unsafe { libc::kill(pid, 0) }))
+        }
+        "tcp_bind" => io_result(std::net::TcpListener::bind(arg)),
+        "mmap_fd4_shared" => {
+            let p = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    4096,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_SHARED,
+                    4,
+                    0,
+                )
+            };
+            errno_result(if p == libc::MAP_FAILED { -1 } else { 0 })
+        }
         "panic" => panic!("probe panic with secret cell content"),
         other => panic!("unknown probe {other}"),
     };
@@ -191,6 +211,12 @@ fn child(args: &[String]) -> ExitCode {
     if variant.contains("no-ns") {
         lockdown = lockdown.without_namespaces_for_tests();
     }
+    if variant.contains("no-landlock") {
+        lockdown = lockdown.without_landlock_for_tests();
+    }
+    if variant.contains("no-hook") {
+        lockdown = lockdown.without_panic_hook_for_tests();
+    }
     if let Err(e) = lockdown.apply() {
         say(&format!("lockdown failed: {e}"));
         return ExitCode::from(3);
@@ -208,8 +234,15 @@ enum Ended {
 }
 
 fn run(name: &str, arg: &str, variant: &str, minus: &str) -> Ended {
+    run_full(name, arg, variant, minus).0
+}
+
+/// Run one probe; also returns what it wrote to fd 2. Its fd 4 is a scratch file opened
+/// write-only, as the worker's outputs are (read-write with the variant `rdwr4`).
+fn run_full(name: &str, arg: &str, variant: &str, minus: &str) -> (Ended, String) {
     let exe = std::env::current_exe().unwrap();
     let (out_r, out_w) = rustix::pipe::pipe().unwrap();
+    let (err_r, err_w) = rustix::pipe::pipe().unwrap();
     let null = || {
         OwnedFd::from(
             std::fs::OpenOptions::new()
@@ -219,34 +252,64 @@ fn run(name: &str, arg: &str, variant: &str, minus: &str) -> Ended {
                 .unwrap(),
         )
     };
+    let scratch = tempfile::NamedTempFile::new().unwrap();
+    let fd4 = std::fs::OpenOptions::new()
+        .read(variant.contains("rdwr4"))
+        .write(true)
+        .open(scratch.path())
+        .unwrap();
     let io = WorkerIo {
         input: null(),
         output: out_w,
-        diagnostics: null(),
+        diagnostics: err_w,
         report: null(),
-        rejects: null(),
+        rejects: OwnedFd::from(fd4),
     };
     let args: Vec<&OsStr> = ["probe", name, arg, variant, minus]
         .into_iter()
         .map(OsStr::new)
         .collect();
     let mut child = spawn(&exe, &args, io).expect("spawn probe");
+    let stderr = std::thread::spawn(move || {
+        let mut err = String::new();
+        let _ = std::fs::File::from(err_r)
+            .take(64 * 1024)
+            .read_to_string(&mut err);
+        err
+    });
     let mut out = String::new();
     std::fs::File::from(out_r).read_to_string(&mut out).unwrap();
     let status = child.wait().unwrap();
-    match status.signal() {
+    let err = stderr.join().unwrap();
+    let ended = match status.signal() {
         Some(sig) => Ended::Signal(sig),
         None => Ended::Exit(status.code().unwrap(), out),
-    }
+    };
+    (ended, err)
 }
 
 struct Suite {
     failures: Vec<String>,
     passed: usize,
+    /// Checks that ran a probe in a child process, and checks made in the parent alone.
+    in_child: usize,
+    in_parent: usize,
 }
 
 impl Suite {
+    /// A check on how a probe child ended.
     fn check(&mut self, what: &str, ok: bool, detail: impl std::fmt::Debug) {
+        self.in_child += 1;
+        self.record(what, ok, detail);
+    }
+
+    /// A check the parent makes on its own (controls, listeners, files).
+    fn check_parent(&mut self, what: &str, ok: bool, detail: impl std::fmt::Debug) {
+        self.in_parent += 1;
+        self.record(what, ok, detail);
+    }
+
+    fn record(&mut self, what: &str, ok: bool, detail: impl std::fmt::Debug) {
         if ok {
             self.passed += 1;
             println!("ok      {what}");
@@ -282,7 +345,14 @@ fn main() -> ExitCode {
     let mut s = Suite {
         failures: Vec::new(),
         passed: 0,
+        in_child: 0,
+        in_parent: 0,
     };
+    // The file-permission argument below (a denial must come from the sandbox, not from mode
+    // bits) holds because we are root.
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    s.check_parent("the suite runs as root", euid == 0, euid);
 
     // Baseline: the lockdown itself succeeds and a harmless probe finishes.
     let ended = run("nothing", "", "full", "");
@@ -314,12 +384,12 @@ fn main() -> ExitCode {
     };
     unix.set_nonblocking(true).unwrap();
     // Without a sandbox, each of these works for this (root) process.
-    s.check(
+    s.check_parent(
         "control: the file is readable without the sandbox",
         std::fs::read(&secret).is_ok(),
         (),
     );
-    s.check(
+    s.check_parent(
         "control: the TCP listener accepts without the sandbox",
         std::net::TcpStream::connect(&tcp_addr).is_ok() && tcp.accept().is_ok(),
         (),
@@ -375,11 +445,17 @@ fn main() -> ExitCode {
         matches!(ended, Ended::Signal(libc::SIGSEGV | libc::SIGABRT)),
         &ended,
     );
-    let ended = run("panic", "", "full", "");
+    let (ended, stderr) = run_full("panic", "", "full", "");
     s.check(
-        "a panic exits 101 (worker_crashed) and prints no payload",
-        matches!(&ended, Ended::Exit(101, out) if !out.contains("secret")),
-        &ended,
+        "a panic exits 101 (worker_crashed) and its stderr is the fixed line, no payload",
+        matches!(&ended, Ended::Exit(101, _)) && stderr == "airlock worker: panicked\n",
+        (&ended, &stderr),
+    );
+    let (ended, stderr) = run_full("panic", "", "no-seccomp-no-hook", "");
+    s.check(
+        "control: without the hook, the panic's payload does reach stderr",
+        matches!(&ended, Ended::Exit(101, _)) && stderr.contains("secret cell content"),
+        (&ended, &stderr),
     );
 
     // Every abort-path syscall in the allowlist is needed: without it the memory bomb dies of
@@ -408,8 +484,8 @@ fn main() -> ExitCode {
     );
     let ended = run("tcp_connect", &tcp_addr, "no-seccomp", "");
     s.check(
-        "without seccomp, TCP connect still fails",
-        errno_of(&ended).is_some(),
+        "without seccomp, landlock still denies TCP connect (EACCES)",
+        errno_of(&ended) == Some(libc::EACCES),
         &ended,
     );
     let ended = run("tcp_connect", &tcp_addr, "no-seccomp-no-ns", "");
@@ -430,6 +506,80 @@ fn main() -> ExitCode {
         errno_of(&ended) == Some(libc::ENETUNREACH),
         &ended,
     );
+    // Landlock on its own: with seccomp and the namespaces left out, each probe is denied with
+    // landlock's errno, and with landlock left out too (the rest of the sandbox identical:
+    // rlimits, no capabilities, no_new_privs) the very same probe succeeds as root.
+    let ended = run("whoami", "", "no-seccomp-no-ns", "");
+    s.check(
+        "the landlock probes run as uid 0 (mode bits would let them through)",
+        ended == Ended::Exit(0, "ok 0".into()),
+        &ended,
+    );
+    let free_port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    let parent = std::process::id().to_string();
+    let pairs: [(&str, &str, &str, i32); 6] = [
+        (
+            "reading a world-readable file",
+            "read_file",
+            &secret,
+            libc::EACCES,
+        ),
+        ("creating a file", "write_file", &target, libc::EACCES),
+        ("exec of /bin/true", "execve", "", libc::EACCES),
+        (
+            "signalling the parent",
+            "signal_parent",
+            &parent,
+            libc::EPERM,
+        ),
+        ("TCP bind", "tcp_bind", &free_port, libc::EACCES),
+        (
+            "TCP connect to a live listener",
+            "tcp_connect",
+            &tcp_addr,
+            libc::EACCES,
+        ),
+    ];
+    for (what, probe, arg, errno) in pairs {
+        let ended = run(probe, arg, "no-seccomp-no-ns", "");
+        s.check(
+            &format!("landlock alone denies {what} (errno {errno})"),
+            errno_of(&ended) == Some(errno),
+            &ended,
+        );
+        let ended = run(probe, arg, "no-seccomp-no-ns-no-landlock", "");
+        // A successful exec replaces the probe with /bin/true: exit 0, nothing printed.
+        let want = if probe == "execve" { "" } else { "ok" };
+        s.check(
+            &format!("control: without landlock, {what} succeeds"),
+            matches!(&ended, Ended::Exit(0, out) if out == want || out.starts_with("ok ")),
+            &ended,
+        );
+        if probe == "write_file" {
+            let _ = std::fs::remove_file(&target);
+        }
+    }
+    let _ = tcp.accept();
+    // Outputs are write-only and mmap is private-anonymous only: no file can be mapped and
+    // rewritten after the parent has hashed it.
+    s.killed("mmap MAP_SHARED of an output fd", "mmap_fd4_shared", "");
+    let ended = run("mmap_fd4_shared", "", "no-seccomp", "");
+    s.check(
+        "without seccomp, a write-only output fd cannot be mapped (EACCES)",
+        errno_of(&ended) == Some(libc::EACCES),
+        &ended,
+    );
+    let ended = run("mmap_fd4_shared", "", "no-seccomp-rdwr4", "");
+    s.check(
+        "control: without seccomp, a read-write fd can be mapped shared",
+        ended == Ended::Exit(0, "ok 0".into()),
+        &ended,
+    );
+
     let ended = run("udp_send", &udp_addr, "no-seccomp-no-ns", "");
     let mut buf = [0u8; 16];
     let got = udp.recv(&mut buf).ok();
@@ -438,28 +588,32 @@ fn main() -> ExitCode {
         ended == Ended::Exit(0, "ok".into()) && got == Some(7),
         (&ended, got),
     );
-    s.check(
+    s.check_parent(
         "no probe ever reached the TCP listener",
         tcp.accept().is_err(),
         (),
     );
-    s.check(
+    s.check_parent(
         "no probe ever reached the abstract socket",
         unix.accept().is_err(),
         (),
     );
-    s.check(
+    s.check_parent(
         "the world-readable file is untouched",
         std::fs::read(&secret).unwrap() == b"secret",
         (),
     );
-    s.check(
+    s.check_parent(
         "no file was created",
         !std::path::Path::new(&target).exists(),
         (),
     );
 
-    println!("\n{} passed, {} failed", s.passed, s.failures.len());
+    println!(
+        "\n{} checks ran a probe in a child process, {} were made in the parent",
+        s.in_child, s.in_parent
+    );
+    println!("{} passed, {} failed", s.passed, s.failures.len());
     if s.failures.is_empty() {
         ExitCode::SUCCESS
     } else {
