@@ -184,6 +184,13 @@ struct ServeArgs {
     /// Address to listen on.
     #[arg(long, value_name = "ADDR", env = "AIRLOCK_LISTEN", default_value = crate::config::DEFAULT_LISTEN)]
     listen: String,
+    /// Open connections at most; more wait until one closes.
+    #[arg(long, value_name = "N", default_value_t = 1024)]
+    max_connections: usize,
+    /// Seconds a client has to send a request's headers; idle keep-alive connections are closed
+    /// after the same time.
+    #[arg(long, value_name = "SECONDS", default_value_t = 10)]
+    header_timeout: u64,
 }
 
 #[derive(Debug, Args)]
@@ -404,7 +411,12 @@ fn serve_command(args: ServeArgs) -> ExitCode {
         Ok(rt) => rt,
         Err(e) => return usage(format!("starting the runtime: {e}")),
     };
-    match rt.block_on(crate::serve::run(store, &args.listen)) {
+    let limits = crate::serve::Limits {
+        max_connections: args.max_connections,
+        header_timeout: std::time::Duration::from_secs(args.header_timeout.max(1)),
+        ..crate::serve::Limits::default()
+    };
+    match rt.block_on(crate::serve::run(store, &args.listen, limits)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("airlock: {}", chain(&e));

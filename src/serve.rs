@@ -1,11 +1,21 @@
 //! `airlock serve`: Airlock's HTTP endpoint. For now it serves signed-link downloads for the local
 //! storage backend; the tenant API will join it on the same server. Listens on 127.0.0.1 by
 //! default. Errors are one `ApiError` with a stable code; 5xx bodies are generic.
+//!
+//! The accept loop is hyper's HTTP/1 connection driven directly, because it needs what
+//! `axum::serve` does not set: a cap on open connections ([`Limits::max_connections`]; past it,
+//! new ones wait in the kernel's backlog), and a header-read timeout that also closes idle
+//! keep-alive connections ([`Limits::header_timeout`]), so neither a slowloris client nor
+//! thousands of idle sockets can starve a real download. Every request gets an id
+//! (`x-request-id`) and one access-log line: method, route, status, duration — never the query,
+//! which carries the link's signature.
 
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::{MatchedPath, Path, Query, Request, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
@@ -13,6 +23,28 @@ use axum::Router;
 
 use crate::storage::fs::{check_link, FsStore, LinkError};
 use crate::storage::{content_disposition, ObjectKey};
+
+/// How much `serve` lets clients hold.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Open connections at most; more wait in the listen backlog until one closes.
+    pub max_connections: usize,
+    /// A request's headers must arrive within this, and an idle keep-alive connection is closed
+    /// after it.
+    pub header_timeout: Duration,
+    /// At shutdown, in-flight downloads get this long to finish.
+    pub drain_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 1024,
+            header_timeout: Duration::from_secs(10),
+            drain_timeout: Duration::from_secs(30),
+        }
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ApiError {
@@ -82,9 +114,52 @@ impl LinkQuery {
 }
 
 pub fn router(store: Arc<FsStore>) -> Router {
-    Router::new()
+    let routes = Router::new()
         .route("/o/{*key}", any(download))
-        .with_state(store)
+        .with_state(store);
+    with_access_log(routes)
+}
+
+/// Request ids and one access-log line per request. The last layer added runs first: the id is
+/// set, then the request is traced, then the id is copied to the response.
+fn with_access_log(routes: Router) -> Router {
+    use tower_http::request_id::{
+        MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+    };
+    use tower_http::trace::TraceLayer;
+    let trace = TraceLayer::new_for_http()
+        .make_span_with(|req: &Request| {
+            let route = req
+                .extensions()
+                .get::<MatchedPath>()
+                .map_or("unmatched", |p| p.as_str());
+            let request_id = req
+                .extensions()
+                .get::<RequestId>()
+                .and_then(|id| id.header_value().to_str().ok())
+                .unwrap_or("-");
+            // Never the URI: its query is the link's signature.
+            tracing::info_span!("request", method = %req.method(), route, request_id)
+        })
+        .on_request(())
+        .on_response(|res: &Response, latency: Duration, _: &tracing::Span| {
+            tracing::info!(
+                status = res.status().as_u16(),
+                millis = latency.as_millis() as u64,
+                "served"
+            );
+        });
+    routes
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(trace)
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        // A client's own x-request-id is not trusted into the logs: every request gets a new one.
+        .layer(axum::middleware::map_request(
+            |mut req: Request| async move {
+                req.headers_mut().remove("x-request-id");
+                req
+            },
+        ))
 }
 
 async fn download(
@@ -124,7 +199,7 @@ async fn download(
         [
             (
                 header::CONTENT_TYPE,
-                HeaderValue::from_static("text/csv; charset=utf-8"),
+                HeaderValue::from_static(key.kind().content_type()),
             ),
             (header::CONTENT_DISPOSITION, disposition),
             (header::CONTENT_LENGTH, HeaderValue::from(len)),
@@ -142,19 +217,85 @@ async fn download(
         .into_response())
 }
 
-/// Serve until SIGINT/SIGTERM.
-pub async fn run(store: Arc<FsStore>, listen: &str) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(listen).await?;
-    tracing::info!(addr = %listener.local_addr()?, "serving signed-link downloads");
-    axum::serve(listener, router(store))
-        .with_graceful_shutdown(async {
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async {
+            match term.as_mut() {
+                Some(t) => { t.recv().await; }
+                None => std::future::pending().await,
             }
-            tracing::info!("shutting down");
-        })
-        .await?;
+        } => {}
+    }
+}
+
+/// Serve on `listen` until SIGINT/SIGTERM, then let in-flight downloads finish within the drain
+/// timeout.
+pub async fn run(store: Arc<FsStore>, listen: &str, limits: Limits) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    serve_on(listener, store, limits, shutdown_signal()).await
+}
+
+/// Serve on a bound listener until `shutdown` completes.
+pub async fn serve_on(
+    listener: tokio::net::TcpListener,
+    store: Arc<FsStore>,
+    limits: Limits,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::server::graceful::GracefulShutdown;
+    use hyper_util::service::TowerToHyperService;
+
+    tracing::info!(
+        addr = %listener.local_addr()?,
+        max_connections = limits.max_connections,
+        header_timeout_s = limits.header_timeout.as_secs(),
+        "serving signed-link downloads"
+    );
+    let service = TowerToHyperService::new(router(store));
+    let mut http = hyper::server::conn::http1::Builder::new();
+    // Without a timer hyper cannot time anything out.
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .max_buf_size(64 * 1024);
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
+    let graceful = GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let slot = tokio::select! {
+            s = slots.clone().acquire_owned() => s?,
+            _ = &mut shutdown => break,
+        };
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(c) => c,
+                Err(e) => {
+                    // EMFILE and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service.clone()));
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, timeout = e.is_timeout(), error = %e, "connection ended");
+            }
+            drop(slot);
+        });
+    }
+    drop(listener);
+    tracing::info!("shutting down; draining connections");
+    if tokio::time::timeout(limits.drain_timeout, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("drain timeout passed; closing the remaining connections");
+    }
     Ok(())
 }

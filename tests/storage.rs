@@ -244,12 +244,156 @@ fn hex_of(b: &[u8]) -> String {
 }
 
 async fn serve_local(root: &std::path::Path) -> (Arc<FsStore>, String) {
+    serve_local_with(root, airlock::serve::Limits::default()).await
+}
+
+/// `airlock serve`'s own accept loop, in this process, on a free port.
+async fn serve_local_with(
+    root: &std::path::Path,
+    limits: airlock::serve::Limits,
+) -> (Arc<FsStore>, String) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let store = Arc::new(FsStore::open(root, &base).unwrap());
-    let app = airlock::serve::router(store.clone());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let served = store.clone();
+    tokio::spawn(async move {
+        airlock::serve::serve_on(listener, served, limits, std::future::pending())
+            .await
+            .unwrap()
+    });
     (store, base)
+}
+
+/// Send `request` as raw bytes (no client normalises the path) and read the whole answer.
+async fn raw_http(base: &str, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = base.trim_start_matches("http://");
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    conn.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut answer))
+        .await
+        .expect("the server answers and closes")
+        .unwrap();
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// Seconds until the server closes `conn`, reading (and discarding) anything it sends.
+async fn seconds_until_closed(conn: &mut tokio::net::TcpStream) -> f64 {
+    use tokio::io::AsyncReadExt;
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(20), conn.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return started.elapsed().as_secs_f64(),
+            Ok(Ok(_)) => {}
+            Err(_) => return f64::INFINITY,
+        }
+    }
+}
+
+#[tokio::test]
+async fn serve_times_out_slow_headers_and_idle_connections() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let limits = airlock::serve::Limits {
+        header_timeout: Duration::from_secs(1),
+        ..airlock::serve::Limits::default()
+    };
+    let (_store, base) = serve_local_with(&dir.path().join("store"), limits).await;
+    let addr = base.trim_start_matches("http://").to_string();
+    // Slowloris: a header line trickling in, one byte every 200 ms, is cut off at the timeout.
+    let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let trickle = tokio::spawn(async move {
+        for b in b"GET /o/x HTTP/1.1\r\nHost: a\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaa" {
+            if slow.write_all(&[*b]).await.is_err() {
+                return (slow, true);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        (slow, false)
+    });
+    let (mut slow, cut_off) = trickle.await.unwrap();
+    let closed = seconds_until_closed(&mut slow).await;
+    assert!(cut_off || closed < 3.0, "slow headers kept the connection");
+    // Idle: connected, sends nothing.
+    let mut idle = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let secs = seconds_until_closed(&mut idle).await;
+    assert!(secs < 3.0, "an idle connection stayed open {secs}s");
+    // Keep-alive: one request answered, then nothing more.
+    let mut kept = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    kept.write_all(b"GET /o/x HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let secs = seconds_until_closed(&mut kept).await;
+    assert!(
+        secs < 3.0,
+        "an idle keep-alive connection stayed open {secs}s"
+    );
+}
+
+#[tokio::test]
+async fn serve_caps_connections_and_idle_ones_make_room_for_a_download() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = airlock::serve::Limits {
+        max_connections: 8,
+        header_timeout: Duration::from_secs(1),
+        ..airlock::serve::Limits::default()
+    };
+    let (store, base) = serve_local_with(&dir.path().join("store"), limits).await;
+    let addr = base.trim_start_matches("http://").to_string();
+    let src = random_file(dir.path(), "src", 1000);
+    let key = ObjectKey::new(Kind::Output);
+    store.put_file(&key, &src, 10_000, &meta()).await.unwrap();
+    let url = store
+        .presign_get(&key, Duration::from_secs(60), "x.csv")
+        .await
+        .unwrap();
+    // 40 idle sockets: five times the cap.
+    let mut idle = Vec::new();
+    for _ in 0..40 {
+        idle.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+    }
+    let started = std::time::Instant::now();
+    let resp = tokio::time::timeout(Duration::from_secs(30), reqwest::get(&url))
+        .await
+        .expect("the download is served once idle connections time out")
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.bytes().await.unwrap().len(), 1000);
+    // The cap held: 40 sockets over 8 slots at 1 s each take a while to drain; the download
+    // waited its turn rather than being refused.
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    drop(idle);
+}
+
+#[tokio::test]
+async fn serve_gives_each_artifact_its_media_type_and_a_request_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _base) = serve_local(&dir.path().join("store")).await;
+    let src = random_file(dir.path(), "src", 100);
+    for (kind, want) in [
+        (Kind::Report, "application/json"),
+        (Kind::Output, "text/csv; charset=utf-8"),
+        (Kind::Rejects, "text/csv; charset=utf-8"),
+    ] {
+        let key = ObjectKey::new(kind);
+        store.put_file(&key, &src, 10_000, &meta()).await.unwrap();
+        let url = store
+            .presign_get(&key, Duration::from_secs(60), "x")
+            .await
+            .unwrap();
+        let resp = reqwest::Client::new()
+            .get(&url)
+            .header("x-request-id", "client-chosen")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["content-type"], want, "{kind:?}");
+        let id = resp.headers()["x-request-id"].to_str().unwrap();
+        assert!(uuid::Uuid::parse_str(id).is_ok(), "{id}");
+    }
 }
 
 #[tokio::test]
@@ -305,14 +449,24 @@ async fn local_links_over_http() {
     assert_eq!(http.get(&renamed).send().await.unwrap().status(), 403);
     let unsigned = format!("{base}/o/{}", key.as_str());
     assert_eq!(http.get(&unsigned).send().await.unwrap().status(), 403);
-    let traversal = format!("{base}/o/in/../../signing.key?exp=9999999999&name=x&sig=00");
-    assert!(http
-        .get(&traversal)
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .is_client_error());
+    // Path traversal, sent raw so no client normalises it away: it must reach the handler, which
+    // refuses the key (link_invalid), never a file outside the store.
+    let key_hex = hex_of(&std::fs::read(dir.path().join("store/signing.key")).unwrap());
+    for path in [
+        "/o/in/../../signing.key",
+        "/o/in/%2e%2e/%2e%2e/signing.key",
+        "/o/in%2f..%2f..%2fsigning.key",
+        "/o/..%2f..%2fsigning.key",
+    ] {
+        let answer = raw_http(
+            &base,
+            &format!("GET {path}?exp=9999999999&name=x&sig=00 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"),
+        )
+        .await;
+        assert!(answer.starts_with("HTTP/1.1 403"), "{path}: {answer}");
+        assert!(answer.contains("link_invalid"), "{path}: {answer}");
+        assert!(!answer.contains(&key_hex));
+    }
 
     let past = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -487,4 +641,69 @@ async fn s3_wrong_credentials_give_a_clear_error() {
     assert!(message.contains("AWS_SECRET_ACCESS_KEY"), "{message}");
     assert!(!message.contains("not-the-secret"));
     assert!(!format!("{store:?}").contains("not-the-secret"));
+}
+
+/// The real `airlock serve`: one access-log line per request with method, route, status,
+/// duration and request id, never the link's signature; SIGTERM ends it cleanly.
+#[test]
+fn serve_writes_access_logs_without_the_signature() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("store");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let base = format!("http://127.0.0.1:{port}");
+    let store = FsStore::open(&root, &base).unwrap();
+    let src = random_file(dir.path(), "src", 500);
+    let key = ObjectKey::new(Kind::Output);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let url = rt.block_on(async {
+        store.put_file(&key, &src, 10_000, &meta()).await.unwrap();
+        store
+            .presign_get(&key, Duration::from_secs(60), "x.csv")
+            .await
+            .unwrap()
+    });
+    let mut serve = crate::common::airlock()
+        .arg("serve")
+        .env("AIRLOCK_STORAGE_URL", format!("file://{}", root.display()))
+        .env("AIRLOCK_LISTEN", format!("127.0.0.1:{port}"))
+        .env("AIRLOCK_PUBLIC_URL", &base)
+        .env("AIRLOCK_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let resp = rt.block_on(async {
+        for _ in 0..100 {
+            if let Ok(r) = reqwest::get(&url).await {
+                return r;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("serve never answered");
+    });
+    assert_eq!(resp.status(), 200);
+    let id = resp.headers()["x-request-id"].to_str().unwrap().to_string();
+    rustix::process::kill_process(
+        rustix::process::Pid::from_child(&serve),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
+    let out = serve.wait_with_output().unwrap();
+    assert!(out.status.success(), "{:?}", out.status);
+    let log = String::from_utf8_lossy(&out.stderr);
+    let sig = url.split("sig=").nth(1).unwrap();
+    assert!(!log.contains(sig), "the signature reached the log:\n{log}");
+    let line = log
+        .lines()
+        .find(|l| l.contains("\"served\""))
+        .unwrap_or_else(|| panic!("no access-log line:\n{log}"));
+    let entry: serde_json::Value = serde_json::from_str(line).unwrap();
+    assert_eq!(entry["fields"]["status"], 200);
+    assert!(entry["fields"]["millis"].is_u64());
+    assert_eq!(entry["span"]["method"], "GET");
+    assert_eq!(entry["span"]["route"], "/o/{*key}");
+    assert_eq!(entry["span"]["request_id"], id.as_str());
 }

@@ -50,6 +50,15 @@ impl Kind {
         }
     }
 
+    /// The media type a download of this artifact is served with.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Kind::Report => "application/json",
+            Kind::Input => "application/octet-stream",
+            Kind::Output | Kind::Rejects => "text/csv; charset=utf-8",
+        }
+    }
+
     /// The prefixes Airlock owns in a bucket.
     pub fn prefixes() -> [&'static str; 4] {
         Kind::ALL.map(Kind::prefix)

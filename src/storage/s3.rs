@@ -388,7 +388,7 @@ impl ObjectStore for S3Store {
             .bucket(&self.bucket)
             .key(key.as_str())
             .response_content_disposition(super::content_disposition(download_name))
-            .response_content_type("text/csv; charset=utf-8")
+            .response_content_type(key.kind().content_type())
             .presigned(config)
             .await
             .map_err(map_err)?;
