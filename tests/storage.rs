@@ -666,7 +666,7 @@ fn serve_writes_access_logs_without_the_signature() {
             .await
             .unwrap()
     });
-    let mut serve = crate::common::airlock()
+    let serve = crate::common::airlock()
         .arg("serve")
         .env("AIRLOCK_STORAGE_URL", format!("file://{}", root.display()))
         .env("AIRLOCK_LISTEN", format!("127.0.0.1:{port}"))
