@@ -117,6 +117,11 @@ struct SuperviseCli {
     /// How long in-flight jobs may run on after SIGTERM before they are given back.
     #[arg(long, value_name = "SECONDS", default_value_t = 60)]
     grace_seconds: u64,
+    /// Where a private (0700, random-named) directory for staged inputs is created; leftovers of
+    /// supervisors killed on this host are removed from here on start [default: the system temp
+    /// directory].
+    #[arg(long, value_name = "DIR", env = "AIRLOCK_WORK_DIR")]
+    work_dir: Option<PathBuf>,
     /// A directory whose policy files replace the built-in ones.
     #[arg(long, value_name = "DIR", env = "AIRLOCK_POLICY_DIR")]
     policy_dir: Option<PathBuf>,
@@ -292,7 +297,7 @@ pub fn main() -> ExitCode {
                     until_idle: args.until_idle,
                     lease: std::time::Duration::from_secs(args.lease_seconds.max(3)),
                     grace: std::time::Duration::from_secs(args.grace_seconds),
-                    work_dir: None,
+                    work_dir: args.work_dir,
                 },
             )
             .await?;

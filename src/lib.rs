@@ -19,4 +19,5 @@ pub mod service;
 pub mod storage;
 pub mod supervisor;
 pub mod sweeper;
+pub mod workdir;
 pub mod worker;

@@ -290,27 +290,17 @@ pub async fn supervise(
     }
     let jobs = open_jobs().await?;
     let store = open_store().await?;
-    let work_dir = match args.work_dir {
-        Some(d) => d,
-        None => std::env::temp_dir().join(format!("airlock-work-{}", std::process::id())),
-    };
-    {
-        use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&work_dir)
-            .map_err(|e| {
-                CommandError::Failed(format!("cannot create {}: {e}", work_dir.display()))
-            })?;
-    }
+    let base = args.work_dir.unwrap_or_else(std::env::temp_dir);
+    let work_dir =
+        crate::workdir::WorkDir::create(&base).map_err(|e| CommandError::Failed(e.to_string()))?;
+    tracing::info!(work_dir = %work_dir.path().display(), "staging inputs here");
     let settings = Settings {
         concurrency: args.concurrency,
         lease: args.lease,
         grace: args.grace,
         poll: Duration::from_millis(200),
         until_idle: args.until_idle,
-        work_dir: work_dir.clone(),
+        work_dir: work_dir.path().to_path_buf(),
     };
     let supervisor = Arc::new(Supervisor::new(jobs, store, Arc::new(policies), settings));
     let (tx, rx) = tokio::sync::watch::channel(false);
@@ -325,7 +315,7 @@ pub async fn supervise(
         let _ = tx.send(true);
     });
     let summary = supervisor.run(rx).await;
-    let _ = std::fs::remove_dir(&work_dir);
+    drop(work_dir);
     Ok(summary)
 }
 

@@ -350,10 +350,7 @@ impl Supervisor {
             let report = Report::without_input(Status::Rejected, rejection, size);
             return self.record(job, report, None, uploaded).await;
         }
-        let dir = match tempfile::Builder::new()
-            .prefix("job-")
-            .tempdir_in(&self.settings.work_dir)
-        {
+        let dir = match crate::workdir::job_dir(&self.settings.work_dir) {
             Ok(d) => d,
             Err(e) => return Attempt::Transient(format!("work_dir: {e}")),
         };
