@@ -1,8 +1,9 @@
-//! Arbitrary bytes through the engine with small limits: it must never panic, and what it accepts
-//! must be UTF-8 CSV whose every record has the header's width.
+//! Arbitrary bytes through the engine with small limits: it must never panic, what it accepts
+//! must be UTF-8 CSV whose every record has the header's width, and the output and rejects stay
+//! within their bounds of the input size.
 #![no_main]
 
-use airlock_engine::{process, Limits, Options, Status};
+use airlock_engine::{output_bound, process, rejects_bound, Limits, Options, Status};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -26,11 +27,18 @@ fuzz_target!(|data: &[u8]| {
         },
         delimiter,
         fallback_encoding: fallback,
+        hash_input: true,
+        hash_output: true,
     };
     let mut out = Vec::new();
     let mut rej = Vec::new();
     let report = process(input, &mut out, &mut rej, &options).expect("in-memory I/O cannot fail");
     assert_eq!(report.input.bytes, input.len() as u64);
+    assert!(out.len() as u64 <= output_bound(input.len() as u64));
+    assert!(rej.len() as u64 <= rejects_bound(input.len() as u64));
+    assert_eq!(report.output.bytes, out.len() as u64);
+    assert_eq!(report.rejects.bytes, rej.len() as u64);
+    assert_eq!(report.rows.accepted + report.rows.rejected + report.rows.blank, report.rows.total);
     if report.status == Status::Accepted {
         assert!(std::str::from_utf8(&out).is_ok());
         let width = report.header.len();
@@ -38,6 +46,5 @@ fuzz_target!(|data: &[u8]| {
         for record in rd.records() {
             assert_eq!(record.expect("output parses").len(), width);
         }
-        assert_eq!(report.rows.accepted + report.rows.rejected + report.rows.blank, report.rows.total);
     }
 });
