@@ -2,7 +2,9 @@
 # Throughput and peak memory of `airlock process` on a generated lead list, measured in one run
 # against `cat` (copy to a file), Python's csv module (strict, full parse) and the engine
 # in-process (no worker, no sandbox). Usage: bash benches/throughput.sh [SIZE_MB] [RUNS]
-# Method and results: BENCHMARKS.md.
+# With AIRLOCK_BASELINE=/path/to/another/airlock (say, a build of the previous commit), that binary
+# is measured in the same interleaved rounds and the ratio printed. Method and results:
+# BENCHMARKS.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 size=${1:-200}
@@ -36,15 +38,24 @@ with open(sys.argv[1], newline='', encoding='utf-8') as f:
 " "$work/leads.csv") "
   all[inprocess]+="$(secs "$inprocess" "$work/leads.csv" "$work/inproc.out") "
   all[airlock]+="$(secs target/release/airlock process "$work/leads.csv" --output "$work/airlock.out") "
+  if [ -n "${AIRLOCK_BASELINE:-}" ]; then
+    all[baseline]+="$(secs "$AIRLOCK_BASELINE" process "$work/leads.csv" --output "$work/baseline.out") "
+  fi
   rm -f "$work"/*.out
 done
-for tool in cat python inprocess airlock; do
+tools="cat python inprocess airlock"
+[ -n "${AIRLOCK_BASELINE:-}" ] && tools="$tools baseline"
+for tool in $tools; do
   m=$(echo ${all[$tool]} | tr ' ' '\n' | median)
   printf '%-10s median %6.3f s  %7.1f MB/s   runs: %s\n' "$tool" "$m" "$(echo "$bytes / $m / 1000000" | bc -l)" "${all[$tool]}"
 done
 a=$(echo ${all[airlock]} | tr ' ' '\n' | median)
 p=$(echo ${all[inprocess]} | tr ' ' '\n' | median)
 echo "airlock (sandboxed worker) / engine in-process time: $(echo "$a / $p" | bc -l | cut -c1-5)"
+if [ -n "${AIRLOCK_BASELINE:-}" ]; then
+  b=$(echo ${all[baseline]} | tr ' ' '\n' | median)
+  echo "airlock / baseline time: $(echo "$a / $b" | bc -l | cut -c1-5)"
+fi
 
 for f in small leads; do
   /usr/bin/time -f %M -o "$work/rss" target/release/airlock process "$work/$f.csv" --output "$work/o.csv" > /dev/null

@@ -24,6 +24,15 @@ pub fn main(args: &[std::ffi::OsString]) -> ExitCode {
         return ExitCode::from(78);
     };
     let mode = mode.to_string_lossy().into_owned();
+    // `slow-MS`: an honest worker that first waits MS milliseconds, so tests can act while a job
+    // is certainly in flight.
+    if let Some(ms) = mode.strip_prefix("slow-").and_then(|m| m.parse().ok()) {
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+        return match worker::lock_down(rest) {
+            Ok(w) => w.process().map_or_else(|code| code, |r| w.write_report(&r)),
+            Err(code) => code,
+        };
+    }
     // Modes that act before (instead of) locking down.
     match mode.as_str() {
         "exit-77" => return ExitCode::from(worker::EXIT_SANDBOX),

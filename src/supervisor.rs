@@ -54,6 +54,8 @@ pub struct Supervisor {
     summary: Mutex<Summary>,
     /// Jobs in flight: id → fence, to release at shutdown.
     in_flight: Mutex<HashMap<Uuid, i64>>,
+    /// Set when the shutdown grace runs out: every running worker is killed.
+    cancel: process::Cancel,
 }
 
 /// Why an attempt ended without a result.
@@ -97,6 +99,7 @@ impl Supervisor {
             settings,
             summary: Mutex::new(Summary::default()),
             in_flight: Mutex::new(HashMap::new()),
+            cancel: process::Cancel::default(),
         }
     }
 
@@ -225,7 +228,11 @@ impl Supervisor {
                     }
                 }
             }
+            // Released first, so nothing a worker still produces can be recorded; then the
+            // workers are killed (within 100 ms), and their tasks dropped before any upload.
+            self.cancel.cancel();
             tasks.abort_all();
+            while tasks.join_next().await.is_some() {}
         }
     }
 
@@ -368,13 +375,16 @@ impl Supervisor {
             report: Dest::File(dir.path().join("report.json")),
         };
         let policies = self.policies.clone();
+        let cancel = self.cancel.clone();
         // The worker's diagnostics are logged from the blocking thread: keep the job's span.
         let span = tracing::Span::current();
         let run = tokio::task::spawn_blocking(move || -> anyhow::Result<Report> {
             let _span = span.enter();
             let (file, size) = process::open_input(&staged, false)?;
             let plan = policies.limits.plan(&plan.name)?;
-            Ok(process::run(file, size, plan, &policies.sandbox, None, &dest)?.report)
+            let sandbox = &policies.sandbox;
+            let run = process::run_cancellable(file, size, plan, sandbox, None, &dest, &cancel)?;
+            Ok(run.report)
         })
         .await;
         let report = match run {

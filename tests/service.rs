@@ -20,7 +20,8 @@ use crate::storage::s3_env;
 pub struct Deployment {
     pub vars: Vec<(String, String)>,
     pub dir: tempfile::TempDir,
-    pub postgres: bool,
+    /// The deployment's own bucket, on the production deployment.
+    pub bucket: Option<String>,
 }
 
 impl Deployment {
@@ -39,7 +40,7 @@ impl Deployment {
         Deployment {
             vars,
             dir,
-            postgres: false,
+            bucket: None,
         }
     }
 
@@ -55,12 +56,20 @@ impl Deployment {
             .unwrap();
         let sep = if pg_url().contains('?') { '&' } else { '?' };
         let env = s3_env();
+        // A bucket of its own, so a test can see every object the deployment stored.
+        let bucket = format!("svc-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        crate::storage::s3_client()
+            .create_bucket()
+            .bucket(&bucket)
+            .send()
+            .await
+            .unwrap();
         let vars = vec![
             (
                 "AIRLOCK_DATABASE_URL".into(),
                 format!("{}{sep}options=-c%20search_path%3D{schema}", pg_url()),
             ),
-            ("AIRLOCK_STORAGE_URL".into(), format!("s3://{}", env.bucket)),
+            ("AIRLOCK_STORAGE_URL".into(), format!("s3://{bucket}")),
             ("AWS_ENDPOINT_URL".into(), env.endpoint.clone()),
             ("AWS_ACCESS_KEY_ID".into(), env.access_key.clone()),
             ("AWS_SECRET_ACCESS_KEY".into(), env.secret_key.clone()),
@@ -70,7 +79,7 @@ impl Deployment {
         Deployment {
             vars,
             dir,
-            postgres: true,
+            bucket: Some(bucket),
         }
     }
 
@@ -128,8 +137,10 @@ impl Deployment {
         out
     }
 
-    pub fn spawn_supervisor(&self, extra: &[&str]) -> Child {
+    /// A supervisor with extra environment, e.g. the hostile-worker seam's `slow-MS` mode.
+    pub fn spawn_supervisor_with(&self, env: &[(&str, &str)], extra: &[&str]) -> Child {
         self.cmd()
+            .envs(env.iter().copied())
             .arg("supervise")
             .args(extra)
             .stdout(std::process::Stdio::null())
@@ -138,13 +149,41 @@ impl Deployment {
             .unwrap()
     }
 
+    /// Every key stored under Airlock's prefixes.
+    pub async fn stored_keys(&self) -> Vec<String> {
+        let store = self.store().await;
+        let mut keys = Vec::new();
+        for prefix in airlock::storage::Kind::prefixes() {
+            let mut next = None;
+            loop {
+                let page = store.list(prefix, next).await.unwrap();
+                keys.extend(page.objects.iter().map(|o| o.key.to_string()));
+                next = page.next;
+                if next.is_none() {
+                    break;
+                }
+            }
+        }
+        keys.sort();
+        keys
+    }
+
     pub async fn jobs(&self) -> Arc<dyn JobStore> {
         airlock::jobs::open(&self.vars[0].1).await.unwrap()
     }
 
     pub async fn store(&self) -> Arc<dyn ObjectStore> {
-        if self.postgres {
-            crate::storage::s3_store()
+        if let Some(bucket) = &self.bucket {
+            let env = s3_env();
+            Arc::new(airlock::storage::s3::S3Store::explicit(
+                airlock::storage::s3::Explicit {
+                    endpoint: &env.endpoint,
+                    region: "us-east-1",
+                    access_key: &env.access_key,
+                    secret_key: env.secret_key.clone().into(),
+                },
+                bucket,
+            ))
         } else {
             Arc::new(
                 airlock::storage::fs::FsStore::open(
@@ -169,6 +208,51 @@ impl Deployment {
             .unwrap();
         std::fs::read(dest).unwrap()
     }
+}
+
+/// The hostile-worker seam's variable (the `test-seam` feature).
+const SEAM: &str = "AIRLOCK_TEST_HOSTILE_WORKER";
+
+/// The worker processes `pid` (a multi-threaded supervisor) has started and not yet reaped.
+fn worker_pids(pid: u32) -> Vec<u32> {
+    let mut pids = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+    {
+        let children = task.map(|t| t.path().join("children")).ok();
+        let text = children
+            .and_then(|c| std::fs::read_to_string(c).ok())
+            .unwrap_or_default();
+        pids.extend(
+            text.split_whitespace()
+                .filter_map(|p| p.parse::<u32>().ok()),
+        );
+    }
+    pids
+}
+
+/// Poll `probe` until it gives a value, or fail after `within`.
+fn wait_for<T>(what: &str, within: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = probe() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Wait for `child` to exit, failing after `within`.
+fn exit_within(child: &mut Child, within: Duration) -> std::process::ExitStatus {
+    wait_for("the supervisor to exit", within, || {
+        child.try_wait().unwrap()
+    })
+}
+
+fn process_exists(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
 
 /// What `airlock process` says about a file: exit status and clean output.
@@ -238,22 +322,23 @@ async fn mixed_batch(d: Deployment) {
 }
 
 async fn crash_recovery(d: Deployment) {
-    let big = d.dir.path().join("big.csv");
-    let mut body = b"id,name\n".to_vec();
-    for i in 0..2_000_000 {
-        body.extend_from_slice(format!("{i},name {i}\n").as_bytes());
-    }
-    std::fs::write(&big, &body).unwrap();
-    let id = d.submit("acme", &big, &[]);
-    let mut first = d.spawn_supervisor(&["--lease-seconds", "3", "-c", "1"]);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while d.status(&id)["state"] != "running" {
-        assert!(Instant::now() < deadline, "the job never started");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    std::thread::sleep(Duration::from_millis(200));
+    let input = fixture("valid/leads.csv");
+    let id = d.submit("acme", &input, &[]);
+    // The first supervisor's worker waits 30 s before working, so the kill lands mid-job.
+    let mut first = d.spawn_supervisor_with(
+        &[(SEAM, "slow-30000")],
+        &["--lease-seconds", "3", "-c", "1"],
+    );
+    let worker = wait_for("a worker running the job", Duration::from_secs(30), || {
+        worker_pids(first.id()).first().copied()
+    });
+    assert_eq!(d.status(&id)["state"], "running");
     first.kill().unwrap(); // SIGKILL: no cleanup, no release
     first.wait().unwrap();
+    let _ = rustix::process::kill_process(
+        rustix::process::Pid::from_raw(worker as i32).unwrap(),
+        rustix::process::Signal::KILL,
+    );
     d.supervise(&["--lease-seconds", "3"]);
     let s = d.status(&id);
     assert_eq!(s["state"], "succeeded", "{s}");
@@ -272,9 +357,9 @@ async fn crash_recovery(d: Deployment) {
     let rec = d.jobs().await.get(uuid).await.unwrap().unwrap();
     let out = d.fetch(rec.output_key.as_deref().unwrap()).await;
     assert_eq!(
-        out.len(),
-        body.len(),
-        "exactly one complete output is recorded"
+        Some(out),
+        reference(&input).1,
+        "one complete output is recorded"
     );
 }
 
@@ -341,26 +426,23 @@ async fn permanent_failures_and_idempotency(d: Deployment) {
 }
 
 async fn sigterm_loses_nothing(d: Deployment) {
-    let big = d.dir.path().join("big.csv");
-    let mut body = b"id,name\n".to_vec();
-    for i in 0..2_000_000 {
-        body.extend_from_slice(format!("{i},name {i}\n").as_bytes());
-    }
-    std::fs::write(&big, &body).unwrap();
-    let running = d.submit("acme", &big, &[]);
-    let mut sup = d.spawn_supervisor(&["-c", "1"]);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while d.status(&running)["state"] != "running" {
-        assert!(Instant::now() < deadline, "the job never started");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let running = d.submit("acme", &fixture("valid/leads.csv"), &[]);
+    let mut sup = d.spawn_supervisor_with(&[(SEAM, "slow-2000")], &["-c", "1"]);
+    wait_for("a worker running the job", Duration::from_secs(30), || {
+        worker_pids(sup.id()).first().copied()
+    });
+    assert_eq!(
+        d.status(&running)["state"],
+        "running",
+        "in flight when signalled"
+    );
     let waiting = d.submit("globex", &fixture("valid/leads.csv"), &[]);
     rustix::process::kill_process(
         rustix::process::Pid::from_raw(sup.id() as i32).unwrap(),
         rustix::process::Signal::TERM,
     )
     .unwrap();
-    let status = sup.wait().unwrap();
+    let status = exit_within(&mut sup, Duration::from_secs(30));
     assert!(status.success(), "{status:?}");
     assert_eq!(
         d.status(&running)["state"],
@@ -372,6 +454,55 @@ async fn sigterm_loses_nothing(d: Deployment) {
         "queued",
         "nothing new was claimed, nothing lost"
     );
+}
+
+/// A job still running when the grace period ends: its worker is killed, the job goes back to the
+/// queue without spending an attempt (audited), and nothing it made is left stored.
+async fn sigterm_beyond_grace_gives_the_job_back(d: Deployment) {
+    let id = d.submit("acme", &fixture("valid/leads.csv"), &[]);
+    let before = d.stored_keys().await;
+    let mut sup = d.spawn_supervisor_with(
+        &[(SEAM, "slow-120000")],
+        &["-c", "1", "--grace-seconds", "1"],
+    );
+    let worker = wait_for("a worker running the job", Duration::from_secs(30), || {
+        worker_pids(sup.id()).first().copied()
+    });
+    assert_eq!(d.status(&id)["state"], "running");
+    let signalled = Instant::now();
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(sup.id() as i32).unwrap(),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
+    let status = exit_within(&mut sup, Duration::from_secs(15));
+    assert!(status.success(), "{status:?}");
+    assert!(
+        signalled.elapsed() < Duration::from_secs(10),
+        "the supervisor took {:?} to stop with a 1 s grace",
+        signalled.elapsed()
+    );
+    let s = d.status(&id);
+    assert_eq!(s["state"], "queued", "{s}");
+    assert_eq!(s["attempts"], 0, "the attempt is not counted: {s}");
+    let audit = d
+        .jobs()
+        .await
+        .audit(uuid::Uuid::parse_str(&id).unwrap())
+        .await
+        .unwrap();
+    assert!(
+        audit
+            .iter()
+            .any(|(from, to, why)| from.as_deref() == Some("running")
+                && to == "queued"
+                && why.as_deref() == Some("released at shutdown")),
+        "{audit:?}"
+    );
+    wait_for("the worker to be gone", Duration::from_secs(5), || {
+        (!process_exists(worker)).then_some(())
+    });
+    assert_eq!(d.stored_keys().await, before, "nothing new is stored");
 }
 
 macro_rules! service_suite {
@@ -394,6 +525,10 @@ macro_rules! service_suite {
             #[tokio::test(flavor = "multi_thread")]
             async fn sigterm_finishes_in_flight_work_and_loses_nothing() {
                 sigterm_loses_nothing($make).await;
+            }
+            #[tokio::test(flavor = "multi_thread")]
+            async fn sigterm_beyond_grace_kills_the_worker_and_gives_the_job_back() {
+                sigterm_beyond_grace_gives_the_job_back($make).await;
             }
         }
     };

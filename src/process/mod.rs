@@ -148,6 +148,21 @@ fn failed(code: Code, message: String, size: u64) -> Report {
     Report::without_input(Status::Failed, Rejection::new(code, message), size)
 }
 
+/// Set to stop a running worker: it is killed at the next poll (within 100 ms) and the run ends
+/// with an error, publishing nothing. The supervisor sets it when its shutdown grace runs out.
+#[derive(Debug, Clone, Default)]
+pub struct Cancel(Arc<AtomicBool>);
+
+impl Cancel {
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+
+    fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
 /// Run one file through a worker and publish the results.
 pub fn run(
     input: File,
@@ -156,6 +171,27 @@ pub fn run(
     sandbox: &SandboxPolicy,
     delimiter: Option<u8>,
     dest: &Destinations,
+) -> anyhow::Result<Outcome> {
+    run_cancellable(
+        input,
+        size,
+        plan,
+        sandbox,
+        delimiter,
+        dest,
+        &Cancel::default(),
+    )
+}
+
+/// [`run`], stopped early when `cancel` is set.
+pub fn run_cancellable(
+    input: File,
+    size: u64,
+    plan: &Plan,
+    sandbox: &SandboxPolicy,
+    delimiter: Option<u8>,
+    dest: &Destinations,
+    cancel: &Cancel,
 ) -> anyhow::Result<Outcome> {
     dest.check()?;
     let started = Instant::now();
@@ -182,7 +218,13 @@ pub fn run(
     } else {
         let output = Staged::new(&dest.output)?;
         let rejects = Staged::new(&dest.rejects)?;
-        let report = run_worker(&input, size, plan, sandbox, delimiter, &output, &rejects)?;
+        let worker = Worker {
+            plan,
+            sandbox,
+            delimiter,
+            cancel,
+        };
+        let report = worker.run(&input, size, &output, &rejects)?;
         if report.status == Status::Accepted {
             output.publish()?;
         }
@@ -205,103 +247,116 @@ pub fn run(
     Ok(Outcome { report })
 }
 
-/// Start a worker on `input`, watch it, and build the report from what was observed.
-fn run_worker(
-    input: &File,
-    size: u64,
-    plan: &Plan,
-    sandbox: &SandboxPolicy,
+/// How to run one worker.
+struct Worker<'a> {
+    plan: &'a Plan,
+    sandbox: &'a SandboxPolicy,
     delimiter: Option<u8>,
-    output: &Staged,
-    rejects: &Staged,
-) -> anyhow::Result<Report> {
-    let report_file = tempfile::tempfile().context("creating the report temp file")?;
-    let mut config = WorkerConfig::new(plan, sandbox, delimiter, size);
-    let output_reader = output.reader()?;
-    let rejects_reader = rejects.reader()?;
-    config.parent_hashes_output = output_reader.is_some();
-    let config = serde_json::to_string(&config)?;
-    let (diag_read, diag_write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
-        .context("creating the worker's diagnostics pipe")?;
-    let io = airlock_sandbox::spawn::WorkerIo {
-        input: OwnedFd::from(input.try_clone()?),
-        output: output.fd()?,
-        diagnostics: diag_write,
-        report: dest::write_only(&report_file)?,
-        rejects: rejects.fd()?,
-    };
-    let args = worker_args(&config);
-    let args: Vec<&OsStr> = args.iter().map(|a| a.as_os_str()).collect();
-    let child = airlock_sandbox::spawn::spawn(Path::new("/proc/self/exe"), &args, io)
-        .context("starting the worker")?;
-    let diagnostics = std::thread::spawn(move || read_capped(File::from(diag_read)));
-    // Hash the input here, on the other core, while the worker parses it. `read_at` leaves the
-    // file offset (shared with the worker's fd 0, and read for progress) alone.
-    let hasher = {
-        let file = input.try_clone()?;
-        std::thread::spawn(move || sha256_file(&file, size))
-    };
-    // And the outputs, following the worker as it writes.
-    let worker_done = Arc::new(AtomicBool::new(false));
-    let follow = |reader: Option<File>| {
-        reader.map(|file| {
-            let done = worker_done.clone();
-            std::thread::spawn(move || sha256_following(&file, &done))
-        })
-    };
-    let (output_hasher, rejects_hasher) = (follow(output_reader), follow(rejects_reader));
-    let deadline = Duration::from_secs(plan.worker.wall_seconds);
-    let waited = wait(child, deadline, input, size);
-    worker_done.store(true, Ordering::Release);
-    let (ended, timed_out) = waited?;
-    let joined = |h: std::thread::JoinHandle<std::io::Result<Measured>>| {
-        h.join()
-            .map_err(|_| anyhow::anyhow!("a hashing thread panicked"))?
-            .context("hashing a result file")
-    };
-    let input_sha256 = joined(hasher)?.sha256;
-    let output_measured = output_hasher.map(joined).transpose()?;
-    let rejects_measured = rejects_hasher.map(joined).transpose()?;
-    let diagnostics = diagnostics.join().unwrap_or_default();
-    if !diagnostics.is_empty() {
-        // Data, escaped onto one line: never raw lines that could pass for the parent's own.
-        let text: String = String::from_utf8_lossy(&diagnostics)
-            .chars()
-            .flat_map(char::escape_debug)
-            .collect();
-        tracing::warn!(worker_diagnostics = %text, bytes = diagnostics.len(), "the worker wrote diagnostics");
-    }
-    let observed = Observed {
-        ended,
-        timed_out,
-        wall_limit: deadline,
-        cpu_limit: Duration::from_secs(plan.worker.cpu_seconds),
-        memory_limit: plan.worker.memory_bytes,
-    };
-    let mut report = match verify::classify(&observed, sandbox) {
-        Some(failure) => Report::without_input(Status::Failed, failure, size),
-        None => {
-            let checked = verify::read_report(report_file).and_then(|mut r| {
-                verify::check_report(
-                    &mut r,
-                    &plan.limits,
-                    size,
-                    output_measured.as_ref(),
-                    rejects_measured.as_ref(),
-                )
-                .map(|()| r)
-            });
-            checked.unwrap_or_else(|why| {
-                failed(
-                    Code::WorkerCrashed,
-                    format!("the worker's report was refused: {why}"),
-                    size,
-                )
+    cancel: &'a Cancel,
+}
+
+impl Worker<'_> {
+    /// Start a worker on `input`, watch it, and build the report from what was observed.
+    fn run(
+        &self,
+        input: &File,
+        size: u64,
+        output: &Staged,
+        rejects: &Staged,
+    ) -> anyhow::Result<Report> {
+        let (plan, sandbox) = (self.plan, self.sandbox);
+        let report_file = tempfile::tempfile().context("creating the report temp file")?;
+        let mut config = WorkerConfig::new(plan, sandbox, self.delimiter, size);
+        let output_reader = output.reader()?;
+        let rejects_reader = rejects.reader()?;
+        config.parent_hashes_output = output_reader.is_some();
+        let config = serde_json::to_string(&config)?;
+        let (diag_read, diag_write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+            .context("creating the worker's diagnostics pipe")?;
+        let io = airlock_sandbox::spawn::WorkerIo {
+            input: OwnedFd::from(input.try_clone()?),
+            output: output.fd()?,
+            diagnostics: diag_write,
+            report: dest::write_only(&report_file)?,
+            rejects: rejects.fd()?,
+        };
+        let args = worker_args(&config);
+        let args: Vec<&OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+        let child = airlock_sandbox::spawn::spawn(Path::new("/proc/self/exe"), &args, io)
+            .context("starting the worker")?;
+        let diagnostics = std::thread::spawn(move || read_capped(File::from(diag_read)));
+        // Hash the input here, on the other core, while the worker parses it. `read_at` leaves the
+        // file offset (shared with the worker's fd 0, and read for progress) alone.
+        let hasher = {
+            let file = input.try_clone()?;
+            std::thread::spawn(move || sha256_file(&file, size))
+        };
+        // And the outputs, following the worker as it writes.
+        let worker_done = Arc::new(AtomicBool::new(false));
+        let follow = |reader: Option<File>| {
+            reader.map(|file| {
+                let done = worker_done.clone();
+                std::thread::spawn(move || sha256_following(&file, &done))
             })
+        };
+        let (output_hasher, rejects_hasher) = (follow(output_reader), follow(rejects_reader));
+        let deadline = Duration::from_secs(plan.worker.wall_seconds);
+        let waited = wait(child, deadline, input, size, self.cancel);
+        worker_done.store(true, Ordering::Release);
+        let (ended, stop) = waited?;
+        if stop == Stop::Cancelled {
+            anyhow::bail!("the worker was stopped: the supervisor is shutting down");
         }
-    };
-    report.input.sha256 = input_sha256;
-    Ok(report)
+        let timed_out = stop == Stop::Deadline;
+        let joined = |h: std::thread::JoinHandle<std::io::Result<Measured>>| {
+            h.join()
+                .map_err(|_| anyhow::anyhow!("a hashing thread panicked"))?
+                .context("hashing a result file")
+        };
+        let input_sha256 = joined(hasher)?.sha256;
+        let output_measured = output_hasher.map(joined).transpose()?;
+        let rejects_measured = rejects_hasher.map(joined).transpose()?;
+        let diagnostics = diagnostics.join().unwrap_or_default();
+        if !diagnostics.is_empty() {
+            // Data, escaped onto one line: never raw lines that could pass for the parent's own.
+            let text: String = String::from_utf8_lossy(&diagnostics)
+                .chars()
+                .flat_map(char::escape_debug)
+                .collect();
+            tracing::warn!(worker_diagnostics = %text, bytes = diagnostics.len(), "the worker wrote diagnostics");
+        }
+        let observed = Observed {
+            ended,
+            timed_out,
+            wall_limit: deadline,
+            cpu_limit: Duration::from_secs(plan.worker.cpu_seconds),
+            memory_limit: plan.worker.memory_bytes,
+        };
+        let mut report = match verify::classify(&observed, sandbox) {
+            Some(failure) => Report::without_input(Status::Failed, failure, size),
+            None => {
+                let checked = verify::read_report(report_file).and_then(|mut r| {
+                    verify::check_report(
+                        &mut r,
+                        &plan.limits,
+                        size,
+                        output_measured.as_ref(),
+                        rejects_measured.as_ref(),
+                    )
+                    .map(|()| r)
+                });
+                checked.unwrap_or_else(|why| {
+                    failed(
+                        Code::WorkerCrashed,
+                        format!("the worker's report was refused: {why}"),
+                        size,
+                    )
+                })
+            }
+        };
+        report.input.sha256 = input_sha256;
+        Ok(report)
+    }
 }
 
 /// Up to [`DIAGNOSTICS_CAP`] bytes of the worker's fd 2; then the pipe is closed, so a worker
@@ -360,13 +415,26 @@ fn sha256_following(file: &File, done: &AtomicBool) -> std::io::Result<Measured>
     })
 }
 
-/// Wait for the worker, killing it at the deadline. Shows progress on a terminal.
+/// Why the parent stopped waiting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    /// The worker ended by itself.
+    Exited,
+    /// The parent killed it at the wall-clock deadline.
+    Deadline,
+    /// The parent killed it because the run was cancelled.
+    Cancelled,
+}
+
+/// Wait for the worker, killing it at the deadline or on cancellation. Shows progress on a
+/// terminal.
 fn wait(
     mut child: Child,
     deadline: Duration,
     input: &File,
     size: u64,
-) -> anyhow::Result<(Ended, bool)> {
+    cancel: &Cancel,
+) -> anyhow::Result<(Ended, Stop)> {
     let started = Instant::now();
     let pid = rustix::process::Pid::from_child(&child);
     let pidfd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())
@@ -381,11 +449,15 @@ fn wait(
         );
         bar
     });
-    let mut timed_out = false;
+    let mut stop = Stop::Exited;
     loop {
         let left = deadline.saturating_sub(started.elapsed());
-        if left.is_zero() {
-            timed_out = true;
+        if left.is_zero() || cancel.is_cancelled() {
+            stop = if left.is_zero() {
+                Stop::Deadline
+            } else {
+                Stop::Cancelled
+            };
             child.kill().ok();
             break;
         }
@@ -415,7 +487,7 @@ fn wait(
         bar.finish_and_clear();
     }
     let ended = airlock_sandbox::spawn::wait_measured(child).context("reaping the worker")?;
-    Ok((ended, timed_out))
+    Ok((ended, stop))
 }
 
 /// Write the report to its destination, atomically.
