@@ -10,7 +10,7 @@
 use std::io::Write;
 use std::process::ExitCode;
 
-use crate::process::REPORT_CAP;
+use crate::process::report_cap;
 use crate::worker;
 
 /// The hidden first argument of the stand-in.
@@ -67,10 +67,14 @@ pub fn main(args: &[std::ffi::OsString]) -> ExitCode {
             // One byte over the parent's cap (and exactly at the file-size rlimit).
             let chunk = vec![b' '; 1 << 20];
             let mut report = &w.fds.report;
-            for _ in 0..(REPORT_CAP >> 20) {
-                let _ = report.write_all(&chunk);
+            let mut left = report_cap(&w.config.limits) + 1;
+            while left > 0 {
+                let n = left.min(chunk.len() as u64) as usize;
+                if report.write_all(&chunk[..n]).is_err() {
+                    break;
+                }
+                left -= n as u64;
             }
-            let _ = report.write_all(b" ");
             ExitCode::SUCCESS
         }
         "output-flood" => {

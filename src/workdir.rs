@@ -4,7 +4,7 @@
 //! - created with `mkdtemp` semantics (`airlock-work-XXXXXX`, a name nobody can predict) under a
 //!   base the operator chooses (`AIRLOCK_WORK_DIR`, default the system temp directory), mode 0700,
 //!   and every job directory inside it 0700 too;
-//! - held with an exclusive `flock` on a lock file inside it for as long as the supervisor lives;
+//! - held with an exclusive `flock` on the directory itself for as long as the supervisor lives;
 //! - on start, the leftovers of supervisors killed on this host (their lock no longer held) are
 //!   removed, so staged data does not outlive its retention on local disk.
 //!
@@ -13,16 +13,16 @@
 
 use std::fs::File;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use rustix::fs::FlockOperation;
 
 const PREFIX: &str = "airlock-work-";
-const LOCK: &str = ".lock";
-/// A directory without a lock file is a supervisor caught between `mkdtemp` and locking; only
-/// one older than this is a leftover.
-const UNLOCKED_GRACE: Duration = Duration::from_secs(300);
+/// An unlocked directory younger than this may be a supervisor caught between `mkdtemp` and its
+/// `flock`; only an older one is a leftover.
+const UNLOCKED_GRACE: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkDirError {
@@ -86,13 +86,7 @@ impl WorkDir {
             .permissions(private())
             .tempdir_in(base)
             .map_err(create)?;
-        let lock = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-            .open(dir.path().join(LOCK))
-            .map_err(create)?;
+        let lock = open_dir(dir.path()).map_err(create)?;
         rustix::fs::flock(&lock, FlockOperation::NonBlockingLockExclusive)
             .map_err(|e| create(e.into()))?;
         Ok(WorkDir { dir, _lock: lock })
@@ -144,24 +138,23 @@ fn remove_leftovers(base: &Path) {
     }
 }
 
-/// Nobody holds its lock (or it never got one and is old).
-fn is_abandoned(path: &Path, meta: &std::fs::Metadata) -> bool {
-    let lock = std::fs::OpenOptions::new()
+/// The directory itself, without following a symlink.
+fn open_dir(path: &Path) -> std::io::Result<File> {
+    std::fs::OpenOptions::new()
         .read(true)
-        .custom_flags((rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK).bits() as i32)
-        .open(path.join(LOCK));
-    match lock {
-        Ok(file) => {
-            file.metadata().is_ok_and(|m| m.is_file())
-                && rustix::fs::flock(&file, FlockOperation::NonBlockingLockExclusive).is_ok()
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => meta
-            .modified()
-            .ok()
-            .and_then(|t| SystemTime::now().duration_since(t).ok())
-            .is_some_and(|age| age > UNLOCKED_GRACE),
-        Err(_) => false,
-    }
+        .custom_flags((rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::DIRECTORY).bits() as i32)
+        .open(path)
+}
+
+/// Nobody holds its lock, and it is too old to be a supervisor that has not locked it yet.
+fn is_abandoned(path: &Path, meta: &std::fs::Metadata) -> bool {
+    let old = meta
+        .modified()
+        .ok()
+        .and_then(|t| SystemTime::now().duration_since(t).ok())
+        .is_some_and(|age| age > UNLOCKED_GRACE);
+    old && open_dir(path)
+        .is_ok_and(|dir| rustix::fs::flock(&dir, FlockOperation::NonBlockingLockExclusive).is_ok())
 }
 
 #[cfg(test)]
@@ -201,6 +194,14 @@ mod tests {
         let _ = dir.keep();
         drop(_lock);
         assert!(staged.join("input").exists());
+        // Just created and not yet locked looks the same, so only an older one is removed.
+        let _young = WorkDir::create(base.path()).unwrap();
+        assert!(
+            dead_path.exists(),
+            "an unlocked directory this young may be starting up"
+        );
+        let past = SystemTime::now() - Duration::from_secs(60);
+        File::open(&dead_path).unwrap().set_modified(past).unwrap();
         let _next = WorkDir::create(base.path()).unwrap();
         assert!(
             !dead_path.exists(),
@@ -220,11 +221,14 @@ mod tests {
         let precious = tempfile::tempdir().unwrap();
         std::fs::write(precious.path().join("keep"), b"x").unwrap();
         std::os::unix::fs::symlink(precious.path(), base.path().join("airlock-work-link")).unwrap();
-        // Our uid and 0700, but its "lock" is a symlink: not ours to judge.
+        // Our uid, but not 0700: not one of ours.
         let odd = base.path().join("airlock-work-odd");
         std::fs::create_dir(&odd).unwrap();
-        std::fs::set_permissions(&odd, private()).unwrap();
-        std::os::unix::fs::symlink("/etc/passwd", odd.join(LOCK)).unwrap();
+        std::fs::set_permissions(&odd, std::fs::Permissions::from_mode(0o750)).unwrap();
+        let past = SystemTime::now() - Duration::from_secs(60);
+        for d in [&squat, &odd] {
+            File::open(d).unwrap().set_modified(past).unwrap();
+        }
         let wd = WorkDir::create(base.path()).unwrap();
         assert!(squat.exists() && mode(&squat) == 0o777);
         assert!(precious.path().join("keep").exists());

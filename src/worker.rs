@@ -59,7 +59,7 @@ impl WorkerConfig {
                 cpu_seconds: plan.worker.cpu_seconds,
                 file_size_bytes: airlock_engine::output_bound(input_bytes)
                     .max(airlock_engine::rejects_bound(input_bytes))
-                    .max(crate::process::REPORT_CAP + 1),
+                    .max(crate::process::report_cap(&plan.limits) + 1),
             },
             sandbox: sandbox.clone(),
         }

@@ -373,3 +373,21 @@ fn non_utf8_file_names_work_and_never_panic() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn one_file_for_two_results_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let same = dir.path().join("x.csv");
+    let out = airlock()
+        .arg("process")
+        .arg(fixture("valid/leads.csv"))
+        .arg("--output")
+        .arg(&same)
+        .arg("--report")
+        .arg(dir.path().join(".").join("x.csv"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("given for two results"));
+    assert!(!same.exists());
+}

@@ -434,3 +434,30 @@ fn pathological_quoting_and_every_encoding() {
         RUNS.load(Ordering::Relaxed) - before
     );
 }
+
+/// The largest issue list a plan may ask for (10,000) is reserved up front: filling it never
+/// reallocates a large block (which would need mremap, not allowlisted).
+#[test]
+fn the_largest_issue_list_a_plan_allows() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = std::fs::read_to_string(repo("policies/limits.toml"))
+        .unwrap()
+        .replace("max_issues = 100 ", "max_issues = 10_000 ");
+    assert!(limits.contains("max_issues = 10_000"));
+    std::fs::write(dir.path().join("limits.toml"), limits).unwrap();
+    let plan = Plan {
+        args: vec!["--policy-dir".into(), dir.path().display().to_string()],
+        options: Options {
+            limits: Limits {
+                max_issues: 10_000,
+                ..Limits::default()
+            },
+            ..Options::default()
+        },
+    };
+    let input = format!("h\n{}", "-x\n".repeat(20_000));
+    let path = write(dir.path(), "issues.csv", input.as_bytes());
+    assert_eq!(check(&path, &plan), None);
+    let p = process(&path, &["--policy-dir", &dir.path().display().to_string()]);
+    assert_eq!(p.report["issues"].as_array().unwrap().len(), 10_000);
+}

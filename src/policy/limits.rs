@@ -118,7 +118,13 @@ fn validate(name: &str, p: RawPlan) -> Result<Plan, String> {
             p.max_rejected_ratio
         ));
     }
-    let min_memory = WORKER_BASE_MEMORY + 4 * p.max_record_bytes;
+    // What the engine reserves up front (parser, carry-over, rejects and output buffers, the
+    // guard's scratch, field ends), on top of the binary and its stacks.
+    let min_memory = WORKER_BASE_MEMORY
+        + 8 * p.max_record_bytes
+        + p.max_field_bytes
+        + 16 * (p.max_columns + 1)
+        + 64 * p.max_issues;
     check(
         "worker_memory_bytes",
         p.worker_memory_bytes,

@@ -74,7 +74,31 @@ impl Destinations {
         if all.iter().filter(|d| ***d == Dest::Stdout).count() > 1 {
             return Err(UsageError::TwoOnStdout);
         }
+        let files: Vec<PathBuf> = all
+            .iter()
+            .filter_map(|d| match d {
+                Dest::File(p) => Some(std::path::absolute(p).unwrap_or_else(|_| p.clone())),
+                _ => None,
+            })
+            .collect();
+        for (i, a) in files.iter().enumerate() {
+            if files[i + 1..].iter().any(|b| same_file(a, b)) {
+                return Err(UsageError::SameDestination { path: a.clone() });
+            }
+        }
         Ok(())
+    }
+}
+
+/// The same path, or two names of one existing file.
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    if a == b {
+        return true;
+    }
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
+        _ => false,
     }
 }
 
@@ -113,6 +137,11 @@ impl Staged {
             Staged::Stdout(f) => Some(f),
             Staged::File { temp, .. } => Some(temp.as_file()),
         }
+    }
+
+    /// The staged file's current size (`None` when discarded).
+    pub(super) fn len(&self) -> Option<u64> {
+        self.file().and_then(|f| f.metadata().ok()).map(|m| m.len())
     }
 
     /// Write `bytes` to the staged file (the parent's own results, such as the final report).

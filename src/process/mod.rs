@@ -35,7 +35,7 @@ use crate::worker::{self, WorkerConfig};
 
 use dest::Staged;
 pub use dest::{Dest, Destinations};
-pub use verify::REPORT_CAP;
+pub use verify::{report_cap, REPORT_CAP};
 use verify::{Measured, Observed};
 
 /// Show a progress bar for inputs at least this large, when stderr is a terminal.
@@ -61,6 +61,8 @@ pub enum UsageError {
     Destination { path: PathBuf, kind: &'static str },
     #[error("only one of --output, --rejects and --report can be - (standard output); the report goes there when --report is not given")]
     TwoOnStdout,
+    #[error("{path} is given for two results; give each of --output, --rejects and --report its own file")]
+    SameDestination { path: PathBuf },
 }
 
 fn kind_of(ft: &std::fs::FileType) -> &'static str {
@@ -301,7 +303,16 @@ impl Worker<'_> {
         };
         let (output_hasher, rejects_hasher) = (follow(output_reader), follow(rejects_reader));
         let deadline = Duration::from_secs(plan.worker.wall_seconds);
-        let waited = wait(child, deadline, input, size, self.cancel);
+        // Checked on every poll: a worker writing past a bound is stopped at once, so it cannot fill
+        // the disk up to its file-size rlimit.
+        let report_bound = verify::report_cap(&plan.limits);
+        let over_bound = || {
+            let past = |len: Option<u64>, bound: u64| len.is_some_and(|n| n > bound);
+            past(report_file.metadata().ok().map(|m| m.len()), report_bound)
+                || past(output.len(), airlock_engine::output_bound(size))
+                || past(rejects.len(), airlock_engine::rejects_bound(size))
+        };
+        let waited = wait(child, deadline, input, size, self.cancel, &over_bound);
         worker_done.store(true, Ordering::Release);
         let (ended, stop) = waited?;
         if stop == Stop::Cancelled {
@@ -335,7 +346,8 @@ impl Worker<'_> {
         let mut report = match verify::classify(&observed, sandbox) {
             Some(failure) => Report::without_input(Status::Failed, failure, size),
             None => {
-                let checked = verify::read_report(report_file).and_then(|mut r| {
+                let cap = verify::report_cap(&plan.limits);
+                let checked = verify::read_report(report_file, cap).and_then(|mut r| {
                     verify::check_report(
                         &mut r,
                         &plan.limits,
@@ -424,6 +436,8 @@ enum Stop {
     Deadline,
     /// The parent killed it because the run was cancelled.
     Cancelled,
+    /// The parent killed it for writing past a bound.
+    OverBound,
 }
 
 /// Wait for the worker, killing it at the deadline or on cancellation. Shows progress on a
@@ -434,11 +448,19 @@ fn wait(
     input: &File,
     size: u64,
     cancel: &Cancel,
+    over_bound: &dyn Fn() -> bool,
 ) -> anyhow::Result<(Ended, Stop)> {
     let started = Instant::now();
     let pid = rustix::process::Pid::from_child(&child);
-    let pidfd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())
-        .context("pidfd_open on the worker")?;
+    let pidfd = match rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()) {
+        Ok(fd) => fd,
+        Err(e) => {
+            // Never leave a worker running unwatched.
+            child.kill().ok();
+            child.wait().ok();
+            return Err(e).context("pidfd_open on the worker");
+        }
+    };
     let bar = (size >= PROGRESS_MIN_BYTES && std::io::stderr().is_terminal()).then(|| {
         let bar = indicatif::ProgressBar::new(size);
         bar.set_style(
@@ -452,12 +474,17 @@ fn wait(
     let mut stop = Stop::Exited;
     loop {
         let left = deadline.saturating_sub(started.elapsed());
-        if left.is_zero() || cancel.is_cancelled() {
-            stop = if left.is_zero() {
-                Stop::Deadline
-            } else {
-                Stop::Cancelled
-            };
+        let why = if left.is_zero() {
+            Some(Stop::Deadline)
+        } else if cancel.is_cancelled() {
+            Some(Stop::Cancelled)
+        } else if over_bound() {
+            Some(Stop::OverBound)
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            stop = why;
             child.kill().ok();
             break;
         }
@@ -473,7 +500,11 @@ fn wait(
         match rustix::event::poll(&mut fds, Some(&timeout)) {
             Ok(n) if n > 0 => break,
             Ok(_) | Err(rustix::io::Errno::INTR) => {}
-            Err(e) => return Err(e).context("waiting for the worker"),
+            Err(e) => {
+                child.kill().ok();
+                child.wait().ok();
+                return Err(e).context("waiting for the worker");
+            }
         }
         if let Some(bar) = &bar {
             // The worker's fd 0 shares this file description, so its offset is the progress.

@@ -16,8 +16,17 @@ use airlock_sandbox::spawn::Ended;
 
 use crate::worker;
 
-/// The largest report the parent will read from a worker.
+/// The smallest cap on a worker's report; plans with many columns or issues get more
+/// ([`report_cap`]).
 pub const REPORT_CAP: u64 = 8 * 1024 * 1024;
+
+/// The largest report the parent reads for a plan: room for every header name and issue at their
+/// longest, JSON-escaped, plus the rest.
+pub fn report_cap(limits: &Limits) -> u64 {
+    let per_text = 2 * TEXT_CAP as u64 + 64;
+    let texts = (limits.max_columns as u64).saturating_add(limits.max_issues as u64);
+    REPORT_CAP.max((1 << 20) + texts.saturating_mul(per_text))
+}
 /// Longest header name and issue message a report may carry (the engine shortens names to 1024
 /// bytes plus an ellipsis; its messages are far shorter).
 const TEXT_CAP: usize = 1024 + 4;
@@ -126,14 +135,14 @@ pub struct Measured {
 }
 
 /// Read the worker's report: capped and strictly parsed.
-pub fn read_report(mut file: File) -> Result<Report, String> {
+pub fn read_report(mut file: File, cap: u64) -> Result<Report, String> {
     file.rewind().map_err(|e| format!("cannot rewind: {e}"))?;
     let mut bytes = Vec::new();
-    file.take(REPORT_CAP + 1)
+    file.take(cap + 1)
         .read_to_end(&mut bytes)
         .map_err(|e| format!("cannot read: {e}"))?;
-    if bytes.len() as u64 > REPORT_CAP {
-        return Err(format!("larger than {REPORT_CAP} bytes"));
+    if bytes.len() as u64 > cap {
+        return Err(format!("larger than {cap} bytes"));
     }
     serde_json::from_slice(&bytes).map_err(|e| format!("invalid JSON ({e})"))
 }
@@ -200,6 +209,13 @@ pub fn check_report(
     if report.rejects.rows_written > rows.rejected {
         return Err("it wrote more rejected rows than it counted".into());
     }
+    let judged = rows.accepted + rows.rejected;
+    if report.status == Status::Accepted
+        && rows.rejected as f64 > limits.max_rejected_ratio * judged as f64
+    {
+        return Err("it accepted a file with more rejected rows than the plan allows".into());
+    }
+    check_strings(report)?;
     let (out_cap, rej_cap) = (
         airlock_engine::output_bound(input_bytes),
         airlock_engine::rejects_bound(input_bytes),
@@ -229,6 +245,54 @@ pub fn check_report(
     }
     Ok(())
 }
+
+/// Every other string the report carries is short, and from a known set where there is one.
+fn check_strings(report: &Report) -> Result<(), String> {
+    let short = |s: &str, max: usize| s.len() <= max;
+    let sha = |s: &str| s.is_empty() || (s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()));
+    let mime = |s: &str| short(s, 128) && s.bytes().all(|b| b.is_ascii_graphic());
+    let layers =
+        |v: &[String]| v.len() <= 8 && v.iter().all(|l| KNOWN_LAYERS.contains(&l.as_str()));
+    let rejection_ok = report
+        .rejection
+        .as_ref()
+        .is_none_or(|r| short(&r.message, TEXT_CAP) && r.detected_type.as_deref().is_none_or(mime));
+    let dialect_ok = report.dialect.as_ref().is_none_or(|d| {
+        short(&d.delimiter, 4)
+            && short(&d.quote, 4)
+            && ["lf", "crlf", "cr", "mixed", "none"].contains(&d.line_terminator.as_str())
+    });
+    let sandbox_ok = report
+        .sandbox
+        .as_ref()
+        .is_none_or(|s| layers(&s.enforced) && layers(&s.missing));
+    let input = &report.input;
+    let input_ok = sha(&input.sha256)
+        && mime(&input.detected_type)
+        && input.encoding.as_deref().is_none_or(|e| short(e, 64));
+    if rejection_ok
+        && dialect_ok
+        && sandbox_ok
+        && input_ok
+        && sha(&report.output.sha256)
+        && sha(&report.rejects.sha256)
+    {
+        Ok(())
+    } else {
+        Err("a text field is longer, or other, than the engine ever writes".into())
+    }
+}
+
+/// The lockdown layers a worker can report.
+const KNOWN_LAYERS: [&str; 7] = [
+    "close_fds",
+    "rlimits",
+    "namespaces",
+    "capabilities",
+    "no_new_privs",
+    "landlock",
+    "seccomp",
+];
 
 #[cfg(test)]
 mod tests {
@@ -344,12 +408,20 @@ mod tests {
 
     #[test]
     fn reports_are_capped_and_strictly_parsed() {
-        assert!(read_report(write(&vec![b' '; REPORT_CAP as usize + 10]))
-            .unwrap_err()
-            .contains("larger"));
-        assert!(read_report(write(b"{\"status\": \"accepted\"}")).is_err());
+        assert!(
+            read_report(write(&vec![b' '; REPORT_CAP as usize + 10]), REPORT_CAP)
+                .unwrap_err()
+                .contains("larger")
+        );
+        assert!(read_report(write(b"{\"status\": \"accepted\"}"), REPORT_CAP).is_err());
         let json = serde_json::to_vec(&good()).unwrap();
-        assert!(read_report(write(&json)).is_ok());
+        assert!(read_report(write(&json), REPORT_CAP).is_ok());
+        // A wide plan gets a larger cap: every name at its longest still fits.
+        let wide = Limits {
+            max_columns: 65_536,
+            ..Limits::default()
+        };
+        assert!(report_cap(&wide) > 65_536 * 2 * 1024);
     }
 
     #[test]
@@ -376,6 +448,25 @@ mod tests {
         r.issues[0].code = Code::SandboxViolation;
         assert!(check(&mut r).unwrap_err().contains("code"));
         let mut r = good();
+        r.rejection = None;
+        r.sandbox = Some(airlock_engine::report::SandboxSummary {
+            enforced: vec![],
+            missing: vec![String::new(); 9],
+            landlock_abi: 0,
+        });
+        assert!(check(&mut r).unwrap_err().contains("text field"));
+        let mut r = good();
+        r.input.detected_type = "A".repeat(4096);
+        assert!(check(&mut r).unwrap_err().contains("text field"));
+        let mut r = good();
+        r.output.sha256 = "zz".into();
+        assert!(check(&mut r).unwrap_err().contains("text field"));
+        let mut r = good();
+        let strict = Limits::default();
+        assert!(check_report(&mut r, &strict, 10, None, None)
+            .unwrap_err()
+            .contains("more rejected rows"));
+        let mut r = good();
         r.input.bytes = 11;
         assert!(check(&mut r).unwrap_err().contains("read 11"));
         let mut r = good();
@@ -386,7 +477,10 @@ mod tests {
             bytes: r.output.bytes + 1,
             sha256: String::new(),
         };
-        let limits = Limits::default();
+        let limits = Limits {
+            max_rejected_ratio: 1.0,
+            ..Limits::default()
+        };
         assert!(check_report(&mut r, &limits, 10, Some(&measured), None)
             .unwrap_err()
             .contains("output bytes"));

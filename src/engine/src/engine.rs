@@ -414,7 +414,8 @@ impl<O: Write, J: Write> Sink<O, J> {
             record_no: 0,
             rows: RowCounts::default(),
             issue_counts: BTreeMap::new(),
-            issues: Vec::with_capacity(limits.max_issues.min(1024)),
+            // The whole list up front (plans allow at most 10,000): it never reallocates.
+            issues: Vec::with_capacity(limits.max_issues),
             limits: limits.clone(),
             input_seen: 0,
             rejects_spent: csv_row_max(REJECTS_HEADER.iter().map(|h| h.len())),
