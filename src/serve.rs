@@ -175,7 +175,7 @@ async fn download(
     let q = LinkQuery::from_map(&query).ok_or(ApiError::LinkInvalid)?;
     let key = ObjectKey::parse(&key).map_err(|_| ApiError::LinkInvalid)?;
     check_link(store.signing_key(), key.as_str(), q.exp, &q.name, &q.sig).map_err(|e| match e {
-        LinkError::BadSignature => ApiError::LinkInvalid,
+        LinkError::BadSignature | LinkError::BeyondCap => ApiError::LinkInvalid,
         LinkError::Expired => ApiError::LinkExpired,
     })?;
     let file = match tokio::fs::File::open(store.path_of(&key)).await {

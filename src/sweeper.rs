@@ -155,11 +155,12 @@ impl Sweeper {
             ..SweepSummary::default()
         };
         if dry_run {
-            summary.bytes_freed = preview.input_bytes;
+            summary.bytes_freed = preview.bytes;
             return Ok(summary);
         }
         let bar = progress(preview.jobs as u64);
         let lease_ms = self.policy.lease.as_millis() as i64;
+        let mut refused = Vec::new();
         loop {
             let batch = self
                 .jobs
@@ -168,7 +169,8 @@ impl Sweeper {
             if batch.is_empty() {
                 break;
             }
-            self.purge_batch(&batch, reason, now, &mut summary).await;
+            self.purge_batch(&batch, reason, now, &mut summary, &mut refused)
+                .await;
             if let Some(bar) = &bar {
                 bar.inc(batch.len() as u64);
             } else {
@@ -177,6 +179,10 @@ impl Sweeper {
         }
         if let Some(bar) = bar {
             bar.finish_and_clear();
+        }
+        // Only now, so this run does not take them again: the next run retries them at once.
+        if let Err(e) = self.jobs.release_sweep(&refused, &self.owner).await {
+            tracing::warn!(error = %e, jobs = refused.len(), "could not give back refused jobs; they wait for their sweep lease");
         }
         Ok(summary)
     }
@@ -187,6 +193,7 @@ impl Sweeper {
         reason: &str,
         now: i64,
         summary: &mut SweepSummary,
+        refused: &mut Vec<Uuid>,
     ) {
         let mut keys = Vec::new();
         for job in batch {
@@ -224,6 +231,7 @@ impl Sweeper {
             let objects = objects_of(job);
             if let Some(code) = objects.iter().find_map(|(k, ..)| failed.get(k)) {
                 summary.fail(&format!("delete_{code}"), 1);
+                refused.push(job.id);
                 continue;
             }
             freed.insert(job.id, objects.iter().filter_map(|o| o.2).sum::<i64>());

@@ -55,9 +55,22 @@ fn row_level_codes() {
     let out = p.output().unwrap();
     assert!(out.contains("+34 600 000 001"));
     assert!(out.contains("'-2+3+cmd"));
-    assert!(!out
-        .lines()
-        .any(|l| l.starts_with('=') || l.starts_with('-') || l.starts_with('@')));
+    // Every cell, not only line starts: none would run as a formula.
+    let mut cells = 0;
+    for record in csv::ReaderBuilder::new()
+        .has_headers(false)
+        .from_reader(out.as_bytes())
+        .records()
+    {
+        for cell in record.unwrap().iter() {
+            cells += 1;
+            assert!(
+                !airlock_engine::guard::needs_guard(cell.as_bytes()),
+                "an unguarded formula cell: {cell:?}"
+            );
+        }
+    }
+    assert!(cells >= 8, "{cells} cells");
 
     let p = process(&fixture("valid/blank-rows.csv"), &[]);
     assert_eq!(p.report["issue_counts"]["blank_row"], 4);
@@ -390,4 +403,57 @@ fn one_file_for_two_results_is_refused() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("given for two results"));
     assert!(!same.exists());
+}
+
+/// Each hostile fixture has its own expected outcome, worked out from the file, not taken from
+/// whatever `airlock process` happens to say.
+#[test]
+fn hostile_fixtures_meet_their_own_expectations() {
+    let read_output = |p: &crate::common::Processed| p.output().expect("accepted output");
+    let cells = |text: &str| -> Vec<Vec<String>> {
+        csv::ReaderBuilder::new()
+            .has_headers(false)
+            .from_reader(text.as_bytes())
+            .records()
+            .map(|r| r.unwrap().iter().map(String::from).collect())
+            .collect()
+    };
+
+    // Bidi overrides and zero-width spaces are text, not controls: passed through untouched.
+    let path = fixture("hostile/bidi-and-zero-width.csv");
+    let p = process(&path, &[]);
+    assert_eq!(p.status(), "accepted", "{}", p.report);
+    assert_eq!(read_output(&p), std::fs::read_to_string(&path).unwrap());
+
+    // DDE payloads: both cells get the formula guard, nothing else changes.
+    let p = process(&fixture("hostile/csv-injection-dde.csv"), &[]);
+    assert_eq!(p.status(), "accepted");
+    assert_eq!(p.report["issue_counts"]["formula_escaped"], 2);
+    assert_eq!(
+        cells(&read_output(&p)),
+        [
+            vec!["name", "cmd"],
+            vec!["x", "'=cmd|' /C calc'!A0"],
+            vec!["y", "'+cmd|' /C notepad'!A0"],
+        ]
+    );
+
+    // A terminal escape sequence: ESC is a C0 control at byte 5, after "name\n".
+    let p = process(&fixture("hostile/escape-sequences.csv"), &[]);
+    assert_eq!(p.rejection_code(), Some("binary_content"));
+    assert_eq!(p.report["rejection"]["byte_offset"], 5);
+
+    // 5,000 commas: a row of 5,001 cells, over the 1,024-column limit, on record 2.
+    let p = process(&fixture("hostile/many-empty-fields.csv"), &[]);
+    assert_eq!(p.rejection_code(), Some("too_many_columns"));
+    assert_eq!(p.report["rejection"]["record"], 2);
+
+    // 40,000 quotes open a field, double 19,999 quotes and close it: one cell of 19,999 quotes,
+    // well under the 64 KiB field limit, then "x".
+    let p = process(&fixture("hostile/quote-bomb.csv"), &[]);
+    assert_eq!(p.status(), "accepted", "{}", p.report);
+    let rows = cells(&read_output(&p));
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[1][0], "\"".repeat(19_999));
+    assert_eq!(rows[1][1], "x");
 }

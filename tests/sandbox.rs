@@ -94,10 +94,13 @@ fn sandboxed_output_is_byte_identical_to_the_engine_in_process() {
 
 #[test]
 fn a_layer_the_host_cannot_provide_refuses_the_job() {
-    // This kernel has landlock ABI 7; a policy requiring 9 cannot be met.
+    // One past what this kernel offers (doctor says which) cannot be met.
+    let out = airlock().arg("doctor").output().unwrap();
+    let doctor: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let host_abi = doctor["host"]["landlock_abi"].as_u64().unwrap();
     let dir = policy_dir_with(
         BUILT_IN_SECCOMP,
-        &BUILT_IN_SANDBOX.replace("min_abi = 6", "min_abi = 9"),
+        &BUILT_IN_SANDBOX.replace("min_abi = 6", &format!("min_abi = {}", host_abi + 1)),
     );
     let p = process(
         &fixture("valid/leads.csv"),
@@ -257,31 +260,6 @@ fn a_worker_started_without_its_fds_refuses() {
         .unwrap();
     assert_eq!(out.status.code(), Some(78));
     assert!(String::from_utf8_lossy(&out.stderr).contains("fd 3 is not open"));
-}
-
-#[test]
-fn a_worker_past_its_wall_clock_limit_is_killed_as_timeout() {
-    let policy = crate::common::tiny_policy_dir();
-    let limits = std::fs::read_to_string(policy.path().join("limits.toml")).unwrap();
-    let limits = limits
-        .replace("max_bytes = 4096", "max_bytes = 1073741824")
-        .replace("max_rows = 5", "max_rows = 100000000")
-        .replace("worker_cpu_seconds = 10", "worker_cpu_seconds = 1")
-        .replace("worker_wall_seconds = 20", "worker_wall_seconds = 1");
-    std::fs::write(policy.path().join("limits.toml"), limits).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("big.csv");
-    // Enough rows that the (debug-build) worker needs well over a second.
-    let mut body = b"a\n".to_vec();
-    body.extend(b"1\n".repeat(48 << 20));
-    std::fs::write(&path, body).unwrap();
-    let p = process(&path, &["--policy-dir", policy.path().to_str().unwrap()]);
-    assert_eq!(p.code, 70, "{}", p.report);
-    // Wall and CPU limits are both 1 s; whichever fires first, the job fails and publishes nothing.
-    let code = p.rejection_code().unwrap().to_string();
-    assert!(code == "timeout" || code == "cpu_limit", "{code}");
-    assert!(p.output().is_none() && p.rejects().is_none());
-    assert!(p.leftovers().is_empty(), "{:?}", p.leftovers());
 }
 
 /// The worker `process` starts holds its outputs write-only (it can neither read back nor map

@@ -400,9 +400,20 @@ async fn permanent_failures_and_idempotency(d: Deployment) {
     );
     assert_eq!(a, b);
     assert_ne!(a, c);
-    // Another tenant's job looks like no job at all.
-    let out = d.run(&["status", &a, "--tenant", "globex"]);
-    assert_eq!(out.status.code(), Some(1));
+    // Another tenant's job looks exactly like no job at all.
+    let missing = uuid::Uuid::new_v4().to_string();
+    for verb in ["status", "link", "cancel"] {
+        let theirs = d.run(&[verb, &a, "--tenant", "globex"]);
+        let none = d.run(&[verb, &missing, "--tenant", "globex"]);
+        assert_eq!(theirs.status.code(), Some(1), "{verb}");
+        assert_eq!(theirs.status.code(), none.status.code(), "{verb}");
+        assert_eq!(theirs.stdout, none.stdout, "{verb}");
+        assert_eq!(
+            String::from_utf8_lossy(&theirs.stderr).replace(&a, "ID"),
+            String::from_utf8_lossy(&none.stderr).replace(&missing, "ID"),
+            "{verb}"
+        );
+    }
     let out = d.run(&["link", &a]);
     assert_eq!(
         out.status.code(),
@@ -410,11 +421,20 @@ async fn permanent_failures_and_idempotency(d: Deployment) {
         "no link before the job finished"
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("only for finished jobs"));
+    // A link may live 300 s at most: asking for 301 is a usage error.
+    let out = d.run(&["link", &a, "--ttl", "301"]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let too_big = d.dir.path().join("big.csv");
     std::fs::File::create(&too_big)
         .unwrap()
         .set_len(2 << 30)
         .unwrap();
+    let stored = d.stored_keys().await;
     let out = d
         .cmd()
         .args(["submit", "--tenant", "acme"])
@@ -423,6 +443,7 @@ async fn permanent_failures_and_idempotency(d: Deployment) {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("too_large"));
+    assert_eq!(d.stored_keys().await, stored, "nothing was uploaded");
 }
 
 async fn sigterm_loses_nothing(d: Deployment) {
@@ -505,6 +526,160 @@ async fn sigterm_beyond_grace_gives_the_job_back(d: Deployment) {
     assert_eq!(d.stored_keys().await, before, "nothing new is stored");
 }
 
+/// The lease is stolen while the worker runs: the first supervisor records nothing and deletes
+/// everything it uploaded.
+async fn lost_lease_mid_job_records_nothing(d: Deployment) {
+    let id = d.submit("acme", &fixture("valid/leads.csv"), &[]);
+    let uuid = uuid::Uuid::parse_str(&id).unwrap();
+    let before = d.stored_keys().await;
+    let mut sup = d.spawn_supervisor_with(
+        &[(SEAM, "slow-3000")],
+        &["-c", "1", "--lease-seconds", "30"],
+    );
+    let worker = wait_for("a worker running the job", Duration::from_secs(30), || {
+        worker_pids(sup.id()).first().copied()
+    });
+    // Steal it: by a clock an hour ahead the lease has expired; the reaper requeues the job and
+    // another supervisor claims it, which bumps the fencing token.
+    let jobs = d.jobs().await;
+    let ahead = airlock::jobs::now_ms() + 3_600_000;
+    jobs.reap(ahead).await.unwrap();
+    let thief = jobs
+        .claim("thief", 600_000, ahead + 600_000)
+        .await
+        .unwrap()
+        .expect("the requeued job");
+    assert_eq!(thief.id, uuid);
+    // The first worker finishes; its supervisor uploads, is refused, and cleans up.
+    wait_for(
+        "the first worker to finish",
+        Duration::from_secs(30),
+        || (!process_exists(worker)).then_some(()),
+    );
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(sup.id() as i32).unwrap(),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
+    assert!(exit_within(&mut sup, Duration::from_secs(60)).success());
+    let rec = jobs.get(uuid).await.unwrap().unwrap();
+    assert_eq!(rec.state, airlock::jobs::JobState::Running, "{rec:?}");
+    assert_eq!(
+        (rec.output_key, rec.report_key, rec.result_code),
+        (None, None, None),
+        "the stale supervisor recorded nothing"
+    );
+    assert_eq!(
+        d.stored_keys().await,
+        before,
+        "the stale supervisor deleted what it uploaded"
+    );
+}
+
+/// At debug level, nothing a cell holds reaches the logs of submit, supervise, status or link:
+/// valid cells, a ragged row's cells, formula cells and a worker's forged diagnostics alike.
+async fn logs_carry_no_cell_contents(d: Deployment) {
+    const MARK: &str = "cellsecret";
+    let input = d.dir.path().join("marked.csv");
+    let mut body = String::from("email,name,note\n");
+    for i in 0..50 {
+        body.push_str(&format!(
+            "{MARK}{i}@x.io,{MARK}-name-{i},\"{MARK}, quoted {i}\"\n"
+        ));
+    }
+    body.push_str(&format!("{MARK}-ragged-only\n"));
+    body.push_str(&format!("=HYPERLINK(\"{MARK}\"),+{MARK},@{MARK}\n"));
+    std::fs::write(&input, body).unwrap();
+    let debug = |args: &[&str]| {
+        let out = d
+            .cmd()
+            .env("AIRLOCK_LOG", "debug")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (
+            String::from_utf8(out.stdout).unwrap(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (id, mut logs) = debug(&["submit", "--tenant", "acme", input.to_str().unwrap()]);
+    let id = id.trim().to_string();
+    logs += &debug(&["supervise", "--until-idle", "-c", "1"]).1;
+    let (status, more) = debug(&["status", &id]);
+    logs += &more;
+    assert!(status.contains("succeeded"), "{status}");
+    logs += &debug(&["link", &id, "--artifact", "rejects"]).1;
+    assert!(
+        logs.len() > 1000,
+        "debug logging produced almost nothing:\n{logs}"
+    );
+    assert!(
+        !logs.contains(MARK),
+        "cell contents in the logs:\n{}",
+        logs.lines()
+            .filter(|l| l.contains(MARK))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
+/// `sweep` exits 1 when the store refuses to delete some keys (an immutable directory on the
+/// local backend: even root cannot unlink there), marks nothing purged and writes no receipt;
+/// the next run, once the store lets go, purges the job and exits 0.
+#[tokio::test(flavor = "multi_thread")]
+async fn sweep_exits_1_when_the_store_refuses_deletes() {
+    let d = Deployment::embedded();
+    let id = d.submit("acme", &fixture("valid/leads.csv"), &[]);
+    d.supervise(&[]);
+    assert_eq!(d.status(&id)["state"], "succeeded");
+    // Age the job past retention: 31 days.
+    let pool = sqlx::SqlitePool::connect(&d.vars[0].1).await.unwrap();
+    sqlx::query("UPDATE airlock_jobs SET finished_at = finished_at - 31 * 86400000")
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    let outputs = d.dir.path().join("storage/objects/out");
+    let chattr = |flag: &str| {
+        let ok = Command::new("chattr")
+            .arg(flag)
+            .arg(&outputs)
+            .status()
+            .unwrap();
+        assert!(ok.success(), "chattr {flag} (needs root and ext4)");
+    };
+    chattr("+i");
+    let out = d.run(&["sweep"]);
+    chattr("-i");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["jobs_purged"], 0, "{summary}");
+    assert!(
+        !summary["failures"].as_object().unwrap().is_empty(),
+        "{summary}"
+    );
+    assert_eq!(d.status(&id)["state"], "succeeded");
+    assert_eq!(d.run(&["receipts", "--tenant", "acme"]).stdout, b"[]\n");
+    let out = d.run(&["sweep"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(d.status(&id)["state"], "purged");
+}
+
 macro_rules! service_suite {
     ($name:ident, $make:expr) => {
         mod $name {
@@ -525,6 +700,14 @@ macro_rules! service_suite {
             #[tokio::test(flavor = "multi_thread")]
             async fn sigterm_finishes_in_flight_work_and_loses_nothing() {
                 sigterm_loses_nothing($make).await;
+            }
+            #[tokio::test(flavor = "multi_thread")]
+            async fn debug_logs_carry_no_cell_contents() {
+                logs_carry_no_cell_contents($make).await;
+            }
+            #[tokio::test(flavor = "multi_thread")]
+            async fn a_lease_lost_mid_job_records_nothing_and_leaves_nothing_stored() {
+                lost_lease_mid_job_records_nothing($make).await;
             }
             #[tokio::test(flavor = "multi_thread")]
             async fn sigterm_beyond_grace_kills_the_worker_and_gives_the_job_back() {

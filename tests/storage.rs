@@ -478,6 +478,18 @@ async fn local_links_over_http() {
     let resp = http.get(&expired).send().await.unwrap();
     assert_eq!(resp.status(), 403);
     assert!(resp.text().await.unwrap().contains("link_expired"));
+    // Correctly signed but valid for an hour: beyond the 300 s cap, refused.
+    let far = past + 10 + 3_600;
+    let sig = store.signing_key().sign(key.as_str(), far, "x.csv");
+    let long = format!("{base}/o/{}?exp={far}&name=x.csv&sig={sig}", key.as_str());
+    let resp = http.get(&long).send().await.unwrap();
+    assert_eq!(resp.status(), 403);
+    assert!(resp.text().await.unwrap().contains("link_invalid"));
+    // At the cap: served.
+    let edge = past + 10 + 300;
+    let sig = store.signing_key().sign(key.as_str(), edge, "x.csv");
+    let ok = format!("{base}/o/{}?exp={edge}&name=x.csv&sig={sig}", key.as_str());
+    assert_eq!(http.get(&ok).send().await.unwrap().status(), 200);
 }
 
 // ---- S3 specifics -------------------------------------------------------------------------
@@ -503,7 +515,7 @@ async fn s3_multipart_upload_of_a_large_object() {
 }
 
 #[tokio::test]
-async fn s3_access_is_only_through_presigned_gets() {
+async fn s3_refuses_anonymous_access_and_serves_only_presigned_gets() {
     let env = s3_env();
     let store = s3_store();
     let dir = tempfile::tempdir().unwrap();
@@ -515,7 +527,11 @@ async fn s3_access_is_only_through_presigned_gets() {
     let http = reqwest::Client::new();
     let object_url = format!("{}/{}/{}", env.endpoint, env.bucket, key.as_str());
 
-    // Anonymous requests are refused and change nothing.
+    // Anonymous requests are refused and change nothing. Note what this shows: the test server
+    // refuses them because its identity file (`.ci/s3-server.sh`) grants nothing to anonymous
+    // callers. Airlock's own `policies/storage/bucket-policy.json` is NOT applied here; it is
+    // validated as a file (`policy::storage` tests) and applied by the operator (README,
+    // "Hardening the bucket").
     assert_eq!(http.get(&object_url).send().await.unwrap().status(), 403);
     assert_eq!(
         http.put(&object_url)

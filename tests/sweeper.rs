@@ -16,6 +16,8 @@ struct World {
     jobs: Arc<dyn JobStore>,
     store: Arc<dyn ObjectStore>,
     dir: tempfile::TempDir,
+    /// The production world's own bucket.
+    bucket: Option<String>,
 }
 
 async fn embedded() -> World {
@@ -25,7 +27,12 @@ async fn embedded() -> World {
         airlock::storage::fs::FsStore::open(&dir.path().join("storage"), "http://127.0.0.1:1")
             .unwrap(),
     );
-    World { jobs, store, dir }
+    World {
+        jobs,
+        store,
+        dir,
+        bucket: None,
+    }
 }
 
 /// PostgreSQL in a fresh schema and a fresh bucket: the orphan sweep owns everything under
@@ -49,6 +56,7 @@ async fn production() -> World {
         jobs,
         store: Arc::new(store),
         dir: tempfile::tempdir().unwrap(),
+        bucket: Some(bucket),
     }
 }
 
@@ -57,6 +65,51 @@ fn policies() -> Policies {
 }
 
 impl World {
+    /// Put an object outside Airlock's prefixes (someone else's data in the same bucket), by the
+    /// backend's own means, and return a check of whether it still exists.
+    async fn put_foreign(&self) -> bool {
+        match &self.bucket {
+            Some(bucket) => {
+                let client = crate::storage::s3_client();
+                client
+                    .put_object()
+                    .bucket(bucket)
+                    .key("backups/not-airlock.csv")
+                    .body(b"keep me".to_vec().into())
+                    .send()
+                    .await
+                    .unwrap();
+                true
+            }
+            None => {
+                let path = self
+                    .dir
+                    .path()
+                    .join("storage/objects/backups/not-airlock.csv");
+                std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+                std::fs::write(path, b"keep me").unwrap();
+                true
+            }
+        }
+    }
+
+    async fn foreign_exists(&self) -> bool {
+        match &self.bucket {
+            Some(bucket) => crate::storage::s3_client()
+                .head_object()
+                .bucket(bucket)
+                .key("backups/not-airlock.csv")
+                .send()
+                .await
+                .is_ok(),
+            None => self
+                .dir
+                .path()
+                .join("storage/objects/backups/not-airlock.csv")
+                .exists(),
+        }
+    }
+
     fn sweeper(&self) -> Sweeper {
         Sweeper::new(self.jobs.clone(), self.store.clone(), policies().retention)
     }
@@ -86,7 +139,7 @@ impl World {
             input_key: input,
             input_bytes: 30,
             file_name: "leads of Ana.csv".into(),
-            max_attempts: 3,
+            max_attempts: 5,
         };
         let id = self.jobs.submit(&job, finished - 10).await.unwrap().id();
         let c = self
@@ -161,7 +214,7 @@ async fn retention_boundary(w: World) {
                 input_key: queued_input.clone(),
                 input_bytes: 1,
                 file_name: "x".into(),
-                max_attempts: 3,
+                max_attempts: 5,
             },
             1,
         )
@@ -183,6 +236,13 @@ async fn retention_boundary(w: World) {
 
     let s = w.sweeper().sweep(now, false).await.unwrap();
     assert_eq!((s.jobs_purged, s.objects_deleted), (2, 8), "{s:?}");
+    // The dry run reported what the real run then did.
+    assert_eq!(dry.candidates, s.jobs_purged as i64);
+    assert_eq!(dry.bytes_freed, s.bytes_freed);
+    assert_eq!(
+        dry.oldest_overdue_completed_at_ms,
+        s.oldest_overdue_completed_at_ms
+    );
     assert!(s.failures.is_empty(), "{s:?}");
     assert_eq!(w.all_exist(&due).await, [false; 4]);
     assert_eq!(w.all_exist(&trial_due).await, [false; 4]);
@@ -290,15 +350,26 @@ async fn orphans_go_and_referenced_objects_stay(w: World) {
     let real_now = airlock::jobs::now_ms();
     let job = w.finished_job("acme", "default", real_now - DAY).await;
     let orphan = w.put(Kind::Output).await;
-    // Within the grace period: kept.
-    let s = w.sweeper().sweep(real_now, false).await.unwrap();
+    assert!(w.put_foreign().await);
+    // Within the 48 h grace (47 h later, by the injected clock): kept.
+    let s = w
+        .sweeper()
+        .sweep(real_now + 47 * 3_600_000, false)
+        .await
+        .unwrap();
     assert!(w.exists(&orphan).await, "{s:?}");
-    // Past it (49 h later, by the injected clock): the orphan goes, the live job's objects stay.
+    assert_eq!(s.orphans_deleted, 0, "{s:?}");
+    // Past it (49 h later): the orphan goes, the live job's objects stay, and an object outside
+    // Airlock's prefixes is never touched.
     let later = real_now + 49 * 3_600_000;
     let s = w.sweeper().sweep(later, false).await.unwrap();
-    assert!(s.orphans_deleted >= 1, "{s:?}");
+    assert_eq!(s.orphans_deleted, 1, "{s:?}");
     assert!(!w.exists(&orphan).await);
     assert_eq!(w.all_exist(&job).await, [true; 4]);
+    assert!(
+        w.foreign_exists().await,
+        "an object outside in/ out/ rej/ rep/ was deleted"
+    );
 }
 
 async fn purge_erases_exactly_one_tenant(w: World) {

@@ -257,6 +257,9 @@ pub trait JobStore: Send + Sync + fmt::Debug {
         reason: &str,
         now: i64,
     ) -> Result<Vec<Uuid>, JobError>;
+    /// Give back `owner`'s sweep lease on `ids` (their deletion failed), so the next run retries
+    /// them at once instead of after the lease.
+    async fn release_sweep(&self, ids: &[Uuid], owner: &str) -> Result<(), JobError>;
     /// The subset of `keys` that some job still references (any state but purged).
     async fn referenced(
         &self,
@@ -295,7 +298,8 @@ pub struct RetentionClass {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct SweepPreview {
     pub jobs: i64,
-    pub input_bytes: i64,
+    /// Inputs and clean outputs, as a real run counts `bytes_freed`.
+    pub bytes: i64,
     pub oldest_finished_at: Option<i64>,
 }
 

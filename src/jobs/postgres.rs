@@ -57,6 +57,7 @@ pub static DIALECT: Dialect = Dialect {
          RETURNING job_id",
     ),
     begin: "BEGIN",
+    summary_output_bytes: "CAST(CAST(summary AS jsonb) #>> '{output,bytes}' AS BIGINT)",
     on_connect: |schema| match schema {
         Some(s) => format!("CREATE SCHEMA IF NOT EXISTS \"{s}\"; SET search_path TO \"{s}\""),
         None => String::new(),

@@ -125,6 +125,9 @@ pub struct Dialect {
     pub begin: &'static str,
     /// Run after each new connection (schema, pragmas).
     pub on_connect: fn(Option<&str>) -> String,
+    /// The clean output's byte count from a row's `summary` JSON text, as a BIGINT (NULL when
+    /// absent).
+    pub summary_output_bytes: &'static str,
 }
 
 /// A job store on a SQL database.
@@ -748,17 +751,37 @@ impl JobStore for SqlStore {
 
     async fn preview_sweep(&self, scope: &SweepScope, _now: i64) -> Result<SweepPreview, JobError> {
         let (clause, args) = Self::scope_sql(scope, 1);
+        // Inputs and clean outputs, as the real run counts them (`sweeper::objects_of`).
+        let output = self.dialect.summary_output_bytes;
         let sql = format!(
-            "SELECT COUNT(*) AS n, CAST(COALESCE(SUM(input_bytes), 0) AS BIGINT) AS bytes, MIN(finished_at) AS oldest FROM airlock_jobs WHERE {clause}"
+            "SELECT COUNT(*) AS n, CAST(COALESCE(SUM(input_bytes + CASE WHEN output_key IS NULL THEN 0 ELSE COALESCE({output}, 0) END), 0) AS BIGINT) AS bytes, MIN(finished_at) AS oldest FROM airlock_jobs WHERE {clause}"
         );
         let row = bind_scope(sqlx::query(&sql), &args)
             .fetch_one(&self.pool)
             .await?;
         Ok(SweepPreview {
             jobs: row.try_get("n")?,
-            input_bytes: row.try_get("bytes")?,
+            bytes: row.try_get("bytes")?,
             oldest_finished_at: row.try_get("oldest")?,
         })
+    }
+
+    async fn release_sweep(&self, ids: &[Uuid], owner: &str) -> Result<(), JobError> {
+        for chunk in ids.chunks(500) {
+            let list = (2..2 + chunk.len())
+                .map(|i| format!("${i}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let sql = format!(
+                "UPDATE airlock_jobs SET sweep_owner = NULL, sweep_lease = NULL WHERE sweep_owner = $1 AND id IN ({list})"
+            );
+            let mut q = sqlx::query(&sql).bind(owner);
+            for id in chunk {
+                q = q.bind(id.to_string());
+            }
+            q.execute(&self.pool).await?;
+        }
+        Ok(())
     }
 
     async fn mark_purged(

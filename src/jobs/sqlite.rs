@@ -23,6 +23,7 @@ pub static DIALECT: Dialect = Dialect {
     claim_one: None,
     complete_one: None,
     begin: "BEGIN IMMEDIATE",
+    summary_output_bytes: "CAST(json_extract(summary, '$.output.bytes') AS INTEGER)",
     on_connect: |_| {
         "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 10000; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;".to_string()
     },

@@ -282,6 +282,11 @@ impl ObjectStore for FsStore {
 }
 
 /// Whether a local link is valid now: the signature matches and it has not expired.
+/// The longest a link may live (DESIGN §5, `policies/storage/presign.toml` refuses more).
+pub const LINK_TTL_CAP_SECS: u64 = 300;
+/// Clock difference allowed between the host that signed a link and the one serving it.
+const CLOCK_SKEW_SECS: u64 = 30;
+
 pub fn check_link(
     key: &SigningKey,
     object: &str,
@@ -292,8 +297,13 @@ pub fn check_link(
     if !key.verify(object, expires, name, sig) {
         return Err(LinkError::BadSignature);
     }
-    if unix_now() > expires {
+    let now = unix_now();
+    if now > expires {
         return Err(LinkError::Expired);
+    }
+    // Even correctly signed, a link that outlives the cap was not made by `presign_get`.
+    if expires > now + LINK_TTL_CAP_SECS + CLOCK_SKEW_SECS {
+        return Err(LinkError::BeyondCap);
     }
     Ok(())
 }
@@ -302,6 +312,8 @@ pub fn check_link(
 pub enum LinkError {
     BadSignature,
     Expired,
+    /// Signed, but valid for longer than any link may be.
+    BeyondCap,
 }
 
 /// Mode bits of a path (for tests and `doctor`).

@@ -92,11 +92,17 @@ fn main() -> ExitCode {
     if args.get(1).map(String::as_str) == Some("child") {
         return child(&args[2]);
     }
+    // `cargo bench -p airlock-sandbox --bench spawn -- [ROUNDS]`
+    let rounds: usize = args
+        .iter()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(ROUNDS);
     let exe = std::env::current_exe().unwrap();
     let bwrap = Path::new("/usr/bin/bwrap").exists();
     let names = ["true", "plain", "landlock+seccomp", "full", "bwrap"];
     let mut times: Vec<Vec<Duration>> = vec![Vec::new(); names.len()];
-    for _ in 0..ROUNDS {
+    for _ in 0..rounds {
         times[0].push(run_cmd(&mut Command::new("/bin/true")));
         times[1].push(run_self(&exe, "plain"));
         times[2].push(run_self(&exe, "nons"));
@@ -116,7 +122,7 @@ fn main() -> ExitCode {
         .into_iter()
         .map(|t| (!t.is_empty()).then(|| median(t)))
         .collect();
-    println!("spawn-to-reaped median over {ROUNDS} interleaved rounds:");
+    println!("spawn-to-reaped median over {rounds} interleaved rounds:");
     for (name, m) in names.iter().zip(&medians) {
         match m {
             Some(m) => println!("  {name:<18} {:>8.3} ms", m.as_secs_f64() * 1e3),
