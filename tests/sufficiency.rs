@@ -5,15 +5,21 @@
 //! under the production policy. None may end `failed` (least of all `sandbox_violation`), and each
 //! must give exactly what the in-process engine gives: status, code, output and rejects bytes.
 
+use std::cell::Cell;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use airlock_engine::{Limits, Options};
 
 use crate::common::{process, tiny_policy_dir};
 
-/// Inputs that went through the sandboxed worker in this run (printed by each test).
-static RUNS: AtomicUsize = AtomicUsize::new(0);
+thread_local! {
+    /// Sandboxed runs made by the current test (each test has its own thread).
+    static RUNS: Cell<usize> = const { Cell::new(0) };
+}
+
+fn runs() -> usize {
+    RUNS.with(Cell::get)
+}
 
 /// The limits of `tests/common::tiny_policy_dir`'s default plan.
 fn tiny_limits() -> Limits {
@@ -66,7 +72,7 @@ fn tiny(dir: &Path) -> Plan {
 fn check(path: &Path, plan: &Plan) -> Option<String> {
     let args: Vec<&str> = plan.args.iter().map(String::as_str).collect();
     let p = process(path, &args);
-    RUNS.fetch_add(1, Ordering::Relaxed);
+    RUNS.with(|r| r.set(r.get() + 1));
     let name = path.display();
     assert_ne!(
         p.status(),
@@ -128,7 +134,7 @@ fn repo(rel: &str) -> PathBuf {
 
 #[test]
 fn every_fixture_and_fuzz_input_runs_sandboxed_as_it_does_in_process() {
-    let before = RUNS.load(Ordering::Relaxed);
+    let before = runs();
     let mut files = every_file_under(&repo("fixtures"));
     let fixtures = files.len();
     files.extend(every_file_under(&repo("fuzz/seeds")));
@@ -141,7 +147,7 @@ fn every_fixture_and_fuzz_input_runs_sandboxed_as_it_does_in_process() {
     eprintln!(
         "sufficiency: {} fixture and fuzz inputs, {} sandboxed runs",
         files.len(),
-        RUNS.load(Ordering::Relaxed) - before
+        runs() - before
     );
 }
 
@@ -184,7 +190,7 @@ const MIB: usize = 1024 * 1024;
 
 #[test]
 fn every_plan_limit_at_minus_one_at_and_plus_one() {
-    let before = RUNS.load(Ordering::Relaxed);
+    let before = runs();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let policy = tiny_policy_dir();
@@ -281,13 +287,13 @@ fn every_plan_limit_at_minus_one_at_and_plus_one() {
     }
     eprintln!(
         "sufficiency: {} sandboxed runs at plan limits",
-        RUNS.load(Ordering::Relaxed) - before
+        runs() - before
     );
 }
 
 #[test]
 fn huge_fields_records_rows_and_columns() {
-    let before = RUNS.load(Ordering::Relaxed);
+    let before = runs();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let plan = default_plan();
@@ -350,13 +356,13 @@ fn huge_fields_records_rows_and_columns() {
     check(&write(d, "short-rows", &short), &plan);
     eprintln!(
         "sufficiency: {} sandboxed runs of huge inputs",
-        RUNS.load(Ordering::Relaxed) - before
+        runs() - before
     );
 }
 
 #[test]
 fn pathological_quoting_and_every_encoding() {
-    let before = RUNS.load(Ordering::Relaxed);
+    let before = runs();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let plan = default_plan();
@@ -431,7 +437,7 @@ fn pathological_quoting_and_every_encoding() {
     assert_eq!(p.rejection_code(), Some("unterminated_quote"));
     eprintln!(
         "sufficiency: {} sandboxed runs of quoting and encodings",
-        RUNS.load(Ordering::Relaxed) - before
+        runs() - before
     );
 }
 
