@@ -131,16 +131,34 @@ fn output_past_the_bound_for_the_input_stops_the_worker() {
     assert_failed(&p, "worker_crashed", "output bound");
 }
 
+// Each failure class pinned end to end, one test each, with small worker limits (256 MiB, 1 s of
+// CPU, 4 s of wall clock).
+
 #[test]
-fn failure_classes_are_pinned_end_to_end() {
+fn memory_limit_is_a_worker_that_used_its_memory_and_died() {
     let policy = quick_policy(256, 1, 4);
     let (p, _) = hostile("memory-bomb", &leads(), Some(policy.path()));
     assert_failed(&p, "memory_limit", "memory limit");
+}
+
+#[test]
+fn cpu_limit_is_a_worker_that_used_its_cpu_time() {
+    let policy = quick_policy(256, 1, 4);
     let (p, _) = hostile("cpu-spin", &leads(), Some(policy.path()));
     assert_failed(&p, "cpu_limit", "CPU time");
+}
+
+#[test]
+fn timeout_is_a_worker_the_parent_killed_at_the_wall_clock_limit() {
+    let policy = quick_policy(256, 1, 4);
     let (p, _) = hostile("sleep", &leads(), Some(policy.path()));
     assert_failed(&p, "timeout", "wall-clock");
+}
+
+#[test]
+fn worker_crashed_is_a_small_worker_that_aborted() {
     // abort() from a small worker is not an out-of-memory: the parent saw its peak RSS.
+    let policy = quick_policy(256, 1, 4);
     let (p, _) = hostile("self-abort", &leads(), Some(policy.path()));
     assert_failed(&p, "worker_crashed", "signal 6");
 }

@@ -444,6 +444,19 @@ async fn permanent_failures_and_idempotency(d: Deployment) {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("too_large"));
     assert_eq!(d.stored_keys().await, stored, "nothing was uploaded");
+    // A symlinked upload is refused (it could point at any file root can read), unless asked for.
+    let link = d.dir.path().join("upload.csv");
+    std::os::unix::fs::symlink(fixture("valid/leads.csv"), &link).unwrap();
+    let out = d
+        .cmd()
+        .args(["submit", "--tenant", "acme"])
+        .arg(&link)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("symbolic link"));
+    assert_eq!(d.stored_keys().await, stored, "nothing was uploaded");
+    d.submit("acme", &link, &["--follow-symlinks"]);
 }
 
 async fn sigterm_loses_nothing(d: Deployment) {

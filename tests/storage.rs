@@ -569,6 +569,18 @@ async fn s3_refuses_anonymous_access_and_serves_only_presigned_gets() {
         resp.bytes().await.unwrap().as_ref(),
         std::fs::read(&src).unwrap()
     );
+    // A report's link says it is JSON.
+    let report = ObjectKey::new(Kind::Report);
+    store
+        .put_file(&report, &src, 10_000, &meta())
+        .await
+        .unwrap();
+    let report_url = store
+        .presign_get(&report, Duration::from_secs(60), "r.json")
+        .await
+        .unwrap();
+    let resp = http.get(&report_url).send().await.unwrap();
+    assert_eq!(resp.headers()["content-type"], "application/json");
 
     // The same URL for anything but GET is refused.
     assert_eq!(http.head(&url).send().await.unwrap().status(), 403);
