@@ -87,6 +87,21 @@ pub fn main(args: &[std::ffi::OsString]) -> ExitCode {
             }
             honest().map_or(ExitCode::from(74), |r| w.write_report(&r))
         }
+        "rejects-flood" => {
+            // 1 MiB every 50 ms (spinning: the clock is read without a system call), so the
+            // parent's poll sees the file pass its bound before the file-size rlimit stops it.
+            let chunk = vec![b'r'; 1 << 20];
+            let mut rejects = &w.fds.rejects;
+            loop {
+                if rejects.write_all(&chunk).is_err() {
+                    return ExitCode::from(74);
+                }
+                let t = std::time::Instant::now();
+                while t.elapsed() < std::time::Duration::from_millis(50) {
+                    std::hint::spin_loop();
+                }
+            }
+        }
         "stderr-forever" => loop {
             let _ = fd2.write_all(b"{\"level\":\"INFO\",\"fields\":{\"message\":\"flood\"}}\n");
         },
@@ -96,30 +111,33 @@ pub fn main(args: &[std::ffi::OsString]) -> ExitCode {
             );
             honest().map_or(ExitCode::from(74), |r| w.write_report(&r))
         }
-        lie => {
-            let Some(mut report) = honest() else {
-                return ExitCode::from(74);
-            };
-            match lie {
-                "wrong-output-bytes" => report.output.bytes += 1,
-                "wrong-rejects-hash" => report.rejects.sha256 = "0".repeat(64),
-                "contradictory-report" => report.rows.total += 1,
-                "huge-header" => {
-                    report.header = (0..=w.config.limits.max_columns)
-                        .map(|i| format!("c{i}"))
-                        .collect()
-                }
-                "too-many-issues" => {
-                    let issue = report.issues.first().cloned();
-                    report.issues = issue
-                        .into_iter()
-                        .cycle()
-                        .take(w.config.limits.max_issues + 1)
-                        .collect();
-                }
-                _ => return ExitCode::from(78),
-            }
-            w.write_report(&report)
-        }
+        lie => lie_about(lie, &w),
     }
+}
+
+/// Run the engine honestly, then change one thing in the report before handing it over.
+fn lie_about(lie: &str, w: &worker::LockedDown) -> ExitCode {
+    let Ok(mut report) = w.process() else {
+        return ExitCode::from(74);
+    };
+    match lie {
+        "wrong-output-bytes" => report.output.bytes += 1,
+        "wrong-rejects-hash" => report.rejects.sha256 = "0".repeat(64),
+        "contradictory-report" => report.rows.total += 1,
+        "huge-header" => {
+            report.header = (0..=w.config.limits.max_columns)
+                .map(|i| format!("c{i}"))
+                .collect()
+        }
+        "too-many-issues" => {
+            let issue = report.issues.first().cloned();
+            report.issues = issue
+                .into_iter()
+                .cycle()
+                .take(w.config.limits.max_issues + 1)
+                .collect();
+        }
+        _ => return ExitCode::from(78),
+    }
+    w.write_report(&report)
 }

@@ -131,6 +131,18 @@ fn output_past_the_bound_for_the_input_stops_the_worker() {
     assert_failed(&p, "worker_crashed", "output bound");
 }
 
+#[test]
+fn a_file_passing_its_bound_is_stopped_by_the_parent_before_the_rlimit() {
+    // 4 MiB in: rejects may have 9 MiB, the file-size rlimit is the 12 MiB output bound.
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.csv");
+    let mut body = b"a,b\n".to_vec();
+    body.extend(b"1,2\n".repeat(1 << 20));
+    std::fs::write(&input, body).unwrap();
+    let (p, _) = hostile("rejects-flood", &input, None);
+    assert_failed(&p, "worker_crashed", "passed its output bound");
+}
+
 // Each failure class pinned end to end, one test each, with small worker limits (256 MiB, 1 s of
 // CPU, 4 s of wall clock).
 

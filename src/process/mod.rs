@@ -318,57 +318,77 @@ impl Worker<'_> {
         if stop == Stop::Cancelled {
             anyhow::bail!("the worker was stopped: the supervisor is shutting down");
         }
-        let timed_out = stop == Stop::Deadline;
         let joined = |h: std::thread::JoinHandle<std::io::Result<Measured>>| {
             h.join()
                 .map_err(|_| anyhow::anyhow!("a hashing thread panicked"))?
                 .context("hashing a result file")
         };
         let input_sha256 = joined(hasher)?.sha256;
-        let output_measured = output_hasher.map(joined).transpose()?;
-        let rejects_measured = rejects_hasher.map(joined).transpose()?;
-        let diagnostics = diagnostics.join().unwrap_or_default();
-        if !diagnostics.is_empty() {
-            // Data, escaped onto one line: never raw lines that could pass for the parent's own.
-            let text: String = String::from_utf8_lossy(&diagnostics)
-                .chars()
-                .flat_map(char::escape_debug)
-                .collect();
-            tracing::warn!(worker_diagnostics = %text, bytes = diagnostics.len(), "the worker wrote diagnostics");
-        }
+        let measured = (
+            output_hasher.map(joined).transpose()?,
+            rejects_hasher.map(joined).transpose()?,
+        );
+        log_diagnostics(&diagnostics.join().unwrap_or_default());
         let observed = Observed {
             ended,
-            timed_out,
+            timed_out: stop == Stop::Deadline,
             wall_limit: deadline,
             cpu_limit: Duration::from_secs(plan.worker.cpu_seconds),
             memory_limit: plan.worker.memory_bytes,
         };
-        let mut report = match verify::classify(&observed, sandbox) {
-            Some(failure) => Report::without_input(Status::Failed, failure, size),
-            None => {
-                let cap = verify::report_cap(&plan.limits);
-                let checked = verify::read_report(report_file, cap).and_then(|mut r| {
-                    verify::check_report(
-                        &mut r,
-                        &plan.limits,
-                        size,
-                        output_measured.as_ref(),
-                        rejects_measured.as_ref(),
-                    )
-                    .map(|()| r)
-                });
-                checked.unwrap_or_else(|why| {
-                    failed(
-                        Code::WorkerCrashed,
-                        format!("the worker's report was refused: {why}"),
-                        size,
-                    )
-                })
-            }
+        let mut report = if stop == Stop::OverBound {
+            failed(
+                Code::WorkerCrashed,
+                "the parent stopped the worker: a result file passed its output bound for this input"
+                    .into(),
+                size,
+            )
+        } else {
+            self.judge(&observed, report_file, size, measured)
         };
         report.input.sha256 = input_sha256;
         Ok(report)
     }
+
+    /// The report of a worker that was not stopped by the parent: a failure class from how it
+    /// ended, or its own report once it passes every check.
+    fn judge(
+        &self,
+        observed: &Observed,
+        report_file: File,
+        size: u64,
+        (output, rejects): (Option<Measured>, Option<Measured>),
+    ) -> Report {
+        if let Some(failure) = verify::classify(observed, self.sandbox) {
+            return Report::without_input(Status::Failed, failure, size);
+        }
+        let limits = &self.plan.limits;
+        let checked =
+            verify::read_report(report_file, verify::report_cap(limits)).and_then(|mut r| {
+                verify::check_report(&mut r, limits, size, output.as_ref(), rejects.as_ref())
+                    .map(|()| r)
+            });
+        checked.unwrap_or_else(|why| {
+            failed(
+                Code::WorkerCrashed,
+                format!("the worker's report was refused: {why}"),
+                size,
+            )
+        })
+    }
+}
+
+/// The worker's diagnostics: data, escaped onto one line, never raw lines that could pass for the
+/// parent's own log.
+fn log_diagnostics(diagnostics: &[u8]) {
+    if diagnostics.is_empty() {
+        return;
+    }
+    let text: String = String::from_utf8_lossy(diagnostics)
+        .chars()
+        .flat_map(char::escape_debug)
+        .collect();
+    tracing::warn!(worker_diagnostics = %text, bytes = diagnostics.len(), "the worker wrote diagnostics");
 }
 
 /// Up to [`DIAGNOSTICS_CAP`] bytes of the worker's fd 2; then the pipe is closed, so a worker

@@ -193,6 +193,13 @@ pub fn check_report(
     {
         return Err("an issue has a code or message no engine writes".into());
     }
+    check_counts(report, limits)?;
+    check_strings(report)?;
+    check_sizes(report, input_bytes, output, rejects)
+}
+
+/// Row counts that add up, agree with the per-code counts and respect the plan.
+fn check_counts(report: &Report, limits: &Limits) -> Result<(), String> {
     let rows = &report.rows;
     let count = |c: Code| report.issue_counts.get(&c).copied().unwrap_or(0);
     if rows
@@ -215,7 +222,17 @@ pub fn check_report(
     {
         return Err("it accepted a file with more rejected rows than the plan allows".into());
     }
-    check_strings(report)?;
+    Ok(())
+}
+
+/// Sizes within the bounds for this input, equal to what the parent measured; the parent's own
+/// hashes replace the worker's.
+fn check_sizes(
+    report: &mut Report,
+    input_bytes: u64,
+    output: Option<&Measured>,
+    rejects: Option<&Measured>,
+) -> Result<(), String> {
     let (out_cap, rej_cap) = (
         airlock_engine::output_bound(input_bytes),
         airlock_engine::rejects_bound(input_bytes),
