@@ -21,7 +21,7 @@ pub const ENV: &str = "AIRLOCK_TEST_HOSTILE_WORKER";
 /// `args`: the mode, then the worker's own config argument.
 pub fn main(args: &[std::ffi::OsString]) -> ExitCode {
     let Some((mode, rest)) = args.split_first() else {
-        return ExitCode::from(78);
+        return ExitCode::from(worker::EXIT_SETUP);
     };
     let mode = mode.to_string_lossy().into_owned();
     // `slow-MS`: an honest worker that first waits MS milliseconds, so tests can act while a job
@@ -85,7 +85,7 @@ pub fn main(args: &[std::ffi::OsString]) -> ExitCode {
                     break;
                 }
             }
-            honest().map_or(ExitCode::from(74), |r| w.write_report(&r))
+            honest().map_or(ExitCode::from(worker::EXIT_IO), |r| w.write_report(&r))
         }
         "rejects-flood" => {
             // 1 MiB every 50 ms (spinning: the clock is read without a system call), so the
@@ -94,7 +94,7 @@ pub fn main(args: &[std::ffi::OsString]) -> ExitCode {
             let mut rejects = &w.fds.rejects;
             loop {
                 if rejects.write_all(&chunk).is_err() {
-                    return ExitCode::from(74);
+                    return ExitCode::from(worker::EXIT_IO);
                 }
                 let t = std::time::Instant::now();
                 while t.elapsed() < std::time::Duration::from_millis(50) {
@@ -109,7 +109,7 @@ pub fn main(args: &[std::ffi::OsString]) -> ExitCode {
             let _ = fd2.write_all(
                 b"\n{\"level\":\"INFO\",\"fields\":{\"message\":\"job succeeded\",\"forged\":true}}\n",
             );
-            honest().map_or(ExitCode::from(74), |r| w.write_report(&r))
+            honest().map_or(ExitCode::from(worker::EXIT_IO), |r| w.write_report(&r))
         }
         lie => lie_about(lie, &w),
     }
@@ -118,7 +118,7 @@ pub fn main(args: &[std::ffi::OsString]) -> ExitCode {
 /// Run the engine honestly, then change one thing in the report before handing it over.
 fn lie_about(lie: &str, w: &worker::LockedDown) -> ExitCode {
     let Ok(mut report) = w.process() else {
-        return ExitCode::from(74);
+        return ExitCode::from(worker::EXIT_IO);
     };
     match lie {
         "wrong-output-bytes" => report.output.bytes += 1,
@@ -137,7 +137,7 @@ fn lie_about(lie: &str, w: &worker::LockedDown) -> ExitCode {
                 .take(w.config.limits.max_issues + 1)
                 .collect();
         }
-        _ => return ExitCode::from(78),
+        _ => return ExitCode::from(worker::EXIT_SETUP),
     }
     w.write_report(&report)
 }

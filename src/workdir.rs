@@ -220,26 +220,46 @@ mod tests {
         // A symlink to a directory of precious files.
         let precious = tempfile::tempdir().unwrap();
         std::fs::write(precious.path().join("keep"), b"x").unwrap();
-        std::os::unix::fs::symlink(precious.path(), base.path().join("airlock-work-link")).unwrap();
+        let link = base.path().join("airlock-work-link");
+        std::os::unix::fs::symlink(precious.path(), &link).unwrap();
         // Our uid, but not 0700: not one of ours.
         let odd = base.path().join("airlock-work-odd");
         std::fs::create_dir(&odd).unwrap();
         std::fs::set_permissions(&odd, std::fs::Permissions::from_mode(0o750)).unwrap();
         let past = SystemTime::now() - Duration::from_secs(60);
-        for d in [&squat, &odd] {
+        for d in [&squat, &odd, precious.path()] {
             File::open(d).unwrap().set_modified(past).unwrap();
         }
+        // The link itself old too, so only its being a link keeps it.
+        let old = rustix::fs::Timespec {
+            tv_sec: (SystemTime::now() - Duration::from_secs(60))
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap()
+                .as_secs() as i64,
+            tv_nsec: 0,
+        };
+        rustix::fs::utimensat(
+            rustix::fs::CWD,
+            &link,
+            &rustix::fs::Timestamps {
+                last_access: old,
+                last_modification: old,
+            },
+            rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .unwrap();
         let wd = WorkDir::create(base.path()).unwrap();
         assert!(squat.exists() && mode(&squat) == 0o777);
         assert!(precious.path().join("keep").exists());
+        assert!(std::fs::symlink_metadata(&link).unwrap().is_symlink());
         assert!(odd.exists());
         assert_ne!(wd.path(), squat.as_path());
         assert_eq!(mode(wd.path()), 0o700);
         // A base that is a symlink is refused.
-        let link = base.path().join("base-link");
-        std::os::unix::fs::symlink(precious.path(), &link).unwrap();
+        let base_link = base.path().join("base-link");
+        std::os::unix::fs::symlink(precious.path(), &base_link).unwrap();
         assert!(matches!(
-            WorkDir::create(&link),
+            WorkDir::create(&base_link),
             Err(WorkDirError::BaseNotDirectory { .. })
         ));
     }

@@ -1,5 +1,5 @@
 //! Arbitrary bytes through the *real sandboxed worker*: `airlock process` (the binary named by
-//! `AIRLOCK_BIN`, default `../target/release/airlock`) under the production seccomp policy. No
+//! `AIRLOCK_BIN`, default `../target/debug/airlock`, which `.ci/fuzz` builds) under the production seccomp policy. No
 //! input may end `failed` — least of all `sandbox_violation` — and the sandboxed result must be
 //! exactly the in-process engine's (status, code, output bytes). The in-process run is what
 //! libFuzzer's coverage sees; the sandboxed run proves the allowlist is sufficient for it.
@@ -17,7 +17,7 @@ fn airlock() -> &'static PathBuf {
     BIN.get_or_init(|| {
         let bin = std::env::var_os("AIRLOCK_BIN")
             .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from("../target/release/airlock"));
+            .unwrap_or_else(|| PathBuf::from("../target/debug/airlock"));
         assert!(bin.exists(), "build airlock first, or set AIRLOCK_BIN ({})", bin.display());
         bin
     })
@@ -50,6 +50,7 @@ fuzz_target!(|data: &[u8]| {
     let dir = scratch().path();
     let (path, clean, report) = (dir.join("in.csv"), dir.join("out.csv"), dir.join("report.json"));
     let _ = std::fs::remove_file(&clean);
+    let _ = std::fs::remove_file(&report);
     std::fs::write(&path, input).expect("write the input");
     let ran = Command::new(airlock())
         .arg("process")
@@ -62,6 +63,7 @@ fuzz_target!(|data: &[u8]| {
         .env_remove("AIRLOCK_POLICY_DIR")
         .output()
         .expect("run airlock");
+    assert!(matches!(ran.status.code(), Some(0 | 1 | 70)), "exit {:?}", ran.status);
     let got: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&report).expect("a report")).expect("report JSON");
     assert_ne!(got["status"], "failed", "the sandboxed worker failed: {}", got["rejection"]);

@@ -35,7 +35,7 @@ use crate::worker::{self, WorkerConfig};
 
 use dest::Staged;
 pub use dest::{Dest, Destinations};
-pub use verify::{report_cap, REPORT_CAP};
+pub use verify::report_cap;
 use verify::{Measured, Observed};
 
 /// Show a progress bar for inputs at least this large, when stderr is a terminal.
@@ -284,15 +284,15 @@ impl Worker<'_> {
         };
         let args = worker_args(&config);
         let args: Vec<&OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+        // Everything fallible happens before the spawn: once started, the worker is always waited
+        // for (and killed on any error) in `wait`.
+        let to_hash = input.try_clone()?;
         let child = airlock_sandbox::spawn::spawn(Path::new("/proc/self/exe"), &args, io)
             .context("starting the worker")?;
         let diagnostics = std::thread::spawn(move || read_capped(File::from(diag_read)));
         // Hash the input here, on the other core, while the worker parses it. `read_at` leaves the
         // file offset (shared with the worker's fd 0, and read for progress) alone.
-        let hasher = {
-            let file = input.try_clone()?;
-            std::thread::spawn(move || sha256_file(&file, size))
-        };
+        let hasher = std::thread::spawn(move || sha256_file(&to_hash, size));
         // And the outputs, following the worker as it writes.
         let worker_done = Arc::new(AtomicBool::new(false));
         let follow = |reader: Option<File>| {

@@ -127,7 +127,7 @@ pub fn classify(o: &Observed, policy: &SandboxPolicy) -> Option<Rejection> {
     Some(Rejection::new(code, message))
 }
 
-/// What the parent measured of one result file: `None` when it was not kept.
+/// What the parent measured of one result file it kept (discarded ones are not measured).
 #[derive(Debug, Clone, Default)]
 pub struct Measured {
     pub bytes: u64,

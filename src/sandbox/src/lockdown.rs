@@ -1,6 +1,7 @@
 //! The lockdown: a flat, ordered list of small steps, each returning `Result`, seccomp last. The
-//! worker calls [`Lockdown::apply`] before it reads a byte; any error ends the worker
-//! (`sandbox_unavailable`), except a layer the policy marks optional, which is reported missing.
+//! worker calls [`Lockdown::apply`] before it reads a byte; any error ends the worker with exit
+//! 77, except a layer the policy marks optional, which is reported missing. The parent calls that
+//! `sandbox_unavailable` only when its own host check then fails too (else `worker_crashed`).
 
 use std::io;
 use std::io::Write;
