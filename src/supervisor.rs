@@ -241,8 +241,11 @@ impl Supervisor {
             m.insert(job.id, job.fence);
         }
         let (lost_tx, lost_rx) = watch::channel(false);
+        // A lost lease stops this job's worker at once: nothing it makes could be recorded.
+        let job_cancel = self.cancel.child();
         let heartbeat = {
             let me = self.clone();
+            let stop = job_cancel.clone();
             let (id, fence) = (job.id, job.fence);
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(me.settings.lease / 3);
@@ -253,6 +256,8 @@ impl Supervisor {
                         Ok(true) => {}
                         Ok(false) => {
                             let _ = lost_tx.send(true);
+                            stop.cancel();
+                            tracing::warn!("lease lost; stopping the worker");
                             break;
                         }
                         Err(e) => tracing::warn!(error = %e, "heartbeat failed; retrying"),
@@ -261,7 +266,7 @@ impl Supervisor {
             })
         };
         let mut uploaded = Vec::new();
-        let attempt = self.attempt(&job, &mut uploaded).await;
+        let attempt = self.attempt(&job, &mut uploaded, &job_cancel).await;
         heartbeat.abort();
         let lost = *lost_rx.borrow();
         self.finish(&job, attempt, uploaded, lost).await;
@@ -336,7 +341,12 @@ impl Supervisor {
         }
     }
 
-    async fn attempt(&self, job: &Claimed, uploaded: &mut Vec<ObjectKey>) -> Attempt {
+    async fn attempt(
+        &self,
+        job: &Claimed,
+        uploaded: &mut Vec<ObjectKey>,
+        cancel: &process::Cancel,
+    ) -> Attempt {
         let Ok(plan) = self.policies.limits.plan(&job.plan).cloned() else {
             return Attempt::Permanent("unknown_plan".into());
         };
@@ -375,7 +385,7 @@ impl Supervisor {
             report: Dest::File(dir.path().join("report.json")),
         };
         let policies = self.policies.clone();
-        let cancel = self.cancel.clone();
+        let cancel = cancel.clone();
         // The worker's diagnostics are logged from the blocking thread: keep the job's span.
         let span = tracing::Span::current();
         let run = tokio::task::spawn_blocking(move || -> anyhow::Result<Report> {

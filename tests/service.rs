@@ -545,9 +545,10 @@ async fn lost_lease_mid_job_records_nothing(d: Deployment) {
     let id = d.submit("acme", &fixture("valid/leads.csv"), &[]);
     let uuid = uuid::Uuid::parse_str(&id).unwrap();
     let before = d.stored_keys().await;
+    // The worker would take 20 s; heartbeats come every second (lease 3 s).
     let mut sup = d.spawn_supervisor_with(
-        &[(SEAM, "slow-3000")],
-        &["-c", "1", "--lease-seconds", "30"],
+        &[(SEAM, "slow-20000")],
+        &["-c", "1", "--lease-seconds", "3"],
     );
     let worker = wait_for("a worker running the job", Duration::from_secs(30), || {
         worker_pids(sup.id()).first().copied()
@@ -563,10 +564,10 @@ async fn lost_lease_mid_job_records_nothing(d: Deployment) {
         .unwrap()
         .expect("the requeued job");
     assert_eq!(thief.id, uuid);
-    // The first worker finishes; its supervisor uploads, is refused, and cleans up.
+    // The next heartbeat finds the lease gone and the supervisor kills its worker at once.
     wait_for(
-        "the first worker to finish",
-        Duration::from_secs(30),
+        "the stale supervisor to kill its worker",
+        Duration::from_secs(6),
         || (!process_exists(worker)).then_some(()),
     );
     rustix::process::kill_process(
@@ -691,6 +692,39 @@ async fn sweep_exits_1_when_the_store_refuses_deletes() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(d.status(&id)["state"], "purged");
+}
+
+/// A worker never outlives its supervisor: killed with SIGKILL (no cleanup at all), the
+/// supervisor takes its locked-down worker with it within a second (PR_SET_PDEATHSIG).
+#[test]
+fn a_worker_dies_within_a_second_of_its_supervisors_sigkill() {
+    let d = Deployment::embedded();
+    d.submit("acme", &fixture("valid/leads.csv"), &[]);
+    let mut sup = d.spawn_supervisor_with(&[(SEAM, "cpu-spin")], &["-c", "1"]);
+    let worker = wait_for("a locked-down worker", Duration::from_secs(30), || {
+        worker_pids(sup.id()).into_iter().find(|&p| {
+            std::fs::read_to_string(format!("/proc/{p}/status"))
+                .is_ok_and(|s| s.lines().any(|l| l == "Seccomp:\t2"))
+        })
+    });
+    sup.kill().unwrap();
+    sup.wait().unwrap();
+    let killed = Instant::now();
+    wait_for(
+        "the worker to die with its supervisor",
+        Duration::from_secs(1),
+        || {
+            // Gone, or a zombie waiting to be reaped: either way it runs no more.
+            let stat = std::fs::read_to_string(format!("/proc/{worker}/stat")).ok();
+            stat.is_none_or(|s| {
+                s.rsplit(')')
+                    .next()
+                    .is_some_and(|t| t.trim_start().starts_with('Z'))
+            })
+            .then_some(())
+        },
+    );
+    assert!(killed.elapsed() < Duration::from_secs(1));
 }
 
 macro_rules! service_suite {

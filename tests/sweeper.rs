@@ -346,6 +346,45 @@ async fn concurrent_sweeps_take_each_job_once(w: World) {
     assert_eq!((receipts.len(), ids.len()), (12, 12));
 }
 
+/// A cancelled job is deleted 30 days after it ended, like every other final state.
+async fn cancelled_jobs_are_inside_retention(w: World) {
+    let now = 100 * DAY;
+    let input = w.put(Kind::Input).await;
+    let job = w
+        .jobs
+        .submit(
+            &NewJob {
+                tenant: "acme".into(),
+                idempotency_key: None,
+                plan: "default".into(),
+                input_key: input.clone(),
+                input_bytes: 1,
+                file_name: "x".into(),
+                max_attempts: 5,
+            },
+            now - 61 * DAY,
+        )
+        .await
+        .unwrap()
+        .id();
+    assert_eq!(
+        w.jobs.cancel(job, now - 60 * DAY).await.unwrap(),
+        JobState::Cancelled
+    );
+    let dry = w.sweeper().sweep(now, true).await.unwrap();
+    assert_eq!(dry.candidates, 1, "{dry:?}");
+    let s = w.sweeper().sweep(now, false).await.unwrap();
+    assert_eq!(s.jobs_purged, 1, "{s:?}");
+    assert!(
+        !w.exists(&input).await,
+        "the cancelled job's input outlived retention"
+    );
+    assert_eq!(
+        w.jobs.get(job).await.unwrap().unwrap().state,
+        JobState::Purged
+    );
+}
+
 async fn orphans_go_and_referenced_objects_stay(w: World) {
     let real_now = airlock::jobs::now_ms();
     let job = w.finished_job("acme", "default", real_now - DAY).await;
@@ -415,6 +454,10 @@ macro_rules! sweeper_suite {
             #[tokio::test(flavor = "multi_thread")]
             async fn two_concurrent_sweeps() {
                 concurrent_sweeps_take_each_job_once($make).await;
+            }
+            #[tokio::test(flavor = "multi_thread")]
+            async fn cancelled_jobs_are_swept_too() {
+                cancelled_jobs_are_inside_retention($make).await;
             }
             #[tokio::test(flavor = "multi_thread")]
             async fn orphans() {

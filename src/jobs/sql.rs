@@ -70,6 +70,7 @@ CREATE INDEX IF NOT EXISTS airlock_jobs_queue ON airlock_jobs (tenant, run_after
 CREATE INDEX IF NOT EXISTS airlock_jobs_fair ON airlock_jobs (vseq, created_at) WHERE state = 'queued';
 CREATE INDEX IF NOT EXISTS airlock_jobs_lease ON airlock_jobs (lease_expires_at) WHERE state = 'running';
 CREATE INDEX IF NOT EXISTS airlock_jobs_finished ON airlock_jobs (finished_at) WHERE state IN ('succeeded', 'rejected', 'failed');
+CREATE INDEX IF NOT EXISTS airlock_jobs_ended ON airlock_jobs (finished_at) WHERE state IN ('succeeded', 'rejected', 'failed', 'cancelled');
 CREATE TABLE IF NOT EXISTS airlock_tenants (
     tenant TEXT PRIMARY KEY,
     last_vseq {INT} NOT NULL DEFAULT 0
@@ -281,7 +282,8 @@ impl SqlStore {
                 } else {
                     parts.join(" OR ")
                 };
-                format!("state IN ('succeeded', 'rejected', 'failed') AND ({any})")
+                // Every final state: a cancelled job's input is tenant data too.
+                format!("state IN ('succeeded', 'rejected', 'failed', 'cancelled') AND ({any})")
             }
         };
         (format!("{clause} AND purged_at IS NULL"), args)

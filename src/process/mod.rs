@@ -151,17 +151,33 @@ fn failed(code: Code, message: String, size: u64) -> Report {
 }
 
 /// Set to stop a running worker: it is killed at the next poll (within 100 ms) and the run ends
-/// with an error, publishing nothing. The supervisor sets it when its shutdown grace runs out.
+/// with an error, publishing nothing. The supervisor cancels one job when its lease is lost, and
+/// all of them when its shutdown grace runs out (a [`Cancel::child`] sees both).
 #[derive(Debug, Clone, Default)]
-pub struct Cancel(Arc<AtomicBool>);
+pub struct Cancel {
+    own: Arc<AtomicBool>,
+    parent: Option<Arc<AtomicBool>>,
+}
 
 impl Cancel {
     pub fn cancel(&self) {
-        self.0.store(true, Ordering::Release);
+        self.own.store(true, Ordering::Release);
+    }
+
+    /// A token cancelled by itself or by `self`.
+    pub fn child(&self) -> Cancel {
+        Cancel {
+            own: Arc::default(),
+            parent: Some(self.own.clone()),
+        }
     }
 
     fn is_cancelled(&self) -> bool {
-        self.0.load(Ordering::Acquire)
+        self.own.load(Ordering::Acquire)
+            || self
+                .parent
+                .as_ref()
+                .is_some_and(|p| p.load(Ordering::Acquire))
     }
 }
 

@@ -31,7 +31,9 @@ pub const REJECTS_FD: i32 = 4;
 const HIGH_FD: i32 = 10;
 
 /// Start `program args…` as a worker: environment cleared, fds 0–4 from `io`, nothing
-/// inherited. Every other fd of the parent is close-on-exec (Rust opens them so), and the
+/// inherited, and `PR_SET_PDEATHSIG(SIGKILL)`: it is killed when the thread that started it dies,
+/// so the caller must wait for it on that same thread (as `airlock process` and the supervisor
+/// do). Every other fd of the parent is close-on-exec (Rust opens them so), and the
 /// worker closes anything above 4 again before it reads a byte.
 pub fn spawn(program: &Path, args: &[&OsStr], io: WorkerIo) -> std::io::Result<Child> {
     // Duplicates above HIGH_FD cannot collide with the targets 3 and 4 in the child.
@@ -45,15 +47,26 @@ pub fn spawn(program: &Path, args: &[&OsStr], io: WorkerIo) -> std::io::Result<C
         .stdin(Stdio::from(io.input))
         .stdout(Stdio::from(io.output))
         .stderr(Stdio::from(io.diagnostics));
+    let parent = std::process::id() as libc::pid_t;
     // SAFETY: the closure runs in the child between fork and exec, where only async-signal-safe
-    // calls are allowed. It calls dup2 only, on two fds that `report` and `rejects` keep open in
-    // the parent until `spawn` returns, and it allocates nothing.
+    // calls are allowed. It calls dup2, prctl and getppid only (dup2 on two fds that `report` and
+    // `rejects` keep open in the parent until `spawn` returns), and it allocates nothing.
     unsafe {
         command.pre_exec(move || {
             for (from, to) in [(report_fd, REPORT_FD), (rejects_fd, REJECTS_FD)] {
                 if libc::dup2(from, to) < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
+            }
+            // The worker dies with the thread that started it, even by SIGKILL: it never
+            // outlives its job. (The signal survives exec, the user namespace and dropping
+            // capabilities; only a set-uid exec would clear it.)
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The parent may have died before the prctl: then nobody would send the signal.
+            if libc::getppid() != parent {
+                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
             }
             Ok(())
         });
