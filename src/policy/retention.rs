@@ -70,6 +70,17 @@ impl RetentionPolicy {
         if raw.lease_seconds < 30 {
             return Err(invalid("lease_seconds must be at least 30".into()));
         }
+        // An object is an orphan only once nothing can still come to reference it: a job's
+        // outputs are referenced when its attempt completes (at most the longest job after they
+        // were stored), and an input when its submit commits.
+        let floor = max_job + SUBMIT_WINDOW;
+        if Duration::from_secs(raw.orphan_grace_hours.saturating_mul(3600)) < floor {
+            return Err(invalid(format!(
+                "orphan_grace_hours = {} is shorter than the longest job plus the submit window ({} s); live objects would be deleted",
+                raw.orphan_grace_hours,
+                floor.as_secs()
+            )));
+        }
         Ok(RetentionPolicy {
             retain_days: raw.retain_days,
             plans: raw.plans,
@@ -102,6 +113,9 @@ impl RetentionPolicy {
     }
 }
 
+/// The longest a submit may take between storing its input and committing its job.
+const SUBMIT_WINDOW: Duration = Duration::from_secs(3600);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -130,6 +144,18 @@ mod tests {
                 "{to}"
             );
         }
+        // An orphan grace that could take a live job's objects is refused: 0 h, or 1 h when the
+        // longest job is 10 minutes (1 h of submit window on top).
+        for hours in [0, 1] {
+            let text = TEXT.replace(
+                "orphan_grace_hours = 48",
+                &format!("orphan_grace_hours = {hours}"),
+            );
+            let err = RetentionPolicy::parse(&text, "t", 45, JOB, PLANS).unwrap_err();
+            assert!(format!("{err}").contains("orphan_grace_hours"), "{err}");
+        }
+        let two = TEXT.replace("orphan_grace_hours = 48", "orphan_grace_hours = 2");
+        assert!(RetentionPolicy::parse(&two, "t", 45, JOB, PLANS).is_ok());
         // A backstop shorter than retention + the longest job is refused too.
         assert!(RetentionPolicy::parse(TEXT, "t", 30, JOB, PLANS).is_err());
         let unknown_field = TEXT.replace("retain_days = 30", "retain_days = 30\nbogus = 1");
