@@ -464,7 +464,15 @@ fn process_command(args: ProcessArgs) -> ExitCode {
         Ok(opened) => opened,
         Err(e) => return usage(e),
     };
-    match process::run(input, size, plan, &policies.sandbox, args.delimiter, &dest) {
+    match process::run(
+        input,
+        size,
+        plan,
+        &policies.sandbox,
+        args.delimiter,
+        &dest,
+        &process::Cancel::default(),
+    ) {
         Ok(outcome) => ExitCode::from(outcome.exit_code()),
         Err(e) => {
             tracing::error!(error = %chain(&e), "processing failed");

@@ -52,7 +52,15 @@ fn worker_check(policies: &Policies, plan: &str) -> serde_json::Value {
             ..Destinations::default()
         };
         let plan = policies.limits.plan(plan)?;
-        let outcome = process::run(file, size, plan, &policies.sandbox, None, &dest)?;
+        let outcome = process::run(
+            file,
+            size,
+            plan,
+            &policies.sandbox,
+            None,
+            &dest,
+            &Default::default(),
+        )?;
         let report = outcome.report;
         let ok = report.status == Status::Accepted;
         Ok(json!({

@@ -393,7 +393,7 @@ impl Supervisor {
             let (file, size) = process::open_input(&staged, false)?;
             let plan = policies.limits.plan(&plan.name)?;
             let sandbox = &policies.sandbox;
-            let run = process::run_cancellable(file, size, plan, sandbox, None, &dest, &cancel)?;
+            let run = process::run(file, size, plan, sandbox, None, &dest, &cancel)?;
             Ok(run.report)
         })
         .await;

@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use crate::common::{airlock, fixture, Processed};
+use crate::common::{fixture, process_command, processed, Processed};
 
 /// A policy directory whose default plan has small worker limits, so the failure classes show
 /// within seconds.
@@ -25,20 +25,12 @@ fn quick_policy(memory_mib: u64, cpu_s: u64, wall_s: u64) -> tempfile::TempDir {
     dir
 }
 
-/// Run `airlock process` on `input` with the stand-in worker in `mode`.
+/// Run `airlock process` on `input` with the stand-in worker in `mode`; also its stderr.
 fn hostile(mode: &str, input: &Path, policy: Option<&Path>) -> (Processed, String) {
     let dir = tempfile::tempdir().unwrap();
-    let mut cmd = airlock();
+    let mut cmd = process_command(input, dir.path());
     cmd.env("AIRLOCK_TEST_HOSTILE_WORKER", mode)
-        .env("AIRLOCK_LOG", "info")
-        .arg("process")
-        .arg(input)
-        .arg("--output")
-        .arg(dir.path().join("out.csv"))
-        .arg("--rejects")
-        .arg(dir.path().join("rej.csv"))
-        .arg("--report")
-        .arg(dir.path().join("report.json"));
+        .env("AIRLOCK_LOG", "info");
     if let Some(p) = policy {
         cmd.arg("--policy-dir").arg(p);
     }
@@ -49,16 +41,8 @@ fn hostile(mode: &str, input: &Path, policy: Option<&Path>) -> (Processed, Strin
         "{mode}: the parent took {:?}",
         started.elapsed()
     );
-    let report = std::fs::read(dir.path().join("report.json"))
-        .map(|b| serde_json::from_slice(&b).unwrap())
-        .unwrap_or(serde_json::Value::Null);
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    let p = Processed {
-        code: out.status.code().unwrap(),
-        report,
-        stderr: stderr.clone(),
-        dir,
-    };
+    let p = processed(out, dir);
+    let stderr = p.stderr.clone();
     (p, stderr)
 }
 

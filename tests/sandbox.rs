@@ -271,15 +271,7 @@ fn the_worker_gets_write_only_outputs_and_its_own_diagnostics_pipe() {
     let mut body = b"email,name\n".to_vec();
     body.extend(b"a@x.io,\"Smith, J\"\n".repeat(3_000_000));
     std::fs::write(&input, &body).unwrap();
-    let mut parent = airlock()
-        .arg("process")
-        .arg(&input)
-        .arg("--output")
-        .arg(dir.path().join("out.csv"))
-        .arg("--rejects")
-        .arg(dir.path().join("rej.csv"))
-        .arg("--report")
-        .arg(dir.path().join("report.json"))
+    let mut parent = crate::common::process_command(&input, dir.path())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();

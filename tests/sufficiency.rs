@@ -21,19 +21,6 @@ fn runs() -> usize {
     RUNS.with(Cell::get)
 }
 
-/// The limits of `tests/common::tiny_policy_dir`'s default plan.
-fn tiny_limits() -> Limits {
-    Limits {
-        max_bytes: 4096,
-        max_rows: 5,
-        max_columns: 4,
-        max_field_bytes: 16,
-        max_record_bytes: 40,
-        max_rejected_ratio: 0.10,
-        max_issues: 100,
-    }
-}
-
 /// How one input is run: the CLI arguments and the matching in-process options.
 struct Plan {
     args: Vec<String>,
@@ -57,11 +44,14 @@ fn legacy_excel() -> Plan {
     }
 }
 
+/// The default plan of a policy directory (such as `common::tiny_policy_dir`), read the way the
+/// CLI reads it.
 fn tiny(dir: &Path) -> Plan {
+    let policies = airlock::policy::Policies::load(Some(dir)).unwrap();
     Plan {
         args: vec!["--policy-dir".into(), dir.display().to_string()],
         options: Options {
-            limits: tiny_limits(),
+            limits: policies.limits.plan("default").unwrap().limits.clone(),
             ..Options::default()
         },
     }

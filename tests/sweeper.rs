@@ -110,6 +110,20 @@ impl World {
         }
     }
 
+    /// A queued job of acme's on `input`, submitted at `at`.
+    async fn queued_job(&self, input: &str, at: i64) -> uuid::Uuid {
+        let job = NewJob {
+            tenant: "acme".into(),
+            idempotency_key: None,
+            plan: "default".into(),
+            input_key: input.to_string(),
+            input_bytes: 1,
+            file_name: "x".into(),
+            max_attempts: 5,
+        };
+        self.jobs.submit(&job, at).await.unwrap().id()
+    }
+
     fn sweeper(&self) -> Sweeper {
         Sweeper::new(self.jobs.clone(), self.store.clone(), policies().retention)
     }
@@ -204,23 +218,7 @@ async fn retention_boundary(w: World) {
     let trial_due = w.finished_job("acme", "trial", now - 7 * DAY - 1_000).await;
     // An unfinished job, however old, is never touched.
     let queued_input = w.put(Kind::Input).await;
-    let queued = w
-        .jobs
-        .submit(
-            &NewJob {
-                tenant: "acme".into(),
-                idempotency_key: None,
-                plan: "default".into(),
-                input_key: queued_input.clone(),
-                input_bytes: 1,
-                file_name: "x".into(),
-                max_attempts: 5,
-            },
-            1,
-        )
-        .await
-        .unwrap()
-        .id();
+    let queued = w.queued_job(&queued_input, 1).await;
 
     let dry = w.sweeper().sweep(now, true).await.unwrap();
     assert_eq!(dry.candidates, 2, "{dry:?}");
@@ -350,23 +348,7 @@ async fn concurrent_sweeps_take_each_job_once(w: World) {
 async fn cancelled_jobs_are_inside_retention(w: World) {
     let now = 100 * DAY;
     let input = w.put(Kind::Input).await;
-    let job = w
-        .jobs
-        .submit(
-            &NewJob {
-                tenant: "acme".into(),
-                idempotency_key: None,
-                plan: "default".into(),
-                input_key: input.clone(),
-                input_bytes: 1,
-                file_name: "x".into(),
-                max_attempts: 5,
-            },
-            now - 61 * DAY,
-        )
-        .await
-        .unwrap()
-        .id();
+    let job = w.queued_job(&input, now - 61 * DAY).await;
     assert_eq!(
         w.jobs.cancel(job, now - 60 * DAY).await.unwrap(),
         JobState::Cancelled

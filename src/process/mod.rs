@@ -181,28 +181,9 @@ impl Cancel {
     }
 }
 
-/// Run one file through a worker and publish the results.
+/// Run one file through a worker and publish the results; the worker is stopped early when
+/// `cancel` is set (pass `&Cancel::default()` for a run nobody cancels).
 pub fn run(
-    input: File,
-    size: u64,
-    plan: &Plan,
-    sandbox: &SandboxPolicy,
-    delimiter: Option<u8>,
-    dest: &Destinations,
-) -> anyhow::Result<Outcome> {
-    run_cancellable(
-        input,
-        size,
-        plan,
-        sandbox,
-        delimiter,
-        dest,
-        &Cancel::default(),
-    )
-}
-
-/// [`run`], stopped early when `cancel` is set.
-pub fn run_cancellable(
     input: File,
     size: u64,
     plan: &Plan,

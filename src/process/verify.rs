@@ -29,7 +29,7 @@ pub fn report_cap(limits: &Limits) -> u64 {
 }
 /// Longest header name and issue message a report may carry (the engine shortens names to 1024
 /// bytes plus an ellipsis; its messages are far shorter).
-const TEXT_CAP: usize = 1024 + 4;
+const TEXT_CAP: usize = airlock_engine::HEADER_NAME_IN_REPORT + 4;
 
 /// Signal numbers on Linux (all architectures Airlock supports agree on these).
 mod signal {
@@ -268,8 +268,11 @@ fn check_strings(report: &Report) -> Result<(), String> {
     let short = |s: &str, max: usize| s.len() <= max;
     let sha = |s: &str| s.is_empty() || (s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()));
     let mime = |s: &str| short(s, 128) && s.bytes().all(|b| b.is_ascii_graphic());
-    let layers =
-        |v: &[String]| v.len() <= 8 && v.iter().all(|l| KNOWN_LAYERS.contains(&l.as_str()));
+    let layers = |v: &[String]| {
+        v.len() <= 8
+            && v.iter()
+                .all(|l| airlock_sandbox::lockdown::LAYERS.contains(&l.as_str()))
+    };
     let rejection_ok = report
         .rejection
         .as_ref()
@@ -299,17 +302,6 @@ fn check_strings(report: &Report) -> Result<(), String> {
         Err("a text field is longer, or other, than the engine ever writes".into())
     }
 }
-
-/// The lockdown layers a worker can report.
-const KNOWN_LAYERS: [&str; 7] = [
-    "close_fds",
-    "rlimits",
-    "namespaces",
-    "capabilities",
-    "no_new_privs",
-    "landlock",
-    "seccomp",
-];
 
 #[cfg(test)]
 mod tests {

@@ -54,21 +54,22 @@ impl Processed {
     }
 }
 
-/// Run `airlock process INPUT` with all three outputs in a fresh directory.
-pub fn process(input: &Path, extra: &[&str]) -> Processed {
-    let dir = tempfile::tempdir().unwrap();
-    let out: Output = airlock()
-        .arg("process")
+/// `airlock process INPUT` with its three results in `dir`: out.csv, rej.csv, report.json.
+pub fn process_command(input: &Path, dir: &Path) -> Command {
+    let mut cmd = airlock();
+    cmd.arg("process")
         .arg(input)
         .arg("--output")
-        .arg(dir.path().join("out.csv"))
+        .arg(dir.join("out.csv"))
         .arg("--rejects")
-        .arg(dir.path().join("rej.csv"))
+        .arg(dir.join("rej.csv"))
         .arg("--report")
-        .arg(dir.path().join("report.json"))
-        .args(extra)
-        .output()
-        .expect("run airlock");
+        .arg(dir.join("report.json"));
+    cmd
+}
+
+/// What a finished `process_command` left in `dir`.
+pub fn processed(out: Output, dir: tempfile::TempDir) -> Processed {
     let code = out.status.code().expect("exit code");
     let report = std::fs::read(dir.path().join("report.json"))
         .map(|b| serde_json::from_slice(&b).expect("report is JSON"))
@@ -79,6 +80,16 @@ pub fn process(input: &Path, extra: &[&str]) -> Processed {
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         dir,
     }
+}
+
+/// Run `airlock process INPUT` with all three outputs in a fresh directory.
+pub fn process(input: &Path, extra: &[&str]) -> Processed {
+    let dir = tempfile::tempdir().unwrap();
+    let out = process_command(input, dir.path())
+        .args(extra)
+        .output()
+        .expect("run airlock");
+    processed(out, dir)
 }
 
 /// A policy directory whose `default` plan has tiny limits, so limit codes can be hit with

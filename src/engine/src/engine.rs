@@ -20,7 +20,7 @@ use crate::{EngineError, Limits, Options};
 /// Decoded bytes used to sniff the dialect and the text format.
 const SAMPLE: usize = 64 * 1024;
 /// Header names longer than this are shortened in the report (not in the output).
-const HEADER_NAME_IN_REPORT: usize = 1024;
+pub const HEADER_NAME_IN_REPORT: usize = 1024;
 const OUT_BUFFER: usize = 64 * 1024;
 const REJECTS_HEADER: [&str; 5] = ["record", "line", "code", "message", "raw"];
 

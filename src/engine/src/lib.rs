@@ -37,7 +37,7 @@ pub mod sniff;
 mod text;
 
 pub use encoding_rs::Encoding;
-pub use engine::process;
+pub use engine::{process, HEADER_NAME_IN_REPORT};
 pub use report::{Code, Report, Status};
 
 /// Size limits for one file; every buffer the engine allocates is derived from these.

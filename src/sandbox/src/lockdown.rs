@@ -55,6 +55,18 @@ pub enum LockdownError {
     SeccompApply(String),
 }
 
+/// Every layer name a [`LockdownReport`] can list, in lockdown order (the parent refuses any
+/// other).
+pub const LAYERS: [&str; 7] = [
+    "close_fds",
+    "rlimits",
+    "namespaces",
+    "capabilities",
+    "no_new_privs",
+    "landlock",
+    "seccomp",
+];
+
 /// Fds the worker keeps: input, output, diagnostics, report, rejects.
 pub const KEEP_FDS: u32 = 5;
 /// The panic hook's exit status (`worker_crashed` in the parent).
