@@ -13,6 +13,7 @@ use airlock::jobs::{Completion, JobState, JobStore, NewJob};
 
 fn job(i: usize) -> NewJob {
     NewJob {
+        id: uuid::Uuid::new_v4(),
         tenant: format!("tenant-{}", i % 10),
         idempotency_key: None,
         plan: "default".into(),

@@ -27,6 +27,7 @@ echo "$jobs files of $(stat -c %s "$work/one.csv") bytes; $(nproc) cores"
 t0=$(date +%s%N)
 for f in "$work"/files/*.csv; do "$bin" process "$f" --output "$work/out.csv" > /dev/null; done
 t1=$(date +%s%N)
+"$bin" migrate > /dev/null
 for f in "$work"/files/*.csv; do "$bin" submit --tenant "t$((RANDOM % 3))" "$f" > /dev/null; done
 t2=$(date +%s%N)
 "$bin" supervise --until-idle -c 2 > "$work/summary.json"

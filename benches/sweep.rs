@@ -90,6 +90,7 @@ async fn main() {
             unreachable!()
         };
         let job = NewJob {
+            id: uuid::Uuid::new_v4(),
             tenant: "bench".into(),
             idempotency_key: None,
             plan: "default".into(),
@@ -118,7 +119,10 @@ async fn main() {
         policies.retention,
     );
     let started = Instant::now();
-    let summary = sweeper.sweep(40 * 86_400_000, false).await.unwrap();
+    let summary = sweeper
+        .sweep(airlock::jobs::Clock::Fixed(40 * 86_400_000), false)
+        .await
+        .unwrap();
     let secs = started.elapsed().as_secs_f64();
     let rate = summary.objects_deleted as f64 / secs;
     println!(

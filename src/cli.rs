@@ -73,8 +73,12 @@ enum Command {
     Purge(PurgeCli),
     /// A tenant's deletion receipts, as JSON.
     Receipts(ReceiptsCli),
-    /// Create or upgrade the job store schema (every command also does this on start).
-    Migrate,
+    /// Apply the schema migrations this build has and the database lacks. Only this command
+    /// changes the schema; the others refuse to run until it has (exit 2).
+    #[command(
+        after_help = "Run it once after installing or upgrading, before starting supervisors. On PostgreSQL it waits\nat most 10 s for a lock, so it fails instead of stalling the queue behind a long transaction.\n\nExample:\n  AIRLOCK_DATABASE_URL=postgres://airlock@db/airlock airlock migrate"
+    )]
+    Migrate(MigrateCli),
     /// Serve signed-link downloads for the local storage backend (HTTP, 127.0.0.1 by default).
     #[command(
         after_help = "Links come from `airlock link` and expire within the presign policy's TTL (5 min).\n\nExample:\n  AIRLOCK_STORAGE_URL=file:///var/lib/airlock airlock serve --listen 127.0.0.1:8787"
@@ -82,8 +86,54 @@ enum Command {
     Serve(ServeArgs),
 }
 
+/// Where the job store and the object store are (DESIGN §3.1): read here, once.
+#[derive(Debug, Args)]
+struct ServiceOpts {
+    /// The job store: postgres://… or sqlite://PATH.
+    #[arg(long, value_name = "URL", env = "AIRLOCK_DATABASE_URL", default_value = crate::config::DEFAULT_DATABASE_URL, hide_env_values = true)]
+    database_url: String,
+    /// The object store: s3://BUCKET or file:///PATH.
+    #[arg(long, value_name = "URL", env = "AIRLOCK_STORAGE_URL", default_value = crate::config::DEFAULT_STORAGE_URL, value_parser = parse_storage_url)]
+    storage_url: crate::config::StorageUrl,
+    /// Base of the local backend's download links.
+    #[arg(long, value_name = "URL", env = "AIRLOCK_PUBLIC_URL", default_value = crate::config::DEFAULT_PUBLIC_URL)]
+    public_url: String,
+    /// S3 path-style addressing, for self-hosted stores (SeaweedFS, MinIO, Garage, Ceph).
+    #[arg(long, value_name = "BOOL", env = "AIRLOCK_S3_PATH_STYLE", default_value = "false", action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
+    s3_path_style: bool,
+    /// Server-side encryption requested on every S3 put: aes256, or none for stores without SSE-S3.
+    #[arg(long, value_name = "MODE", env = "AIRLOCK_S3_SSE", default_value = "aes256", value_parser = ["aes256", "none"])]
+    s3_sse: String,
+}
+
+impl ServiceOpts {
+    fn config(self) -> crate::config::ServiceConfig {
+        crate::config::ServiceConfig {
+            database_url: self.database_url,
+            storage: self.storage_url,
+            public_url: self.public_url,
+            s3: crate::config::S3Options {
+                path_style: self.s3_path_style,
+                encrypt: self.s3_sse != "none",
+            },
+        }
+    }
+}
+
+fn parse_storage_url(s: &str) -> Result<crate::config::StorageUrl, String> {
+    crate::config::StorageUrl::parse(s).map_err(|e| e.to_string())
+}
+
+#[derive(Debug, Args)]
+struct MigrateCli {
+    #[command(flatten)]
+    service: ServiceOpts,
+}
+
 #[derive(Debug, Args)]
 struct SubmitCli {
+    #[command(flatten)]
+    service: ServiceOpts,
     /// The tenant the upload belongs to.
     #[arg(long)]
     tenant: String,
@@ -105,6 +155,8 @@ struct SubmitCli {
 
 #[derive(Debug, Args)]
 struct SuperviseCli {
+    #[command(flatten)]
+    service: ServiceOpts,
     /// Jobs run at once [default: number of cores].
     #[arg(long, short = 'c', value_name = "N")]
     concurrency: Option<usize>,
@@ -117,6 +169,10 @@ struct SuperviseCli {
     /// How long in-flight jobs may run on after SIGTERM before they are given back.
     #[arg(long, value_name = "SECONDS", default_value_t = 60)]
     grace_seconds: u64,
+    /// How long a job may keep meeting storage or host failures (which spend none of its
+    /// attempts) before it fails with outage_budget_spent.
+    #[arg(long, value_name = "HOURS", default_value_t = 24)]
+    outage_budget_hours: u64,
     /// Where a private (0700, random-named) directory for staged inputs is created; leftovers of
     /// supervisors killed on this host are removed from here on start [default: the system temp
     /// directory].
@@ -129,6 +185,8 @@ struct SuperviseCli {
 
 #[derive(Debug, Args)]
 struct JobCli {
+    #[command(flatten)]
+    service: ServiceOpts,
     /// The job id.
     job: String,
     /// Only succeed if the job belongs to this tenant.
@@ -138,6 +196,8 @@ struct JobCli {
 
 #[derive(Debug, Args)]
 struct LinkCli {
+    #[command(flatten)]
+    service: ServiceOpts,
     /// The job id.
     job: String,
     /// Which file.
@@ -156,6 +216,8 @@ struct LinkCli {
 
 #[derive(Debug, Args)]
 struct SweepCli {
+    #[command(flatten)]
+    service: ServiceOpts,
     /// Report what would be deleted; delete nothing.
     #[arg(long)]
     dry_run: bool,
@@ -166,6 +228,8 @@ struct SweepCli {
 
 #[derive(Debug, Args)]
 struct PurgeCli {
+    #[command(flatten)]
+    service: ServiceOpts,
     /// The tenant whose data is erased.
     #[arg(long)]
     tenant: String,
@@ -179,6 +243,8 @@ struct PurgeCli {
 
 #[derive(Debug, Args)]
 struct ReceiptsCli {
+    #[command(flatten)]
+    service: ServiceOpts,
     /// The tenant.
     #[arg(long)]
     tenant: String,
@@ -186,6 +252,8 @@ struct ReceiptsCli {
 
 #[derive(Debug, Args)]
 struct ServeArgs {
+    #[command(flatten)]
+    service: ServiceOpts,
     /// Address to listen on.
     #[arg(long, value_name = "ADDR", env = "AIRLOCK_LISTEN", default_value = crate::config::DEFAULT_LISTEN)]
     listen: String,
@@ -271,66 +339,104 @@ pub fn main() -> ExitCode {
         Command::Process(args) => process_command(args),
         Command::Doctor(args) => doctor_command(args),
         Command::Serve(args) => serve_command(args),
-        Command::Submit(args) => service_command(args.policy_dir.clone(), |p| async move {
-            let id = crate::service::submit(
-                &p,
-                crate::service::SubmitArgs {
-                    tenant: &args.tenant,
-                    idempotency_key: args.idempotency_key.as_deref(),
-                    plan: &args.plan,
-                    file: &args.file,
-                    follow_symlinks: args.follow_symlinks,
-                },
-            )
-            .await?;
-            Ok(id.to_string())
-        }),
-        Command::Supervise(args) => service_command(args.policy_dir.clone(), |p| async move {
-            let summary = crate::service::supervise(
-                p,
-                crate::service::SuperviseArgs {
-                    concurrency: args.concurrency.unwrap_or_else(|| {
-                        std::thread::available_parallelism()
-                            .map(|n| n.get())
-                            .unwrap_or(2)
-                    }),
-                    until_idle: args.until_idle,
-                    lease: std::time::Duration::from_secs(args.lease_seconds.max(3)),
-                    grace: std::time::Duration::from_secs(args.grace_seconds),
-                    work_dir: args.work_dir,
-                },
-            )
-            .await?;
-            Ok(serde_json::to_string(&summary).unwrap_or_default())
-        }),
-        Command::Status(args) => service_command(None, |_| async move {
-            let v = crate::service::status(&args.job, args.tenant.as_deref()).await?;
-            Ok(serde_json::to_string_pretty(&v).unwrap_or_default())
-        }),
-        Command::Link(args) => service_command(args.policy_dir.clone(), |p| async move {
-            crate::service::link(
-                &p,
-                &args.job,
-                &args.artifact,
-                args.ttl,
-                args.tenant.as_deref(),
-            )
-            .await
-        }),
-        Command::Cancel(args) => service_command(None, |_| async move {
-            Ok(crate::service::cancel(&args.job, args.tenant.as_deref())
-                .await?
-                .to_string())
-        }),
-        Command::Sweep(args) => sweep_command(args.policy_dir.clone(), None, args.dry_run),
-        Command::Purge(args) => {
-            sweep_command(args.policy_dir.clone(), Some(args.tenant), args.dry_run)
+        Command::Submit(args) => {
+            let config = args.service.config();
+            service_command(args.policy_dir.clone(), |p| async move {
+                let id = crate::service::submit(
+                    &config,
+                    &p,
+                    crate::service::SubmitArgs {
+                        tenant: &args.tenant,
+                        idempotency_key: args.idempotency_key.as_deref(),
+                        plan: &args.plan,
+                        file: &args.file,
+                        follow_symlinks: args.follow_symlinks,
+                    },
+                )
+                .await?;
+                Ok(id.to_string())
+            })
         }
-        Command::Receipts(args) => service_command(None, |_| async move {
-            crate::service::receipts(&args.tenant).await
-        }),
-        Command::Migrate => {
-            service_command(None, |_| async move { crate::service::migrate().await })
+        Command::Supervise(args) => {
+            let config = args.service.config();
+            service_command(args.policy_dir.clone(), |p| async move {
+                let summary = crate::service::supervise(
+                    &config,
+                    p,
+                    crate::service::SuperviseArgs {
+                        concurrency: args.concurrency.unwrap_or_else(|| {
+                            std::thread::available_parallelism()
+                                .map(|n| n.get())
+                                .unwrap_or(2)
+                        }),
+                        until_idle: args.until_idle,
+                        lease: std::time::Duration::from_secs(args.lease_seconds.max(3)),
+                        grace: std::time::Duration::from_secs(args.grace_seconds),
+                        work_dir: args.work_dir,
+                        outage_budget: std::time::Duration::from_secs(
+                            args.outage_budget_hours.saturating_mul(3600),
+                        ),
+                    },
+                )
+                .await?;
+                Ok(serde_json::to_string(&summary).unwrap_or_default())
+            })
+        }
+        Command::Status(args) => {
+            let config = args.service.config();
+            service_command(None, |_| async move {
+                let v = crate::service::status(&config, &args.job, args.tenant.as_deref()).await?;
+                Ok(serde_json::to_string_pretty(&v).unwrap_or_default())
+            })
+        }
+        Command::Link(args) => {
+            let config = args.service.config();
+            service_command(args.policy_dir.clone(), |p| async move {
+                crate::service::link(
+                    &config,
+                    &p,
+                    &args.job,
+                    &args.artifact,
+                    args.ttl,
+                    args.tenant.as_deref(),
+                )
+                .await
+            })
+        }
+        Command::Cancel(args) => {
+            let config = args.service.config();
+            service_command(None, |_| async move {
+                Ok(
+                    crate::service::cancel(&config, &args.job, args.tenant.as_deref())
+                        .await?
+                        .to_string(),
+                )
+            })
+        }
+        Command::Sweep(args) => sweep_command(
+            args.service.config(),
+            args.policy_dir.clone(),
+            None,
+            args.dry_run,
+        ),
+        Command::Purge(args) => sweep_command(
+            args.service.config(),
+            args.policy_dir.clone(),
+            Some(args.tenant),
+            args.dry_run,
+        ),
+        Command::Receipts(args) => {
+            let config = args.service.config();
+            service_command(None, |_| async move {
+                crate::service::receipts(&config, &args.tenant).await
+            })
+        }
+        Command::Migrate(args) => {
+            let config = args.service.config();
+            service_command(
+                None,
+                |_| async move { crate::service::migrate(&config).await },
+            )
         }
     }
 }
@@ -348,11 +454,17 @@ fn chain(e: &anyhow::Error) -> String {
         .join(": ")
 }
 
-fn sweep_command(policy_dir: Option<PathBuf>, tenant: Option<String>, dry_run: bool) -> ExitCode {
+fn sweep_command(
+    config: crate::config::ServiceConfig,
+    policy_dir: Option<PathBuf>,
+    tenant: Option<String>,
+    dry_run: bool,
+) -> ExitCode {
     let failed = std::sync::atomic::AtomicBool::new(false);
     let failed_ref = &failed;
     let code = service_command(policy_dir, |p| async move {
-        let (json, any_failed) = crate::service::sweep(&p, tenant.as_deref(), dry_run).await?;
+        let (json, any_failed) =
+            crate::service::sweep(&config, &p, tenant.as_deref(), dry_run).await?;
         failed_ref.store(any_failed, std::sync::atomic::Ordering::Relaxed);
         Ok(json)
     });
@@ -401,14 +513,11 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
 }
 
 fn serve_command(args: ServeArgs) -> ExitCode {
-    let url = match crate::config::StorageUrl::from_env() {
-        Ok(u) => u,
-        Err(e) => return usage(e),
+    let config = args.service.config();
+    let crate::config::StorageUrl::File(root) = &config.storage else {
+        return usage("the storage URL is s3://: S3 serves its own presigned links; `serve` is for the local backend");
     };
-    let crate::config::StorageUrl::File(root) = url else {
-        return usage("AIRLOCK_STORAGE_URL is s3://: S3 serves its own presigned links; `serve` is for the local backend");
-    };
-    let store = match crate::storage::fs::FsStore::open(&root, &crate::config::public_url()) {
+    let store = match crate::storage::fs::FsStore::open(root, &config.public_url) {
         Ok(s) => std::sync::Arc::new(s),
         Err(e) => return usage(e),
     };

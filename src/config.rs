@@ -1,10 +1,7 @@
-//! Configuration from the environment (DESIGN §3.1); flags may override.
-//!
-//! - `AIRLOCK_STORAGE_URL`: `s3://BUCKET` or `file:///path` (default `file://./airlock-data/storage`)
-//! - `AIRLOCK_PUBLIC_URL`: base of local download links (default `http://127.0.0.1:8787`)
-//! - `AIRLOCK_LISTEN`: where `airlock serve` listens (default `127.0.0.1:8787`)
-//! - S3: the standard AWS variables, plus `AIRLOCK_S3_PATH_STYLE=true` for self-hosted stores and
-//!   `AIRLOCK_S3_SSE=none` for stores without SSE-S3.
+//! The service configuration (DESIGN §3.1). It is read once, at the CLI edge: every value is a
+//! clap flag with an environment fallback (`--database-url` / `AIRLOCK_DATABASE_URL`,
+//! `--storage-url` / `AIRLOCK_STORAGE_URL`, …), and everything below the CLI takes a
+//! [`ServiceConfig`]. The AWS SDK reads its own standard variables (`AWS_ENDPOINT_URL`, …).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -14,7 +11,29 @@ use crate::storage::s3::S3Store;
 use crate::storage::{ObjectStore, StorageError};
 
 pub const DEFAULT_DATA_DIR: &str = "./airlock-data";
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://./airlock-data/airlock.db";
+pub const DEFAULT_STORAGE_URL: &str = "file://./airlock-data/storage";
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8787";
+pub const DEFAULT_PUBLIC_URL: &str = "http://127.0.0.1:8787";
+
+/// Everything the service commands need to reach their database and store.
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    pub database_url: String,
+    pub storage: StorageUrl,
+    /// Base of the local backend's download links.
+    pub public_url: String,
+    pub s3: S3Options,
+}
+
+/// S3 settings beyond the AWS SDK's own configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct S3Options {
+    /// Path-style addressing, for self-hosted stores.
+    pub path_style: bool,
+    /// Request SSE-S3 (AES256) on every put.
+    pub encrypt: bool,
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StorageUrl {
@@ -45,26 +64,13 @@ impl StorageUrl {
             "AIRLOCK_STORAGE_URL {url:?} must be s3://BUCKET or file:///path"
         )))
     }
-
-    pub fn from_env() -> Result<Self, StorageError> {
-        match std::env::var("AIRLOCK_STORAGE_URL") {
-            Ok(url) if !url.is_empty() => Self::parse(&url),
-            _ => Ok(StorageUrl::File(
-                PathBuf::from(DEFAULT_DATA_DIR).join("storage"),
-            )),
-        }
-    }
-}
-
-pub fn public_url() -> String {
-    std::env::var("AIRLOCK_PUBLIC_URL").unwrap_or_else(|_| format!("http://{DEFAULT_LISTEN}"))
 }
 
 /// Open the configured store.
-pub async fn open_store(url: &StorageUrl) -> Result<Arc<dyn ObjectStore>, StorageError> {
-    Ok(match url {
-        StorageUrl::File(path) => Arc::new(FsStore::open(path, &public_url())?),
-        StorageUrl::S3 { bucket } => Arc::new(S3Store::from_env(bucket).await),
+pub async fn open_store(config: &ServiceConfig) -> Result<Arc<dyn ObjectStore>, StorageError> {
+    Ok(match &config.storage {
+        StorageUrl::File(path) => Arc::new(FsStore::open(path, &config.public_url)?),
+        StorageUrl::S3 { bucket } => Arc::new(S3Store::from_env(bucket, config.s3).await),
     })
 }
 

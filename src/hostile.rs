@@ -15,6 +15,8 @@ use crate::worker;
 
 /// The hidden first argument of the stand-in.
 pub const ARG: &str = "__airlock-hostile-worker";
+/// Tests only: the worker executable, when the parent is not `airlock` (a test harness).
+pub const WORKER_EXE_ENV: &str = "AIRLOCK_TEST_WORKER_EXE";
 /// The variable that selects a mode in the parent.
 pub const ENV: &str = "AIRLOCK_TEST_HOSTILE_WORKER";
 

@@ -1,6 +1,7 @@
 //! The service commands: `migrate`, `submit`, `status`, `link`, `cancel`, `supervise`. Each opens
 //! the configured job store and object store (embedded default: SQLite + a local directory under
-//! `./airlock-data`), migrating the schema first (idempotent).
+//! `./airlock-data`). Only `migrate` changes the schema; the others refuse a database whose schema
+//! is not this build's (exit 2, "run `airlock migrate`").
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -8,8 +9,8 @@ use std::time::Duration;
 
 use uuid::Uuid;
 
-use crate::config::{StorageUrl, DEFAULT_DATA_DIR};
-use crate::jobs::{now_ms, JobRecord, JobState, NewJob, Shared, Submitted};
+use crate::config::ServiceConfig;
+use crate::jobs::{Clock, JobError, JobRecord, JobState, NewJob, Shared, Submitted};
 use crate::policy::Policies;
 use crate::storage::{Kind, ObjectKey, ObjectStore, PutMeta};
 use crate::supervisor::{Settings, Supervisor};
@@ -28,27 +29,30 @@ pub enum CommandError {
     Failed(String),
 }
 
-pub fn database_url() -> String {
-    std::env::var("AIRLOCK_DATABASE_URL")
-        .ok()
-        .filter(|u| !u.is_empty())
-        .unwrap_or_else(|| format!("sqlite://{DEFAULT_DATA_DIR}/airlock.db"))
+/// Open the job store without looking at its schema (`migrate` only).
+async fn connect_jobs(config: &ServiceConfig) -> Result<Shared, CommandError> {
+    crate::jobs::open(&config.database_url)
+        .await
+        .map_err(|e| match e {
+            JobError::Config(m) => CommandError::Usage(m),
+            e => CommandError::Failed(format!("cannot open the job store: {}", chain(&e))),
+        })
 }
 
-pub async fn open_jobs() -> Result<Shared, CommandError> {
-    let url = database_url();
-    let jobs = crate::jobs::open(&url).await.map_err(|e| {
-        CommandError::Failed(format!("cannot open the job store: {e} ({})", chain(&e)))
-    })?;
-    jobs.migrate().await.map_err(|e| {
-        CommandError::Failed(format!("migrating the job store failed: {}", chain(&e)))
+/// Open the job store, whose schema must be exactly this build's.
+pub async fn open_jobs(config: &ServiceConfig) -> Result<Shared, CommandError> {
+    let jobs = connect_jobs(config).await?;
+    jobs.check_schema().await.map_err(|e| match e {
+        JobError::SchemaBehind { .. } | JobError::SchemaAhead { .. } => {
+            CommandError::Usage(e.to_string())
+        }
+        e => CommandError::Failed(format!("cannot read the schema version: {}", chain(&e))),
     })?;
     Ok(jobs)
 }
 
-pub async fn open_store() -> Result<Arc<dyn ObjectStore>, CommandError> {
-    let url = StorageUrl::from_env().map_err(|e| CommandError::Usage(e.to_string()))?;
-    crate::config::open_store(&url)
+pub async fn open_store(config: &ServiceConfig) -> Result<Arc<dyn ObjectStore>, CommandError> {
+    crate::config::open_store(config)
         .await
         .map_err(|e| CommandError::Failed(format!("cannot open storage: {e}")))
 }
@@ -68,11 +72,18 @@ fn failed(e: impl std::error::Error) -> CommandError {
     CommandError::Failed(chain(&e))
 }
 
-pub async fn migrate() -> Result<String, CommandError> {
-    open_jobs().await?;
+pub async fn migrate(config: &ServiceConfig) -> Result<String, CommandError> {
+    let jobs = connect_jobs(config).await?;
+    jobs.migrate().await.map_err(|e| {
+        CommandError::Failed(format!(
+            "migrating the job store failed (nothing after the failed step was applied): {}",
+            chain(&e)
+        ))
+    })?;
     Ok(format!(
-        "schema is up to date ({})",
-        database_url().split(':').next().unwrap_or("")
+        "schema is at version {} ({})",
+        crate::jobs::schema::latest(),
+        config.database_url.split(':').next().unwrap_or("")
     ))
 }
 
@@ -86,7 +97,11 @@ pub struct SubmitArgs<'a> {
     pub follow_symlinks: bool,
 }
 
-pub async fn submit(policies: &Policies, args: SubmitArgs<'_>) -> Result<Uuid, CommandError> {
+pub async fn submit(
+    config: &ServiceConfig,
+    policies: &Policies,
+    args: SubmitArgs<'_>,
+) -> Result<Uuid, CommandError> {
     validate_tenant(args.tenant)?;
     let plan = policies
         .limits
@@ -105,7 +120,7 @@ pub async fn submit(policies: &Policies, args: SubmitArgs<'_>) -> Result<Uuid, C
             plan.name, plan.limits.max_bytes
         )));
     }
-    let jobs = open_jobs().await?;
+    let jobs = open_jobs(config).await?;
     if let Some(key) = args.idempotency_key {
         if let Some(existing) = jobs
             .find_idempotent(args.tenant, key)
@@ -115,7 +130,7 @@ pub async fn submit(policies: &Policies, args: SubmitArgs<'_>) -> Result<Uuid, C
             return Ok(existing);
         }
     }
-    let store = open_store().await?;
+    let store = open_store(config).await?;
     let input = ObjectKey::new(Kind::Input);
     let file_name = args
         .file
@@ -131,6 +146,7 @@ pub async fn submit(policies: &Policies, args: SubmitArgs<'_>) -> Result<Uuid, C
         .await
         .map_err(failed)?;
     let job = NewJob {
+        id: Uuid::new_v4(),
         tenant: args.tenant.to_string(),
         idempotency_key: args.idempotency_key.map(String::from),
         plan: plan.name.clone(),
@@ -139,7 +155,11 @@ pub async fn submit(policies: &Policies, args: SubmitArgs<'_>) -> Result<Uuid, C
         file_name,
         max_attempts: 5,
     };
-    match jobs.submit(&job, now_ms()).await {
+    let submitted = match jobs.now().await {
+        Ok(now) => jobs.submit(&job, now).await,
+        Err(e) => Err(e),
+    };
+    match submitted {
         Ok(Submitted::Created(id)) => Ok(id),
         Ok(Submitted::Existing(id)) => {
             // Lost an idempotency race: the upload is not needed.
@@ -147,6 +167,25 @@ pub async fn submit(policies: &Policies, args: SubmitArgs<'_>) -> Result<Uuid, C
             Ok(id)
         }
         Err(e) => {
+            // The commit may have landed with its reply lost: look before deleting anything.
+            match jobs.get(job.id).await {
+                Ok(Some(_)) => return Ok(job.id),
+                Ok(None) => {}
+                Err(_) => {
+                    return Err(CommandError::Failed(format!(
+                        "the job store failed and whether job {} was created is unknown ({}); resubmit with the same --idempotency-key, or look it up with `airlock status {}`; an unused upload is removed by the orphan sweep",
+                        job.id,
+                        chain(&e),
+                        job.id
+                    )))
+                }
+            }
+            if let Some(key) = args.idempotency_key {
+                if let Ok(Some(existing)) = jobs.find_idempotent(args.tenant, key).await {
+                    let _ = store.delete_many(&[input]).await;
+                    return Ok(existing);
+                }
+            }
             let _ = store.delete_many(&[input]).await;
             Err(failed(e))
         }
@@ -183,8 +222,12 @@ async fn find(jobs: &Shared, job: &str, tenant: Option<&str>) -> Result<JobRecor
     }
 }
 
-pub async fn status(job: &str, tenant: Option<&str>) -> Result<serde_json::Value, CommandError> {
-    let jobs = open_jobs().await?;
+pub async fn status(
+    config: &ServiceConfig,
+    job: &str,
+    tenant: Option<&str>,
+) -> Result<serde_json::Value, CommandError> {
+    let jobs = open_jobs(config).await?;
     let r = find(&jobs, job, tenant).await?;
     let artifacts: Vec<&str> = [
         ("output", &r.output_key),
@@ -212,6 +255,7 @@ pub async fn status(job: &str, tenant: Option<&str>) -> Result<serde_json::Value
 }
 
 pub async fn link(
+    config: &ServiceConfig,
     policies: &Policies,
     job: &str,
     artifact: &str,
@@ -219,7 +263,7 @@ pub async fn link(
     tenant: Option<&str>,
 ) -> Result<String, CommandError> {
     let ttl = policies.presign.ttl(ttl).map_err(CommandError::Usage)?;
-    let jobs = open_jobs().await?;
+    let jobs = open_jobs(config).await?;
     let r = find(&jobs, job, tenant).await?;
     if r.state == JobState::Purged {
         return Err(CommandError::Refused(format!(
@@ -252,17 +296,22 @@ pub async fn link(
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| "upload".into());
-    let store = open_store().await?;
+    let store = open_store(config).await?;
     store
         .presign_get(&key, ttl, &format!("{stem}.{suffix}"))
         .await
         .map_err(failed)
 }
 
-pub async fn cancel(job: &str, tenant: Option<&str>) -> Result<JobState, CommandError> {
-    let jobs = open_jobs().await?;
+pub async fn cancel(
+    config: &ServiceConfig,
+    job: &str,
+    tenant: Option<&str>,
+) -> Result<JobState, CommandError> {
+    let jobs = open_jobs(config).await?;
     let r = find(&jobs, job, tenant).await?;
-    jobs.cancel(r.id, now_ms()).await.map_err(|e| match e {
+    let now = jobs.now().await.map_err(failed)?;
+    jobs.cancel(r.id, now).await.map_err(|e| match e {
         crate::jobs::JobError::WrongState { .. } => CommandError::Refused(e.to_string()),
         e => failed(e),
     })
@@ -275,9 +324,11 @@ pub struct SuperviseArgs {
     pub lease: Duration,
     pub grace: Duration,
     pub work_dir: Option<PathBuf>,
+    pub outage_budget: Duration,
 }
 
 pub async fn supervise(
+    config: &ServiceConfig,
     policies: Policies,
     args: SuperviseArgs,
 ) -> Result<crate::supervisor::Summary, CommandError> {
@@ -288,8 +339,8 @@ pub async fn supervise(
             problems.join("; ")
         )));
     }
-    let jobs = open_jobs().await?;
-    let store = open_store().await?;
+    let jobs = open_jobs(config).await?;
+    let store = open_store(config).await?;
     let base = args.work_dir.unwrap_or_else(std::env::temp_dir);
     let work_dir =
         crate::workdir::WorkDir::create(&base).map_err(|e| CommandError::Failed(e.to_string()))?;
@@ -301,6 +352,9 @@ pub async fn supervise(
         poll: Duration::from_millis(200),
         until_idle: args.until_idle,
         work_dir: work_dir.path().to_path_buf(),
+        outage_budget: args.outage_budget,
+        breaker_threshold: 3,
+        breaker_cooldown: Duration::from_secs(30),
     };
     let supervisor = Arc::new(Supervisor::new(jobs, store, Arc::new(policies), settings));
     let (tx, rx) = tokio::sync::watch::channel(false);
@@ -321,6 +375,7 @@ pub async fn supervise(
 
 /// `airlock sweep` / `airlock purge`: the summary, and whether anything failed.
 pub async fn sweep(
+    config: &ServiceConfig,
     policies: &Policies,
     tenant: Option<&str>,
     dry_run: bool,
@@ -328,12 +383,12 @@ pub async fn sweep(
     if let Some(t) = tenant {
         validate_tenant(t)?;
     }
-    let jobs = open_jobs().await?;
-    let store = open_store().await?;
+    let jobs = open_jobs(config).await?;
+    let store = open_store(config).await?;
     let sweeper = crate::sweeper::Sweeper::new(jobs, store, policies.retention.clone());
     let summary = match tenant {
-        Some(t) => sweeper.purge(t, now_ms(), dry_run).await,
-        None => sweeper.sweep(now_ms(), dry_run).await,
+        Some(t) => sweeper.purge(t, Clock::Database, dry_run).await,
+        None => sweeper.sweep(Clock::Database, dry_run).await,
     }
     .map_err(failed)?;
     let failed = summary.failed();
@@ -343,9 +398,9 @@ pub async fn sweep(
     ))
 }
 
-pub async fn receipts(tenant: &str) -> Result<String, CommandError> {
+pub async fn receipts(config: &ServiceConfig, tenant: &str) -> Result<String, CommandError> {
     validate_tenant(tenant)?;
-    let jobs = open_jobs().await?;
+    let jobs = open_jobs(config).await?;
     let list = jobs.receipts(tenant).await.map_err(failed)?;
     Ok(serde_json::to_string_pretty(&list).unwrap_or_default())
 }

@@ -4,8 +4,15 @@
 //! stream it into a private temp file (0600 in a 0700 directory), run the worker with the plan's
 //! limits, treat its report as untrusted (`process::run` caps and strictly parses it), upload the
 //! results under new UUIDv4 keys, and record the result fenced by the lease's token. A heartbeat
-//! renews the lease every lease/3; a lost lease stops the job from recording anything. Storage or
-//! database outages retry with backoff; bad input and sandbox violations are final.
+//! renews the lease every lease/3; a lost lease kills the worker and records nothing. Every time
+//! comes from the database's clock, so hosts with skewed clocks agree on leases and backoff.
+//!
+//! Failures are typed ([`FailureCode`]). Infrastructure failures (storage, staging, the host's
+//! sandbox) spend no attempt: the job is given back within a time budget (`outage_budget`), and
+//! after `breaker_threshold` of them in a row this supervisor stops claiming for a cooldown (a
+//! circuit breaker) instead of draining the queue. A completion whose commit reply is lost is
+//! retried and then re-read: this attempt's objects are deleted only once the row is known not
+//! to reference them.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -18,7 +25,9 @@ use tokio::sync::{watch, Semaphore};
 use tracing::Instrument;
 use uuid::Uuid;
 
-use crate::jobs::{backoff_ms, now_ms, Claimed, Completion, JobState, Shared};
+use crate::jobs::{
+    backoff_ms, Claimed, Completion, FailureCode, JobError, JobState, Retry, Shared,
+};
 use crate::policy::Policies;
 use crate::process::{self, Dest, Destinations};
 use crate::storage::{Kind, ObjectKey, ObjectStore, PutMeta, StorageError};
@@ -31,6 +40,12 @@ pub struct Settings {
     pub poll: Duration,
     pub until_idle: bool,
     pub work_dir: PathBuf,
+    /// How long a job may keep failing for infrastructure reasons before it fails for good.
+    pub outage_budget: Duration,
+    /// Infrastructure failures in a row that open the circuit breaker.
+    pub breaker_threshold: u32,
+    /// The breaker's first cooldown; it doubles while failures continue, up to 5 minutes.
+    pub breaker_cooldown: Duration,
 }
 
 /// What one supervisor did, printed at exit.
@@ -42,6 +57,18 @@ pub struct Summary {
     pub retried: u64,
     pub lost_leases: u64,
     pub released: u64,
+    /// Times the circuit breaker opened.
+    pub breaker_opened: u64,
+    /// Completions whose outcome stayed unknown (their objects are left to the orphan sweep).
+    pub unknown_outcomes: u64,
+}
+
+/// Stops claiming after repeated infrastructure failures.
+#[derive(Debug)]
+struct Breaker {
+    in_a_row: u32,
+    open_until: Option<tokio::time::Instant>,
+    cooldown: Duration,
 }
 
 #[derive(Debug)]
@@ -56,15 +83,36 @@ pub struct Supervisor {
     in_flight: Mutex<HashMap<Uuid, i64>>,
     /// Set when the shutdown grace runs out: every running worker is killed.
     cancel: process::Cancel,
+    breaker: Mutex<Breaker>,
 }
 
-/// Why an attempt ended without a result.
+/// How an attempt ended.
 enum Attempt {
     Done(Completion),
-    /// Worth retrying later (outage, host problem).
-    Transient(String),
-    /// Final failure with this code.
-    Permanent(String),
+    /// No result; `detail` (an error chain) goes to the audit row and the log only.
+    Failed {
+        code: FailureCode,
+        detail: String,
+    },
+}
+
+impl Attempt {
+    fn failed(code: FailureCode, detail: impl Into<String>) -> Self {
+        Attempt::Failed {
+            code,
+            detail: detail.into(),
+        }
+    }
+}
+
+/// Whether a completion is in the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Recorded,
+    /// Definitely not recorded: the row is another attempt's now.
+    NotOurs,
+    /// The database could not say; nothing may be deleted.
+    Unknown,
 }
 
 fn summary_of(report: &Report) -> serde_json::Value {
@@ -86,6 +134,7 @@ impl Supervisor {
         settings: Settings,
     ) -> Self {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        let cooldown = settings.breaker_cooldown;
         Supervisor {
             jobs,
             store,
@@ -100,6 +149,11 @@ impl Supervisor {
             summary: Mutex::new(Summary::default()),
             in_flight: Mutex::new(HashMap::new()),
             cancel: process::Cancel::default(),
+            breaker: Mutex::new(Breaker {
+                in_a_row: 0,
+                open_until: None,
+                cooldown,
+            }),
         }
     }
 
@@ -110,6 +164,47 @@ impl Supervisor {
     fn count(&self, f: impl FnOnce(&mut Summary)) {
         if let Ok(mut s) = self.summary.lock() {
             f(&mut s);
+        }
+    }
+
+    /// An infrastructure failure: after `breaker_threshold` in a row, stop claiming for the
+    /// cooldown (doubling, up to 5 minutes, while failures continue).
+    fn infrastructure_failed(&self) {
+        let Ok(mut b) = self.breaker.lock() else {
+            return;
+        };
+        b.in_a_row += 1;
+        if b.in_a_row >= self.settings.breaker_threshold.max(1) {
+            let cooldown = b.cooldown;
+            b.open_until = Some(tokio::time::Instant::now() + cooldown);
+            b.cooldown = (cooldown * 2).min(Duration::from_secs(300));
+            b.in_a_row = 0;
+            drop(b);
+            self.count(|s| s.breaker_opened += 1);
+            tracing::error!(
+                cooldown_s = cooldown.as_secs_f64(),
+                "infrastructure failures in a row: not claiming jobs until the cooldown ends"
+            );
+        }
+    }
+
+    fn infrastructure_ok(&self) {
+        if let Ok(mut b) = self.breaker.lock() {
+            b.in_a_row = 0;
+            b.cooldown = self.settings.breaker_cooldown;
+        }
+    }
+
+    /// When the breaker is open, the instant it closes.
+    fn breaker_open_until(&self) -> Option<tokio::time::Instant> {
+        let mut b = self.breaker.lock().ok()?;
+        match b.open_until {
+            Some(t) if t > tokio::time::Instant::now() => Some(t),
+            Some(_) => {
+                b.open_until = None;
+                None
+            }
+            None => None,
         }
     }
 
@@ -125,7 +220,16 @@ impl Supervisor {
                 break;
             }
             while tasks.try_join_next().is_some() {}
-            let now = now_ms();
+            let now = match self.jobs.now().await {
+                Ok(now) => now,
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in_s = db_backoff, "database unavailable");
+                    self.pause(&mut shutdown, Duration::from_secs(db_backoff))
+                        .await;
+                    db_backoff = (db_backoff * 2).min(30);
+                    continue;
+                }
+            };
             if now >= next_reap {
                 match self.jobs.reap(now).await {
                     Ok(n) if n > 0 => {
@@ -140,11 +244,20 @@ impl Supervisor {
                 p = slots.clone().acquire_owned() => p.expect("semaphore is never closed"),
                 _ = shutdown.changed() => continue,
             };
-            match self
-                .jobs
-                .claim(&self.owner, self.lease_ms(), now_ms())
-                .await
-            {
+            // After the permit: the job that just gave it back may have opened the breaker.
+            if let Some(until) = self.breaker_open_until() {
+                drop(permit);
+                tokio::select! {
+                    _ = tokio::time::sleep_until(until) => {}
+                    _ = shutdown.changed() => {}
+                }
+                continue;
+            }
+            let claimed = match self.jobs.now().await {
+                Ok(now) => self.jobs.claim(&self.owner, self.lease_ms(), now).await,
+                Err(e) => Err(e),
+            };
+            match claimed {
                 Ok(Some(job)) => {
                     db_backoff = 1;
                     let me = self.clone();
@@ -158,6 +271,7 @@ impl Supervisor {
                     );
                 }
                 Ok(None) => {
+                    db_backoff = 1;
                     drop(permit);
                     if self.settings.until_idle && tasks.is_empty() && self.idle().await {
                         break;
@@ -218,7 +332,11 @@ impl Supervisor {
                 .map(|m| m.iter().map(|(k, v)| (*k, *v)).collect())
                 .unwrap_or_default();
             for (id, fence) in held {
-                match self.jobs.release(id, fence, now_ms()).await {
+                let released = match self.jobs.now().await {
+                    Ok(now) => self.jobs.release(id, fence, now).await,
+                    Err(e) => Err(e),
+                };
+                match released {
                     Ok(()) => {
                         self.count(|s| s.released += 1);
                         tracing::warn!(job_id = %id, "released at shutdown");
@@ -252,7 +370,11 @@ impl Supervisor {
                 tick.tick().await;
                 loop {
                     tick.tick().await;
-                    match me.jobs.heartbeat(id, fence, me.lease_ms(), now_ms()).await {
+                    let beat = match me.jobs.now().await {
+                        Ok(now) => me.jobs.heartbeat(id, fence, me.lease_ms(), now).await,
+                        Err(e) => Err(e),
+                    };
+                    match beat {
                         Ok(true) => {}
                         Ok(false) => {
                             let _ = lost_tx.send(true);
@@ -275,51 +397,150 @@ impl Supervisor {
         }
     }
 
+    /// How long an unanswered write is retried before the row is re-read.
+    fn write_patience(&self) -> Duration {
+        self.settings.lease.max(Duration::from_secs(10))
+    }
+
     async fn finish(&self, job: &Claimed, attempt: Attempt, uploaded: Vec<ObjectKey>, lost: bool) {
-        let now = now_ms();
-        let recorded = match &attempt {
-            _ if lost => Err("lease lost".to_string()),
-            Attempt::Done(done) => self
-                .jobs
-                .complete(job.id, job.fence, done, now)
-                .await
-                .map(|()| done.state)
-                .map_err(|e| e.to_string()),
-            Attempt::Transient(code) => self
-                .jobs
-                .fail(
-                    job.id,
-                    job.fence,
-                    code,
-                    Some(now + backoff_ms(job.attempt)),
-                    now,
-                )
-                .await
-                .map_err(|e| e.to_string()),
-            Attempt::Permanent(code) => self
-                .jobs
-                .fail(job.id, job.fence, code, None, now)
-                .await
-                .map_err(|e| e.to_string()),
-        };
-        match recorded {
-            Ok(state) => {
-                tracing::info!(state = %state, "job recorded");
-                self.count(|s| match state {
-                    JobState::Succeeded => s.succeeded += 1,
-                    JobState::Rejected => s.rejected += 1,
-                    JobState::Failed => s.failed += 1,
-                    _ => s.retried += 1,
-                });
-                if !matches!(attempt, Attempt::Done(_)) {
+        if lost {
+            // The heartbeat saw another fence: definitely not ours.
+            self.count(|s| s.lost_leases += 1);
+            tracing::warn!("lease lost; deleting this attempt's objects");
+            self.forget(&uploaded).await;
+            return;
+        }
+        match attempt {
+            Attempt::Done(done) => match self.complete(job, &done).await {
+                Outcome::Recorded => {
+                    tracing::info!(state = %done.state, "job recorded");
+                    self.infrastructure_ok();
+                    self.count(|s| match done.state {
+                        JobState::Succeeded => s.succeeded += 1,
+                        JobState::Rejected => s.rejected += 1,
+                        _ => s.failed += 1,
+                    });
+                }
+                Outcome::NotOurs => {
+                    self.count(|s| s.lost_leases += 1);
+                    tracing::warn!("the job is no longer ours; deleting this attempt's objects");
                     self.forget(&uploaded).await;
                 }
-            }
-            Err(why) => {
-                // Not ours any more: nothing this attempt made may stay referenced or stored.
-                self.count(|s| s.lost_leases += 1);
-                tracing::warn!(reason = %why, "result not recorded; deleting this attempt's objects");
+                Outcome::Unknown => {
+                    self.count(|s| s.unknown_outcomes += 1);
+                    tracing::error!(
+                        objects = uploaded.len(),
+                        "could not learn whether the result was recorded; its objects are left for the orphan sweep"
+                    );
+                }
+            },
+            Attempt::Failed { code, detail } => {
+                // A failed attempt's objects are never referenced by the row: always deletable.
                 self.forget(&uploaded).await;
+                if code.is_infrastructure() {
+                    self.infrastructure_failed();
+                }
+                let retry = if code.is_infrastructure() {
+                    Retry::Outage {
+                        budget_ms: self.settings.outage_budget.as_millis() as i64,
+                    }
+                } else if code == FailureCode::Internal {
+                    Retry::Attempt {
+                        delay_ms: backoff_ms(job.attempt),
+                    }
+                } else {
+                    Retry::Never
+                };
+                tracing::warn!(code = %code, detail = %detail, "attempt failed");
+                match self
+                    .write(|now| self.jobs.fail(job.id, job.fence, code, &detail, retry, now))
+                    .await
+                {
+                    Ok(state) => self.count(|s| match state {
+                        JobState::Failed => s.failed += 1,
+                        _ => s.retried += 1,
+                    }),
+                    Err(e) => {
+                        self.count(|s| s.lost_leases += 1);
+                        tracing::warn!(error = %e, "could not record the failure; the reaper will requeue the job");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Run a write with the database's time, retrying errors other than a refusal for
+    /// [`Self::write_patience`].
+    async fn write<T, F, Fut>(&self, f: F) -> Result<T, JobError>
+    where
+        F: Fn(i64) -> Fut,
+        Fut: std::future::Future<Output = Result<T, JobError>>,
+    {
+        let deadline = tokio::time::Instant::now() + self.write_patience();
+        let mut delay = Duration::from_millis(250);
+        loop {
+            let result = match self.jobs.now().await {
+                Ok(now) => f(now).await,
+                Err(e) => Err(e),
+            };
+            match result {
+                Err(e) if e.is_transient() && tokio::time::Instant::now() + delay < deadline => {
+                    tracing::warn!(error = %e, "database write failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Record a completion. A stale fence on the first try is definite; after an error whose
+    /// outcome is unknown (the commit may have landed), the row decides.
+    async fn complete(&self, job: &Claimed, done: &Completion) -> Outcome {
+        let tried = std::sync::atomic::AtomicBool::new(false);
+        let result = self
+            .write(|now| {
+                let first = !tried.swap(true, std::sync::atomic::Ordering::Relaxed);
+                async move {
+                    match self.jobs.complete(job.id, job.fence, done, now).await {
+                        Err(JobError::StaleFence(..)) if !first => {
+                            Err(JobError::Corrupt("stale after an unanswered try".into()))
+                        }
+                        other => other,
+                    }
+                }
+            })
+            .await;
+        match result {
+            Ok(()) => Outcome::Recorded,
+            Err(JobError::StaleFence(..)) => Outcome::NotOurs,
+            Err(e) => {
+                tracing::warn!(error = %e, "completion outcome unknown; re-reading the job");
+                self.reread(job, done).await
+            }
+        }
+    }
+
+    async fn reread(&self, job: &Claimed, done: &Completion) -> Outcome {
+        let deadline = tokio::time::Instant::now() + self.write_patience();
+        loop {
+            match self.jobs.get(job.id).await {
+                Ok(Some(row)) if row.report_key.is_some() && row.report_key == done.report_key => {
+                    return Outcome::Recorded
+                }
+                // Still running under our fence: our commit might yet land.
+                Ok(Some(row)) if row.state == JobState::Running && row.fence == job.fence => {
+                    return Outcome::Unknown
+                }
+                // Moved on without our keys (another fence, cancelled, purged): our commit can
+                // no longer land.
+                Ok(Some(_)) => return Outcome::NotOurs,
+                Ok(None) => return Outcome::NotOurs,
+                Err(e) if tokio::time::Instant::now() < deadline => {
+                    tracing::warn!(error = %e, "re-reading the job failed; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err(_) => return Outcome::Unknown,
             }
         }
     }
@@ -334,11 +555,12 @@ impl Supervisor {
     }
 
     fn storage_attempt(e: StorageError, what: &str) -> Attempt {
-        if e.is_transient() {
-            Attempt::Transient(format!("storage_unavailable: {what}"))
+        let code = if e.is_transient() {
+            FailureCode::StorageUnavailable
         } else {
-            Attempt::Permanent(format!("storage_refused: {what}"))
-        }
+            FailureCode::StorageRefused
+        };
+        Attempt::failed(code, format!("{what}: {e}"))
     }
 
     async fn attempt(
@@ -348,14 +570,14 @@ impl Supervisor {
         cancel: &process::Cancel,
     ) -> Attempt {
         let Ok(plan) = self.policies.limits.plan(&job.plan).cloned() else {
-            return Attempt::Permanent("unknown_plan".into());
+            return Attempt::failed(FailureCode::UnknownPlan, format!("plan {:?}", job.plan));
         };
         let Ok(input) = ObjectKey::parse(&job.input_key) else {
-            return Attempt::Permanent("bad_input_key".into());
+            return Attempt::failed(FailureCode::BadInputKey, "the input key is malformed");
         };
         let size = match self.store.head(&input).await {
             Ok(Some(meta)) => meta.size,
-            Ok(None) => return Attempt::Permanent("input_missing".into()),
+            Ok(None) => return Attempt::failed(FailureCode::InputMissing, "HEAD found nothing"),
             Err(e) => return Self::storage_attempt(e, "head"),
         };
         if size > plan.limits.max_bytes {
@@ -369,7 +591,7 @@ impl Supervisor {
         }
         let dir = match crate::workdir::job_dir(&self.settings.work_dir) {
             Ok(d) => d,
-            Err(e) => return Attempt::Transient(format!("work_dir: {e}")),
+            Err(e) => return Attempt::failed(FailureCode::WorkDir, format!("{e:#}")),
         };
         let staged = dir.path().join("input");
         if let Err(e) = self
@@ -399,8 +621,8 @@ impl Supervisor {
         .await;
         let report = match run {
             Ok(Ok(report)) => report,
-            Ok(Err(e)) => return Attempt::Transient(format!("worker_start: {e:#}")),
-            Err(_) => return Attempt::Transient("worker_task_panicked".into()),
+            Ok(Err(e)) => return Attempt::failed(FailureCode::WorkerStart, format!("{e:#}")),
+            Err(e) => return Attempt::failed(FailureCode::Internal, format!("worker task: {e}")),
         };
         let attempt = self.record(job, report, Some(dir.path()), uploaded).await;
         drop(dir);
@@ -418,7 +640,7 @@ impl Supervisor {
         if let Some(r) = &report.rejection {
             if r.code == Code::SandboxUnavailable {
                 // The host, not the file: give it to a supervisor that can run it.
-                return Attempt::Transient("sandbox_unavailable".into());
+                return Attempt::failed(FailureCode::SandboxUnavailable, r.message.clone());
             }
         }
         let state = match report.status {
@@ -433,47 +655,39 @@ impl Supervisor {
         let report_path = match dir {
             Some(d) => d.join("report.json"),
             None => {
-                let Ok(tmp) = tempfile::NamedTempFile::new_in(&self.settings.work_dir) else {
-                    return Attempt::Transient("work_dir".into());
-                };
-                let (_, path) = match tmp.keep() {
-                    Ok(kept) => kept,
-                    Err(_) => return Attempt::Transient("work_dir".into()),
-                };
-                path
+                let kept = tempfile::NamedTempFile::new_in(&self.settings.work_dir)
+                    .map_err(|e| e.to_string())
+                    .and_then(|t| t.keep().map_err(|e| e.to_string()));
+                match kept {
+                    Ok((_, path)) => path,
+                    Err(e) => return Attempt::failed(FailureCode::WorkDir, e),
+                }
             }
         };
         if dir.is_none() {
             let json = serde_json::to_vec_pretty(&report).unwrap_or_default();
-            if std::fs::write(&report_path, json).is_err() {
-                return Attempt::Transient("work_dir".into());
+            if let Err(e) = std::fs::write(&report_path, json) {
+                return Attempt::failed(FailureCode::WorkDir, e.to_string());
             }
         }
         let mut files = vec![(
             Kind::Report,
             report_path.clone(),
-            "application/json",
             format!("{stem}.report.json"),
         )];
         if let Some(d) = dir {
             if report.status == Status::Accepted {
-                files.push((
-                    Kind::Output,
-                    d.join("out.csv"),
-                    "text/csv",
-                    format!("{stem}.clean.csv"),
-                ));
+                files.push((Kind::Output, d.join("out.csv"), format!("{stem}.clean.csv")));
             }
             if report.status != Status::Failed && d.join("rejects.csv").exists() {
                 files.push((
                     Kind::Rejects,
                     d.join("rejects.csv"),
-                    "text/csv",
                     format!("{stem}.rejects.csv"),
                 ));
             }
         }
-        let mut keys: HashMap<&'static str, String> = HashMap::new();
+        let mut keys: HashMap<Kind, String> = HashMap::new();
         let cap = 4 * self
             .policies
             .limits
@@ -481,23 +695,16 @@ impl Supervisor {
             .map(|p| p.limits.max_bytes)
             .unwrap_or(1 << 30)
             + (1 << 20);
-        for (kind, path, content_type, name) in files {
+        for (kind, path, name) in files {
             let key = ObjectKey::new(kind);
             let meta = PutMeta {
-                content_type: content_type.into(),
+                content_type: kind.content_type().into(),
                 download_name: name,
             };
             match self.store.put_file(&key, &path, cap, &meta).await {
                 Ok(_) => {
                     uploaded.push(key.clone());
-                    keys.insert(
-                        match kind {
-                            Kind::Output => "output",
-                            Kind::Rejects => "rejects",
-                            _ => "report",
-                        },
-                        key.to_string(),
-                    );
+                    keys.insert(kind, key.to_string());
                 }
                 Err(e) => {
                     if dir.is_none() {
@@ -512,13 +719,10 @@ impl Supervisor {
         }
         Attempt::Done(Completion {
             state,
-            result_code: report
-                .rejection
-                .as_ref()
-                .map(|r| r.code.as_str().to_string()),
-            output_key: keys.remove("output"),
-            rejects_key: keys.remove("rejects"),
-            report_key: keys.remove("report"),
+            result_code: report.rejection.as_ref().map(|r| r.code),
+            output_key: keys.remove(&Kind::Output),
+            rejects_key: keys.remove(&Kind::Rejects),
+            report_key: keys.remove(&Kind::Report),
             summary: summary_of(&report),
         })
     }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::jobs::{JobError, JobRecord, Shared, SweepScope};
+use crate::jobs::{Clock, JobError, JobRecord, JobState, Shared, SweepScope};
 use crate::policy::retention::RetentionPolicy;
 use crate::storage::{Kind, ObjectKey, ObjectStore};
 
@@ -30,6 +30,21 @@ pub struct SweepSummary {
     pub oldest_overdue_completed_at_ms: Option<i64>,
     pub orphans_found: u64,
     pub orphans_deleted: u64,
+    /// Erasure only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub erasure: Option<Erasure>,
+}
+
+/// What an erasure did to the tenant's unfinished jobs.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Erasure {
+    /// Queued jobs cancelled (a dry run: would be).
+    pub cancelled_queued: u64,
+    /// Running jobs cancelled: their workers are stopped at the next heartbeat and nothing they
+    /// make is recorded (a dry run: would be).
+    pub cancelled_running: u64,
+    /// Jobs still queued or running when the erasure ended (then it exits 1; run it again).
+    pub still_active: i64,
 }
 
 impl SweepSummary {
@@ -109,43 +124,62 @@ impl Sweeper {
     }
 
     /// Retention: every job past its plan's retention, and old orphans.
-    pub async fn sweep(&self, now: i64, dry_run: bool) -> Result<SweepSummary, JobError> {
+    pub async fn sweep(&self, clock: Clock, dry_run: bool) -> Result<SweepSummary, JobError> {
+        let now = clock.now(&*self.jobs).await?;
         let scope = SweepScope::Retention(self.policy.classes(now));
-        let mut summary = self.run(&scope, "retention", now, dry_run).await?;
+        let mut summary = self.run(&scope, "retention", clock, dry_run).await?;
+        let now = clock.now(&*self.jobs).await?;
         self.orphans(now, dry_run, &mut summary).await;
         Ok(summary)
     }
 
-    /// Erasure on request: all of one tenant's finished jobs now (queued ones are cancelled
-    /// first; running ones are left to finish and need another purge).
+    /// Erasure on request: cancel the tenant's queued and running jobs (a running job's worker
+    /// is stopped and its result refused by its fence), then delete every file of every job
+    /// of the tenant now. Fails (exit 1) while any job of the tenant is still active.
     pub async fn purge(
         &self,
         tenant: &str,
-        now: i64,
+        clock: Clock,
         dry_run: bool,
     ) -> Result<SweepSummary, JobError> {
-        if !dry_run {
-            for id in self.jobs.queued_of(tenant).await? {
-                // A job claimed meanwhile is simply not cancelled.
-                let _ = self.jobs.cancel(id, now).await;
+        let mut erasure = Erasure::default();
+        if dry_run {
+            erasure.still_active = self.jobs.active_of(tenant).await?;
+        } else {
+            let now = clock.now(&*self.jobs).await?;
+            for (_, was) in self.jobs.cancel_tenant(tenant, now).await? {
+                match was {
+                    JobState::Running => erasure.cancelled_running += 1,
+                    _ => erasure.cancelled_queued += 1,
+                }
             }
         }
-        self.run(
-            &SweepScope::Tenant(tenant.to_string()),
-            "erasure_request",
-            now,
-            dry_run,
-        )
-        .await
+        let mut summary = self
+            .run(
+                &SweepScope::Tenant(tenant.to_string()),
+                "erasure_request",
+                clock,
+                dry_run,
+            )
+            .await?;
+        if !dry_run {
+            erasure.still_active = self.jobs.active_of(tenant).await?;
+            if erasure.still_active > 0 {
+                summary.fail("still_active", erasure.still_active as u64);
+            }
+        }
+        summary.erasure = Some(erasure);
+        Ok(summary)
     }
 
     async fn run(
         &self,
         scope: &SweepScope,
         reason: &str,
-        now: i64,
+        clock: Clock,
         dry_run: bool,
     ) -> Result<SweepSummary, JobError> {
+        let now = clock.now(&*self.jobs).await?;
         let preview = self.jobs.preview_sweep(scope, now).await?;
         let mut summary = SweepSummary {
             run_id: Uuid::new_v4().to_string(),
@@ -162,6 +196,9 @@ impl Sweeper {
         let lease_ms = self.policy.lease.as_millis() as i64;
         let mut refused = Vec::new();
         loop {
+            // A fresh time per batch: a sweep longer than its lease must not hand later batches
+            // an already-expired lease.
+            let now = clock.now(&*self.jobs).await?;
             let batch = self
                 .jobs
                 .claim_sweep(scope, &self.owner, lease_ms, self.policy.batch_size, now)

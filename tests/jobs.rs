@@ -5,7 +5,9 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use airlock::jobs::{Completion, JobError, JobState, JobStore, NewJob, Submitted};
+use airlock::jobs::{
+    Completion, FailureCode, JobError, JobState, JobStore, NewJob, Retry, Submitted,
+};
 
 pub fn pg_url() -> String {
     std::env::var("AIRLOCK_TEST_DATABASE_URL")
@@ -32,6 +34,7 @@ pub async fn sqlite() -> (Arc<dyn JobStore>, Option<tempfile::TempDir>) {
 
 fn job(tenant: &str, key: Option<&str>) -> NewJob {
     NewJob {
+        id: uuid::Uuid::new_v4(),
         tenant: tenant.into(),
         idempotency_key: key.map(String::from),
         plan: "default".into(),
@@ -115,7 +118,16 @@ async fn fencing_refuses_a_stale_supervisor(store: Arc<dyn JobStore>) {
         .unwrap_err();
     assert!(matches!(err, JobError::StaleFence(..)), "{err}");
     assert!(matches!(
-        store.fail(id, first.fence, "x", None, later + 2).await,
+        store
+            .fail(
+                id,
+                first.fence,
+                FailureCode::InputMissing,
+                "x",
+                Retry::Never,
+                later + 2
+            )
+            .await,
         Err(JobError::StaleFence(..))
     ));
     store
@@ -151,7 +163,14 @@ async fn retries_wait_for_their_backoff(store: Arc<dyn JobStore>) {
     let id = store.submit(&job("acme", None), 0).await.unwrap().id();
     let c = store.claim("sup", LEASE, 1_000).await.unwrap().unwrap();
     let state = store
-        .fail(id, c.fence, "storage_unavailable", Some(10_000), 2_000)
+        .fail(
+            id,
+            c.fence,
+            FailureCode::Internal,
+            "task panicked",
+            Retry::Attempt { delay_ms: 8_000 },
+            2_000,
+        )
         .await
         .unwrap();
     assert_eq!(state, JobState::Queued);
@@ -160,18 +179,220 @@ async fn retries_wait_for_their_backoff(store: Arc<dyn JobStore>) {
         "not before its backoff"
     );
     let c = store.claim("sup", LEASE, 10_000).await.unwrap().unwrap();
-    assert_eq!(c.attempt, 2);
+    assert_eq!(
+        c.attempt, 2,
+        "a retry the job may have caused spends an attempt"
+    );
     // Permanent: no retry even with attempts left.
     assert_eq!(
         store
-            .fail(id, c.fence, "sandbox_violation", None, 11_000)
+            .fail(
+                id,
+                c.fence,
+                FailureCode::InputMissing,
+                "HEAD found nothing at in/…",
+                Retry::Never,
+                11_000
+            )
             .await
             .unwrap(),
         JobState::Failed
     );
+    let rec = store.get(id).await.unwrap().unwrap();
+    assert_eq!(rec.result_code.as_deref(), Some("input_missing"));
+    // The free text is in the audit detail, never in the result code.
+    let (_, to, detail) = store.audit(id).await.unwrap().pop().unwrap();
+    assert_eq!(to, "failed");
+    assert!(detail.unwrap().contains("HEAD found nothing"));
+}
+
+/// Infrastructure failures give the attempt back, back off as long as the outage has lasted
+/// (5 s to 5 min), and fail the job only once the outage budget is spent. A job-caused retry
+/// in between restarts the outage clock.
+async fn outages_spend_no_attempts_within_their_budget(store: Arc<dyn JobStore>) {
+    const BUDGET: i64 = 3_600_000;
+    let id = store.submit(&job("acme", None), 0).await.unwrap().id();
+    let outage = Retry::Outage { budget_ms: BUDGET };
+    let mut now = 1_000;
+    let mut expected_delays = Vec::new();
+    let mut delays = Vec::new();
+    // Twelve failures in a row (about 30 minutes of outage): far more than max_attempts (5).
+    for _ in 0..12 {
+        let c = store.claim("sup", LEASE, now).await.unwrap().unwrap();
+        assert_eq!(c.attempt, 1, "an outage spends no attempt");
+        let state = store
+            .fail(
+                id,
+                c.fence,
+                FailureCode::StorageUnavailable,
+                "GET: timed out",
+                outage,
+                now,
+            )
+            .await
+            .unwrap();
+        assert_eq!(state, JobState::Queued);
+        expected_delays.push((now - 1_000).clamp(5_000, 300_000));
+        let mut next = now;
+        while store.claim("probe", LEASE, next).await.unwrap().is_none() {
+            next += 1_000;
+        }
+        // The probe took it: give it back without counting.
+        let probe = store.get(id).await.unwrap().unwrap();
+        store.release(id, probe.fence, next).await.unwrap();
+        delays.push(next - now);
+        now = next;
+    }
+    for (got, want) in delays.iter().zip(&expected_delays) {
+        assert!(
+            *got >= *want && *got < *want + 1_000,
+            "{delays:?} vs {expected_delays:?}"
+        );
+    }
+    assert_eq!(store.get(id).await.unwrap().unwrap().attempts, 0);
+    // Past the budget, counted from the first failure at 1 s: failed for good.
+    let c = store
+        .claim("sup", LEASE, BUDGET + 2_000)
+        .await
+        .unwrap()
+        .unwrap();
+    let state = store
+        .fail(
+            id,
+            c.fence,
+            FailureCode::StorageUnavailable,
+            "GET: timed out",
+            outage,
+            BUDGET + 2_000,
+        )
+        .await
+        .unwrap();
+    assert_eq!(state, JobState::Failed);
+    let rec = store.get(id).await.unwrap().unwrap();
+    assert_eq!(rec.result_code.as_deref(), Some("outage_budget_spent"));
+
+    // A job-caused retry restarts the outage clock.
+    let id = store.submit(&job("acme", None), 0).await.unwrap().id();
+    let t0 = 10 * BUDGET;
+    let c = store.claim("sup", LEASE, t0).await.unwrap().unwrap();
+    store
+        .fail(id, c.fence, FailureCode::WorkDir, "disk full", outage, t0)
+        .await
+        .unwrap();
+    let c = store
+        .claim("sup", LEASE, t0 + 5_000)
+        .await
+        .unwrap()
+        .unwrap();
+    store
+        .fail(
+            id,
+            c.fence,
+            FailureCode::Internal,
+            "bug",
+            Retry::Attempt { delay_ms: 0 },
+            t0 + BUDGET,
+        )
+        .await
+        .unwrap();
+    let c = store
+        .claim("sup", LEASE, t0 + BUDGET + 1)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(c.attempt, 2);
+    let state = store
+        .fail(
+            id,
+            c.fence,
+            FailureCode::WorkDir,
+            "disk full",
+            outage,
+            t0 + BUDGET + 2,
+        )
+        .await
+        .unwrap();
+    assert_eq!(state, JobState::Queued, "a new outage, not the old one");
+}
+
+/// A retried job goes to the back of its tenant's queue instead of keeping its old position.
+async fn a_retried_job_takes_a_new_position(store: Arc<dyn JobStore>) {
+    let a1 = store.submit(&job("acme", None), 1).await.unwrap().id();
+    let a2 = store.submit(&job("acme", None), 2).await.unwrap().id();
+    let a3 = store.submit(&job("acme", None), 3).await.unwrap().id();
+    let c = store.claim("sup", LEASE, 10).await.unwrap().unwrap();
+    assert_eq!(c.id, a1);
+    store
+        .fail(
+            a1,
+            c.fence,
+            FailureCode::Internal,
+            "bug",
+            Retry::Attempt { delay_ms: 0 },
+            11,
+        )
+        .await
+        .unwrap();
+    let mut order = Vec::new();
+    while let Some(c) = store.claim("sup", LEASE, 20).await.unwrap() {
+        order.push(c.id);
+    }
+    assert_eq!(order, [a2, a3, a1]);
+    for id in order {
+        let fence = store.get(id).await.unwrap().unwrap().fence;
+        store
+            .complete(id, fence, &done(JobState::Succeeded), 30)
+            .await
+            .unwrap();
+    }
+    // The same for a job the reaper requeues.
+    let b1 = store.submit(&job("beta", None), 30).await.unwrap().id();
+    let b2 = store.submit(&job("beta", None), 31).await.unwrap().id();
+    assert_eq!(store.claim("sup", LEASE, 40).await.unwrap().unwrap().id, b1);
+    assert_eq!(store.reap(40 + LEASE + 1).await.unwrap(), 1);
+    let later = 40 + LEASE + 1_000_000;
     assert_eq!(
-        store.get(id).await.unwrap().unwrap().result_code.as_deref(),
-        Some("sandbox_violation")
+        store.claim("sup", LEASE, later).await.unwrap().unwrap().id,
+        b2
+    );
+    assert_eq!(
+        store.claim("sup", LEASE, later).await.unwrap().unwrap().id,
+        b1
+    );
+}
+
+/// An erasure cancels a tenant's queued and running jobs in one go: the running job's holder
+/// can neither heartbeat nor record, and no reaper brings it back.
+async fn erasure_cancels_queued_and_running_jobs(store: Arc<dyn JobStore>) {
+    let running = store.submit(&job("acme", None), 1).await.unwrap().id();
+    let queued = store.submit(&job("acme", None), 2).await.unwrap().id();
+    let other = store.submit(&job("beta", None), 3).await.unwrap().id();
+    let c = store.claim("sup", LEASE, 10).await.unwrap().unwrap();
+    assert_eq!(c.id, running);
+    assert_eq!(store.active_of("acme").await.unwrap(), 2);
+    let mut cancelled = store.cancel_tenant("acme", 20).await.unwrap();
+    cancelled.sort_by_key(|(_, s)| s.as_str());
+    assert_eq!(
+        cancelled,
+        [(queued, JobState::Queued), (running, JobState::Running)]
+    );
+    assert_eq!(store.active_of("acme").await.unwrap(), 0);
+    assert!(!store.heartbeat(running, c.fence, LEASE, 21).await.unwrap());
+    assert!(matches!(
+        store
+            .complete(running, c.fence, &done(JobState::Succeeded), 22)
+            .await,
+        Err(JobError::StaleFence(..))
+    ));
+    assert_eq!(store.reap(10 + LEASE + 1).await.unwrap(), 0);
+    for id in [running, queued] {
+        let rec = store.get(id).await.unwrap().unwrap();
+        assert_eq!(rec.state, JobState::Cancelled);
+        assert_eq!(rec.finished_at, Some(20));
+    }
+    assert_eq!(
+        store.get(other).await.unwrap().unwrap().state,
+        JobState::Queued
     );
 }
 
@@ -310,6 +531,21 @@ macro_rules! conformance {
             async fn retries() {
                 let (s, _d) = super::$backend().await;
                 retries_wait_for_their_backoff(s).await;
+            }
+            #[tokio::test]
+            async fn outages() {
+                let (s, _d) = super::$backend().await;
+                outages_spend_no_attempts_within_their_budget(s).await;
+            }
+            #[tokio::test]
+            async fn retry_position() {
+                let (s, _d) = super::$backend().await;
+                a_retried_job_takes_a_new_position(s).await;
+            }
+            #[tokio::test]
+            async fn erasure() {
+                let (s, _d) = super::$backend().await;
+                erasure_cancels_queued_and_running_jobs(s).await;
             }
             #[tokio::test]
             async fn idempotency() {

@@ -113,6 +113,7 @@ impl World {
     /// A queued job of acme's on `input`, submitted at `at`.
     async fn queued_job(&self, input: &str, at: i64) -> uuid::Uuid {
         let job = NewJob {
+            id: uuid::Uuid::new_v4(),
             tenant: "acme".into(),
             idempotency_key: None,
             plan: "default".into(),
@@ -147,6 +148,7 @@ impl World {
     async fn finished_job(&self, tenant: &str, plan: &str, finished: i64) -> JobRecord {
         let input = self.put(Kind::Input).await;
         let job = NewJob {
+            id: uuid::Uuid::new_v4(),
             tenant: tenant.into(),
             idempotency_key: None,
             plan: plan.into(),
@@ -220,7 +222,11 @@ async fn retention_boundary(w: World) {
     let queued_input = w.put(Kind::Input).await;
     let queued = w.queued_job(&queued_input, 1).await;
 
-    let dry = w.sweeper().sweep(now, true).await.unwrap();
+    let dry = w
+        .sweeper()
+        .sweep(airlock::jobs::Clock::Fixed(now), true)
+        .await
+        .unwrap();
     assert_eq!(dry.candidates, 2, "{dry:?}");
     assert_eq!(
         dry.oldest_overdue_completed_at_ms,
@@ -232,7 +238,11 @@ async fn retention_boundary(w: World) {
         "dry-run deletes nothing"
     );
 
-    let s = w.sweeper().sweep(now, false).await.unwrap();
+    let s = w
+        .sweeper()
+        .sweep(airlock::jobs::Clock::Fixed(now), false)
+        .await
+        .unwrap();
     assert_eq!((s.jobs_purged, s.objects_deleted), (2, 8), "{s:?}");
     // The dry run reported what the real run then did.
     assert_eq!(dry.candidates, s.jobs_purged as i64);
@@ -279,7 +289,11 @@ async fn retention_boundary(w: World) {
     assert_eq!(r["run_id"], s.run_id);
 
     // A re-run finds nothing more.
-    let again = w.sweeper().sweep(now, false).await.unwrap();
+    let again = w
+        .sweeper()
+        .sweep(airlock::jobs::Clock::Fixed(now), false)
+        .await
+        .unwrap();
     assert_eq!((again.candidates, again.jobs_purged), (0, 0));
 }
 
@@ -303,14 +317,18 @@ async fn crash_between_delete_and_mark_then_rerun(w: World) {
     // While its lease lasts, nobody else takes the job.
     assert_eq!(
         w.sweeper()
-            .sweep(now + 1_000, false)
+            .sweep(airlock::jobs::Clock::Fixed(now + 1_000), false)
             .await
             .unwrap()
             .jobs_purged,
         0
     );
     // After the lease, the next run finishes cleanly: the objects are already gone, which is fine.
-    let s = w.sweeper().sweep(now + 600_001, false).await.unwrap();
+    let s = w
+        .sweeper()
+        .sweep(airlock::jobs::Clock::Fixed(now + 600_001), false)
+        .await
+        .unwrap();
     assert_eq!(s.jobs_purged, 1, "{s:?}");
     assert!(s.failures.is_empty());
     assert_eq!(
@@ -327,8 +345,18 @@ async fn concurrent_sweeps_take_each_job_once(w: World) {
         all.push(w.finished_job("acme", "default", now - 40 * DAY + i).await);
     }
     let (a, b) = tokio::join!(
-        async { w.sweeper().sweep(now, false).await.unwrap() },
-        async { w.sweeper().sweep(now, false).await.unwrap() }
+        async {
+            w.sweeper()
+                .sweep(airlock::jobs::Clock::Fixed(now), false)
+                .await
+                .unwrap()
+        },
+        async {
+            w.sweeper()
+                .sweep(airlock::jobs::Clock::Fixed(now), false)
+                .await
+                .unwrap()
+        }
     );
     assert_eq!(a.jobs_purged + b.jobs_purged, 12, "{a:?} {b:?}");
     assert_eq!(
@@ -353,9 +381,17 @@ async fn cancelled_jobs_are_inside_retention(w: World) {
         w.jobs.cancel(job, now - 60 * DAY).await.unwrap(),
         JobState::Cancelled
     );
-    let dry = w.sweeper().sweep(now, true).await.unwrap();
+    let dry = w
+        .sweeper()
+        .sweep(airlock::jobs::Clock::Fixed(now), true)
+        .await
+        .unwrap();
     assert_eq!(dry.candidates, 1, "{dry:?}");
-    let s = w.sweeper().sweep(now, false).await.unwrap();
+    let s = w
+        .sweeper()
+        .sweep(airlock::jobs::Clock::Fixed(now), false)
+        .await
+        .unwrap();
     assert_eq!(s.jobs_purged, 1, "{s:?}");
     assert!(
         !w.exists(&input).await,
@@ -375,7 +411,10 @@ async fn orphans_go_and_referenced_objects_stay(w: World) {
     // Within the 48 h grace (47 h later, by the injected clock): kept.
     let s = w
         .sweeper()
-        .sweep(real_now + 47 * 3_600_000, false)
+        .sweep(
+            airlock::jobs::Clock::Fixed(real_now + 47 * 3_600_000),
+            false,
+        )
         .await
         .unwrap();
     assert!(w.exists(&orphan).await, "{s:?}");
@@ -383,7 +422,11 @@ async fn orphans_go_and_referenced_objects_stay(w: World) {
     // Past it (49 h later): the orphan goes, the live job's objects stay, and an object outside
     // Airlock's prefixes is never touched.
     let later = real_now + 49 * 3_600_000;
-    let s = w.sweeper().sweep(later, false).await.unwrap();
+    let s = w
+        .sweeper()
+        .sweep(airlock::jobs::Clock::Fixed(later), false)
+        .await
+        .unwrap();
     assert_eq!(s.orphans_deleted, 1, "{s:?}");
     assert!(!w.exists(&orphan).await);
     assert_eq!(w.all_exist(&job).await, [true; 4]);
@@ -398,10 +441,18 @@ async fn purge_erases_exactly_one_tenant(w: World) {
     let a1 = w.finished_job("acme", "default", now - 1_000).await;
     let g1 = w.finished_job("globex", "default", now - 900).await;
     let a2 = w.finished_job("acme", "trial", now - 800).await;
-    let dry = w.sweeper().purge("acme", now, true).await.unwrap();
+    let dry = w
+        .sweeper()
+        .purge("acme", airlock::jobs::Clock::Fixed(now), true)
+        .await
+        .unwrap();
     assert_eq!(dry.candidates, 2);
     assert_eq!(w.all_exist(&a1).await, [true; 4]);
-    let s = w.sweeper().purge("acme", now, false).await.unwrap();
+    let s = w
+        .sweeper()
+        .purge("acme", airlock::jobs::Clock::Fixed(now), false)
+        .await
+        .unwrap();
     assert_eq!(s.jobs_purged, 2, "{s:?}");
     assert_eq!(w.all_exist(&a1).await, [false; 4]);
     assert_eq!(w.all_exist(&a2).await, [false; 4]);

@@ -4,11 +4,14 @@ mod common;
 #[cfg(feature = "test-seam")]
 mod hostile;
 mod jobs;
+mod migrations;
 mod process;
 mod sandbox;
 mod service;
 mod storage;
 mod sufficiency;
+#[cfg(feature = "test-seam")]
+mod supervisor;
 mod sweeper;
 
 /// The hostile-worker tests need the parent's test seam; without it they would silently not exist.

@@ -16,6 +16,7 @@
 //! the embedded default; one host).
 
 pub mod postgres;
+pub mod schema;
 pub mod sql;
 pub mod sqlite;
 
@@ -83,6 +84,8 @@ impl fmt::Display for JobState {
 /// A job to enqueue; the input is already in storage.
 #[derive(Debug, Clone)]
 pub struct NewJob {
+    /// Chosen before the upload, so a submit whose commit reply was lost can look its job up.
+    pub id: Uuid,
     pub tenant: String,
     pub idempotency_key: Option<String>,
     pub plan: String,
@@ -108,6 +111,101 @@ impl Submitted {
     }
 }
 
+/// Why a job failed, or was given back, without a worker's report (a `failed` job's
+/// `result_code`; the report's own codes cover rejections and worker failures). Stable
+/// snake_case, listed in the README. Free text (error chains, paths) goes to the audit detail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureCode {
+    /// The object store could not be reached or answered with a server error.
+    StorageUnavailable,
+    /// The object store refused a request (permissions, a bad bucket).
+    StorageRefused,
+    /// The job's input is gone from storage.
+    InputMissing,
+    /// The job names a plan this supervisor's policies do not have.
+    UnknownPlan,
+    /// The job's input key is not one Airlock makes.
+    BadInputKey,
+    /// The private staging directory could not be made or written.
+    WorkDir,
+    /// The worker process could not be started.
+    WorkerStart,
+    /// This host cannot run the sandbox the policy asks for.
+    SandboxUnavailable,
+    /// The supervisor's own task failed (a bug; counted as an attempt).
+    Internal,
+    /// Leases expired (the supervisor died or stalled) until the attempts were spent.
+    LeaseExpired,
+    /// Infrastructure failures went on for longer than the outage budget.
+    OutageBudgetSpent,
+}
+
+impl FailureCode {
+    pub const ALL: [FailureCode; 11] = [
+        FailureCode::StorageUnavailable,
+        FailureCode::StorageRefused,
+        FailureCode::InputMissing,
+        FailureCode::UnknownPlan,
+        FailureCode::BadInputKey,
+        FailureCode::WorkDir,
+        FailureCode::WorkerStart,
+        FailureCode::SandboxUnavailable,
+        FailureCode::Internal,
+        FailureCode::LeaseExpired,
+        FailureCode::OutageBudgetSpent,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureCode::StorageUnavailable => "storage_unavailable",
+            FailureCode::StorageRefused => "storage_refused",
+            FailureCode::InputMissing => "input_missing",
+            FailureCode::UnknownPlan => "unknown_plan",
+            FailureCode::BadInputKey => "bad_input_key",
+            FailureCode::WorkDir => "work_dir",
+            FailureCode::WorkerStart => "worker_start",
+            FailureCode::SandboxUnavailable => "sandbox_unavailable",
+            FailureCode::Internal => "internal",
+            FailureCode::LeaseExpired => "lease_expired",
+            FailureCode::OutageBudgetSpent => "outage_budget_spent",
+        }
+    }
+
+    /// The host or a service, not the job: retried without spending an attempt, within the
+    /// outage budget, and counted by the supervisor's circuit breaker.
+    pub fn is_infrastructure(self) -> bool {
+        matches!(
+            self,
+            FailureCode::StorageUnavailable
+                | FailureCode::WorkDir
+                | FailureCode::WorkerStart
+                | FailureCode::SandboxUnavailable
+        )
+    }
+}
+
+impl fmt::Display for FailureCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What happens to a job after a failed attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// Final: `failed` now.
+    Never,
+    /// The job itself may have caused it: queued again after `delay_ms`, the attempt spent
+    /// (`failed` once attempts are spent).
+    Attempt { delay_ms: i64 },
+    /// Infrastructure: queued again without spending the attempt, unless the job's outage
+    /// (counted from its first infrastructure failure in a row) has lasted longer than
+    /// `budget_ms`, which fails it with `outage_budget_spent`. The delay grows with the
+    /// outage: as long as it has lasted so far, from 5 s up to 5 min.
+    Outage { budget_ms: i64 },
+}
+
 /// A job this supervisor now holds the lease on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Claimed {
@@ -125,7 +223,8 @@ pub struct Claimed {
 #[derive(Debug, Clone)]
 pub struct Completion {
     pub state: JobState,
-    pub result_code: Option<String>,
+    /// The report's rejection code, if any.
+    pub result_code: Option<airlock_engine::Code>,
     pub output_key: Option<String>,
     pub rejects_key: Option<String>,
     pub report_key: Option<String>,
@@ -153,6 +252,8 @@ pub struct JobRecord {
     pub report_key: Option<String>,
     pub summary: Option<serde_json::Value>,
     pub purged_at: Option<i64>,
+    /// The fencing token of the latest claim.
+    pub fence: i64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -173,6 +274,17 @@ pub enum JobError {
     Db(#[from] sqlx::Error),
     #[error("corrupt row: {0}")]
     Corrupt(String),
+    #[error(
+        "the database schema is at version {found}; this build needs {want}: run `airlock migrate`"
+    )]
+    SchemaBehind { found: i64, want: i64 },
+    #[error("the database schema is at version {found}, newer than this build's {want}: upgrade airlock")]
+    SchemaAhead { found: i64, want: i64 },
+    #[error("migration failed")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A bad database URL or option (exit 2).
+    #[error("{0}")]
+    Config(String),
 }
 
 impl JobError {
@@ -187,8 +299,13 @@ pub type Shared = Arc<dyn JobStore>;
 /// The queue. Object-safe; held as `Arc<dyn JobStore>`.
 #[async_trait]
 pub trait JobStore: Send + Sync + fmt::Debug {
-    /// Create or upgrade the schema (idempotent).
+    /// Apply the migrations this build has and the database lacks (`airlock migrate` only).
     async fn migrate(&self) -> Result<(), JobError>;
+    /// `Ok` when the database's schema is exactly this build's; `SchemaBehind` / `SchemaAhead`.
+    async fn check_schema(&self) -> Result<(), JobError>;
+    /// The database's clock (ms since the Unix epoch): one clock for every host, so leases,
+    /// backoff and the reaper agree however far apart the hosts' own clocks are.
+    async fn now(&self) -> Result<i64, JobError>;
     /// The tenant's job with this idempotency key, if any.
     async fn find_idempotent(&self, tenant: &str, key: &str) -> Result<Option<Uuid>, JobError>;
     /// Enqueue; with an idempotency key the tenant's existing job wins.
@@ -216,14 +333,15 @@ pub trait JobStore: Send + Sync + fmt::Debug {
         done: &Completion,
         now: i64,
     ) -> Result<(), JobError>;
-    /// A transient failure: back to `queued` at `retry_at`, or `failed` when attempts are spent
-    /// or `retry_at` is `None` (permanent). Fenced. Returns the new state.
+    /// A failed attempt: `queued` again or `failed`, as `retry` says (a retried job takes a new
+    /// fair-queuing position). `detail` goes to the audit row only. Fenced. Returns the new state.
     async fn fail(
         &self,
         id: Uuid,
         fence: i64,
-        code: &str,
-        retry_at: Option<i64>,
+        code: FailureCode,
+        detail: &str,
+        retry: Retry,
         now: i64,
     ) -> Result<JobState, JobError>;
     /// Give a job back without counting the attempt (graceful shutdown). Fenced.
@@ -267,8 +385,16 @@ pub trait JobStore: Send + Sync + fmt::Debug {
     ) -> Result<std::collections::HashSet<String>, JobError>;
     /// A tenant's deletion receipts, oldest first.
     async fn receipts(&self, tenant: &str) -> Result<Vec<serde_json::Value>, JobError>;
-    /// A tenant's queued jobs (to cancel before an erasure).
-    async fn queued_of(&self, tenant: &str) -> Result<Vec<Uuid>, JobError>;
+    /// Erasure: cancel every queued and running job of a tenant, in one transaction. A running
+    /// job's fence is bumped, so its supervisor can record nothing (its heartbeat stops the
+    /// worker) and no reaper re-runs it. Returns the jobs cancelled and the state each was in.
+    async fn cancel_tenant(
+        &self,
+        tenant: &str,
+        now: i64,
+    ) -> Result<Vec<(Uuid, JobState)>, JobError>;
+    /// How many of a tenant's jobs are queued or running.
+    async fn active_of(&self, tenant: &str) -> Result<i64, JobError>;
     /// Audit rows for a job, oldest first: (from, to, detail).
     async fn audit(
         &self,
@@ -303,6 +429,23 @@ pub struct SweepPreview {
     pub oldest_finished_at: Option<i64>,
 }
 
+/// Where a caller takes the time from: the database's clock in production (one clock for every
+/// host), a fixed time in tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Clock {
+    Database,
+    Fixed(i64),
+}
+
+impl Clock {
+    pub async fn now(self, jobs: &dyn JobStore) -> Result<i64, JobError> {
+        match self {
+            Clock::Database => jobs.now().await,
+            Clock::Fixed(t) => Ok(t),
+        }
+    }
+}
+
 /// Delay before retry `attempt` (1-based): 2 s doubling, capped at 5 min, with ±25% jitter.
 pub fn backoff_ms(attempt: i32) -> i64 {
     use rand::Rng;
@@ -323,12 +466,18 @@ pub fn now_ms() -> i64 {
 /// Open the store named by a URL: `postgres://…` or `sqlite://path`.
 pub async fn open(url: &str) -> Result<Shared, JobError> {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        Ok(Arc::new(postgres::connect(url, None).await?))
+        match postgres::connect(url, None).await {
+            Ok(store) => Ok(Arc::new(store)),
+            Err(JobError::Db(sqlx::Error::Configuration(e))) => Err(JobError::Config(format!(
+                "the database URL is not valid: {e}"
+            ))),
+            Err(e) => Err(e),
+        }
     } else if let Some(path) = url.strip_prefix("sqlite://") {
         Ok(Arc::new(sqlite::open(std::path::Path::new(path)).await?))
     } else {
-        Err(JobError::Corrupt(format!(
-            "AIRLOCK_DATABASE_URL must start with postgres:// or sqlite:// (got {:?})",
+        Err(JobError::Config(format!(
+            "the database URL must start with postgres:// or sqlite:// (got {:?})",
             url.split(':').next().unwrap_or("")
         )))
     }

@@ -11,8 +11,8 @@ use sqlx::{Any, Executor, Row, Transaction};
 use uuid::Uuid;
 
 use super::{
-    backoff_ms, Claimed, Completion, JobError, JobRecord, JobState, JobStore, NewJob, Submitted,
-    SweepPreview, SweepScope,
+    backoff_ms, Claimed, Completion, FailureCode, JobError, JobRecord, JobState, JobStore, NewJob,
+    Retry, Submitted, SweepPreview, SweepScope,
 };
 
 #[derive(Debug, Clone)]
@@ -34,80 +34,17 @@ fn bind_scope<'q>(
     q
 }
 
-/// The schema, one template for both dialects: `{INT}` is the 64-bit integer type, `{SERIAL}`
-/// the auto-increment primary key, `{JOBS_WITH}` storage options for the jobs table.
-const SCHEMA: &str = r#"
-CREATE TABLE IF NOT EXISTS airlock_jobs (
-    id TEXT PRIMARY KEY,
-    tenant TEXT NOT NULL,
-    idempotency_key TEXT,
-    state TEXT NOT NULL,
-    plan TEXT NOT NULL,
-    input_key TEXT NOT NULL,
-    input_bytes {INT} NOT NULL,
-    file_name TEXT NOT NULL,
-    attempts {INT} NOT NULL DEFAULT 0,
-    max_attempts {INT} NOT NULL,
-    run_after {INT} NOT NULL,
-    lease_owner TEXT,
-    lease_expires_at {INT},
-    fence {INT} NOT NULL DEFAULT 0,
-    created_at {INT} NOT NULL,
-    started_at {INT},
-    finished_at {INT},
-    result_code TEXT,
-    output_key TEXT,
-    rejects_key TEXT,
-    report_key TEXT,
-    summary TEXT,
-    purged_at {INT},
-    vseq {INT} NOT NULL DEFAULT 0,
-    sweep_owner TEXT,
-    sweep_lease {INT}
-) {JOBS_WITH};
-CREATE UNIQUE INDEX IF NOT EXISTS airlock_jobs_idem ON airlock_jobs (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL;
-CREATE INDEX IF NOT EXISTS airlock_jobs_queue ON airlock_jobs (tenant, run_after, created_at) WHERE state = 'queued';
-CREATE INDEX IF NOT EXISTS airlock_jobs_fair ON airlock_jobs (vseq, created_at) WHERE state = 'queued';
-CREATE INDEX IF NOT EXISTS airlock_jobs_lease ON airlock_jobs (lease_expires_at) WHERE state = 'running';
-CREATE INDEX IF NOT EXISTS airlock_jobs_finished ON airlock_jobs (finished_at) WHERE state IN ('succeeded', 'rejected', 'failed');
-CREATE INDEX IF NOT EXISTS airlock_jobs_ended ON airlock_jobs (finished_at) WHERE state IN ('succeeded', 'rejected', 'failed', 'cancelled');
-CREATE TABLE IF NOT EXISTS airlock_tenants (
-    tenant TEXT PRIMARY KEY,
-    last_vseq {INT} NOT NULL DEFAULT 0
-);
-CREATE TABLE IF NOT EXISTS airlock_audit (
-    id {SERIAL},
-    job_id TEXT NOT NULL,
-    tenant TEXT NOT NULL,
-    at {INT} NOT NULL,
-    from_state TEXT,
-    to_state TEXT NOT NULL,
-    detail TEXT
-);
-CREATE INDEX IF NOT EXISTS airlock_audit_job ON airlock_audit (job_id, id);
-CREATE TABLE IF NOT EXISTS airlock_receipts (
-    id TEXT PRIMARY KEY,
-    job_id TEXT NOT NULL,
-    tenant TEXT NOT NULL,
-    run_id TEXT NOT NULL,
-    reason TEXT NOT NULL,
-    at {INT} NOT NULL,
-    body TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS airlock_receipts_tenant ON airlock_receipts (tenant, at);
-CREATE INDEX IF NOT EXISTS airlock_jobs_tenant ON airlock_jobs (tenant);
-"#;
-
 /// What differs between PostgreSQL and SQLite.
 #[derive(Debug)]
 pub struct Dialect {
     pub name: &'static str,
-    /// Runs before the schema, in the same transaction (PostgreSQL: one migrator at a time).
-    pub migrations_prelude: &'static str,
-    /// The integer type, the auto-increment key, and storage options for the jobs table.
-    pub int_type: &'static str,
-    pub serial_key: &'static str,
-    pub jobs_with: &'static str,
+    /// Returns a row when sqlx's migrations table exists.
+    pub migrations_table: &'static str,
+    /// Set before migrating (a lock timeout, so a migration waiting behind a long transaction
+    /// fails instead of queueing every claim behind its lock) and reset after.
+    pub migration_session: Option<(&'static str, &'static str)>,
+    /// Returns `now`: the database's clock, in ms since the Unix epoch.
+    pub now: &'static str,
     /// `$1` = now; returns one `id`: the next runnable job in fair-queuing order.
     pub claim_pick: &'static str,
     /// Appended to selects that must lock their rows (`FOR UPDATE` or nothing).
@@ -116,12 +53,6 @@ pub struct Dialect {
     pub skip_locked: &'static str,
     /// `$1` = now; returns id, tenant, attempts, max_attempts of expired leases.
     pub reap_select: &'static str,
-    /// Optional single-statement claim (`$1` now, `$2` owner, `$3` lease expiry), returning the
-    /// claimed row: one round trip instead of a transaction of four statements.
-    pub claim_one: Option<&'static str>,
-    /// Optional single-statement fenced completion (`$1` id, `$2` fence, `$3` state, `$4` now,
-    /// `$5` result code, `$6` output, `$7` rejects, `$8` report, `$9` summary); no row = stale.
-    pub complete_one: Option<&'static str>,
     /// How write transactions begin.
     pub begin: &'static str,
     /// Run after each new connection (schema, pragmas).
@@ -202,6 +133,7 @@ fn record(row: &AnyRow) -> Result<JobRecord, JobError> {
         report_key: row.try_get("report_key")?,
         summary: summary.and_then(|s| serde_json::from_str(&s).ok()),
         purged_at: row.try_get("purged_at")?,
+        fence: row.try_get("fence")?,
     })
 }
 
@@ -233,6 +165,50 @@ impl SqlStore {
 
     pub fn pool(&self) -> &AnyPool {
         &self.pool
+    }
+
+    /// "postgres" or "sqlite".
+    pub fn dialect_name(&self) -> &'static str {
+        self.dialect.name
+    }
+
+    /// Apply every migration up to `version` that the database lacks, under the dialect's lock
+    /// timeout (sqlx's migrator holds an advisory lock, so concurrent migrators take turns).
+    pub async fn migrate_to(&self, version: i64) -> Result<(), JobError> {
+        let migrator = super::schema::migrator(self.dialect.name, version).await?;
+        let mut conn = self.pool.acquire().await?;
+        if let Some((set, _)) = self.dialect.migration_session {
+            conn.execute(set).await?;
+        }
+        // `run_direct`: `run(&mut *conn)` is not general enough inside an `async_trait` future.
+        let ran = migrator.run_direct(&mut *conn).await;
+        if let Some((_, reset)) = self.dialect.migration_session {
+            conn.execute(reset).await?;
+        }
+        Ok(ran?)
+    }
+
+    /// The highest migration applied (0 for an empty database). A migration recorded as failed
+    /// part-way is an error: it needs a person.
+    pub async fn schema_version(&self) -> Result<i64, JobError> {
+        if sqlx::query(self.dialect.migrations_table)
+            .fetch_optional(&self.pool)
+            .await?
+            .is_none()
+        {
+            return Ok(0);
+        }
+        let row = sqlx::query(
+            "SELECT CAST(MAX(version) AS BIGINT) AS v, CAST(SUM(CASE WHEN success THEN 0 ELSE 1 END) AS BIGINT) AS dirty FROM _sqlx_migrations",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        if row.try_get::<Option<i64>, _>("dirty")?.unwrap_or(0) > 0 {
+            return Err(JobError::Corrupt(
+                "a schema migration failed part-way (_sqlx_migrations has an unsuccessful row); restore from backup or repair it by hand before running `airlock migrate` again".into(),
+            ));
+        }
+        Ok(row.try_get::<Option<i64>, _>("v")?.unwrap_or(0))
     }
 
     /// The WHERE clause for a sweep scope, with its parameters from `$first` on.
@@ -358,31 +334,24 @@ impl SqlStore {
 #[async_trait]
 impl JobStore for SqlStore {
     async fn migrate(&self) -> Result<(), JobError> {
-        let mut tx = self.begin().await?;
-        let d = self.dialect;
-        let schema = SCHEMA
-            .replace("{INT}", d.int_type)
-            .replace("{SERIAL}", d.serial_key)
-            .replace("{JOBS_WITH}", d.jobs_with);
-        tx.execute(format!("{}{schema}", d.migrations_prelude).as_str())
-            .await?;
-        tx.commit().await?;
-        // Columns added after a schema was first created; a column that exists already is fine.
-        for (table, column) in [
-            ("airlock_jobs", "sweep_owner TEXT"),
-            ("airlock_jobs", "sweep_lease BIGINT"),
-            ("airlock_jobs", "vseq BIGINT NOT NULL DEFAULT 0"),
-            ("airlock_tenants", "last_vseq BIGINT NOT NULL DEFAULT 0"),
-        ] {
-            let sql = format!("ALTER TABLE {table} ADD COLUMN {column}");
-            if let Err(e) = sqlx::query(&sql).execute(&self.pool).await {
-                let msg = e.to_string();
-                if !(msg.contains("duplicate column") || msg.contains("already exists")) {
-                    return Err(e.into());
-                }
-            }
+        self.migrate_to(super::schema::latest()).await
+    }
+
+    async fn check_schema(&self) -> Result<(), JobError> {
+        let found = self.schema_version().await?;
+        let want = super::schema::latest();
+        match found.cmp(&want) {
+            std::cmp::Ordering::Equal => Ok(()),
+            std::cmp::Ordering::Less => Err(JobError::SchemaBehind { found, want }),
+            std::cmp::Ordering::Greater => Err(JobError::SchemaAhead { found, want }),
         }
-        Ok(())
+    }
+
+    async fn now(&self) -> Result<i64, JobError> {
+        Ok(sqlx::query(self.dialect.now)
+            .fetch_one(&self.pool)
+            .await?
+            .try_get("now")?)
     }
 
     async fn find_idempotent(&self, tenant: &str, key: &str) -> Result<Option<Uuid>, JobError> {
@@ -400,7 +369,7 @@ impl JobStore for SqlStore {
     }
 
     async fn submit(&self, job: &NewJob, now: i64) -> Result<Submitted, JobError> {
-        let id = Uuid::new_v4();
+        let id = job.id;
         let mut tx = self.begin().await?;
         let vseq = self.next_vseq(&mut tx, &job.tenant).await?;
         let inserted = sqlx::query(
@@ -521,7 +490,7 @@ impl JobStore for SqlStore {
         .bind(id.to_string())
         .bind(done.state.as_str())
         .bind(now)
-        .bind(&done.result_code)
+        .bind(done.result_code.map(|c| c.as_str()))
         .bind(&done.output_key)
         .bind(&done.rejects_key)
         .bind(&done.report_key)
@@ -535,7 +504,7 @@ impl JobStore for SqlStore {
             now,
             Some("running"),
             done.state.as_str(),
-            done.result_code.as_deref(),
+            done.result_code.map(|c| c.as_str()),
         )
         .await?;
         tx.commit().await?;
@@ -546,38 +515,59 @@ impl JobStore for SqlStore {
         &self,
         id: Uuid,
         fence: i64,
-        code: &str,
-        retry_at: Option<i64>,
+        code: FailureCode,
+        detail: &str,
+        retry: Retry,
         now: i64,
     ) -> Result<JobState, JobError> {
         let mut tx = self.begin().await?;
         let tenant = self.fenced(&mut tx, id, fence).await?;
-        let row = sqlx::query("SELECT attempts, max_attempts FROM airlock_jobs WHERE id = $1")
-            .bind(id.to_string())
-            .fetch_one(&mut *tx)
-            .await?;
+        let row = sqlx::query(
+            "SELECT attempts, max_attempts, outage_since FROM airlock_jobs WHERE id = $1",
+        )
+        .bind(id.to_string())
+        .fetch_one(&mut *tx)
+        .await?;
         let (attempts, max) = (
             row.try_get::<i64, _>("attempts")? as i32,
             row.try_get::<i64, _>("max_attempts")? as i32,
         );
-        let state = match retry_at {
-            Some(at) if attempts < max => {
-                sqlx::query("UPDATE airlock_jobs SET state = 'queued', run_after = $2, result_code = $3, lease_owner = NULL, lease_expires_at = NULL WHERE id = $1")
+        let outage_since: Option<i64> = row.try_get("outage_since")?;
+        // (run again at, attempts to give back, outage start) or the final code.
+        let requeue = match retry {
+            Retry::Attempt { delay_ms } if attempts < max => Ok((now + delay_ms, 0, None)),
+            Retry::Outage { budget_ms } => {
+                let since = outage_since.unwrap_or(now);
+                if now - since <= budget_ms {
+                    Ok((now + (now - since).clamp(5_000, 300_000), 1, Some(since)))
+                } else {
+                    Err(FailureCode::OutageBudgetSpent)
+                }
+            }
+            Retry::Attempt { .. } | Retry::Never => Err(code),
+        };
+        let (state, detail) = match requeue {
+            Ok((at, give_back, since)) => {
+                let vseq = self.next_vseq(&mut tx, &tenant).await?;
+                sqlx::query("UPDATE airlock_jobs SET state = 'queued', run_after = $2, result_code = $3, attempts = attempts - $4, outage_since = $5, vseq = $6, lease_owner = NULL, lease_expires_at = NULL WHERE id = $1")
                     .bind(id.to_string())
                     .bind(at)
-                    .bind(code)
+                    .bind(code.as_str())
+                    .bind(give_back)
+                    .bind(since)
+                    .bind(vseq)
                     .execute(&mut *tx)
                     .await?;
-                JobState::Queued
+                (JobState::Queued, format!("{code}: {detail}"))
             }
-            _ => {
+            Err(final_code) => {
                 sqlx::query("UPDATE airlock_jobs SET state = 'failed', finished_at = $2, result_code = $3, lease_owner = NULL, lease_expires_at = NULL WHERE id = $1")
                     .bind(id.to_string())
                     .bind(now)
-                    .bind(code)
+                    .bind(final_code.as_str())
                     .execute(&mut *tx)
                     .await?;
-                JobState::Failed
+                (JobState::Failed, format!("{final_code}: {code}: {detail}"))
             }
         };
         audit(
@@ -587,7 +577,7 @@ impl JobStore for SqlStore {
             now,
             Some("running"),
             state.as_str(),
-            Some(code),
+            Some(&detail),
         )
         .await?;
         tx.commit().await?;
@@ -630,9 +620,11 @@ impl JobStore for SqlStore {
                 row.try_get::<i64, _>("max_attempts")? as i32,
             );
             if attempts < max {
-                sqlx::query("UPDATE airlock_jobs SET state = 'queued', run_after = $2, lease_owner = NULL, lease_expires_at = NULL WHERE id = $1")
+                let vseq = self.next_vseq(&mut tx, &tenant).await?;
+                sqlx::query("UPDATE airlock_jobs SET state = 'queued', run_after = $2, vseq = $3, lease_owner = NULL, lease_expires_at = NULL WHERE id = $1")
                     .bind(&id)
                     .bind(now + backoff_ms(attempts))
+                    .bind(vseq)
                     .execute(&mut *tx)
                     .await?;
                 audit(
@@ -646,9 +638,10 @@ impl JobStore for SqlStore {
                 )
                 .await?;
             } else {
-                sqlx::query("UPDATE airlock_jobs SET state = 'failed', finished_at = $2, result_code = 'lease_expired', lease_owner = NULL, lease_expires_at = NULL WHERE id = $1")
+                sqlx::query("UPDATE airlock_jobs SET state = 'failed', finished_at = $2, result_code = $3, lease_owner = NULL, lease_expires_at = NULL WHERE id = $1")
                     .bind(&id)
                     .bind(now)
+                    .bind(FailureCode::LeaseExpired.as_str())
                     .execute(&mut *tx)
                     .await?;
                 audit(
@@ -925,18 +918,51 @@ impl JobStore for SqlStore {
             .collect()
     }
 
-    async fn queued_of(&self, tenant: &str) -> Result<Vec<Uuid>, JobError> {
-        let rows =
-            sqlx::query("SELECT id FROM airlock_jobs WHERE tenant = $1 AND state = 'queued'")
-                .bind(tenant)
-                .fetch_all(&self.pool)
+    async fn cancel_tenant(
+        &self,
+        tenant: &str,
+        now: i64,
+    ) -> Result<Vec<(Uuid, JobState)>, JobError> {
+        let mut tx = self.begin().await?;
+        let sql = format!(
+            "SELECT id, state FROM airlock_jobs WHERE tenant = $1 AND state IN ('queued', 'running'){}",
+            self.dialect.for_update
+        );
+        let rows = sqlx::query(&sql).bind(tenant).fetch_all(&mut *tx).await?;
+        let mut cancelled = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let id: String = row.try_get("id")?;
+            let state: String = row.try_get("state")?;
+            let state = JobState::parse(&state).ok_or_else(|| JobError::Corrupt(state.clone()))?;
+            sqlx::query("UPDATE airlock_jobs SET state = 'cancelled', finished_at = $2, fence = fence + 1, lease_owner = NULL, lease_expires_at = NULL WHERE id = $1")
+                .bind(&id)
+                .bind(now)
+                .execute(&mut *tx)
                 .await?;
-        rows.iter()
-            .map(|r| {
-                let id: String = r.try_get("id")?;
-                uuid(&id)
-            })
-            .collect()
+            audit(
+                &mut tx,
+                &id,
+                tenant,
+                now,
+                Some(state.as_str()),
+                "cancelled",
+                Some("erasure request"),
+            )
+            .await?;
+            cancelled.push((uuid(&id)?, state));
+        }
+        tx.commit().await?;
+        Ok(cancelled)
+    }
+
+    async fn active_of(&self, tenant: &str) -> Result<i64, JobError> {
+        Ok(sqlx::query(
+            "SELECT COUNT(*) AS n FROM airlock_jobs WHERE tenant = $1 AND state IN ('queued', 'running')",
+        )
+        .bind(tenant)
+        .fetch_one(&self.pool)
+        .await?
+        .try_get("n")?)
     }
 
     async fn audit(

@@ -9,10 +9,12 @@ use super::JobError;
 
 pub static DIALECT: Dialect = Dialect {
     name: "sqlite",
-    migrations_prelude: "",
-    int_type: "INTEGER",
-    serial_key: "INTEGER PRIMARY KEY AUTOINCREMENT",
-    jobs_with: "",
+    migrations_table:
+        "SELECT 1 AS x FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'",
+    // busy_timeout (below) already bounds every wait for the write lock.
+    migration_session: None,
+    // One host: its clock is the database's.
+    now: "SELECT CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER) AS now",
     claim_pick: "SELECT id FROM airlock_jobs
          WHERE state = 'queued' AND run_after <= $1
          ORDER BY vseq, created_at LIMIT 1",
@@ -20,12 +22,10 @@ pub static DIALECT: Dialect = Dialect {
     skip_locked: "",
     reap_select: "SELECT id, tenant, attempts, max_attempts FROM airlock_jobs
          WHERE state = 'running' AND lease_expires_at < $1 LIMIT 100",
-    claim_one: None,
-    complete_one: None,
     begin: "BEGIN IMMEDIATE",
     summary_output_bytes: "CAST(json_extract(summary, '$.output.bytes') AS INTEGER)",
     on_connect: |_| {
-        "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 10000; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;".to_string()
+        "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 10000; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;".to_string()
     },
 };
 

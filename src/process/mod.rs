@@ -146,6 +146,16 @@ fn worker_args(config: &str) -> Vec<std::ffi::OsString> {
     vec![worker::ARG.into(), config.into()]
 }
 
+/// The worker's executable: this binary. In `test-seam` builds, `AIRLOCK_TEST_WORKER_EXE` names
+/// another (tests that run a supervisor inside the test harness point it at `airlock`).
+fn worker_exe() -> std::path::PathBuf {
+    #[cfg(feature = "test-seam")]
+    if let Some(exe) = std::env::var_os(crate::hostile::WORKER_EXE_ENV) {
+        return exe.into();
+    }
+    "/proc/self/exe".into()
+}
+
 fn failed(code: Code, message: String, size: u64) -> Report {
     Report::without_input(Status::Failed, Rejection::new(code, message), size)
 }
@@ -284,7 +294,7 @@ impl Worker<'_> {
         // Everything fallible happens before the spawn: once started, the worker is always waited
         // for (and killed on any error) in `wait`.
         let to_hash = input.try_clone()?;
-        let child = airlock_sandbox::spawn::spawn(Path::new("/proc/self/exe"), &args, io)
+        let child = airlock_sandbox::spawn::spawn(&worker_exe(), &args, io)
             .context("starting the worker")?;
         let diagnostics = std::thread::spawn(move || read_capped(File::from(diag_read)));
         // Hash the input here, on the other core, while the worker parses it. `read_at` leaves the

@@ -22,7 +22,7 @@ use async_trait::async_trait;
 use uuid::Uuid;
 
 /// Which artifact a key holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kind {
     Input,
     Output,

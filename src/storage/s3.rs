@@ -46,16 +46,14 @@ pub struct Explicit<'a> {
 
 impl S3Store {
     /// From the standard AWS configuration chain.
-    pub async fn from_env(bucket: &str) -> Self {
+    pub async fn from_env(bucket: &str, options: crate::config::S3Options) -> Self {
         let shared = aws_config::defaults(aws_config::BehaviorVersion::latest())
             .load()
             .await;
-        let path_style =
-            std::env::var("AIRLOCK_S3_PATH_STYLE").is_ok_and(|v| v == "true" || v == "1");
         let config = aws_sdk_s3::config::Builder::from(&shared)
-            .force_path_style(path_style)
+            .force_path_style(options.path_style)
             .build();
-        S3Store::with_client(Client::from_conf(config), bucket)
+        S3Store::with_client(Client::from_conf(config), bucket, options.encrypt)
     }
 
     /// With explicit endpoint and credentials (path-style).
@@ -75,14 +73,14 @@ impl S3Store {
             .credentials_provider(creds)
             .force_path_style(true)
             .build();
-        S3Store::with_client(Client::from_conf(config), bucket)
+        S3Store::with_client(Client::from_conf(config), bucket, true)
     }
 
-    fn with_client(client: Client, bucket: &str) -> Self {
+    fn with_client(client: Client, bucket: &str, encrypt: bool) -> Self {
         S3Store {
             client,
             bucket: bucket.to_string(),
-            encrypt: std::env::var("AIRLOCK_S3_SSE").map_or(true, |v| v != "none"),
+            encrypt,
         }
     }
 

@@ -1,0 +1,12 @@
+-- Version 2.
+-- The orphan sweep asks which of a page of object keys a job still references: one index per
+-- key column turns four sequential scans per page into index lookups.
+CREATE INDEX airlock_jobs_input_key ON airlock_jobs (input_key);
+CREATE INDEX airlock_jobs_output_key ON airlock_jobs (output_key);
+CREATE INDEX airlock_jobs_rejects_key ON airlock_jobs (rejects_key);
+CREATE INDEX airlock_jobs_report_key ON airlock_jobs (report_key);
+-- Superseded by airlock_jobs_ended (which also covers cancelled jobs).
+DROP INDEX IF EXISTS airlock_jobs_finished;
+-- Infrastructure failures (storage or database outages, a host that cannot stage or sandbox)
+-- spend no attempts; they are bounded by time instead, counted from the first one in a row.
+ALTER TABLE airlock_jobs ADD COLUMN outage_since BIGINT;
