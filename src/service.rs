@@ -103,6 +103,19 @@ pub async fn submit(
     args: SubmitArgs<'_>,
 ) -> Result<Uuid, CommandError> {
     validate_tenant(args.tenant)?;
+    let jobs = open_jobs(config).await?;
+    let store = open_store(config).await?;
+    submit_to(&jobs, &store, policies, args).await
+}
+
+/// `submit` against stores already open.
+pub async fn submit_to(
+    jobs: &Shared,
+    store: &Arc<dyn ObjectStore>,
+    policies: &Policies,
+    args: SubmitArgs<'_>,
+) -> Result<Uuid, CommandError> {
+    validate_tenant(args.tenant)?;
     let plan = policies
         .limits
         .plan(args.plan)
@@ -120,7 +133,6 @@ pub async fn submit(
             plan.name, plan.limits.max_bytes
         )));
     }
-    let jobs = open_jobs(config).await?;
     if let Some(key) = args.idempotency_key {
         if let Some(existing) = jobs
             .find_idempotent(args.tenant, key)
@@ -130,7 +142,6 @@ pub async fn submit(
             return Ok(existing);
         }
     }
-    let store = open_store(config).await?;
     let input = ObjectKey::new(Kind::Input);
     let file_name = args
         .file

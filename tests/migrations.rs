@@ -267,3 +267,29 @@ async fn a_migration_behind_a_long_transaction_times_out() {
         .await
         .unwrap();
 }
+
+/// The embedded store commits with `synchronous = FULL`: a committed completion survives a power
+/// cut (`NORMAL` in WAL mode may roll the last commits back).
+#[tokio::test]
+async fn sqlite_commits_are_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = airlock::jobs::sqlite::open(&dir.path().join("jobs.db"))
+        .await
+        .unwrap();
+    // Several connections: the pragma is set on each one the pool opens.
+    let mut conns = Vec::new();
+    for _ in 0..3 {
+        let mut c = store.pool().acquire().await.unwrap();
+        let level: i64 = sqlx::query_scalar("PRAGMA synchronous")
+            .fetch_one(&mut *c)
+            .await
+            .unwrap();
+        assert_eq!(level, 2, "synchronous = FULL");
+        let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+            .fetch_one(&mut *c)
+            .await
+            .unwrap();
+        assert_eq!(mode, "wal");
+        conns.push(c);
+    }
+}

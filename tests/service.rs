@@ -920,3 +920,157 @@ async fn after_a_purge_status_says_when_and_link_refuses() {
     let sweep: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(sweep["jobs_purged"], 0);
 }
+
+/// libfaketime's preload library, from the Debian `faketime` package (`.ci/test` installs it).
+fn libfaketime() -> PathBuf {
+    let candidates = [
+        "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
+        "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1",
+        "/usr/lib/faketime/libfaketime.so.1",
+    ];
+    candidates
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .unwrap_or_else(|| {
+            panic!("libfaketime is required (apt-get install faketime); looked in {candidates:?}")
+        })
+}
+
+/// Two supervisors whose hosts' clocks are 5 minutes apart share a queue with 3 s leases. Every
+/// lease, backoff and reaper decision uses the database's clock, so neither reaps the other's
+/// live jobs: every job succeeds on its first attempt. (With host clocks, the one 5 minutes
+/// ahead sees every lease the other takes as long expired.)
+#[tokio::test(flavor = "multi_thread")]
+async fn supervisors_with_clocks_5_minutes_apart_waste_no_attempts() {
+    let d = Deployment::production().await;
+    let ids: Vec<String> = (0..12)
+        .map(|_| d.submit("acme", &fixture("valid/leads.csv"), &[]))
+        .collect();
+    // Each job takes 4 s (longer than a lease), so both supervisors hold live leases while the
+    // other reaps.
+    let slow = ("AIRLOCK_TEST_HOSTILE_WORKER", "slow-4000");
+    let faketime = libfaketime();
+    let ahead = [
+        slow,
+        ("LD_PRELOAD", faketime.to_str().unwrap()),
+        ("FAKETIME", "+300"),
+        ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+        ("FAKETIME_NO_CACHE", "1"),
+    ];
+    let args = ["--until-idle", "-c", "2", "--lease-seconds", "3"];
+    let mut a = d.spawn_supervisor_with(&[slow], &args);
+    let mut b = d.spawn_supervisor_with(&ahead, &args);
+    // The faked clock really is 5 minutes ahead in that environment.
+    let out = Command::new("date")
+        .arg("+%s")
+        .envs(ahead[1..].iter().copied())
+        .output()
+        .unwrap();
+    let faked: i64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    let real = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    assert!(
+        (faked - real - 300).abs() <= 5,
+        "faketime is not in effect: {faked} vs {real}"
+    );
+    for child in [&mut a, &mut b] {
+        let status = exit_within(child, Duration::from_secs(180));
+        assert!(status.success());
+    }
+    let jobs = d.jobs().await;
+    for id in &ids {
+        let s = d.status(id);
+        assert_eq!(s["state"], "succeeded", "{s}");
+        assert_eq!(s["attempts"], 1, "an attempt was wasted: {s}");
+        let audit = jobs
+            .audit(uuid::Uuid::parse_str(id).unwrap())
+            .await
+            .unwrap();
+        assert!(
+            audit
+                .iter()
+                .all(|(_, _, detail)| detail.as_deref() != Some("lease expired")),
+            "reaped: {audit:?}"
+        );
+    }
+}
+
+/// An erasure while a job runs: the running job is cancelled with the queued one, its worker is
+/// stopped at the next heartbeat, nothing it made is recorded or left in storage, and no
+/// supervisor runs it again. Both deployments.
+async fn purge_while_running(d: Deployment) {
+    let running = d.submit("acme", &fixture("valid/leads.csv"), &[]);
+    let mut sup = d.spawn_supervisor_with(
+        &[("AIRLOCK_TEST_HOSTILE_WORKER", "slow-6000")],
+        &["--until-idle", "-c", "1", "--lease-seconds", "3"],
+    );
+    wait_for("the job to run", Duration::from_secs(30), || {
+        (d.status(&running)["state"] == "running").then_some(())
+    });
+    let queued = d.submit("acme", &fixture("valid/leads.csv"), &[]);
+    let other = d.submit("globex", &fixture("valid/leads.csv"), &[]);
+    let worker = wait_for("the worker", Duration::from_secs(10), || {
+        worker_pids(sup.id()).first().copied()
+    });
+    let out = d.run(&["purge", "--tenant", "acme"]);
+    let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        out.status.success(),
+        "{summary} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(summary["erasure"]["cancelled_running"], 1, "{summary}");
+    assert_eq!(summary["erasure"]["cancelled_queued"], 1, "{summary}");
+    assert_eq!(summary["erasure"]["still_active"], 0, "{summary}");
+    assert_eq!(summary["jobs_purged"], 2, "{summary}");
+    // The worker is stopped at the next heartbeat (every second with 3 s leases).
+    wait_for("the worker to be killed", Duration::from_secs(5), || {
+        (!process_exists(worker)).then_some(())
+    });
+    let status = exit_within(&mut sup, Duration::from_secs(120));
+    assert!(status.success());
+    for id in [&running, &queued] {
+        let s = d.status(id);
+        assert_eq!(s["state"], "purged", "{s}");
+        assert_eq!(s["artifacts"], serde_json::json!([]), "{s}");
+    }
+    assert_eq!(d.status(&other)["state"], "succeeded");
+    // Only the other tenant's objects remain: nothing the cancelled attempt made was kept.
+    let jobs = d.jobs().await;
+    let rec = jobs
+        .get(uuid::Uuid::parse_str(&other).unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    let mut expected: Vec<String> = [
+        Some(rec.input_key.clone()),
+        rec.output_key.clone(),
+        rec.rejects_key.clone(),
+        rec.report_key.clone(),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    expected.sort();
+    let mut stored = d.stored_keys().await;
+    stored.sort();
+    assert_eq!(stored, expected);
+    // A second erasure finds nothing left.
+    let out = d.run(&["purge", "--tenant", "acme"]);
+    assert!(out.status.success());
+    let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["jobs_purged"], 0, "{summary}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn embedded_purge_while_a_job_runs_cancels_it_and_keeps_nothing() {
+    purge_while_running(Deployment::embedded()).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn production_purge_while_a_job_runs_cancels_it_and_keeps_nothing() {
+    purge_while_running(Deployment::production().await).await;
+}

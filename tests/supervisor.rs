@@ -416,12 +416,50 @@ async fn a_storage_outage_opens_the_breaker_and_spends_no_attempts(backend: &str
     }
 }
 
+/// The commit of a submit lands but its reply is lost: `submit` finds its job (the id was chosen
+/// before the upload) and keeps the input, instead of deleting the input of a queued job.
+async fn a_lost_submit_reply_keeps_the_input(backend: &str) {
+    let rig = Rig::new(backend).await;
+    let policies = airlock::policy::Policies::load(None).unwrap();
+    let jobs: airlock::jobs::Shared = rig.jobs.clone();
+    let store: Arc<dyn ObjectStore> = rig.store.clone();
+    for key in [None, Some("upload-42")] {
+        rig.jobs.lose_replies.store(1, Ordering::SeqCst);
+        let id = airlock::service::submit_to(
+            &jobs,
+            &store,
+            &policies,
+            airlock::service::SubmitArgs {
+                tenant: "acme",
+                idempotency_key: key,
+                plan: "default",
+                file: &fixture("valid/leads.csv"),
+                follow_symlinks: false,
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            rig.jobs.lose_replies.load(Ordering::SeqCst),
+            0,
+            "a reply was lost"
+        );
+        let rec = rig.jobs.get(id).await.unwrap().expect("the job exists");
+        assert_eq!(rec.state, JobState::Queued);
+        assert!(rig.exists(&rec.input_key).await, "the input was deleted");
+    }
+}
+
 macro_rules! both {
     ($backend:ident) => {
         mod $backend {
             #[tokio::test(flavor = "multi_thread")]
             async fn a_lost_completion_reply_keeps_the_objects() {
                 super::a_lost_completion_reply_keeps_the_objects(stringify!($backend)).await;
+            }
+            #[tokio::test(flavor = "multi_thread")]
+            async fn a_lost_submit_reply_keeps_the_input() {
+                super::a_lost_submit_reply_keeps_the_input(stringify!($backend)).await;
             }
             #[tokio::test(flavor = "multi_thread")]
             async fn a_storage_outage_opens_the_breaker_and_spends_no_attempts() {
