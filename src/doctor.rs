@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 
-use airlock_engine::Status;
+use airlock_report::Status;
 use airlock_sandbox::host::HostSupport;
 use serde_json::json;
 

@@ -19,8 +19,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use airlock_engine::report::Rejection;
-use airlock_engine::{Code, Report, Status};
+use airlock_report::Rejection;
+use airlock_report::{Code, Report, Status};
 use tokio::sync::{watch, Semaphore};
 use tracing::Instrument;
 use uuid::Uuid;

@@ -4,6 +4,7 @@ mod common;
 #[cfg(feature = "test-seam")]
 mod hostile;
 mod jobs;
+mod layering;
 mod migrations;
 mod process;
 mod sandbox;

@@ -224,7 +224,7 @@ pub struct Claimed {
 pub struct Completion {
     pub state: JobState,
     /// The report's rejection code, if any.
-    pub result_code: Option<airlock_engine::Code>,
+    pub result_code: Option<airlock_report::Code>,
     pub output_key: Option<String>,
     pub rejects_key: Option<String>,
     pub report_key: Option<String>,

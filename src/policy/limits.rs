@@ -2,7 +2,8 @@
 
 use std::collections::BTreeMap;
 
-use airlock_engine::{Encoding, Limits};
+use airlock_report::Limits;
+use encoding_rs::Encoding;
 use serde::Deserialize;
 
 use super::PolicyError;
@@ -141,7 +142,7 @@ fn validate(name: &str, p: RawPlan) -> Result<Plan, String> {
     let fallback_encoding =
         match p.fallback_encoding.as_str() {
             "" => None,
-            label => Some(airlock_engine::encoding_for_label(label).ok_or_else(|| {
+            label => Some(Encoding::for_label(label.as_bytes()).ok_or_else(|| {
                 format!("fallback_encoding {label:?} is not a known encoding label")
             })?),
         };
@@ -192,7 +193,7 @@ mod tests {
     }
 
     fn encoding_rs_name(label: &str) -> &'static Encoding {
-        airlock_engine::encoding_for_label(label).unwrap()
+        Encoding::for_label(label.as_bytes()).unwrap()
     }
 
     #[test]

@@ -22,8 +22,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use airlock_engine::report::Rejection;
-use airlock_engine::{Code, Report, Status};
+use airlock_report::Rejection;
+use airlock_report::{Code, Report, Status};
 use anyhow::Context;
 
 use airlock_sandbox::host::HostSupport;
@@ -316,8 +316,8 @@ impl Worker<'_> {
         let over_bound = || {
             let past = |len: Option<u64>, bound: u64| len.is_some_and(|n| n > bound);
             past(report_file.metadata().ok().map(|m| m.len()), report_bound)
-                || past(output.len(), airlock_engine::output_bound(size))
-                || past(rejects.len(), airlock_engine::rejects_bound(size))
+                || past(output.len(), airlock_report::output_bound(size))
+                || past(rejects.len(), airlock_report::rejects_bound(size))
         };
         let waited = wait(child, deadline, input, size, self.cancel, &over_bound);
         worker_done.store(true, Ordering::Release);

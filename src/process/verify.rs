@@ -8,8 +8,8 @@ use std::io::{Read, Seek};
 use std::os::unix::process::ExitStatusExt;
 use std::time::Duration;
 
-use airlock_engine::report::Rejection;
-use airlock_engine::{Code, Limits, Report, Status};
+use airlock_report::Rejection;
+use airlock_report::{Code, Limits, Report, Status};
 use airlock_sandbox::host::HostSupport;
 use airlock_sandbox::policy::SandboxPolicy;
 use airlock_sandbox::spawn::Ended;
@@ -29,7 +29,7 @@ pub fn report_cap(limits: &Limits) -> u64 {
 }
 /// Longest header name and issue message a report may carry (the engine shortens names to 1024
 /// bytes plus an ellipsis; its messages are far shorter).
-const TEXT_CAP: usize = airlock_engine::HEADER_NAME_IN_REPORT + 4;
+const TEXT_CAP: usize = airlock_report::HEADER_NAME_IN_REPORT + 4;
 
 /// Signal numbers on Linux (all architectures Airlock supports agree on these).
 mod signal {
@@ -234,8 +234,8 @@ fn check_sizes(
     rejects: Option<&Measured>,
 ) -> Result<(), String> {
     let (out_cap, rej_cap) = (
-        airlock_engine::output_bound(input_bytes),
-        airlock_engine::rejects_bound(input_bytes),
+        airlock_report::output_bound(input_bytes),
+        airlock_report::rejects_bound(input_bytes),
     );
     if report.output.bytes > out_cap || report.rejects.bytes > rej_cap {
         return Err("its output sizes exceed the bound for this input".into());
@@ -458,7 +458,7 @@ mod tests {
         assert!(check(&mut r).unwrap_err().contains("code"));
         let mut r = good();
         r.rejection = None;
-        r.sandbox = Some(airlock_engine::report::SandboxSummary {
+        r.sandbox = Some(airlock_report::SandboxSummary {
             enforced: vec![],
             missing: vec![String::new(); 9],
             landlock_abi: 0,
@@ -479,7 +479,7 @@ mod tests {
         r.input.bytes = 11;
         assert!(check(&mut r).unwrap_err().contains("read 11"));
         let mut r = good();
-        r.output.bytes = airlock_engine::output_bound(10) + 1;
+        r.output.bytes = airlock_report::output_bound(10) + 1;
         assert!(check(&mut r).unwrap_err().contains("bound"));
         let mut r = good();
         let measured = Measured {

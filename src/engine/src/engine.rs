@@ -15,12 +15,10 @@ use crate::report::{
 };
 use crate::sniff::sniff_delimiter;
 use crate::text::{self, Source, TextReader};
-use crate::{EngineError, Limits, Options};
+use crate::{EngineError, Limits, Options, HEADER_NAME_IN_REPORT};
 
 /// Decoded bytes used to sniff the dialect and the text format.
 const SAMPLE: usize = 64 * 1024;
-/// Header names longer than this are shortened in the report (not in the output).
-pub const HEADER_NAME_IN_REPORT: usize = 1024;
 const OUT_BUFFER: usize = 64 * 1024;
 const REJECTS_HEADER: [&str; 5] = ["record", "line", "code", "message", "raw"];
 

@@ -32,43 +32,18 @@ mod engine;
 pub mod guard;
 mod lines;
 mod quote;
-pub mod report;
 pub mod sniff;
 mod text;
 
+/// The report contract lives in its own crate (`airlock-report`), so code that only reads
+/// reports does not depend on the parser.
+pub use airlock_report as report;
+pub use airlock_report::{
+    output_bound, rejects_bound, Code, Limits, Report, Status, HEADER_NAME_IN_REPORT, OUTPUT_SLACK,
+    REJECTS_FLOOR,
+};
 pub use encoding_rs::Encoding;
-pub use engine::{process, HEADER_NAME_IN_REPORT};
-pub use report::{Code, Report, Status};
-
-/// Size limits for one file; every buffer the engine allocates is derived from these.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Limits {
-    pub max_bytes: u64,
-    pub max_rows: u64,
-    pub max_columns: usize,
-    pub max_field_bytes: usize,
-    pub max_record_bytes: usize,
-    /// Rejected rows allowed, as a fraction of data rows (0.1 = 10%).
-    pub max_rejected_ratio: f64,
-    /// Issues listed in the report (all are counted).
-    pub max_issues: usize,
-}
-
-impl Default for Limits {
-    /// The default plan of DESIGN §3.4.
-    fn default() -> Self {
-        Limits {
-            max_bytes: 1 << 30,
-            max_rows: 10_000_000,
-            max_columns: 1024,
-            max_field_bytes: 64 * 1024,
-            max_record_bytes: 1024 * 1024,
-            max_rejected_ratio: 0.10,
-            max_issues: 100,
-        }
-    }
-}
+pub use engine::process;
 
 /// How to read one file.
 #[derive(Debug, Clone)]
@@ -107,26 +82,6 @@ pub enum EngineError {
     WriteOutput(#[source] std::io::Error),
     #[error("writing the rejects file failed")]
     WriteRejects(#[source] std::io::Error),
-}
-
-/// Constant slack in [`output_bound`]: a last record without a line break gains one.
-pub const OUTPUT_SLACK: u64 = 64 * 1024;
-/// Constant floor of [`rejects_bound`]: room for a few rejected rows of even a tiny file.
-pub const REJECTS_FLOOR: u64 = 1024 * 1024;
-
-/// The most bytes the clean output can have for an input of `input_bytes`: 3 × the input, plus
-/// [`OUTPUT_SLACK`]. One input byte becomes at most three output bytes (a windows-1252 byte
-/// transcoded to UTF-8); quoting and the formula guard add at most three bytes per cell, and every
-/// cell but the last costs at least one delimiter byte in the input. The parent enforces it.
-pub fn output_bound(input_bytes: u64) -> u64 {
-    input_bytes.saturating_mul(3).saturating_add(OUTPUT_SLACK)
-}
-
-/// The most bytes the rejects file can have for an input of `input_bytes`: 2 × the input, plus
-/// [`REJECTS_FLOOR`]. The engine stops writing rows before it would pass this (the report's
-/// `rejects.truncated`), and the parent enforces it.
-pub fn rejects_bound(input_bytes: u64) -> u64 {
-    input_bytes.saturating_mul(2).saturating_add(REJECTS_FLOOR)
 }
 
 /// Look an encoding up by its WHATWG label (`windows-1252`, `latin1`, `shift_jis`, …).

@@ -1,7 +1,13 @@
-//! The report contract (DESIGN §3.2) and the stable codes (DESIGN §3.3).
+//! The contract between the worker and everything else: the report (DESIGN §3.2), the stable
+//! codes (DESIGN §3.3), the limits a plan sets, and the bounds the parent enforces on what a
+//! worker writes.
 //!
 //! The same types are serialized by the worker and parsed, strictly, by the parent: every struct
-//! refuses unknown fields, so a worker that was made to write something else is caught.
+//! refuses unknown fields, so a worker that was made to write something else is caught. This
+//! crate has no parser in it: the supervisor, `doctor` and the service depend on it, and only the
+//! worker depends on the engine (`airlock-engine`).
+
+#![forbid(unsafe_code)]
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -265,7 +271,7 @@ pub struct OutputInfo {
     pub sha256: String,
 }
 
-/// The rejects file. It holds at most [`crate::rejects_bound`] bytes: past that, rejected rows
+/// The rejects file. It holds at most [`rejects_bound`] bytes: past that, rejected rows
 /// are still counted (`rows.rejected`, `issue_counts`) but no longer written, and `truncated` is
 /// set.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -376,3 +382,57 @@ mod tests {
         assert_eq!(excerpt("ééééé".as_bytes(), 2), "éé…");
     }
 }
+
+/// Size limits for one file; every buffer the engine allocates is derived from these.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    pub max_bytes: u64,
+    pub max_rows: u64,
+    pub max_columns: usize,
+    pub max_field_bytes: usize,
+    pub max_record_bytes: usize,
+    /// Rejected rows allowed, as a fraction of data rows (0.1 = 10%).
+    pub max_rejected_ratio: f64,
+    /// Issues listed in the report (all are counted).
+    pub max_issues: usize,
+}
+
+impl Default for Limits {
+    /// The default plan of DESIGN §3.4.
+    fn default() -> Self {
+        Limits {
+            max_bytes: 1 << 30,
+            max_rows: 10_000_000,
+            max_columns: 1024,
+            max_field_bytes: 64 * 1024,
+            max_record_bytes: 1024 * 1024,
+            max_rejected_ratio: 0.10,
+            max_issues: 100,
+        }
+    }
+}
+
+/// Constant slack in [`output_bound`]: a last record without a line break gains one.
+pub const OUTPUT_SLACK: u64 = 64 * 1024;
+/// Constant floor of [`rejects_bound`]: room for a few rejected rows of even a tiny file.
+pub const REJECTS_FLOOR: u64 = 1024 * 1024;
+
+/// The most bytes the clean output can have for an input of `input_bytes`: 3 × the input, plus
+/// [`OUTPUT_SLACK`]. One input byte becomes at most three output bytes (a windows-1252 byte
+/// transcoded to UTF-8); quoting and the formula guard add at most three bytes per cell, and every
+/// cell but the last costs at least one delimiter byte in the input. The parent enforces it.
+pub fn output_bound(input_bytes: u64) -> u64 {
+    input_bytes.saturating_mul(3).saturating_add(OUTPUT_SLACK)
+}
+
+/// The most bytes the rejects file can have for an input of `input_bytes`: 2 × the input, plus
+/// [`REJECTS_FLOOR`]. The engine stops writing rows before it would pass this (the report's
+/// `rejects.truncated`), and the parent enforces it.
+pub fn rejects_bound(input_bytes: u64) -> u64 {
+    input_bytes.saturating_mul(2).saturating_add(REJECTS_FLOOR)
+}
+
+/// Header names longer than this are shortened in the report (not in the output), at a
+/// character boundary.
+pub const HEADER_NAME_IN_REPORT: usize = 1024;
