@@ -36,7 +36,21 @@ async fn drain(store: Arc<dyn JobStore>, workers: usize) -> usize {
                 output_key: None,
                 rejects_key: None,
                 report_key: None,
-                summary: serde_json::json!({}),
+                summary: airlock::jobs::JobSummary {
+                    status: airlock_report::Status::Accepted,
+                    rejection: None,
+                    input: airlock::jobs::InputSummary {
+                        bytes: 0,
+                        sha256: "".into(),
+                        detected_type: "text/csv".into(),
+                    },
+                    rows: Default::default(),
+                    issue_counts: Default::default(),
+                    output: airlock_report::OutputInfo {
+                        bytes: 0,
+                        sha256: "".into(),
+                    },
+                },
             };
             while let Some(c) = store
                 .claim(&format!("bench-{w}"), 30_000, 1_000_000_000)

@@ -108,7 +108,21 @@ async fn main() {
             output_key: Some(output.to_string()),
             rejects_key: Some(rejects.to_string()),
             report_key: Some(report.to_string()),
-            summary: serde_json::json!({"output": {"bytes": 1024}}),
+            summary: airlock::jobs::JobSummary {
+                status: airlock_report::Status::Accepted,
+                rejection: None,
+                input: airlock::jobs::InputSummary {
+                    bytes: 0,
+                    sha256: "".into(),
+                    detected_type: "text/csv".into(),
+                },
+                rows: Default::default(),
+                issue_counts: Default::default(),
+                output: airlock_report::OutputInfo {
+                    bytes: 1024,
+                    sha256: "".into(),
+                },
+            },
         };
         jobs.complete(id, c.fence, &done, 2).await.unwrap();
     }

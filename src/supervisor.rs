@@ -26,7 +26,7 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::jobs::{
-    backoff_ms, Claimed, Completion, FailureCode, JobError, JobState, Retry, Shared,
+    backoff_ms, Claimed, Completion, FailureCode, JobError, JobState, JobSummary, Retry, Shared,
 };
 use crate::policy::Policies;
 use crate::process::{self, Dest, Destinations};
@@ -88,7 +88,7 @@ pub struct Supervisor {
 
 /// How an attempt ended.
 enum Attempt {
-    Done(Completion),
+    Done(Box<Completion>),
     /// No result; `detail` (an error chain) goes to the audit row and the log only.
     Failed {
         code: FailureCode,
@@ -113,17 +113,6 @@ enum Outcome {
     NotOurs,
     /// The database could not say; nothing may be deleted.
     Unknown,
-}
-
-fn summary_of(report: &Report) -> serde_json::Value {
-    serde_json::json!({
-        "status": report.status,
-        "rejection": report.rejection,
-        "input": {"bytes": report.input.bytes, "sha256": report.input.sha256, "detected_type": report.input.detected_type},
-        "rows": report.rows,
-        "issue_counts": report.issue_counts,
-        "output": report.output,
-    })
 }
 
 impl Supervisor {
@@ -717,13 +706,13 @@ impl Supervisor {
         if dir.is_none() {
             let _ = std::fs::remove_file(&report_path);
         }
-        Attempt::Done(Completion {
+        Attempt::Done(Box::new(Completion {
             state,
             result_code: report.rejection.as_ref().map(|r| r.code),
             output_key: keys.remove(&Kind::Output),
             rejects_key: keys.remove(&Kind::Rejects),
             report_key: keys.remove(&Kind::Report),
-            summary: summary_of(&report),
-        })
+            summary: JobSummary::of(&report),
+        }))
     }
 }

@@ -12,7 +12,10 @@ use std::sync::Arc;
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::jobs::{Clock, JobError, JobRecord, JobState, Shared, SweepScope};
+use crate::jobs::{
+    Clock, DeletedObject, JobError, JobRecord, JobState, PurgeReason, Receipt, ReceiptKind, Shared,
+    SweepScope,
+};
 use crate::policy::retention::RetentionPolicy;
 use crate::storage::{Kind, ObjectKey, ObjectStore};
 
@@ -66,45 +69,50 @@ pub struct Sweeper {
 }
 
 /// The objects a job owns, with what is known of each.
-fn objects_of(job: &JobRecord) -> Vec<(String, &'static str, Option<i64>, Option<String>)> {
-    let summary = job.summary.clone().unwrap_or_default();
-    let sha = |v: &serde_json::Value| v.as_str().filter(|s| !s.is_empty()).map(String::from);
-    let mut out = vec![(
-        job.input_key.clone(),
-        "input",
-        Some(job.input_bytes),
-        sha(&summary["input"]["sha256"]),
-    )];
+fn objects_of(job: &JobRecord) -> Vec<DeletedObject> {
+    let summary = job.summary.as_ref();
+    let sha = |s: &str| (!s.is_empty()).then(|| s.to_string());
+    let mut out = vec![DeletedObject {
+        key: job.input_key.clone(),
+        kind: Kind::Input,
+        bytes: Some(job.input_bytes),
+        sha256: summary.and_then(|s| sha(&s.input.sha256)),
+    }];
     if let Some(k) = &job.output_key {
-        out.push((
-            k.clone(),
-            "output",
-            summary["output"]["bytes"].as_i64(),
-            sha(&summary["output"]["sha256"]),
-        ));
+        out.push(DeletedObject {
+            key: k.clone(),
+            kind: Kind::Output,
+            bytes: summary.and_then(|s| i64::try_from(s.output.bytes).ok()),
+            sha256: summary.and_then(|s| sha(&s.output.sha256)),
+        });
     }
-    if let Some(k) = &job.rejects_key {
-        out.push((k.clone(), "rejects", None, None));
-    }
-    if let Some(k) = &job.report_key {
-        out.push((k.clone(), "report", None, None));
+    for (key, kind) in [
+        (&job.rejects_key, Kind::Rejects),
+        (&job.report_key, Kind::Report),
+    ] {
+        if let Some(k) = key {
+            out.push(DeletedObject {
+                key: k.clone(),
+                kind,
+                bytes: None,
+                sha256: None,
+            });
+        }
     }
     out
 }
 
-fn receipt(job: &JobRecord, run_id: &str, reason: &str, now: i64) -> serde_json::Value {
-    serde_json::json!({
-        "receipt": "deletion",
-        "job_id": job.id,
-        "tenant": job.tenant,
-        "run_id": run_id,
-        "reason": reason,
-        "deleted_at_ms": now,
-        "job_finished_at_ms": job.finished_at,
-        "objects": objects_of(job).into_iter().map(|(key, kind, bytes, sha256)| serde_json::json!({
-            "key": key, "kind": kind, "bytes": bytes, "sha256": sha256,
-        })).collect::<Vec<_>>(),
-    })
+fn receipt(job: &JobRecord, run_id: &str, reason: PurgeReason, now: i64) -> Receipt {
+    Receipt {
+        receipt: ReceiptKind::Deletion,
+        job_id: job.id,
+        tenant: job.tenant.clone(),
+        run_id: run_id.to_string(),
+        reason,
+        deleted_at_ms: now,
+        job_finished_at_ms: job.finished_at,
+        objects: objects_of(job),
+    }
 }
 
 impl Sweeper {
@@ -127,7 +135,9 @@ impl Sweeper {
     pub async fn sweep(&self, clock: Clock, dry_run: bool) -> Result<SweepSummary, JobError> {
         let now = clock.now(&*self.jobs).await?;
         let scope = SweepScope::Retention(self.policy.classes(now));
-        let mut summary = self.run(&scope, "retention", clock, dry_run).await?;
+        let mut summary = self
+            .run(&scope, PurgeReason::Retention, clock, dry_run)
+            .await?;
         let now = clock.now(&*self.jobs).await?;
         self.orphans(now, dry_run, &mut summary).await;
         Ok(summary)
@@ -157,7 +167,7 @@ impl Sweeper {
         let mut summary = self
             .run(
                 &SweepScope::Tenant(tenant.to_string()),
-                "erasure_request",
+                PurgeReason::ErasureRequest,
                 clock,
                 dry_run,
             )
@@ -175,7 +185,7 @@ impl Sweeper {
     async fn run(
         &self,
         scope: &SweepScope,
-        reason: &str,
+        reason: PurgeReason,
         clock: Clock,
         dry_run: bool,
     ) -> Result<SweepSummary, JobError> {
@@ -227,15 +237,15 @@ impl Sweeper {
     async fn purge_batch(
         &self,
         batch: &[JobRecord],
-        reason: &str,
+        reason: PurgeReason,
         now: i64,
         summary: &mut SweepSummary,
         refused: &mut Vec<Uuid>,
     ) {
         let mut keys = Vec::new();
         for job in batch {
-            for (key, ..) in objects_of(job) {
-                match ObjectKey::parse(&key) {
+            for object in objects_of(job) {
+                match ObjectKey::parse(&object.key) {
                     Ok(k) => keys.push(k),
                     Err(_) => summary.fail("bad_key", 1),
                 }
@@ -266,13 +276,13 @@ impl Sweeper {
         let mut freed = BTreeMap::new();
         for job in batch {
             let objects = objects_of(job);
-            if let Some(code) = objects.iter().find_map(|(k, ..)| failed.get(k)) {
+            if let Some(code) = objects.iter().find_map(|o| failed.get(&o.key)) {
                 summary.fail(&format!("delete_{code}"), 1);
                 refused.push(job.id);
                 continue;
             }
-            freed.insert(job.id, objects.iter().filter_map(|o| o.2).sum::<i64>());
-            done.push((job.id, receipt(job, &summary.run_id, reason, now)));
+            freed.insert(job.id, objects.iter().filter_map(|o| o.bytes).sum::<i64>());
+            done.push(receipt(job, &summary.run_id, reason, now));
         }
         match self
             .jobs

@@ -52,7 +52,21 @@ fn done(state: JobState) -> Completion {
         output_key: Some("out/x.csv".into()),
         rejects_key: None,
         report_key: None,
-        summary: serde_json::json!({"rows": 1}),
+        summary: airlock::jobs::JobSummary {
+            status: airlock_report::Status::Accepted,
+            rejection: None,
+            input: airlock::jobs::InputSummary {
+                bytes: 10,
+                sha256: "ab".into(),
+                detected_type: "text/csv".into(),
+            },
+            rows: Default::default(),
+            issue_counts: Default::default(),
+            output: airlock_report::OutputInfo {
+                bytes: 1,
+                sha256: "cd".into(),
+            },
+        },
     }
 }
 

@@ -139,10 +139,10 @@ impl JobStore for Flaky {
     }
     async fn mark_purged(
         &self,
-        done: &[(Uuid, serde_json::Value)],
+        done: &[airlock::jobs::Receipt],
         owner: &str,
         run_id: &str,
-        reason: &str,
+        reason: airlock::jobs::PurgeReason,
         now: i64,
     ) -> Result<Vec<Uuid>, JobError> {
         self.inner
@@ -158,7 +158,7 @@ impl JobStore for Flaky {
     ) -> Result<std::collections::HashSet<String>, JobError> {
         self.inner.referenced(keys).await
     }
-    async fn receipts(&self, tenant: &str) -> Result<Vec<serde_json::Value>, JobError> {
+    async fn receipts(&self, tenant: &str) -> Result<Vec<airlock::jobs::Receipt>, JobError> {
         self.inner.receipts(tenant).await
     }
     async fn cancel_tenant(

@@ -171,7 +171,21 @@ impl World {
             output_key: Some(self.put(Kind::Output).await),
             rejects_key: Some(self.put(Kind::Rejects).await),
             report_key: Some(self.put(Kind::Report).await),
-            summary: serde_json::json!({"input": {"sha256": "ab"}, "output": {"bytes": 30, "sha256": "cd"}}),
+            summary: airlock::jobs::JobSummary {
+                status: airlock_report::Status::Accepted,
+                rejection: None,
+                input: airlock::jobs::InputSummary {
+                    bytes: 0,
+                    sha256: "ab".into(),
+                    detected_type: "text/csv".into(),
+                },
+                rows: Default::default(),
+                issue_counts: Default::default(),
+                output: airlock_report::OutputInfo {
+                    bytes: 30,
+                    sha256: "cd".into(),
+                },
+            },
         };
         self.jobs
             .complete(c.id, c.fence, &done, finished)
@@ -275,18 +289,17 @@ async fn retention_boundary(w: World) {
         !text.contains(SECRET_CELL) && !text.contains("Ana"),
         "{text}"
     );
-    let r = receipts
-        .iter()
-        .find(|r| r["job_id"] == due.id.to_string())
-        .unwrap();
-    let listed: HashSet<String> = r["objects"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|o| o["key"].as_str().unwrap().to_string())
-        .collect();
+    let r = receipts.iter().find(|r| r.job_id == due.id).unwrap();
+    let listed: HashSet<String> = r.objects.iter().map(|o| o.key.clone()).collect();
     assert_eq!(listed, keys(&due).into_iter().collect());
-    assert_eq!(r["run_id"], s.run_id);
+    assert_eq!(r.run_id, s.run_id);
+    let input = r.objects.iter().find(|o| o.kind == Kind::Input).unwrap();
+    assert_eq!(input.sha256.as_deref(), Some("ab"));
+    let output = r.objects.iter().find(|o| o.kind == Kind::Output).unwrap();
+    assert_eq!(
+        (output.bytes, output.sha256.as_deref()),
+        (Some(30), Some("cd"))
+    );
 
     // A re-run finds nothing more.
     let again = w
@@ -365,10 +378,7 @@ async fn concurrent_sweeps_take_each_job_once(w: World) {
         "each object deleted once"
     );
     let receipts = w.jobs.receipts("acme").await.unwrap();
-    let ids: HashSet<String> = receipts
-        .iter()
-        .map(|r| r["job_id"].as_str().unwrap().to_string())
-        .collect();
+    let ids: HashSet<String> = receipts.iter().map(|r| r.job_id.to_string()).collect();
     assert_eq!((receipts.len(), ids.len()), (12, 12));
 }
 
@@ -467,7 +477,9 @@ async fn purge_erases_exactly_one_tenant(w: World) {
     );
     let receipts = w.jobs.receipts("acme").await.unwrap();
     assert_eq!(receipts.len(), 2);
-    assert!(receipts.iter().all(|r| r["reason"] == "erasure_request"));
+    assert!(receipts
+        .iter()
+        .all(|r| r.reason == airlock::jobs::PurgeReason::ErasureRequest));
     assert!(w.jobs.receipts("globex").await.unwrap().is_empty());
 }
 

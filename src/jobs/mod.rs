@@ -228,7 +228,96 @@ pub struct Completion {
     pub output_key: Option<String>,
     pub rejects_key: Option<String>,
     pub report_key: Option<String>,
-    pub summary: serde_json::Value,
+    pub summary: JobSummary,
+}
+
+/// What a job's row keeps of its report: outcome, counts, sizes and hashes (`status` shows it;
+/// the sweeper's receipts take sizes and hashes from it). The full report is an artifact.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobSummary {
+    pub status: airlock_report::Status,
+    pub rejection: Option<airlock_report::Rejection>,
+    pub input: InputSummary,
+    pub rows: airlock_report::RowCounts,
+    pub issue_counts: BTreeMap<airlock_report::Code, u64>,
+    pub output: airlock_report::OutputInfo,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputSummary {
+    pub bytes: u64,
+    pub sha256: String,
+    pub detected_type: String,
+}
+
+impl JobSummary {
+    pub fn of(report: &airlock_report::Report) -> Self {
+        JobSummary {
+            status: report.status,
+            rejection: report.rejection.clone(),
+            input: InputSummary {
+                bytes: report.input.bytes,
+                sha256: report.input.sha256.clone(),
+                detected_type: report.input.detected_type.clone(),
+            },
+            rows: report.rows.clone(),
+            issue_counts: report.issue_counts.clone(),
+            output: report.output.clone(),
+        }
+    }
+}
+
+/// Why a sweep deleted a job's files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PurgeReason {
+    /// The job ended longer ago than its plan's retention.
+    Retention,
+    /// `airlock purge --tenant`.
+    ErasureRequest,
+}
+
+impl PurgeReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PurgeReason::Retention => "retention",
+            PurgeReason::ErasureRequest => "erasure_request",
+        }
+    }
+}
+
+/// The record that a job's files were deleted: ids, keys, sizes and hashes, never file names or
+/// cell data. Stored with the job's purge, in the same transaction.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Receipt {
+    /// Always `deletion`.
+    pub receipt: ReceiptKind,
+    pub job_id: Uuid,
+    pub tenant: String,
+    pub run_id: String,
+    pub reason: PurgeReason,
+    pub deleted_at_ms: i64,
+    pub job_finished_at_ms: Option<i64>,
+    pub objects: Vec<DeletedObject>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReceiptKind {
+    Deletion,
+}
+
+/// One deleted object. Sizes and hashes are known for the input and the clean output.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeletedObject {
+    pub key: String,
+    pub kind: crate::storage::Kind,
+    pub bytes: Option<i64>,
+    pub sha256: Option<String>,
 }
 
 /// Everything known about a job.
@@ -250,7 +339,7 @@ pub struct JobRecord {
     pub output_key: Option<String>,
     pub rejects_key: Option<String>,
     pub report_key: Option<String>,
-    pub summary: Option<serde_json::Value>,
+    pub summary: Option<JobSummary>,
     pub purged_at: Option<i64>,
     /// The fencing token of the latest claim.
     pub fence: i64,
@@ -369,10 +458,10 @@ pub trait JobStore: Send + Sync + fmt::Debug {
     /// Returns the ids marked.
     async fn mark_purged(
         &self,
-        done: &[(Uuid, serde_json::Value)],
+        done: &[Receipt],
         owner: &str,
         run_id: &str,
-        reason: &str,
+        reason: PurgeReason,
         now: i64,
     ) -> Result<Vec<Uuid>, JobError>;
     /// Give back `owner`'s sweep lease on `ids` (their deletion failed), so the next run retries
@@ -384,7 +473,7 @@ pub trait JobStore: Send + Sync + fmt::Debug {
         keys: &[String],
     ) -> Result<std::collections::HashSet<String>, JobError>;
     /// A tenant's deletion receipts, oldest first.
-    async fn receipts(&self, tenant: &str) -> Result<Vec<serde_json::Value>, JobError>;
+    async fn receipts(&self, tenant: &str) -> Result<Vec<Receipt>, JobError>;
     /// Erasure: cancel every queued and running job of a tenant, in one transaction. A running
     /// job's fence is bumped, so its supervisor can record nothing (its heartbeat stops the
     /// worker) and no reaper re-runs it. Returns the jobs cancelled and the state each was in.

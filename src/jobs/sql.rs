@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use super::{
     backoff_ms, Claimed, Completion, FailureCode, JobError, JobRecord, JobState, JobStore, NewJob,
-    Retry, Submitted, SweepPreview, SweepScope,
+    PurgeReason, Receipt, Retry, Submitted, SweepPreview, SweepScope,
 };
 
 #[derive(Debug, Clone)]
@@ -114,6 +114,10 @@ fn record(row: &AnyRow) -> Result<JobRecord, JobError> {
     let id: String = row.try_get("id")?;
     let state: String = row.try_get("state")?;
     let summary: Option<String> = row.try_get("summary")?;
+    let summary = summary
+        .map(|s| serde_json::from_str(&s))
+        .transpose()
+        .map_err(|e| JobError::Corrupt(format!("job {id}: summary: {e}")))?;
     Ok(JobRecord {
         id: uuid(&id)?,
         tenant: row.try_get("tenant")?,
@@ -131,7 +135,7 @@ fn record(row: &AnyRow) -> Result<JobRecord, JobError> {
         output_key: row.try_get("output_key")?,
         rejects_key: row.try_get("rejects_key")?,
         report_key: row.try_get("report_key")?,
-        summary: summary.and_then(|s| serde_json::from_str(&s).ok()),
+        summary,
         purged_at: row.try_get("purged_at")?,
         fence: row.try_get("fence")?,
     })
@@ -494,7 +498,7 @@ impl JobStore for SqlStore {
         .bind(&done.output_key)
         .bind(&done.rejects_key)
         .bind(&done.report_key)
-        .bind(done.summary.to_string())
+        .bind(serde_json::to_string(&done.summary).map_err(|e| JobError::Corrupt(e.to_string()))?)
         .execute(&mut *tx)
         .await?;
         audit(
@@ -781,12 +785,13 @@ impl JobStore for SqlStore {
 
     async fn mark_purged(
         &self,
-        done: &[(Uuid, serde_json::Value)],
+        done: &[Receipt],
         owner: &str,
         run_id: &str,
-        reason: &str,
+        reason: PurgeReason,
         now: i64,
     ) -> Result<Vec<Uuid>, JobError> {
+        let reason = reason.as_str();
         if done.is_empty() {
             return Ok(Vec::new());
         }
@@ -804,8 +809,8 @@ impl JobStore for SqlStore {
             self.dialect.for_update
         );
         let mut q = sqlx::query(&sql).bind(owner);
-        for (id, _) in done {
-            q = q.bind(id.to_string());
+        for r in done {
+            q = q.bind(r.job_id.to_string());
         }
         let rows = q.fetch_all(&mut *tx).await?;
         let mut held = std::collections::HashMap::new();
@@ -819,9 +824,9 @@ impl JobStore for SqlStore {
                 ),
             );
         }
-        let marked: Vec<&(Uuid, serde_json::Value)> = done
+        let marked: Vec<&Receipt> = done
             .iter()
-            .filter(|(id, _)| held.contains_key(&id.to_string()))
+            .filter(|r| held.contains_key(&r.job_id.to_string()))
             .collect();
         if marked.is_empty() {
             tx.rollback().await?;
@@ -832,8 +837,8 @@ impl JobStore for SqlStore {
             list(2, marked.len())
         );
         let mut q = sqlx::query(&sql).bind(now);
-        for (id, _) in &marked {
-            q = q.bind(id.to_string());
+        for r in &marked {
+            q = q.bind(r.job_id.to_string());
         }
         q.execute(&mut *tx).await?;
         let values: Vec<String> = (0..marked.len())
@@ -847,13 +852,14 @@ impl JobStore for SqlStore {
             values.join(", ")
         );
         let mut q = sqlx::query(&sql).bind(run_id).bind(reason).bind(now);
-        for (id, receipt) in &marked {
-            let tenant = &held[&id.to_string()].0;
+        for r in &marked {
+            let tenant = &held[&r.job_id.to_string()].0;
+            let body = serde_json::to_string(r).map_err(|e| JobError::Corrupt(e.to_string()))?;
             q = q
                 .bind(Uuid::new_v4().to_string())
-                .bind(id.to_string())
+                .bind(r.job_id.to_string())
                 .bind(tenant.clone())
-                .bind(receipt.to_string());
+                .bind(body);
         }
         q.execute(&mut *tx).await?;
         let values: Vec<String> = (0..marked.len())
@@ -867,16 +873,16 @@ impl JobStore for SqlStore {
             values.join(", ")
         );
         let mut q = sqlx::query(&sql).bind(now).bind(reason);
-        for (id, _) in &marked {
-            let (tenant, state) = &held[&id.to_string()];
+        for r in &marked {
+            let (tenant, state) = &held[&r.job_id.to_string()];
             q = q
-                .bind(id.to_string())
+                .bind(r.job_id.to_string())
                 .bind(tenant.clone())
                 .bind(state.clone());
         }
         q.execute(&mut *tx).await?;
         tx.commit().await?;
-        Ok(marked.into_iter().map(|(id, _)| *id).collect())
+        Ok(marked.into_iter().map(|r| r.job_id).collect())
     }
 
     async fn referenced(
@@ -904,7 +910,7 @@ impl JobStore for SqlStore {
         Ok(found)
     }
 
-    async fn receipts(&self, tenant: &str) -> Result<Vec<serde_json::Value>, JobError> {
+    async fn receipts(&self, tenant: &str) -> Result<Vec<Receipt>, JobError> {
         let rows =
             sqlx::query("SELECT body FROM airlock_receipts WHERE tenant = $1 ORDER BY at, id")
                 .bind(tenant)

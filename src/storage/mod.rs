@@ -22,7 +22,8 @@ use async_trait::async_trait;
 use uuid::Uuid;
 
 /// Which artifact a key holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Kind {
     Input,
     Output,
