@@ -26,11 +26,45 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::jobs::{
-    backoff_ms, Claimed, Completion, FailureCode, JobError, JobState, JobSummary, Retry, Shared,
+    backoff_ms, Claimed, Clock, Completion, FailureCode, JobError, JobState, JobSummary, Retry,
+    Shared,
 };
+use crate::policy::limits::Plan;
 use crate::policy::Policies;
 use crate::process::{self, Dest, Destinations};
 use crate::storage::{Kind, ObjectKey, ObjectStore, PutMeta, StorageError};
+
+/// Runs one job's worker on its staged input, writing the three results to `dest` (blocking; the
+/// supervisor calls it on a blocking thread). Production uses [`Sandboxed`]; tests replace it.
+pub trait Runner: Send + Sync + std::fmt::Debug {
+    fn run(
+        &self,
+        staged: &Path,
+        plan: &Plan,
+        dest: &Destinations,
+        cancel: &process::Cancel,
+    ) -> anyhow::Result<Report>;
+}
+
+/// The real thing: a fresh locked-down worker process per job (`process::run`).
+#[derive(Debug)]
+pub struct Sandboxed {
+    pub policies: Arc<Policies>,
+}
+
+impl Runner for Sandboxed {
+    fn run(
+        &self,
+        staged: &Path,
+        plan: &Plan,
+        dest: &Destinations,
+        cancel: &process::Cancel,
+    ) -> anyhow::Result<Report> {
+        let (file, size) = process::open_input(staged, false)?;
+        let run = process::run(file, size, plan, &self.policies.sandbox, None, dest, cancel)?;
+        Ok(run.report)
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -84,6 +118,7 @@ pub struct Supervisor {
     /// Set when the shutdown grace runs out: every running worker is killed.
     cancel: process::Cancel,
     breaker: Mutex<Breaker>,
+    runner: Arc<dyn Runner>,
 }
 
 /// How an attempt ended.
@@ -124,6 +159,7 @@ impl Supervisor {
     ) -> Self {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
         let cooldown = settings.breaker_cooldown;
+        let policies_for_runner = policies.clone();
         Supervisor {
             jobs,
             store,
@@ -143,7 +179,32 @@ impl Supervisor {
                 open_until: None,
                 cooldown,
             }),
+            runner: Arc::new(Sandboxed {
+                policies: policies_for_runner,
+            }),
         }
+    }
+
+    /// The same supervisor with another worker runner (tests).
+    pub fn with_runner(mut self, runner: Arc<dyn Runner>) -> Self {
+        self.runner = runner;
+        self
+    }
+
+    /// One step at a fixed time, for tests: reap, then (unless the circuit breaker is open)
+    /// claim one job and run it to the end, every write at `now`. Returns the job run, if any.
+    /// The heartbeat runs only if the job outlives a third of the lease.
+    pub async fn run_once(self: &Arc<Self>, now: i64) -> Result<Option<Uuid>, JobError> {
+        self.jobs.reap(now).await?;
+        if self.breaker_open_until().is_some() {
+            return Ok(None);
+        }
+        let Some(job) = self.jobs.claim(&self.owner, self.lease_ms(), now).await? else {
+            return Ok(None);
+        };
+        let id = job.id;
+        self.clone().run_job(job, Clock::Fixed(now)).await;
+        Ok(Some(id))
     }
 
     fn lease_ms(&self) -> i64 {
@@ -253,7 +314,7 @@ impl Supervisor {
                     let span = tracing::info_span!("job", job_id = %job.id, tenant = %job.tenant, attempt = job.attempt);
                     tasks.spawn(
                         async move {
-                            me.run_job(job).await;
+                            me.run_job(job, Clock::Database).await;
                             drop(permit);
                         }
                         .instrument(span),
@@ -343,7 +404,7 @@ impl Supervisor {
         }
     }
 
-    async fn run_job(self: Arc<Self>, job: Claimed) {
+    async fn run_job(self: Arc<Self>, job: Claimed, clock: Clock) {
         if let Ok(mut m) = self.in_flight.lock() {
             m.insert(job.id, job.fence);
         }
@@ -359,7 +420,7 @@ impl Supervisor {
                 tick.tick().await;
                 loop {
                     tick.tick().await;
-                    let beat = match me.jobs.now().await {
+                    let beat = match clock.now(&*me.jobs).await {
                         Ok(now) => me.jobs.heartbeat(id, fence, me.lease_ms(), now).await,
                         Err(e) => Err(e),
                     };
@@ -380,7 +441,7 @@ impl Supervisor {
         let attempt = self.attempt(&job, &mut uploaded, &job_cancel).await;
         heartbeat.abort();
         let lost = *lost_rx.borrow();
-        self.finish(&job, attempt, uploaded, lost).await;
+        self.finish(&job, attempt, uploaded, lost, clock).await;
         if let Ok(mut m) = self.in_flight.lock() {
             m.remove(&job.id);
         }
@@ -391,7 +452,14 @@ impl Supervisor {
         self.settings.lease.max(Duration::from_secs(10))
     }
 
-    async fn finish(&self, job: &Claimed, attempt: Attempt, uploaded: Vec<ObjectKey>, lost: bool) {
+    async fn finish(
+        &self,
+        job: &Claimed,
+        attempt: Attempt,
+        uploaded: Vec<ObjectKey>,
+        lost: bool,
+        clock: Clock,
+    ) {
         if lost {
             // The heartbeat saw another fence: definitely not ours.
             self.count(|s| s.lost_leases += 1);
@@ -400,7 +468,7 @@ impl Supervisor {
             return;
         }
         match attempt {
-            Attempt::Done(done) => match self.complete(job, &done).await {
+            Attempt::Done(done) => match self.complete(job, &done, clock).await {
                 Outcome::Recorded => {
                     tracing::info!(state = %done.state, "job recorded");
                     self.infrastructure_ok();
@@ -442,7 +510,9 @@ impl Supervisor {
                 };
                 tracing::warn!(code = %code, detail = %detail, "attempt failed");
                 match self
-                    .write(|now| self.jobs.fail(job.id, job.fence, code, &detail, retry, now))
+                    .write(clock, |now| {
+                        self.jobs.fail(job.id, job.fence, code, &detail, retry, now)
+                    })
                     .await
                 {
                     Ok(state) => self.count(|s| match state {
@@ -460,7 +530,7 @@ impl Supervisor {
 
     /// Run a write with the database's time, retrying errors other than a refusal for
     /// [`Self::write_patience`].
-    async fn write<T, F, Fut>(&self, f: F) -> Result<T, JobError>
+    async fn write<T, F, Fut>(&self, clock: Clock, f: F) -> Result<T, JobError>
     where
         F: Fn(i64) -> Fut,
         Fut: std::future::Future<Output = Result<T, JobError>>,
@@ -468,7 +538,7 @@ impl Supervisor {
         let deadline = tokio::time::Instant::now() + self.write_patience();
         let mut delay = Duration::from_millis(250);
         loop {
-            let result = match self.jobs.now().await {
+            let result = match clock.now(&*self.jobs).await {
                 Ok(now) => f(now).await,
                 Err(e) => Err(e),
             };
@@ -485,10 +555,10 @@ impl Supervisor {
 
     /// Record a completion. A stale fence on the first try is definite; after an error whose
     /// outcome is unknown (the commit may have landed), the row decides.
-    async fn complete(&self, job: &Claimed, done: &Completion) -> Outcome {
+    async fn complete(&self, job: &Claimed, done: &Completion, clock: Clock) -> Outcome {
         let tried = std::sync::atomic::AtomicBool::new(false);
         let result = self
-            .write(|now| {
+            .write(clock, |now| {
                 let first = !tried.swap(true, std::sync::atomic::Ordering::Relaxed);
                 async move {
                     match self.jobs.complete(job.id, job.fence, done, now).await {
@@ -595,17 +665,13 @@ impl Supervisor {
             rejects: Dest::File(dir.path().join("rejects.csv")),
             report: Dest::File(dir.path().join("report.json")),
         };
-        let policies = self.policies.clone();
+        let runner = self.runner.clone();
         let cancel = cancel.clone();
         // The worker's diagnostics are logged from the blocking thread: keep the job's span.
         let span = tracing::Span::current();
         let run = tokio::task::spawn_blocking(move || -> anyhow::Result<Report> {
             let _span = span.enter();
-            let (file, size) = process::open_input(&staged, false)?;
-            let plan = policies.limits.plan(&plan.name)?;
-            let sandbox = &policies.sandbox;
-            let run = process::run(file, size, plan, sandbox, None, &dest, &cancel)?;
-            Ok(run.report)
+            runner.run(&staged, &plan, &dest, &cancel)
         })
         .await;
         let report = match run {

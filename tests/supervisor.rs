@@ -2,6 +2,9 @@
 //! whose commit lands but whose reply is lost keeps its objects; a submit whose reply is lost
 //! keeps its input; storage outages spend no attempts and open the circuit breaker instead of
 //! draining the queue. Run on both job stores.
+//!
+//! The `step_*` tests drive `Supervisor::run_once(now)` with the engine in-process in place of the
+//! sandboxed worker: retry, permanent, lost-lease, outage and cleanup paths without sleeps.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -450,12 +453,238 @@ async fn a_lost_submit_reply_keeps_the_input(backend: &str) {
     }
 }
 
+/// The engine in-process in place of the sandboxed worker: the same results, no process, no
+/// sleeps. `fail_start` makes it fail as a worker that cannot start; `during` runs while the
+/// "worker" runs (on its blocking thread).
+#[derive(Default)]
+struct InProcess {
+    fail_start: AtomicBool,
+    #[allow(clippy::type_complexity)]
+    during: std::sync::Mutex<Option<Box<dyn FnOnce() + Send>>>,
+}
+
+impl std::fmt::Debug for InProcess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("InProcess")
+    }
+}
+
+impl airlock::supervisor::Runner for InProcess {
+    fn run(
+        &self,
+        staged: &Path,
+        plan: &airlock::policy::limits::Plan,
+        dest: &airlock::process::Destinations,
+        _cancel: &airlock::process::Cancel,
+    ) -> anyhow::Result<airlock_report::Report> {
+        if self.fail_start.load(Ordering::SeqCst) {
+            anyhow::bail!("the worker could not be started (test)");
+        }
+        if let Some(hook) = self.during.lock().unwrap().take() {
+            hook();
+        }
+        let path = |d: &airlock::process::Dest| match d {
+            airlock::process::Dest::File(p) => p.clone(),
+            other => panic!("the supervisor writes files, not {other:?}"),
+        };
+        let options = airlock_engine::Options {
+            limits: plan.limits.clone(),
+            fallback_encoding: plan.fallback_encoding,
+            ..Default::default()
+        };
+        let report = airlock_engine::process(
+            std::fs::File::open(staged)?,
+            std::fs::File::create(path(&dest.output))?,
+            std::fs::File::create(path(&dest.rejects))?,
+            &options,
+        )?;
+        std::fs::write(path(&dest.report), serde_json::to_vec(&report)?)?;
+        Ok(report)
+    }
+}
+
+impl Rig {
+    /// A supervisor stepped by `run_once` with the in-process runner.
+    fn stepped(&self, runner: Arc<InProcess>) -> Arc<Supervisor> {
+        let sup = Arc::into_inner(self.supervisor(3, Duration::from_secs(3600))).unwrap();
+        Arc::new(sup.with_runner(runner))
+    }
+
+    /// Objects in storage.
+    async fn stored(&self) -> Vec<String> {
+        let mut keys = Vec::new();
+        for prefix in Kind::prefixes() {
+            let page = self.store.inner.list(prefix, None).await.unwrap();
+            keys.extend(page.objects.into_iter().map(|o| o.key));
+        }
+        keys.sort();
+        keys
+    }
+
+    /// Leftovers in the supervisor's staging directory.
+    fn staged_leftovers(&self) -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(self.work.path().join("work"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect()
+    }
+}
+
+/// Well after the real clock, which `enqueue` uses (year 2096).
+const T0: i64 = 4_000_000_000_000;
+
+/// Infrastructure failure, then success: no attempt spent, the retry waits its 5 s, and nothing
+/// is left staged either time.
+async fn step_retry_after_an_outage(backend: &str) {
+    let rig = Rig::new(backend).await;
+    let id = rig.enqueue("valid/leads.csv").await;
+    let runner = Arc::new(InProcess::default());
+    runner.fail_start.store(true, Ordering::SeqCst);
+    let sup = rig.stepped(runner.clone());
+    assert_eq!(sup.run_once(T0).await.unwrap(), Some(id));
+    let rec = rig.jobs.get(id).await.unwrap().unwrap();
+    assert_eq!(
+        (rec.state, rec.attempts, rec.result_code.as_deref()),
+        (JobState::Queued, 0, Some("worker_start"))
+    );
+    let (_, _, detail) = rig.jobs.audit(id).await.unwrap().pop().unwrap();
+    assert!(detail.unwrap().contains("could not be started"));
+    assert!(rig.staged_leftovers().is_empty());
+    runner.fail_start.store(false, Ordering::SeqCst);
+    assert_eq!(sup.run_once(T0 + 4_999).await.unwrap(), None, "backing off");
+    assert_eq!(sup.run_once(T0 + 5_000).await.unwrap(), Some(id));
+    let rec = rig.jobs.get(id).await.unwrap().unwrap();
+    assert_eq!((rec.state, rec.attempts), (JobState::Succeeded, 1));
+    assert!(rig.staged_leftovers().is_empty());
+    let mut expected: Vec<String> = [
+        Some(rec.input_key.clone()),
+        rec.output_key.clone(),
+        rec.rejects_key.clone(),
+        rec.report_key.clone(),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    expected.sort();
+    assert_eq!(rig.stored().await, expected);
+}
+
+/// Permanent outcomes are never retried: a missing input fails, a rejected file is rejected.
+async fn step_permanent_outcomes(backend: &str) {
+    let rig = Rig::new(backend).await;
+    let gone = rig.enqueue("valid/leads.csv").await;
+    let input = rig.jobs.get(gone).await.unwrap().unwrap().input_key;
+    rig.store
+        .inner
+        .delete_many(&[ObjectKey::parse(&input).unwrap()])
+        .await
+        .unwrap();
+    let sup = rig.stepped(Arc::new(InProcess::default()));
+    assert_eq!(sup.run_once(T0).await.unwrap(), Some(gone));
+    let rec = rig.jobs.get(gone).await.unwrap().unwrap();
+    assert_eq!(
+        (rec.state, rec.result_code.as_deref()),
+        (JobState::Failed, Some("input_missing"))
+    );
+    let bad = rig.enqueue("invalid/binary_content.csv").await;
+    assert_eq!(sup.run_once(T0 + 1).await.unwrap(), Some(bad));
+    let rec = rig.jobs.get(bad).await.unwrap().unwrap();
+    assert_eq!(
+        (rec.state, rec.result_code.as_deref()),
+        (JobState::Rejected, Some("binary_content"))
+    );
+    assert!(rec.report_key.is_some() && rec.output_key.is_none());
+    assert_eq!(
+        sup.run_once(T0 + 10_000_000).await.unwrap(),
+        None,
+        "nothing retried"
+    );
+    assert!(rig.staged_leftovers().is_empty());
+}
+
+/// The lease is lost while the worker runs (another supervisor reaped and re-claimed the job):
+/// nothing is recorded, and every object the attempt uploaded is deleted.
+async fn step_lost_lease(backend: &str) {
+    let rig = Rig::new(backend).await;
+    let id = rig.enqueue("valid/leads.csv").await;
+    let before = rig.stored().await;
+    let runner = Arc::new(InProcess::default());
+    let jobs = rig.jobs.inner.clone();
+    let handle = tokio::runtime::Handle::current();
+    *runner.during.lock().unwrap() = Some(Box::new(move || {
+        handle.block_on(async {
+            let later = T0 + 30_001;
+            assert_eq!(jobs.reap(later).await.unwrap(), 1);
+            let thief = jobs
+                .claim("other-supervisor", 30_000, later + 10_000_000)
+                .await
+                .unwrap();
+            assert!(thief.is_some());
+        })
+    }));
+    let sup = rig.stepped(runner);
+    assert_eq!(sup.run_once(T0).await.unwrap(), Some(id));
+    let rec = rig.jobs.get(id).await.unwrap().unwrap();
+    assert_eq!(rec.state, JobState::Running, "the other supervisor's now");
+    assert!(rec.output_key.is_none() && rec.report_key.is_none());
+    assert_eq!(
+        rig.stored().await,
+        before,
+        "the attempt's uploads were deleted"
+    );
+    assert!(rig.staged_leftovers().is_empty());
+}
+
+/// Three infrastructure failures in a row open the breaker: the next step claims nothing,
+/// though a job is due, and the jobs that met the outage kept their attempts.
+async fn step_breaker(backend: &str) {
+    let rig = Rig::new(backend).await;
+    let ids = [
+        rig.enqueue("valid/leads.csv").await,
+        rig.enqueue("valid/leads.csv").await,
+        rig.enqueue("valid/leads.csv").await,
+        rig.enqueue("valid/leads.csv").await,
+    ];
+    rig.store.down.store(true, Ordering::SeqCst);
+    let sup = rig.stepped(Arc::new(InProcess::default()));
+    for i in 0..3 {
+        assert!(sup.run_once(T0 + i).await.unwrap().is_some());
+    }
+    let due = T0 + 1_000_000;
+    assert_eq!(sup.run_once(due).await.unwrap(), None, "breaker open");
+    let mut untouched = 0;
+    for id in ids {
+        let rec = rig.jobs.get(id).await.unwrap().unwrap();
+        assert_eq!((rec.state, rec.attempts), (JobState::Queued, 0));
+        if rec.result_code.is_none() {
+            untouched += 1;
+        }
+    }
+    assert_eq!(untouched, 1);
+}
+
 macro_rules! both {
     ($backend:ident) => {
         mod $backend {
             #[tokio::test(flavor = "multi_thread")]
             async fn a_lost_completion_reply_keeps_the_objects() {
                 super::a_lost_completion_reply_keeps_the_objects(stringify!($backend)).await;
+            }
+            #[tokio::test(flavor = "multi_thread")]
+            async fn step_retry_after_an_outage() {
+                super::step_retry_after_an_outage(stringify!($backend)).await;
+            }
+            #[tokio::test(flavor = "multi_thread")]
+            async fn step_permanent_outcomes() {
+                super::step_permanent_outcomes(stringify!($backend)).await;
+            }
+            #[tokio::test(flavor = "multi_thread")]
+            async fn step_lost_lease() {
+                super::step_lost_lease(stringify!($backend)).await;
+            }
+            #[tokio::test(flavor = "multi_thread")]
+            async fn step_breaker() {
+                super::step_breaker(stringify!($backend)).await;
             }
             #[tokio::test(flavor = "multi_thread")]
             async fn a_lost_submit_reply_keeps_the_input() {
