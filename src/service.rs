@@ -30,8 +30,8 @@ pub enum CommandError {
 }
 
 /// Open the job store without looking at its schema (`migrate` only).
-async fn connect_jobs(config: &ServiceConfig) -> Result<Shared, CommandError> {
-    crate::jobs::open(&config.database_url)
+async fn connect_jobs(config: &ServiceConfig, create: bool) -> Result<Shared, CommandError> {
+    crate::jobs::open(&config.database_url, create)
         .await
         .map_err(|e| match e {
             JobError::Config(m) => CommandError::Usage(m),
@@ -41,7 +41,7 @@ async fn connect_jobs(config: &ServiceConfig) -> Result<Shared, CommandError> {
 
 /// Open the job store, whose schema must be exactly this build's.
 pub async fn open_jobs(config: &ServiceConfig) -> Result<Shared, CommandError> {
-    let jobs = connect_jobs(config).await?;
+    let jobs = connect_jobs(config, false).await?;
     jobs.check_schema().await.map_err(|e| match e {
         JobError::SchemaBehind { .. } | JobError::SchemaAhead { .. } => {
             CommandError::Usage(e.to_string())
@@ -73,7 +73,7 @@ fn failed(e: impl std::error::Error) -> CommandError {
 }
 
 pub async fn migrate(config: &ServiceConfig) -> Result<String, CommandError> {
-    let jobs = connect_jobs(config).await?;
+    let jobs = connect_jobs(config, true).await?;
     jobs.migrate().await.map_err(|e| {
         CommandError::Failed(format!(
             "migrating the job store failed (nothing after the failed step was applied): {}",
@@ -173,32 +173,40 @@ pub async fn submit_to(
     match submitted {
         Ok(Submitted::Created(id)) => Ok(id),
         Ok(Submitted::Existing(id)) => {
-            // Lost an idempotency race: the upload is not needed.
-            let _ = store.delete_many(&[input]).await;
+            // Lost an idempotency race to another job: this upload is not needed.
+            if id != job.id {
+                let _ = store.delete_many(&[input]).await;
+            }
             Ok(id)
         }
         Err(e) => {
-            // The commit may have landed with its reply lost: look before deleting anything.
-            match jobs.get(job.id).await {
-                Ok(Some(_)) => return Ok(job.id),
-                Ok(None) => {}
-                Err(_) => {
-                    return Err(CommandError::Failed(format!(
-                        "the job store failed and whether job {} was created is unknown ({}); resubmit with the same --idempotency-key, or look it up with `airlock status {}`; an unused upload is removed by the orphan sweep",
-                        job.id,
-                        chain(&e),
-                        job.id
-                    )))
+            // The commit may have landed with its reply lost, and may become visible only later:
+            // never delete the upload here. Send the same job (same id) again: a duplicate id
+            // means it landed. An upload no job references is removed by the orphan sweep.
+            for delay in [250u64, 1_000, 4_000] {
+                tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+                if let Ok(Some(_)) = jobs.get(job.id).await {
+                    return Ok(job.id);
+                }
+                let again = match jobs.now().await {
+                    Ok(now) => jobs.submit(&job, now).await,
+                    Err(e) => Err(e),
+                };
+                match again {
+                    Ok(Submitted::Created(id)) => return Ok(id),
+                    Ok(Submitted::Existing(id)) => return Ok(id),
+                    Err(JobError::Db(sqlx::Error::Database(d))) if d.is_unique_violation() => {
+                        return Ok(job.id)
+                    }
+                    Err(_) => continue,
                 }
             }
-            if let Some(key) = args.idempotency_key {
-                if let Ok(Some(existing)) = jobs.find_idempotent(args.tenant, key).await {
-                    let _ = store.delete_many(&[input]).await;
-                    return Ok(existing);
-                }
-            }
-            let _ = store.delete_many(&[input]).await;
-            Err(failed(e))
+            Err(CommandError::Failed(format!(
+                "the job store failed and job {} could not be confirmed ({}); resubmit with the same --idempotency-key, or check with `airlock status {}`; an unused upload is removed by the orphan sweep",
+                job.id,
+                chain(&e),
+                job.id
+            )))
         }
     }
 }

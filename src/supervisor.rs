@@ -102,6 +102,8 @@ pub struct Summary {
 struct Breaker {
     in_a_row: u32,
     open_until: Option<tokio::time::Instant>,
+    /// When it last closed.
+    closed_at: Option<tokio::time::Instant>,
     cooldown: Duration,
 }
 
@@ -177,6 +179,7 @@ impl Supervisor {
             breaker: Mutex::new(Breaker {
                 in_a_row: 0,
                 open_until: None,
+                closed_at: None,
                 cooldown,
             }),
             runner: Arc::new(Sandboxed {
@@ -217,12 +220,18 @@ impl Supervisor {
         }
     }
 
-    /// An infrastructure failure: after `breaker_threshold` in a row, stop claiming for the
-    /// cooldown (doubling, up to 5 minutes, while failures continue).
-    fn infrastructure_failed(&self) {
+    /// An infrastructure failure of a job claimed at `claimed_at`: after `breaker_threshold` in a
+    /// row, stop claiming for the cooldown (doubling, up to 5 minutes, while failures continue).
+    /// Failures of jobs claimed before the breaker last closed are ignored: they were in flight
+    /// during the same outage and say nothing new.
+    fn infrastructure_failed(&self, claimed_at: tokio::time::Instant) {
         let Ok(mut b) = self.breaker.lock() else {
             return;
         };
+        let now = tokio::time::Instant::now();
+        if b.open_until.is_some_and(|t| t > now) || b.closed_at.is_some_and(|t| claimed_at < t) {
+            return;
+        }
         b.in_a_row += 1;
         if b.in_a_row >= self.settings.breaker_threshold.max(1) {
             let cooldown = b.cooldown;
@@ -248,10 +257,12 @@ impl Supervisor {
     /// When the breaker is open, the instant it closes.
     fn breaker_open_until(&self) -> Option<tokio::time::Instant> {
         let mut b = self.breaker.lock().ok()?;
+        let now = tokio::time::Instant::now();
         match b.open_until {
-            Some(t) if t > tokio::time::Instant::now() => Some(t),
-            Some(_) => {
+            Some(t) if t > now => Some(t),
+            Some(t) => {
                 b.open_until = None;
+                b.closed_at = Some(t);
                 None
             }
             None => None,
@@ -437,11 +448,15 @@ impl Supervisor {
                 }
             })
         };
+        let claimed_at = tokio::time::Instant::now();
         let mut uploaded = Vec::new();
         let attempt = self.attempt(&job, &mut uploaded, &job_cancel).await;
-        heartbeat.abort();
         let lost = *lost_rx.borrow();
-        self.finish(&job, attempt, uploaded, lost, clock).await;
+        // The heartbeat keeps the lease while the result is recorded (a slow or retried commit
+        // must not let the reaper take a finished job).
+        self.finish(&job, attempt, uploaded, lost, clock, claimed_at)
+            .await;
+        heartbeat.abort();
         if let Ok(mut m) = self.in_flight.lock() {
             m.remove(&job.id);
         }
@@ -459,6 +474,7 @@ impl Supervisor {
         uploaded: Vec<ObjectKey>,
         lost: bool,
         clock: Clock,
+        claimed_at: tokio::time::Instant,
     ) {
         if lost {
             // The heartbeat saw another fence: definitely not ours.
@@ -495,7 +511,7 @@ impl Supervisor {
                 // A failed attempt's objects are never referenced by the row: always deletable.
                 self.forget(&uploaded).await;
                 if code.is_infrastructure() {
-                    self.infrastructure_failed();
+                    self.infrastructure_failed(claimed_at);
                 }
                 let retry = if code.is_infrastructure() {
                     Retry::Outage {
@@ -614,7 +630,9 @@ impl Supervisor {
     }
 
     fn storage_attempt(e: StorageError, what: &str) -> Attempt {
-        let code = if e.is_transient() {
+        // Refused credentials are this host's problem (an expired token), not the job's: retried
+        // elsewhere or later, and counted by the breaker, instead of failing every job claimed.
+        let code = if e.is_transient() || matches!(e, StorageError::Credentials { .. }) {
             FailureCode::StorageUnavailable
         } else {
             FailureCode::StorageRefused
@@ -751,7 +769,12 @@ impl Supervisor {
             .unwrap_or(1 << 30)
             + (1 << 20);
         for (kind, path, name) in files {
-            let key = ObjectKey::new(kind);
+            // The keys the claim recorded for this attempt.
+            let key = match kind {
+                Kind::Output => job.keys.output.clone(),
+                Kind::Rejects => job.keys.rejects.clone(),
+                _ => job.keys.report.clone(),
+            };
             let meta = PutMeta {
                 content_type: kind.content_type().into(),
                 download_name: name,

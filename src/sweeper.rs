@@ -99,6 +99,20 @@ fn objects_of(job: &JobRecord) -> Vec<DeletedObject> {
             });
         }
     }
+    // What the latest attempt may have uploaded without completing (cancelled, failed, crashed).
+    for key in &job.attempt_keys {
+        if out.iter().any(|o| &o.key == key) {
+            continue;
+        }
+        if let Ok(k) = ObjectKey::parse(key) {
+            out.push(DeletedObject {
+                key: key.clone(),
+                kind: k.kind(),
+                bytes: None,
+                sha256: None,
+            });
+        }
+    }
     out
 }
 
@@ -144,8 +158,11 @@ impl Sweeper {
     }
 
     /// Erasure on request: cancel the tenant's queued and running jobs (a running job's worker
-    /// is stopped and its result refused by its fence), then delete every file of every job
-    /// of the tenant now. Fails (exit 1) while any job of the tenant is still active.
+    /// is stopped at its next heartbeat and its result refused by its fence), then delete every
+    /// file of every job of the tenant now, including what a cancelled attempt uploaded. A job
+    /// cancelled while running is erased once its old lease has run out (by then its supervisor
+    /// has stopped or is dead); until then, and while any of the tenant's jobs could not be
+    /// swept, the erasure reports `still_active` and fails (exit 1): run it again.
     pub async fn purge(
         &self,
         tenant: &str,
@@ -153,10 +170,8 @@ impl Sweeper {
         dry_run: bool,
     ) -> Result<SweepSummary, JobError> {
         let mut erasure = Erasure::default();
-        if dry_run {
-            erasure.still_active = self.jobs.active_of(tenant).await?;
-        } else {
-            let now = clock.now(&*self.jobs).await?;
+        let now = clock.now(&*self.jobs).await?;
+        if !dry_run {
             for (_, was) in self.jobs.cancel_tenant(tenant, now).await? {
                 match was {
                     JobState::Running => erasure.cancelled_running += 1,
@@ -164,18 +179,23 @@ impl Sweeper {
                 }
             }
         }
+        let scope = SweepScope::Tenant {
+            tenant: tenant.to_string(),
+            now,
+        };
         let mut summary = self
-            .run(
-                &SweepScope::Tenant(tenant.to_string()),
-                PurgeReason::ErasureRequest,
-                clock,
-                dry_run,
-            )
+            .run(&scope, PurgeReason::ErasureRequest, clock, dry_run)
             .await?;
+        let now = clock.now(&*self.jobs).await?;
+        erasure.still_active = self.jobs.active_of(tenant, now).await?;
         if !dry_run {
-            erasure.still_active = self.jobs.active_of(tenant).await?;
+            // Jobs another sweep holds, or whose deletion failed, are not erased yet either.
+            let left = self.jobs.preview_sweep(&scope, now).await?.jobs;
             if erasure.still_active > 0 {
                 summary.fail("still_active", erasure.still_active as u64);
+            }
+            if left > 0 {
+                summary.fail("not_erased", left as u64);
             }
         }
         summary.erasure = Some(erasure);

@@ -383,14 +383,26 @@ async fn erasure_cancels_queued_and_running_jobs(store: Arc<dyn JobStore>) {
     let other = store.submit(&job("beta", None), 3).await.unwrap().id();
     let c = store.claim("sup", LEASE, 10).await.unwrap().unwrap();
     assert_eq!(c.id, running);
-    assert_eq!(store.active_of("acme").await.unwrap(), 2);
+    assert_eq!(store.active_of("acme", 15).await.unwrap(), 2);
     let mut cancelled = store.cancel_tenant("acme", 20).await.unwrap();
     cancelled.sort_by_key(|(_, s)| s.as_str());
     assert_eq!(
         cancelled,
         [(queued, JobState::Queued), (running, JobState::Running)]
     );
-    assert_eq!(store.active_of("acme").await.unwrap(), 0);
+    // The cancelled running job counts until its old lease runs out: its attempt may upload.
+    assert_eq!(store.active_of("acme", 21).await.unwrap(), 1);
+    assert_eq!(store.active_of("acme", 10 + LEASE + 1).await.unwrap(), 0);
+    let rec = store.get(running).await.unwrap().unwrap();
+    assert_eq!(
+        rec.attempt_keys.len(),
+        3,
+        "the attempt's keys are on the row"
+    );
+    assert!(rec
+        .attempt_keys
+        .iter()
+        .any(|k| *k == c.keys.output.to_string()));
     assert!(!store.heartbeat(running, c.fence, LEASE, 21).await.unwrap());
     assert!(matches!(
         store

@@ -162,13 +162,22 @@ async fn commands_refuse_a_schema_that_is_behind_and_only_migrate_changes_it() {
         vec!["receipts", "--tenant", "acme"],
         vec!["supervise", "--until-idle"],
     ];
+    // No database file yet: every command but migrate refuses, and none creates it.
+    for args in &commands {
+        let out = run(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains("airlock migrate"), "{args:?}: {stderr}");
+        assert!(!db.exists(), "{args:?} created the database file");
+    }
+    // An empty database file (schema version 0): the same, and nothing is created in it.
+    let store = airlock::jobs::sqlite::open(&db).await.unwrap();
     for args in &commands {
         let out = run(args);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
         assert!(stderr.contains("airlock migrate"), "{args:?}: {stderr}");
     }
-    let store = airlock::jobs::sqlite::open(&db).await.unwrap();
     assert_eq!(store.schema_version().await.unwrap(), 0, "nothing migrated");
     let tables: i64 = sqlx::query_scalar(
         "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name LIKE 'airlock_%'",

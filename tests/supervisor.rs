@@ -171,8 +171,8 @@ impl JobStore for Flaky {
     ) -> Result<Vec<(Uuid, JobState)>, JobError> {
         self.inner.cancel_tenant(tenant, now).await
     }
-    async fn active_of(&self, tenant: &str) -> Result<i64, JobError> {
-        self.inner.active_of(tenant).await
+    async fn active_of(&self, tenant: &str, now: i64) -> Result<i64, JobError> {
+        self.inner.active_of(tenant, now).await
     }
     async fn audit(
         &self,

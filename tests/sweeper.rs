@@ -483,6 +483,65 @@ async fn purge_erases_exactly_one_tenant(w: World) {
     assert!(w.jobs.receipts("globex").await.unwrap().is_empty());
 }
 
+/// An attempt uploaded its results and its supervisor died before recording them; then the
+/// tenant asks for erasure. The erasure waits out the old lease (exit 1, `still_active`), then
+/// deletes the input and what the attempt uploaded under the keys its claim recorded.
+async fn erasure_deletes_a_dead_attempts_uploads(w: World) {
+    use airlock::jobs::Clock;
+    let input = w.put(Kind::Input).await;
+    let t = 1_000_000;
+    let id = w.queued_job(&input, t).await;
+    let c = w.jobs.claim("dies", 60_000, t + 1).await.unwrap().unwrap();
+    let meta = PutMeta {
+        content_type: "text/csv".into(),
+        download_name: "x.csv".into(),
+    };
+    let path = w.dir.path().join("attempt-output");
+    std::fs::write(&path, format!("email\n{SECRET_CELL}\n")).unwrap();
+    for key in [&c.keys.output, &c.keys.report] {
+        w.store.put_file(key, &path, 1 << 20, &meta).await.unwrap();
+    }
+    // The supervisor is gone; nothing was recorded.
+    let s = w
+        .sweeper()
+        .purge("acme", Clock::Fixed(t + 2), false)
+        .await
+        .unwrap();
+    let erasure = s.erasure.clone().unwrap();
+    assert_eq!(
+        (erasure.cancelled_running, erasure.still_active),
+        (1, 1),
+        "{s:?}"
+    );
+    assert!(s.failed(), "exit 1 until the old lease has run out");
+    assert!(w.exists(&c.keys.output.to_string()).await);
+    let s = w
+        .sweeper()
+        .purge("acme", Clock::Fixed(t + 1 + 60_000 + 1), false)
+        .await
+        .unwrap();
+    assert!(!s.failed(), "{s:?}");
+    assert_eq!(s.jobs_purged, 1, "{s:?}");
+    for key in [
+        input.clone(),
+        c.keys.output.to_string(),
+        c.keys.report.to_string(),
+    ] {
+        assert!(
+            !w.exists(&key).await,
+            "{key} outlived the erasure: {s:?} {:?}",
+            w.jobs.receipts("acme").await.unwrap()
+        );
+    }
+    let receipts = w.jobs.receipts("acme").await.unwrap();
+    let listed: Vec<&str> = receipts[0].objects.iter().map(|o| o.key.as_str()).collect();
+    assert!(listed.contains(&c.keys.output.as_str()), "{listed:?}");
+    assert_eq!(
+        w.jobs.get(id).await.unwrap().unwrap().state,
+        JobState::Purged
+    );
+}
+
 macro_rules! sweeper_suite {
     ($name:ident, $make:expr) => {
         mod $name {
@@ -507,6 +566,10 @@ macro_rules! sweeper_suite {
             #[tokio::test(flavor = "multi_thread")]
             async fn orphans() {
                 orphans_go_and_referenced_objects_stay($make).await;
+            }
+            #[tokio::test(flavor = "multi_thread")]
+            async fn erasure_of_a_dead_attempt() {
+                erasure_deletes_a_dead_attempts_uploads($make).await;
             }
             #[tokio::test(flavor = "multi_thread")]
             async fn purge_one_tenant() {

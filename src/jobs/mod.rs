@@ -217,6 +217,34 @@ pub struct Claimed {
     pub file_name: String,
     pub fence: i64,
     pub attempt: i32,
+    /// The keys this attempt uploads under, chosen and recorded at claim time (new UUIDv4s), so
+    /// a sweep or an erasure can delete them even if the attempt never completes.
+    pub keys: AttemptKeys,
+}
+
+/// An attempt's output keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttemptKeys {
+    pub output: crate::storage::ObjectKey,
+    pub rejects: crate::storage::ObjectKey,
+    pub report: crate::storage::ObjectKey,
+}
+
+impl AttemptKeys {
+    pub fn new() -> Self {
+        use crate::storage::{Kind, ObjectKey};
+        AttemptKeys {
+            output: ObjectKey::new(Kind::Output),
+            rejects: ObjectKey::new(Kind::Rejects),
+            report: ObjectKey::new(Kind::Report),
+        }
+    }
+}
+
+impl Default for AttemptKeys {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 /// How a job finished.
@@ -343,6 +371,11 @@ pub struct JobRecord {
     pub purged_at: Option<i64>,
     /// The fencing token of the latest claim.
     pub fence: i64,
+    /// The keys of an attempt that never completed (see [`Claimed::keys`]): what it may have
+    /// uploaded. A completion records its keys as output, rejects and report, and clears these.
+    pub attempt_keys: Vec<String>,
+    /// While a job cancelled by an erasure may still have a live attempt: its old lease's end.
+    pub lease_expires_at: Option<i64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -482,8 +515,9 @@ pub trait JobStore: Send + Sync + fmt::Debug {
         tenant: &str,
         now: i64,
     ) -> Result<Vec<(Uuid, JobState)>, JobError>;
-    /// How many of a tenant's jobs are queued or running.
-    async fn active_of(&self, tenant: &str) -> Result<i64, JobError>;
+    /// How many of a tenant's jobs are queued or running, or were cancelled while running and
+    /// their old lease has not yet run out at `now` (their attempt may still upload).
+    async fn active_of(&self, tenant: &str, now: i64) -> Result<i64, JobError>;
     /// Audit rows for a job, oldest first: (from, to, detail).
     async fn audit(
         &self,
@@ -496,8 +530,9 @@ pub trait JobStore: Send + Sync + fmt::Debug {
 pub enum SweepScope {
     /// Retention: jobs finished at or before the cutoff of their plan's class.
     Retention(Vec<RetentionClass>),
-    /// Erasure on request: every finished or cancelled job of one tenant, now.
-    Tenant(String),
+    /// Erasure on request: every finished or cancelled job of one tenant, except a job cancelled
+    /// while running whose old lease has not run out at `now` (its attempt may still upload).
+    Tenant { tenant: String, now: i64 },
 }
 
 /// Plans sharing one retention period. `others` = every plan not named in another class.
@@ -552,8 +587,10 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// Open the store named by a URL: `postgres://…` or `sqlite://path`.
-pub async fn open(url: &str) -> Result<Shared, JobError> {
+/// Open the store named by a URL: `postgres://…` or `sqlite://path`. A SQLite file is created
+/// only with `create` (`airlock migrate`); otherwise a missing one is a configuration error, so a
+/// mistyped path does not make an empty queue.
+pub async fn open(url: &str, create: bool) -> Result<Shared, JobError> {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         match postgres::connect(url, None).await {
             Ok(store) => Ok(Arc::new(store)),
@@ -563,7 +600,14 @@ pub async fn open(url: &str) -> Result<Shared, JobError> {
             Err(e) => Err(e),
         }
     } else if let Some(path) = url.strip_prefix("sqlite://") {
-        Ok(Arc::new(sqlite::open(std::path::Path::new(path)).await?))
+        let path = std::path::Path::new(path);
+        if !create && !path.exists() {
+            return Err(JobError::Config(format!(
+                "no job database at {}: run `airlock migrate` to create it, or check --database-url",
+                path.display()
+            )));
+        }
+        Ok(Arc::new(sqlite::open(path).await?))
     } else {
         Err(JobError::Config(format!(
             "the database URL must start with postgres:// or sqlite:// (got {:?})",

@@ -25,9 +25,11 @@ pub static DIALECT: Dialect = Dialect {
     claim_pick: pick!(),
     for_update: " FOR UPDATE",
     skip_locked: " FOR UPDATE SKIP LOCKED",
+    // In tenant order: requeuing locks tenant rows (`next_vseq`) in this order, so two reapers
+    // cannot deadlock on them.
     reap_select: "SELECT id, tenant, attempts, max_attempts FROM airlock_jobs
          WHERE state = 'running' AND lease_expires_at < $1
-         LIMIT 100 FOR UPDATE SKIP LOCKED",
+         ORDER BY tenant LIMIT 100 FOR UPDATE SKIP LOCKED",
     begin: "BEGIN",
     summary_output_bytes: "CAST(CAST(summary AS jsonb) #>> '{output,bytes}' AS BIGINT)",
     on_connect: |schema| match schema {

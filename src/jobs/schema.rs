@@ -29,7 +29,7 @@ const STEPS: &[Step] = &[
     },
     Step {
         version: 2,
-        description: "key indexes outage budget",
+        description: "key indexes, outage budget, attempt keys",
         postgres: include_str!("../../migrations/postgres/0002_key_indexes_outage_budget.sql"),
         sqlite: include_str!("../../migrations/sqlite/0002_key_indexes_outage_budget.sql"),
     },

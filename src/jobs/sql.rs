@@ -11,8 +11,8 @@ use sqlx::{Any, Executor, Row, Transaction};
 use uuid::Uuid;
 
 use super::{
-    backoff_ms, Claimed, Completion, FailureCode, JobError, JobRecord, JobState, JobStore, NewJob,
-    PurgeReason, Receipt, Retry, Submitted, SweepPreview, SweepScope,
+    backoff_ms, AttemptKeys, Claimed, Completion, FailureCode, JobError, JobRecord, JobState,
+    JobStore, NewJob, PurgeReason, Receipt, Retry, Submitted, SweepPreview, SweepScope,
 };
 
 #[derive(Debug, Clone)]
@@ -33,6 +33,10 @@ fn bind_scope<'q>(
     }
     q
 }
+
+/// Infrastructure failures further apart than this are separate outages (each with its own
+/// budget): an hour, well above the longest retry delay (5 min).
+const OUTAGE_GAP_MS: i64 = 3_600_000;
 
 /// What differs between PostgreSQL and SQLite.
 #[derive(Debug)]
@@ -96,7 +100,7 @@ fn uuid(s: &str) -> Result<Uuid, JobError> {
     Uuid::parse_str(s).map_err(|e| JobError::Corrupt(format!("job id {s:?}: {e}")))
 }
 
-fn claimed(row: &AnyRow) -> Result<Claimed, JobError> {
+fn claimed(row: &AnyRow, keys: AttemptKeys) -> Result<Claimed, JobError> {
     let id: String = row.try_get("id")?;
     Ok(Claimed {
         id: uuid(&id)?,
@@ -107,6 +111,7 @@ fn claimed(row: &AnyRow) -> Result<Claimed, JobError> {
         file_name: row.try_get("file_name")?,
         fence: row.try_get("fence")?,
         attempt: row.try_get::<i64, _>("attempts")? as i32,
+        keys,
     })
 }
 
@@ -138,6 +143,18 @@ fn record(row: &AnyRow) -> Result<JobRecord, JobError> {
         summary,
         purged_at: row.try_get("purged_at")?,
         fence: row.try_get("fence")?,
+        attempt_keys: [
+            "attempt_output_key",
+            "attempt_rejects_key",
+            "attempt_report_key",
+        ]
+        .into_iter()
+        .map(|c| row.try_get::<Option<String>, _>(c))
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter()
+        .flatten()
+        .collect(),
+        lease_expires_at: row.try_get("lease_expires_at")?,
     })
 }
 
@@ -225,10 +242,12 @@ impl SqlStore {
             format!("${}", next - 1)
         };
         let clause = match scope {
-            SweepScope::Tenant(t) => {
-                let p = param(ScopeArg::Text(t.clone()), &mut args);
+            SweepScope::Tenant { tenant, now } => {
+                let p = param(ScopeArg::Text(tenant.clone()), &mut args);
+                let n = param(ScopeArg::Int(*now), &mut args);
                 format!(
-                    "tenant = {p} AND state IN ('succeeded', 'rejected', 'failed', 'cancelled')"
+                    "tenant = {p} AND state IN ('succeeded', 'rejected', 'failed', 'cancelled')
+                     AND (state <> 'cancelled' OR lease_expires_at IS NULL OR lease_expires_at < {n})"
                 )
             }
             SweepScope::Retention(classes) => {
@@ -432,9 +451,11 @@ impl JobStore for SqlStore {
             return Ok(None);
         };
         let id: String = picked.try_get("id")?;
+        let keys = AttemptKeys::new();
         let row = sqlx::query(
             "UPDATE airlock_jobs SET state = 'running', attempts = attempts + 1, fence = fence + 1,
-                 lease_owner = $2, lease_expires_at = $3, started_at = COALESCE(started_at, $4)
+                 lease_owner = $2, lease_expires_at = $3, started_at = COALESCE(started_at, $4),
+                 attempt_output_key = $5, attempt_rejects_key = $6, attempt_report_key = $7
              WHERE id = $1
              RETURNING id, tenant, plan, input_key, input_bytes, file_name, fence, attempts",
         )
@@ -442,6 +463,9 @@ impl JobStore for SqlStore {
         .bind(owner)
         .bind(now + lease_ms)
         .bind(now)
+        .bind(keys.output.as_str())
+        .bind(keys.rejects.as_str())
+        .bind(keys.report.as_str())
         .fetch_one(&mut *tx)
         .await?;
         let tenant: String = row.try_get("tenant")?;
@@ -457,7 +481,7 @@ impl JobStore for SqlStore {
         )
         .await?;
         tx.commit().await?;
-        claimed(&row).map(Some)
+        claimed(&row, keys).map(Some)
     }
 
     async fn heartbeat(
@@ -488,7 +512,8 @@ impl JobStore for SqlStore {
         let tenant = self.fenced(&mut tx, id, fence).await?;
         sqlx::query(
             "UPDATE airlock_jobs SET state = $2, finished_at = $3, result_code = $4, output_key = $5,
-                 rejects_key = $6, report_key = $7, summary = $8, lease_owner = NULL, lease_expires_at = NULL
+                 rejects_key = $6, report_key = $7, summary = $8, lease_owner = NULL, lease_expires_at = NULL,
+                 attempt_output_key = NULL, attempt_rejects_key = NULL, attempt_report_key = NULL
              WHERE id = $1",
         )
         .bind(id.to_string())
@@ -527,7 +552,7 @@ impl JobStore for SqlStore {
         let mut tx = self.begin().await?;
         let tenant = self.fenced(&mut tx, id, fence).await?;
         let row = sqlx::query(
-            "SELECT attempts, max_attempts, outage_since FROM airlock_jobs WHERE id = $1",
+            "SELECT attempts, max_attempts, outage_since, outage_last FROM airlock_jobs WHERE id = $1",
         )
         .bind(id.to_string())
         .fetch_one(&mut *tx)
@@ -537,11 +562,16 @@ impl JobStore for SqlStore {
             row.try_get::<i64, _>("max_attempts")? as i32,
         );
         let outage_since: Option<i64> = row.try_get("outage_since")?;
+        let outage_last: Option<i64> = row.try_get("outage_last")?;
         // (run again at, attempts to give back, outage start) or the final code.
         let requeue = match retry {
             Retry::Attempt { delay_ms } if attempts < max => Ok((now + delay_ms, 0, None)),
             Retry::Outage { budget_ms } => {
-                let since = outage_since.unwrap_or(now);
+                // The same outage while failures keep coming; a new one after an hour without.
+                let since = match (outage_since, outage_last) {
+                    (Some(since), Some(last)) if now - last <= OUTAGE_GAP_MS => since,
+                    _ => now,
+                };
                 if now - since <= budget_ms {
                     Ok((now + (now - since).clamp(5_000, 300_000), 1, Some(since)))
                 } else {
@@ -553,12 +583,13 @@ impl JobStore for SqlStore {
         let (state, detail) = match requeue {
             Ok((at, give_back, since)) => {
                 let vseq = self.next_vseq(&mut tx, &tenant).await?;
-                sqlx::query("UPDATE airlock_jobs SET state = 'queued', run_after = $2, result_code = $3, attempts = attempts - $4, outage_since = $5, vseq = $6, lease_owner = NULL, lease_expires_at = NULL WHERE id = $1")
+                sqlx::query("UPDATE airlock_jobs SET state = 'queued', run_after = $2, result_code = $3, attempts = attempts - $4, outage_since = $5, outage_last = $6, vseq = $7, lease_owner = NULL, lease_expires_at = NULL WHERE id = $1")
                     .bind(id.to_string())
                     .bind(at)
                     .bind(code.as_str())
                     .bind(give_back)
                     .bind(since)
+                    .bind(since.map(|_| now))
                     .bind(vseq)
                     .execute(&mut *tx)
                     .await?;
@@ -940,7 +971,9 @@ impl JobStore for SqlStore {
             let id: String = row.try_get("id")?;
             let state: String = row.try_get("state")?;
             let state = JobState::parse(&state).ok_or_else(|| JobError::Corrupt(state.clone()))?;
-            sqlx::query("UPDATE airlock_jobs SET state = 'cancelled', finished_at = $2, fence = fence + 1, lease_owner = NULL, lease_expires_at = NULL WHERE id = $1")
+            // A running job keeps its lease's end: until then its attempt may still upload, so
+            // the erasure waits for it (`active_of`, and the tenant sweep scope).
+            sqlx::query("UPDATE airlock_jobs SET state = 'cancelled', finished_at = $2, fence = fence + 1, lease_owner = NULL WHERE id = $1")
                 .bind(&id)
                 .bind(now)
                 .execute(&mut *tx)
@@ -961,11 +994,13 @@ impl JobStore for SqlStore {
         Ok(cancelled)
     }
 
-    async fn active_of(&self, tenant: &str) -> Result<i64, JobError> {
+    async fn active_of(&self, tenant: &str, now: i64) -> Result<i64, JobError> {
         Ok(sqlx::query(
-            "SELECT COUNT(*) AS n FROM airlock_jobs WHERE tenant = $1 AND state IN ('queued', 'running')",
+            "SELECT COUNT(*) AS n FROM airlock_jobs WHERE tenant = $1
+             AND (state IN ('queued', 'running') OR (state = 'cancelled' AND lease_expires_at >= $2))",
         )
         .bind(tenant)
+        .bind(now)
         .fetch_one(&self.pool)
         .await?
         .try_get("n")?)

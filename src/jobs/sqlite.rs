@@ -21,7 +21,7 @@ pub static DIALECT: Dialect = Dialect {
     for_update: "",
     skip_locked: "",
     reap_select: "SELECT id, tenant, attempts, max_attempts FROM airlock_jobs
-         WHERE state = 'running' AND lease_expires_at < $1 LIMIT 100",
+         WHERE state = 'running' AND lease_expires_at < $1 ORDER BY tenant LIMIT 100",
     begin: "BEGIN IMMEDIATE",
     summary_output_bytes: "CAST(json_extract(summary, '$.output.bytes') AS INTEGER)",
     on_connect: |_| {
