@@ -11,8 +11,10 @@
 //! clean output and rejects file is byte-identical to `airlock process` output, every object a
 //! job references exists, and no worker outlives its supervisor by more than a second.
 //!
-//! `cargo bench --bench chaos -- [JOBS] [OUTAGE_SECONDS]` (default 300 jobs, 45 s outages; the
-//! outages start once jobs are running and last at least OUTAGE_SECONDS each).
+//! `cargo bench --features test-seam --bench chaos -- [JOBS] [OUTAGE_SECONDS]` (default 300
+//! jobs, 45 s outages, each at least that long, while jobs run). With the `test-seam` feature
+//! every worker first waits 300 ms (the honest `slow-300` stand-in: same results), so that
+//! kills land while workers run; without it most workers finish before a kill can catch them.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -231,7 +233,7 @@ fn inputs(base: &Path) -> (Vec<Reference>, usize) {
         names.sort();
         files.extend(names);
     }
-    for (i, mb) in [4.0, 8.0].into_iter().enumerate() {
+    for (i, mb) in [4.0, 8.0, 24.0].into_iter().enumerate() {
         let p = base.join(format!("large-{i}.csv"));
         run(Command::new("python3")
             .arg(Path::new(ROOT).join("benches/gen_leads.py"))
@@ -432,6 +434,8 @@ async fn main() {
         ("AWS_REGION".into(), "us-east-1".into()),
         ("AIRLOCK_S3_PATH_STYLE".into(), "true".into()),
         ("AIRLOCK_LOG".into(), "warn".into()),
+        // Honest workers that start 300 ms late (test-seam builds), so kills land mid-job.
+        ("AIRLOCK_TEST_HOSTILE_WORKER".into(), "slow-300".into()),
     ];
     let mut sups = Supervisors {
         children: Vec::new(),
@@ -497,9 +501,19 @@ async fn main() {
             _ => {}
         }
         if now >= next_kill {
-            let i = rng.random_range(0..sups.children.len());
-            sups.kill_and_restart(i);
-            next_kill = now + Duration::from_millis(rng.random_range(3_000..9_000));
+            // Prefer a supervisor with a worker running (up to 3 s late), so kills land mid-job.
+            let busy: Vec<usize> = (0..sups.children.len())
+                .filter(|i| !children(sups.children[*i].id()).is_empty())
+                .collect();
+            if !busy.is_empty() || now >= next_kill + Duration::from_secs(3) {
+                let i = if busy.is_empty() {
+                    rng.random_range(0..sups.children.len())
+                } else {
+                    busy[rng.random_range(0..busy.len())]
+                };
+                sups.kill_and_restart(i);
+                next_kill = now + Duration::from_millis(rng.random_range(3_000..9_000));
+            }
         }
         if let (Some((_, Some(_))), Some((_, Some(_)))) = (s3_outage, pg_outage) {
             if let Ok(c) = jobs.counts().await {
@@ -510,7 +524,7 @@ async fn main() {
                 }
             }
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let drained_after = run_started.elapsed();
     for c in &mut sups.children {

@@ -69,3 +69,29 @@ fn the_report_crate_depends_on_serde_alone() {
         .collect();
     assert_eq!(names, ["serde"], "{manifest}");
 }
+
+/// Configuration is read once, at the CLI edge (clap's `env`): nothing below it reads the
+/// environment, except the test seams that exist only in `test-seam` builds.
+#[test]
+fn only_the_cli_reads_the_environment() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let mut offenders = Vec::new();
+    for file in files {
+        let rel = file.strip_prefix(&src).unwrap();
+        if rel == Path::new("cli.rs") || rel.starts_with("sandbox") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&file).unwrap();
+        let code = text.split("#[cfg(test)]").next().unwrap();
+        for (n, line) in code.lines().enumerate() {
+            let reads = line.contains("env::var(") || line.contains("env::var_os(");
+            let seam = line.contains("crate::hostile::");
+            if reads && !seam {
+                offenders.push(format!("{}:{}: {}", rel.display(), n + 1, line.trim()));
+            }
+        }
+    }
+    assert!(offenders.is_empty(), "{offenders:#?}");
+}
