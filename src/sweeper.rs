@@ -186,7 +186,8 @@ impl Sweeper {
         let mut summary = self
             .run(&scope, PurgeReason::ErasureRequest, clock, dry_run)
             .await?;
-        let now = clock.now(&*self.jobs).await?;
+        // At the scope's time: a job whose old lease ran out during this run was not swept by it,
+        // so it still counts.
         erasure.still_active = self.jobs.active_of(tenant, now).await?;
         if !dry_run {
             // Jobs another sweep holds, or whose deletion failed, are not erased yet either.
