@@ -79,11 +79,68 @@ enum Command {
         after_help = "Run it once after installing or upgrading, before starting supervisors. On PostgreSQL it waits\nat most 10 s for a lock, so it fails instead of stalling the queue behind a long transaction.\n\nExample:\n  AIRLOCK_DATABASE_URL=postgres://airlock@db/airlock airlock migrate"
     )]
     Migrate(MigrateCli),
+    /// Register tenants (`tenant create NAME [--plan P]`).
+    #[command(
+        subcommand,
+        after_help = "Example:\n  airlock tenant create acme --plan default"
+    )]
+    Tenant(TenantCmd),
+    /// A tenant's API keys: create (shown once), list, revoke.
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  airlock key create --tenant acme --name pipeline   # prints the key once\n  airlock key list --tenant acme\n  airlock key revoke KEY_ID                          # refused from the next request on"
+    )]
+    Key(KeyCmd),
     /// Serve signed-link downloads for the local storage backend (HTTP, 127.0.0.1 by default).
     #[command(
         after_help = "Links come from `airlock link` and expire within the presign policy's TTL (5 min).\n\nExample:\n  AIRLOCK_STORAGE_URL=file:///var/lib/airlock airlock serve --listen 127.0.0.1:8787"
     )]
     Serve(ServeArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum TenantCmd {
+    /// Register a tenant with its plan; prints it as JSON.
+    Create {
+        /// The tenant's name: 1-128 characters of A-Z a-z 0-9 - _ .
+        name: String,
+        /// The plan of limits in policies/limits.toml.
+        #[arg(long, value_name = "NAME", default_value = "default")]
+        plan: String,
+        /// A directory whose policy files replace the built-in ones.
+        #[arg(long, value_name = "DIR", env = "AIRLOCK_POLICY_DIR")]
+        policy_dir: Option<PathBuf>,
+        #[command(flatten)]
+        service: ServiceOpts,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeyCmd {
+    /// Create a key for a tenant and print it, this once (only its SHA-256 is stored).
+    Create {
+        #[arg(long)]
+        tenant: String,
+        /// A name to tell the key apart in listings.
+        #[arg(long, default_value = "default")]
+        name: String,
+        #[command(flatten)]
+        service: ServiceOpts,
+    },
+    /// A tenant's keys: id, name, prefix, creation, last use and revocation times. Never a key.
+    List {
+        #[arg(long)]
+        tenant: String,
+        #[command(flatten)]
+        service: ServiceOpts,
+    },
+    /// Revoke a key by its id; the next request with it is refused.
+    Revoke {
+        /// The key's id (from `key create` or `key list`).
+        id: String,
+        #[command(flatten)]
+        service: ServiceOpts,
+    },
 }
 
 /// Where the job store and the object store are (DESIGN §3.1): read here, once.
@@ -429,6 +486,39 @@ pub fn main() -> ExitCode {
             let config = args.service.config();
             service_command(None, |_| async move {
                 crate::service::receipts(&config, &args.tenant).await
+            })
+        }
+        Command::Tenant(TenantCmd::Create {
+            name,
+            plan,
+            policy_dir,
+            service,
+        }) => {
+            let config = service.config();
+            service_command(policy_dir, |p| async move {
+                crate::service::tenant_create(&config, &p, &name, &plan).await
+            })
+        }
+        Command::Key(KeyCmd::Create {
+            tenant,
+            name,
+            service,
+        }) => {
+            let config = service.config();
+            service_command(None, |_| async move {
+                crate::service::key_create(&config, &tenant, &name).await
+            })
+        }
+        Command::Key(KeyCmd::List { tenant, service }) => {
+            let config = service.config();
+            service_command(None, |_| async move {
+                crate::service::key_list(&config, &tenant).await
+            })
+        }
+        Command::Key(KeyCmd::Revoke { id, service }) => {
+            let config = service.config();
+            service_command(None, |_| async move {
+                crate::service::key_revoke(&config, &id).await
             })
         }
         Command::Migrate(args) => {

@@ -19,5 +19,6 @@ pub mod service;
 pub mod storage;
 pub mod supervisor;
 pub mod sweeper;
+pub mod tenants;
 pub mod workdir;
 pub mod worker;

@@ -10,7 +10,7 @@ use std::time::Duration;
 use uuid::Uuid;
 
 use crate::config::ServiceConfig;
-use crate::jobs::{Clock, JobError, JobRecord, JobState, NewJob, Shared, Submitted};
+use crate::jobs::{Clock, JobError, JobRecord, JobState, JobStore, NewJob, Shared, Submitted};
 use crate::policy::Policies;
 use crate::storage::{Kind, ObjectKey, ObjectStore, PutMeta};
 use crate::supervisor::{Settings, Supervisor};
@@ -422,4 +422,100 @@ pub async fn receipts(config: &ServiceConfig, tenant: &str) -> Result<String, Co
     let jobs = open_jobs(config).await?;
     let list = jobs.receipts(tenant).await.map_err(failed)?;
     Ok(serde_json::to_string_pretty(&list).unwrap_or_default())
+}
+
+/// The job store with its tenant registry, whose schema must be this build's.
+async fn open_registry(
+    config: &ServiceConfig,
+) -> Result<Arc<crate::jobs::sql::SqlStore>, CommandError> {
+    let store = crate::jobs::open_sql(&config.database_url, false)
+        .await
+        .map_err(|e| match e {
+            JobError::Config(m) => CommandError::Usage(m),
+            e => CommandError::Failed(format!("cannot open the job store: {}", chain(&e))),
+        })?;
+    store.check_schema().await.map_err(|e| match e {
+        JobError::SchemaBehind { .. } | JobError::SchemaAhead { .. } => {
+            CommandError::Usage(e.to_string())
+        }
+        e => CommandError::Failed(format!("cannot read the schema version: {}", chain(&e))),
+    })?;
+    Ok(store)
+}
+
+fn tenant_error(e: crate::tenants::TenantError) -> CommandError {
+    use crate::tenants::TenantError;
+    match e {
+        TenantError::Exists(_) | TenantError::NoTenant(_) | TenantError::NoKey(_) => {
+            CommandError::Refused(e.to_string())
+        }
+        TenantError::Store(e) => failed(e),
+    }
+}
+
+fn json(v: &impl serde::Serialize) -> String {
+    serde_json::to_string_pretty(v).unwrap_or_default()
+}
+
+/// `airlock tenant create NAME [--plan P]`.
+pub async fn tenant_create(
+    config: &ServiceConfig,
+    policies: &Policies,
+    name: &str,
+    plan: &str,
+) -> Result<String, CommandError> {
+    validate_tenant(name)?;
+    let plan = policies
+        .limits
+        .plan(plan)
+        .map_err(|e| CommandError::Usage(e.to_string()))?;
+    let store = open_registry(config).await?;
+    let now = store.now().await.map_err(failed)?;
+    store
+        .create_tenant(name, &plan.name, now)
+        .await
+        .map_err(tenant_error)?;
+    let tenant = store.tenant(name).await.map_err(tenant_error)?;
+    Ok(json(&tenant))
+}
+
+/// `airlock key create --tenant T [--name N]`: the key, shown this once.
+pub async fn key_create(
+    config: &ServiceConfig,
+    tenant: &str,
+    name: &str,
+) -> Result<String, CommandError> {
+    validate_tenant(tenant)?;
+    let store = open_registry(config).await?;
+    let now = store.now().await.map_err(failed)?;
+    let (info, key) = store
+        .create_key(tenant, name, now)
+        .await
+        .map_err(tenant_error)?;
+    Ok(json(&serde_json::json!({
+        "key": key.expose(),
+        "id": info.id,
+        "tenant": info.tenant,
+        "name": info.name,
+        "prefix": info.prefix,
+        "note": "the key is shown only now; only its SHA-256 is stored",
+    })))
+}
+
+/// `airlock key list --tenant T`: names, prefixes and times, never a key.
+pub async fn key_list(config: &ServiceConfig, tenant: &str) -> Result<String, CommandError> {
+    validate_tenant(tenant)?;
+    let store = open_registry(config).await?;
+    Ok(json(&store.list_keys(tenant).await.map_err(tenant_error)?))
+}
+
+/// `airlock key revoke ID`: refused from the next request on.
+pub async fn key_revoke(config: &ServiceConfig, id: &str) -> Result<String, CommandError> {
+    let id = Uuid::parse_str(id)
+        .map_err(|_| CommandError::Usage(format!("{id:?} is not a key id (UUID)")))?;
+    let store = open_registry(config).await?;
+    let now = store.now().await.map_err(failed)?;
+    Ok(json(
+        &store.revoke_key(id, now).await.map_err(tenant_error)?,
+    ))
 }

@@ -14,6 +14,7 @@ mod sufficiency;
 #[cfg(feature = "test-seam")]
 mod supervisor;
 mod sweeper;
+mod tenants;
 
 /// The hostile-worker tests need the parent's test seam; without it they would silently not exist.
 #[cfg(not(feature = "test-seam"))]

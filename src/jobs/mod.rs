@@ -590,7 +590,7 @@ pub fn now_ms() -> i64 {
 /// Open the store named by a URL: `postgres://…` or `sqlite://path`. A SQLite file is created
 /// only with `create` (`airlock migrate`); otherwise a missing one is a configuration error, so a
 /// mistyped path does not make an empty queue.
-pub async fn open(url: &str, create: bool) -> Result<Shared, JobError> {
+pub async fn open_sql(url: &str, create: bool) -> Result<Arc<sql::SqlStore>, JobError> {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         match postgres::connect(url, None).await {
             Ok(store) => Ok(Arc::new(store)),
@@ -614,6 +614,12 @@ pub async fn open(url: &str, create: bool) -> Result<Shared, JobError> {
             url.split(':').next().unwrap_or("")
         )))
     }
+}
+
+/// [`open_sql`], as the queue.
+pub async fn open(url: &str, create: bool) -> Result<Shared, JobError> {
+    let store: Shared = open_sql(url, create).await?;
+    Ok(store)
 }
 
 #[cfg(test)]

@@ -33,6 +33,12 @@ const STEPS: &[Step] = &[
         postgres: include_str!("../../migrations/postgres/0002_key_indexes_outage_budget.sql"),
         sqlite: include_str!("../../migrations/sqlite/0002_key_indexes_outage_budget.sql"),
     },
+    Step {
+        version: 3,
+        description: "tenants api keys",
+        postgres: include_str!("../../migrations/postgres/0003_tenants_api_keys.sql"),
+        sqlite: include_str!("../../migrations/sqlite/0003_tenants_api_keys.sql"),
+    },
 ];
 
 /// The version this binary needs.

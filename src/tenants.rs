@@ -1,0 +1,312 @@
+//! Tenants and their API keys (DESIGN §10). A key is `al_live_` plus 43 base62 characters (256
+//! random bits), shown once when it is created; only its SHA-256 is stored, with its first 12
+//! characters as a prefix to tell keys apart. A key belongs to exactly one tenant: the API takes
+//! the tenant from the key, never from the request.
+
+use std::fmt;
+
+use rand::Rng;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use sqlx::Row;
+use subtle::ConstantTimeEq;
+use uuid::Uuid;
+
+use crate::jobs::sql::SqlStore;
+use crate::jobs::JobError;
+
+pub const KEY_PREFIX: &str = "al_live_";
+const KEY_CHARS: usize = 43;
+const BASE62: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+/// Characters of a key kept for listings: `al_live_` and four more.
+const SHOWN: usize = 12;
+
+/// A secret API key. Never printed by `Debug` or `Display`; [`ApiKey::expose`] is for the one
+/// time it is shown to its owner.
+pub struct ApiKey(String);
+
+impl ApiKey {
+    fn generate() -> Self {
+        let mut rng = rand::rng();
+        let body: String = (0..KEY_CHARS)
+            .map(|_| BASE62[rng.random_range(0..BASE62.len())] as char)
+            .collect();
+        ApiKey(format!("{KEY_PREFIX}{body}"))
+    }
+
+    /// A key as presented by a client; `None` when it cannot be one of ours.
+    pub fn parse(presented: &str) -> Option<Self> {
+        let body = presented.strip_prefix(KEY_PREFIX)?;
+        (body.len() == KEY_CHARS && body.bytes().all(|b| b.is_ascii_alphanumeric()))
+            .then(|| ApiKey(presented.to_string()))
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    fn sha256(&self) -> String {
+        hex::encode(Sha256::digest(self.0.as_bytes()))
+    }
+}
+
+impl fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ApiKey({}…)", &self.0[..SHOWN.min(self.0.len())])
+    }
+}
+
+/// What `key list` shows of a key: never the key.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct KeyInfo {
+    pub id: Uuid,
+    pub tenant: String,
+    pub name: String,
+    pub prefix: String,
+    pub created_at_ms: i64,
+    pub last_used_at_ms: Option<i64>,
+    pub revoked_at_ms: Option<i64>,
+}
+
+/// The caller a key identifies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub key_id: Uuid,
+    pub tenant: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TenantError {
+    #[error("tenant {0:?} already exists")]
+    Exists(String),
+    #[error("no tenant {0:?}: create it with `airlock tenant create`")]
+    NoTenant(String),
+    #[error("no key {0}")]
+    NoKey(Uuid),
+    #[error(transparent)]
+    Store(#[from] JobError),
+}
+
+impl From<sqlx::Error> for TenantError {
+    fn from(e: sqlx::Error) -> Self {
+        TenantError::Store(JobError::Db(e))
+    }
+}
+
+/// A tenant: its name and plan.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Tenant {
+    pub tenant: String,
+    pub plan: String,
+    pub created_at_ms: i64,
+}
+
+impl SqlStore {
+    pub async fn create_tenant(
+        &self,
+        tenant: &str,
+        plan: &str,
+        now: i64,
+    ) -> Result<(), TenantError> {
+        // A tenant that submitted through the CLI before registration has a row without a
+        // creation time: registering it keeps its queue position.
+        let existing = sqlx::query("SELECT created_at FROM airlock_tenants WHERE tenant = $1")
+            .bind(tenant)
+            .fetch_optional(self.pool())
+            .await?;
+        match existing {
+            Some(row) if row.try_get::<Option<i64>, _>("created_at")?.is_some() => {
+                Err(TenantError::Exists(tenant.to_string()))
+            }
+            Some(_) => {
+                sqlx::query(
+                    "UPDATE airlock_tenants SET plan = $2, created_at = $3 WHERE tenant = $1",
+                )
+                .bind(tenant)
+                .bind(plan)
+                .bind(now)
+                .execute(self.pool())
+                .await?;
+                Ok(())
+            }
+            None => {
+                sqlx::query(
+                    "INSERT INTO airlock_tenants (tenant, plan, created_at) VALUES ($1, $2, $3)",
+                )
+                .bind(tenant)
+                .bind(plan)
+                .bind(now)
+                .execute(self.pool())
+                .await
+                .map_err(|e| match e {
+                    sqlx::Error::Database(d) if d.is_unique_violation() => {
+                        TenantError::Exists(tenant.to_string())
+                    }
+                    e => e.into(),
+                })?;
+                Ok(())
+            }
+        }
+    }
+
+    /// A registered tenant.
+    pub async fn tenant(&self, tenant: &str) -> Result<Option<Tenant>, TenantError> {
+        let row = sqlx::query(
+            "SELECT tenant, plan, created_at FROM airlock_tenants WHERE tenant = $1 AND created_at IS NOT NULL",
+        )
+        .bind(tenant)
+        .fetch_optional(self.pool())
+        .await?;
+        row.map(|r| {
+            Ok(Tenant {
+                tenant: r.try_get("tenant")?,
+                plan: r.try_get::<Option<String>, _>("plan")?.unwrap_or_default(),
+                created_at_ms: r.try_get("created_at")?,
+            })
+        })
+        .transpose()
+    }
+
+    /// A new key for a registered tenant. The key is returned once and never stored.
+    pub async fn create_key(
+        &self,
+        tenant: &str,
+        name: &str,
+        now: i64,
+    ) -> Result<(KeyInfo, ApiKey), TenantError> {
+        if self.tenant(tenant).await?.is_none() {
+            return Err(TenantError::NoTenant(tenant.to_string()));
+        }
+        let key = ApiKey::generate();
+        let info = KeyInfo {
+            id: Uuid::new_v4(),
+            tenant: tenant.to_string(),
+            name: name.to_string(),
+            prefix: key.expose()[..SHOWN].to_string(),
+            created_at_ms: now,
+            last_used_at_ms: None,
+            revoked_at_ms: None,
+        };
+        sqlx::query(
+            "INSERT INTO airlock_api_keys (id, tenant, name, prefix, sha256, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(info.id.to_string())
+        .bind(tenant)
+        .bind(name)
+        .bind(&info.prefix)
+        .bind(key.sha256())
+        .bind(now)
+        .execute(self.pool())
+        .await?;
+        Ok((info, key))
+    }
+
+    pub async fn list_keys(&self, tenant: &str) -> Result<Vec<KeyInfo>, TenantError> {
+        let rows = sqlx::query(
+            "SELECT id, tenant, name, prefix, created_at, last_used_at, revoked_at FROM airlock_api_keys WHERE tenant = $1 ORDER BY created_at, id",
+        )
+        .bind(tenant)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let id: String = r.try_get("id")?;
+                Ok(KeyInfo {
+                    id: Uuid::parse_str(&id)
+                        .map_err(|e| JobError::Corrupt(format!("key id {id:?}: {e}")))?,
+                    tenant: r.try_get("tenant")?,
+                    name: r.try_get("name")?,
+                    prefix: r.try_get("prefix")?,
+                    created_at_ms: r.try_get("created_at")?,
+                    last_used_at_ms: r.try_get("last_used_at")?,
+                    revoked_at_ms: r.try_get("revoked_at")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Revoke a key; the next request with it is refused. Revoking twice is not an error.
+    pub async fn revoke_key(&self, id: Uuid, now: i64) -> Result<KeyInfo, TenantError> {
+        let n = sqlx::query(
+            "UPDATE airlock_api_keys SET revoked_at = COALESCE(revoked_at, $2) WHERE id = $1",
+        )
+        .bind(id.to_string())
+        .bind(now)
+        .execute(self.pool())
+        .await?
+        .rows_affected();
+        if n == 0 {
+            return Err(TenantError::NoKey(id));
+        }
+        let row = sqlx::query("SELECT tenant FROM airlock_api_keys WHERE id = $1")
+            .bind(id.to_string())
+            .fetch_one(self.pool())
+            .await?;
+        let tenant: String = row.try_get("tenant")?;
+        self.list_keys(&tenant)
+            .await?
+            .into_iter()
+            .find(|k| k.id == id)
+            .ok_or(TenantError::NoKey(id))
+    }
+
+    /// The caller a presented key identifies: `None` for an unknown or revoked key. The stored
+    /// hash is compared in constant time; the last use is recorded.
+    pub async fn authenticate(
+        &self,
+        key: &ApiKey,
+        now: i64,
+    ) -> Result<Option<Caller>, TenantError> {
+        let hash = key.sha256();
+        let row = sqlx::query(
+            "SELECT id, tenant, sha256, revoked_at FROM airlock_api_keys WHERE sha256 = $1",
+        )
+        .bind(&hash)
+        .fetch_optional(self.pool())
+        .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let stored: String = row.try_get("sha256")?;
+        let revoked: Option<i64> = row.try_get("revoked_at")?;
+        if !bool::from(stored.as_bytes().ct_eq(hash.as_bytes())) || revoked.is_some() {
+            return Ok(None);
+        }
+        let id: String = row.try_get("id")?;
+        sqlx::query("UPDATE airlock_api_keys SET last_used_at = $2 WHERE id = $1")
+            .bind(&id)
+            .bind(now)
+            .execute(self.pool())
+            .await?;
+        Ok(Some(Caller {
+            key_id: Uuid::parse_str(&id)
+                .map_err(|e| JobError::Corrupt(format!("key id {id:?}: {e}")))?,
+            tenant: row.try_get("tenant")?,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_long_random_and_never_shown_by_debug() {
+        let a = ApiKey::generate();
+        let b = ApiKey::generate();
+        assert_ne!(a.expose(), b.expose());
+        assert_eq!(a.expose().len(), KEY_PREFIX.len() + KEY_CHARS);
+        assert!(ApiKey::parse(a.expose()).is_some());
+        let shown = format!("{a:?}");
+        assert!(!shown.contains(&a.expose()[SHOWN..]), "{shown}");
+        for bad in [
+            "",
+            "al_live_",
+            "al_test_x",
+            &a.expose()[..50],
+            &format!("{}!", &a.expose()[..50]),
+        ] {
+            assert!(ApiKey::parse(bad).is_none(), "{bad}");
+        }
+    }
+}
