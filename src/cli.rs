@@ -604,12 +604,15 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
 
 fn serve_command(args: ServeArgs) -> ExitCode {
     let config = args.service.config();
-    let crate::config::StorageUrl::File(root) = &config.storage else {
-        return usage("the storage URL is s3://: S3 serves its own presigned links; `serve` is for the local backend");
-    };
-    let store = match crate::storage::fs::FsStore::open(root, &config.public_url) {
-        Ok(s) => std::sync::Arc::new(s),
-        Err(e) => return usage(e),
+    let local = match &config.storage {
+        crate::config::StorageUrl::File(root) => {
+            match crate::storage::fs::FsStore::open(root, &config.public_url) {
+                Ok(s) => Some(std::sync::Arc::new(s)),
+                Err(e) => return usage(e),
+            }
+        }
+        // S3 serves its own presigned links.
+        crate::config::StorageUrl::S3 { .. } => None,
     };
     let rt = match runtime() {
         Ok(rt) => rt,
@@ -620,11 +623,21 @@ fn serve_command(args: ServeArgs) -> ExitCode {
         header_timeout: std::time::Duration::from_secs(args.header_timeout.max(1)),
         ..crate::serve::Limits::default()
     };
-    match rt.block_on(crate::serve::run(store, &args.listen, limits)) {
+    let served = rt.block_on(async {
+        let store = crate::service::open_registry(&config).await?;
+        let api = std::sync::Arc::new(crate::api::Api { store });
+        crate::serve::run(crate::serve::app(api, local), &args.listen, limits)
+            .await
+            .map_err(|e| crate::service::CommandError::Failed(chain(&e)))
+    });
+    match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("airlock: {}", chain(&e));
-            ExitCode::from(EXIT_FAILED)
+            eprintln!("airlock: {e}");
+            match e {
+                crate::service::CommandError::Usage(_) => ExitCode::from(EXIT_USAGE),
+                _ => ExitCode::from(EXIT_FAILED),
+            }
         }
     }
 }

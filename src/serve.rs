@@ -1,6 +1,6 @@
-//! `airlock serve`: Airlock's HTTP endpoint. For now it serves signed-link downloads for the local
-//! storage backend; the tenant API will join it on the same server. Listens on 127.0.0.1 by
-//! default. Errors are one `ApiError` with a stable code; 5xx bodies are generic.
+//! `airlock serve`: Airlock's HTTP endpoint: the tenant API (`crate::api`) and, for the local
+//! storage backend, signed-link downloads. Listens on 127.0.0.1 by default. Errors carry a
+//! stable code; 5xx bodies are generic.
 //!
 //! The accept loop is hyper's HTTP/1 connection driven directly, because it needs what
 //! `axum::serve` does not set: a cap on open connections ([`Limits::max_connections`]; past it,
@@ -113,10 +113,24 @@ impl LinkQuery {
     }
 }
 
-pub fn router(store: Arc<FsStore>) -> Router {
-    let routes = Router::new()
+/// Signed-link downloads for the local backend.
+pub fn downloads(store: Arc<FsStore>) -> Router {
+    Router::new()
         .route("/o/{*key}", any(download))
-        .with_state(store);
+        .with_state(store)
+}
+
+/// The downloads alone, with request ids and the access log.
+pub fn router(store: Arc<FsStore>) -> Router {
+    with_access_log(downloads(store))
+}
+
+/// Everything `airlock serve` answers: the tenant API, and the downloads when storage is local.
+pub fn app(api: Arc<crate::api::Api>, local: Option<Arc<FsStore>>) -> Router {
+    let mut routes = crate::api::router(api);
+    if let Some(store) = local {
+        routes = routes.merge(downloads(store));
+    }
     with_access_log(routes)
 }
 
@@ -138,8 +152,15 @@ fn with_access_log(routes: Router) -> Router {
                 .get::<RequestId>()
                 .and_then(|id| id.header_value().to_str().ok())
                 .unwrap_or("-");
-            // Never the URI: its query is the link's signature.
-            tracing::info_span!("request", method = %req.method(), route, request_id)
+            // Never the URI: its query is the link's signature. The tenant is recorded once a
+            // key has been checked.
+            tracing::info_span!(
+                "request",
+                method = %req.method(),
+                route,
+                request_id,
+                tenant = tracing::field::Empty
+            )
         })
         .on_request(())
         .on_response(|res: &Response, latency: Duration, _: &tracing::Span| {
@@ -230,17 +251,27 @@ async fn shutdown_signal() {
     }
 }
 
-/// Serve on `listen` until SIGINT/SIGTERM, then let in-flight downloads finish within the drain
-/// timeout.
-pub async fn run(store: Arc<FsStore>, listen: &str, limits: Limits) -> anyhow::Result<()> {
+/// Serve `app` on `listen` until SIGINT/SIGTERM, then let in-flight requests finish within the
+/// drain timeout.
+pub async fn run(app: Router, listen: &str, limits: Limits) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(listen).await?;
-    serve_on(listener, store, limits, shutdown_signal()).await
+    serve_router(listener, app, limits, shutdown_signal()).await
 }
 
-/// Serve on a bound listener until `shutdown` completes.
+/// Serve the downloads of `store` on a bound listener until `shutdown` completes.
 pub async fn serve_on(
     listener: tokio::net::TcpListener,
     store: Arc<FsStore>,
+    limits: Limits,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    serve_router(listener, router(store), limits, shutdown).await
+}
+
+/// Serve `app` on a bound listener until `shutdown` completes.
+pub async fn serve_router(
+    listener: tokio::net::TcpListener,
+    app: Router,
     limits: Limits,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
@@ -252,9 +283,9 @@ pub async fn serve_on(
         addr = %listener.local_addr()?,
         max_connections = limits.max_connections,
         header_timeout_s = limits.header_timeout.as_secs(),
-        "serving signed-link downloads"
+        "serving"
     );
-    let service = TowerToHyperService::new(router(store));
+    let service = TowerToHyperService::new(app);
     let mut http = hyper::server::conn::http1::Builder::new();
     // Without a timer hyper cannot time anything out.
     http.timer(TokioTimer::new())

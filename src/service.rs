@@ -248,6 +248,12 @@ pub async fn status(
 ) -> Result<serde_json::Value, CommandError> {
     let jobs = open_jobs(config).await?;
     let r = find(&jobs, job, tenant).await?;
+    Ok(job_json(&r))
+}
+
+/// A job as `status` and the API show it: state, times, result code, report summary and which
+/// artifacts can be fetched. Never keys or file names.
+pub fn job_json(r: &JobRecord) -> serde_json::Value {
     let artifacts: Vec<&str> = [
         ("output", &r.output_key),
         ("rejects", &r.rejects_key),
@@ -257,7 +263,7 @@ pub async fn status(
     .filter(|(_, k)| k.is_some() && r.state != JobState::Purged)
     .map(|(n, _)| n)
     .collect();
-    Ok(serde_json::json!({
+    serde_json::json!({
         "id": r.id,
         "tenant": r.tenant,
         "state": r.state,
@@ -270,7 +276,7 @@ pub async fn status(
         "result_code": r.result_code,
         "report": r.summary,
         "artifacts": artifacts,
-    }))
+    })
 }
 
 pub async fn link(
@@ -425,7 +431,7 @@ pub async fn receipts(config: &ServiceConfig, tenant: &str) -> Result<String, Co
 }
 
 /// The job store with its tenant registry, whose schema must be this build's.
-async fn open_registry(
+pub async fn open_registry(
     config: &ServiceConfig,
 ) -> Result<Arc<crate::jobs::sql::SqlStore>, CommandError> {
     let store = crate::jobs::open_sql(&config.database_url, false)

@@ -310,3 +310,61 @@ mod tests {
         }
     }
 }
+
+/// Where a listing continues: after the job created at `created_at` with id `id` (newest first).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cursor {
+    pub created_at: i64,
+    pub id: Uuid,
+}
+
+impl Cursor {
+    /// Opaque to clients: `<created_at>.<id>` in hex.
+    pub fn encode(&self) -> String {
+        hex::encode(format!("{}.{}", self.created_at, self.id))
+    }
+
+    pub fn decode(s: &str) -> Option<Self> {
+        let text = String::from_utf8(hex::decode(s).ok()?).ok()?;
+        let (at, id) = text.split_once('.')?;
+        Some(Cursor {
+            created_at: at.parse().ok()?,
+            id: Uuid::parse_str(id).ok()?,
+        })
+    }
+}
+
+impl SqlStore {
+    /// One tenant's jobs, newest first, `limit` at a time after `after`, optionally in one state.
+    pub async fn jobs_of(
+        &self,
+        tenant: &str,
+        state: Option<crate::jobs::JobState>,
+        limit: i64,
+        after: Option<&Cursor>,
+    ) -> Result<Vec<crate::jobs::JobRecord>, JobError> {
+        let mut sql = String::from("SELECT * FROM airlock_jobs WHERE tenant = $1");
+        let mut n = 2;
+        if state.is_some() {
+            sql.push_str(&format!(" AND state = ${n}"));
+            n += 1;
+        }
+        if after.is_some() {
+            sql.push_str(&format!(
+                " AND (created_at < ${n} OR (created_at = ${n} AND id < ${}))",
+                n + 1
+            ));
+            n += 2;
+        }
+        sql.push_str(&format!(" ORDER BY created_at DESC, id DESC LIMIT ${n}"));
+        let mut q = sqlx::query(&sql).bind(tenant);
+        if let Some(st) = state {
+            q = q.bind(st.as_str());
+        }
+        if let Some(c) = after {
+            q = q.bind(c.created_at).bind(c.id.to_string());
+        }
+        let rows = q.bind(limit).fetch_all(self.pool()).await?;
+        rows.iter().map(crate::jobs::sql::record).collect()
+    }
+}

@@ -694,8 +694,17 @@ fn serve_writes_access_logs_without_the_signature() {
             .await
             .unwrap()
     });
+    // `serve` also answers the tenant API, so it needs a migrated job store.
+    let db = format!("sqlite://{}/airlock.db", dir.path().display());
+    let migrated = crate::common::airlock()
+        .arg("migrate")
+        .env("AIRLOCK_DATABASE_URL", &db)
+        .output()
+        .unwrap();
+    assert!(migrated.status.success());
     let serve = crate::common::airlock()
         .arg("serve")
+        .env("AIRLOCK_DATABASE_URL", &db)
         .env("AIRLOCK_STORAGE_URL", format!("file://{}", root.display()))
         .env("AIRLOCK_LISTEN", format!("127.0.0.1:{port}"))
         .env("AIRLOCK_PUBLIC_URL", &base)

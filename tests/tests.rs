@@ -1,5 +1,6 @@
 //! Integration tests: the real binary, the real worker process, real files.
 
+mod api;
 mod common;
 #[cfg(feature = "test-seam")]
 mod hostile;

@@ -115,7 +115,7 @@ fn claimed(row: &AnyRow, keys: AttemptKeys) -> Result<Claimed, JobError> {
     })
 }
 
-fn record(row: &AnyRow) -> Result<JobRecord, JobError> {
+pub(crate) fn record(row: &AnyRow) -> Result<JobRecord, JobError> {
     let id: String = row.try_get("id")?;
     let state: String = row.try_get("state")?;
     let summary: Option<String> = row.try_get("summary")?;

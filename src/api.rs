@@ -1,0 +1,250 @@
+//! The tenant API on `airlock serve` (DESIGN §10): `/v1`, JSON, authenticated by a tenant's API
+//! key sent as `Authorization: Bearer al_live_…`. The tenant comes from the key, never from the
+//! request; another tenant's job is a 404 identical to a random id's. A key anywhere else (the
+//! query string) is refused with 401, like a missing, malformed, unknown or revoked one, with one
+//! body for all. Errors are `{"error": {"code", "message", "request_id"}}` with stable codes.
+//!
+//! This part serves `GET /healthz`, `GET /v1/jobs/{id}` and `GET /v1/jobs?state=&limit=&cursor=`.
+
+use std::sync::Arc;
+
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Deserialize;
+use uuid::Uuid;
+
+use crate::jobs::sql::SqlStore;
+use crate::jobs::{JobState, JobStore};
+use crate::tenants::{ApiKey, Caller, Cursor};
+
+/// What the API handlers share.
+#[derive(Debug)]
+pub struct Api {
+    pub store: Arc<SqlStore>,
+}
+
+/// An API error: a stable code, a message, and the request's id.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    request_id: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>, rid: &str) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            request_id: rid.to_string(),
+        }
+    }
+
+    /// The one answer for every authentication failure: nothing tells them apart.
+    fn unauthenticated(rid: &str) -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+            "send a valid API key as `Authorization: Bearer al_live_…` (never in the URL)",
+            rid,
+        )
+    }
+
+    /// Missing, and another tenant's, look the same.
+    fn not_found(rid: &str) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", "no such job", rid)
+    }
+
+    fn unavailable(rid: &str, e: &dyn std::fmt::Display) -> Self {
+        tracing::warn!(error = %e, "the job store failed");
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the service is unavailable; retry later",
+            rid,
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({"error": {
+            "code": self.code,
+            "message": self.message,
+            "request_id": self.request_id,
+        }});
+        let mut res = (self.status, Json(body)).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            res.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"airlock\""),
+            );
+        }
+        res
+    }
+}
+
+/// The request's id (set by `serve`'s request-id layer before any handler runs).
+fn request_id(headers: &HeaderMap) -> String {
+    headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-")
+        .to_string()
+}
+
+/// An authenticated caller, from `Authorization: Bearer`.
+#[derive(Debug)]
+pub struct Authed {
+    pub caller: Caller,
+    pub request_id: String,
+}
+
+impl FromRequestParts<Arc<Api>> for Authed {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, api: &Arc<Api>) -> Result<Self, ApiError> {
+        let rid = request_id(&parts.headers);
+        // A key in the URL ends up in logs and histories: refused, even a valid one.
+        let query = parts.uri.query().unwrap_or("");
+        if query.contains(crate::tenants::KEY_PREFIX)
+            || query.split('&').any(|p| {
+                let name = p.split('=').next().unwrap_or("").to_ascii_lowercase();
+                matches!(
+                    name.as_str(),
+                    "key" | "api_key" | "apikey" | "access_token" | "token"
+                )
+            })
+        {
+            return Err(ApiError::unauthenticated(&rid));
+        }
+        let presented = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .and_then(|k| ApiKey::parse(k.trim()))
+            .ok_or_else(|| ApiError::unauthenticated(&rid))?;
+        let now = api
+            .store
+            .now()
+            .await
+            .map_err(|e| ApiError::unavailable(&rid, &e))?;
+        match api.store.authenticate(&presented, now).await {
+            Ok(Some(caller)) => {
+                tracing::Span::current().record("tenant", caller.tenant.as_str());
+                Ok(Authed {
+                    caller,
+                    request_id: rid,
+                })
+            }
+            Ok(None) => Err(ApiError::unauthenticated(&rid)),
+            Err(e) => Err(ApiError::unavailable(&rid, &e)),
+        }
+    }
+}
+
+pub fn router(api: Arc<Api>) -> Router {
+    let v1 = Router::new()
+        .route("/v1/jobs", get(list_jobs))
+        .route("/v1/jobs/{id}", get(get_job))
+        .layer(axum::middleware::map_response(security_headers));
+    Router::new()
+        .route("/healthz", get(healthz))
+        .merge(v1)
+        .with_state(api)
+}
+
+/// Headers on every tenant response: nothing is cached, sniffed, framed or referred.
+async fn security_headers(mut res: Response) -> Response {
+    let h = res.headers_mut();
+    for (name, value) in [
+        (header::CACHE_CONTROL, "no-store"),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::X_FRAME_OPTIONS, "DENY"),
+        (header::REFERRER_POLICY, "no-referrer"),
+        (header::CONTENT_SECURITY_POLICY, "default-src 'none'"),
+    ] {
+        h.insert(name, HeaderValue::from_static(value));
+    }
+    res
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+async fn get_job(
+    State(api): State<Arc<Api>>,
+    auth: Authed,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let rid = &auth.request_id;
+    // A malformed id is answered like a missing one.
+    let Ok(id) = Uuid::parse_str(&id) else {
+        return Err(ApiError::not_found(rid));
+    };
+    match api.store.get(id).await {
+        Ok(Some(job)) if job.tenant == auth.caller.tenant => {
+            Ok(Json(crate::service::job_json(&job)).into_response())
+        }
+        Ok(_) => Err(ApiError::not_found(rid)),
+        Err(e) => Err(ApiError::unavailable(rid, &e)),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct ListQuery {
+    state: Option<String>,
+    limit: Option<i64>,
+    cursor: Option<String>,
+}
+
+async fn list_jobs(
+    State(api): State<Arc<Api>>,
+    auth: Authed,
+    Query(q): Query<ListQuery>,
+) -> Result<Response, ApiError> {
+    let rid = &auth.request_id;
+    let bad = |m: &str| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", m, rid);
+    let state = match q.state.as_deref() {
+        None | Some("") => None,
+        Some(s) => Some(JobState::parse(s).ok_or_else(|| {
+            bad("state must be one of queued, running, succeeded, rejected, failed, cancelled, purged")
+        })?),
+    };
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=500).contains(&limit) {
+        return Err(bad("limit must be 1-500"));
+    }
+    let after = match q.cursor.as_deref() {
+        None | Some("") => None,
+        Some(c) => Some(Cursor::decode(c).ok_or_else(|| bad("cursor is not one this API gave"))?),
+    };
+    let jobs = api
+        .store
+        .jobs_of(&auth.caller.tenant, state, limit + 1, after.as_ref())
+        .await
+        .map_err(|e| ApiError::unavailable(rid, &e))?;
+    let more = jobs.len() as i64 > limit;
+    let page: Vec<_> = jobs.into_iter().take(limit as usize).collect();
+    let next = more.then(|| {
+        let last = page.last().expect("a full page");
+        Cursor {
+            created_at: last.created_at,
+            id: last.id,
+        }
+        .encode()
+    });
+    Ok(Json(serde_json::json!({
+        "jobs": page.iter().map(crate::service::job_json).collect::<Vec<_>>(),
+        "next_cursor": next,
+    }))
+    .into_response())
+}

@@ -1,0 +1,291 @@
+//! The tenant API over real HTTP against a real `airlock serve` (embedded default: SQLite and a
+//! local directory): authentication, and the cross-tenant suite — tenant B's key on tenant A's
+//! job gets exactly the 404 of a random id, and listings never show A's jobs; a missing,
+//! malformed, revoked or query-string key gets one 401.
+
+use std::process::Child;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::common::{airlock, fixture};
+
+struct Server {
+    dir: tempfile::TempDir,
+    base: String,
+    child: Child,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    fn cli(&self, args: &[&str]) -> std::process::Output {
+        airlock()
+            .args(args)
+            .env(
+                "AIRLOCK_DATABASE_URL",
+                format!("sqlite://{}/airlock.db", self.dir.path().display()),
+            )
+            .env(
+                "AIRLOCK_STORAGE_URL",
+                format!("file://{}/storage", self.dir.path().display()),
+            )
+            .output()
+            .unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    }
+
+    async fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let base = format!("http://127.0.0.1:{port}");
+        let out = airlock()
+            .arg("migrate")
+            .env(
+                "AIRLOCK_DATABASE_URL",
+                format!("sqlite://{}/airlock.db", dir.path().display()),
+            )
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let child = airlock()
+            .arg("serve")
+            .env(
+                "AIRLOCK_DATABASE_URL",
+                format!("sqlite://{}/airlock.db", dir.path().display()),
+            )
+            .env(
+                "AIRLOCK_STORAGE_URL",
+                format!("file://{}/storage", dir.path().display()),
+            )
+            .env("AIRLOCK_LISTEN", format!("127.0.0.1:{port}"))
+            .env("AIRLOCK_PUBLIC_URL", &base)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let server = Server { dir, base, child };
+        for _ in 0..200 {
+            if let Ok(r) = reqwest::get(format!("{}/healthz", server.base)).await {
+                if r.status() == 200 {
+                    return server;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("serve never answered /healthz");
+    }
+
+    fn key(&self, tenant: &str) -> (String, String) {
+        let v: Value =
+            serde_json::from_str(&self.ok(&["key", "create", "--tenant", tenant])).unwrap();
+        (
+            v["key"].as_str().unwrap().to_string(),
+            v["id"].as_str().unwrap().to_string(),
+        )
+    }
+
+    async fn get(&self, path: &str, key: Option<&str>) -> (u16, reqwest::header::HeaderMap, Value) {
+        let mut req = reqwest::Client::new().get(format!("{}{path}", self.base));
+        if let Some(k) = key {
+            req = req.header("authorization", format!("Bearer {k}"));
+        }
+        let res = req.send().await.unwrap();
+        let status = res.status().as_u16();
+        let headers = res.headers().clone();
+        let body = serde_json::from_slice(&res.bytes().await.unwrap()).unwrap_or(Value::Null);
+        (status, headers, body)
+    }
+}
+
+/// An error body without its request id (which differs per request by design).
+fn without_request_id(mut v: Value) -> Value {
+    if let Some(e) = v.get_mut("error") {
+        assert!(
+            e["request_id"].as_str().is_some_and(|r| r.len() >= 32),
+            "{v}"
+        );
+        e.as_object_mut().unwrap().remove("request_id");
+    }
+    v
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_tenant_comes_from_the_key_and_other_tenants_jobs_do_not_exist() {
+    let s = Server::start().await;
+    s.ok(&["tenant", "create", "acme"]);
+    s.ok(&["tenant", "create", "globex"]);
+    let (acme, _) = s.key("acme");
+    let (globex, globex_id) = s.key("globex");
+    let a_jobs: Vec<String> = (0..3)
+        .map(|_| {
+            s.ok(&[
+                "submit",
+                "--tenant",
+                "acme",
+                fixture("valid/leads.csv").to_str().unwrap(),
+            ])
+        })
+        .collect();
+    let g_job = s.ok(&[
+        "submit",
+        "--tenant",
+        "globex",
+        fixture("valid/leads.csv").to_str().unwrap(),
+    ]);
+
+    // The owner sees its job, with the security headers and a request id.
+    let (status, headers, body) = s.get(&format!("/v1/jobs/{}", a_jobs[0]), Some(&acme)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["id"], a_jobs[0].as_str());
+    assert_eq!(body["state"], "queued");
+    for (h, v) in [
+        ("cache-control", "no-store"),
+        ("x-content-type-options", "nosniff"),
+        ("x-frame-options", "DENY"),
+        ("referrer-policy", "no-referrer"),
+        ("content-security-policy", "default-src 'none'"),
+    ] {
+        assert_eq!(headers[h], v, "{h}");
+    }
+    assert!(headers.contains_key("x-request-id"));
+
+    // Cross-tenant: B's key on each of A's jobs is the 404 of a random id, body for body.
+    let (_, _, random) = s
+        .get(&format!("/v1/jobs/{}", uuid::Uuid::new_v4()), Some(&globex))
+        .await;
+    let random = without_request_id(random);
+    assert_eq!(random["error"]["code"], "not_found");
+    let mut checked = 0;
+    for id in &a_jobs {
+        let (status, headers, body) = s.get(&format!("/v1/jobs/{id}"), Some(&globex)).await;
+        assert_eq!(status, 404);
+        assert_eq!(
+            body["error"]["request_id"].as_str(),
+            headers["x-request-id"].to_str().ok(),
+            "the error carries the request's id"
+        );
+        assert_eq!(without_request_id(body), random);
+        checked += 1;
+    }
+    let (status, _, body) = s.get("/v1/jobs/not-a-uuid", Some(&globex)).await;
+    assert_eq!((status, without_request_id(body)), (404, random.clone()));
+    assert_eq!(checked, 3);
+
+    // Listings: only the caller's jobs, paged with a cursor.
+    let (status, _, body) = s.get("/v1/jobs?limit=2", Some(&acme)).await;
+    assert_eq!(status, 200, "{body}");
+    let mut seen: Vec<String> = body["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(seen.len(), 2);
+    let cursor = body["next_cursor"].as_str().unwrap().to_string();
+    let (_, _, body) = s
+        .get(&format!("/v1/jobs?limit=2&cursor={cursor}"), Some(&acme))
+        .await;
+    seen.extend(
+        body["jobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|j| j["id"].as_str().unwrap().to_string()),
+    );
+    assert!(body["next_cursor"].is_null());
+    seen.sort();
+    let mut want = a_jobs.clone();
+    want.sort();
+    assert_eq!(seen, want);
+    let (_, _, body) = s.get("/v1/jobs?state=queued", Some(&globex)).await;
+    let ids: Vec<&str> = body["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [g_job.as_str()]);
+    let (status, _, body) = s.get("/v1/jobs?state=bogus", Some(&acme)).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("bad_request"))
+    );
+
+    // Every way of not presenting a valid key gets the same 401.
+    let (status, headers, unauth) = s.get("/v1/jobs", None).await;
+    assert_eq!(status, 401);
+    assert!(headers.contains_key("www-authenticate"));
+    let unauth = without_request_id(unauth);
+    assert_eq!(unauth["error"]["code"], "unauthenticated");
+    let revoked = {
+        let (k, id) = s.key("acme");
+        s.ok(&["key", "revoke", &id]);
+        k
+    };
+    let mut forged = acme.clone();
+    forged.replace_range(30..31, if &acme[30..31] == "x" { "y" } else { "x" });
+    let client = reqwest::Client::new();
+    let mut variants = 0;
+    for (path, auth) in [
+        (
+            format!("/v1/jobs/{}", a_jobs[0]),
+            Some(format!("Bearer {revoked}")),
+        ),
+        (
+            format!("/v1/jobs/{}", a_jobs[0]),
+            Some(format!("Bearer {forged}")),
+        ),
+        (
+            format!("/v1/jobs/{}", a_jobs[0]),
+            Some("Bearer al_live_short".to_string()),
+        ),
+        (
+            format!("/v1/jobs/{}", a_jobs[0]),
+            Some(format!("Basic {acme}")),
+        ),
+        (format!("/v1/jobs/{}", a_jobs[0]), Some(acme.clone())),
+        (format!("/v1/jobs/{}?api_key={acme}", a_jobs[0]), None),
+        // A valid key in the header does not excuse one in the URL.
+        (
+            format!("/v1/jobs/{}?key={acme}", a_jobs[0]),
+            Some(format!("Bearer {acme}")),
+        ),
+        (format!("/v1/jobs?x={acme}"), Some(format!("Bearer {acme}"))),
+    ] {
+        let mut req = client.get(format!("{}{path}", s.base));
+        if let Some(a) = &auth {
+            req = req.header("authorization", a);
+        }
+        let res = req.send().await.unwrap();
+        assert_eq!(res.status(), 401, "{path} {auth:?}");
+        assert_eq!(
+            without_request_id(serde_json::from_slice(&res.bytes().await.unwrap()).unwrap()),
+            unauth,
+            "{path}"
+        );
+        variants += 1;
+    }
+    assert_eq!(variants, 8);
+    // Revoking B's key shuts B out at once; A is unaffected.
+    s.ok(&["key", "revoke", &globex_id]);
+    assert_eq!(s.get("/v1/jobs", Some(&globex)).await.0, 401);
+    assert_eq!(s.get("/v1/jobs", Some(&acme)).await.0, 200);
+}
