@@ -405,6 +405,7 @@ async fn main() {
                 plan: "default",
                 file: &r.path,
                 follow_symlinks: false,
+                file_name: None,
             },
         )
         .await

@@ -4,7 +4,8 @@
 //! query string) is refused with 401, like a missing, malformed, unknown or revoked one, with one
 //! body for all. Errors are `{"error": {"code", "message", "request_id"}}` with stable codes.
 //!
-//! This part serves `GET /healthz`, `GET /v1/jobs/{id}` and `GET /v1/jobs?state=&limit=&cursor=`.
+//! This part serves `GET /healthz`, `POST /v1/jobs`, `GET /v1/jobs/{id}` and
+//! `GET /v1/jobs?state=&limit=&cursor=`.
 
 use std::sync::Arc;
 
@@ -25,6 +26,10 @@ use crate::tenants::{ApiKey, Caller, Cursor};
 #[derive(Debug)]
 pub struct Api {
     pub store: Arc<SqlStore>,
+    pub objects: Arc<dyn crate::storage::ObjectStore>,
+    pub policies: Arc<crate::policy::Policies>,
+    /// Where uploads are staged (in a private 0700 directory each) on their way to storage.
+    pub work_dir: std::path::PathBuf,
 }
 
 /// An API error: a stable code, a message, and the request's id.
@@ -152,7 +157,7 @@ impl FromRequestParts<Arc<Api>> for Authed {
 
 pub fn router(api: Arc<Api>) -> Router {
     let v1 = Router::new()
-        .route("/v1/jobs", get(list_jobs))
+        .route("/v1/jobs", get(list_jobs).post(create_job))
         .route("/v1/jobs/{id}", get(get_job))
         .layer(axum::middleware::map_response(security_headers));
     Router::new()
@@ -247,4 +252,201 @@ async fn list_jobs(
         "next_cursor": next,
     }))
     .into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct CreateQuery {
+    name: Option<String>,
+}
+
+/// A download name from what a client sent: its last path component, printable, at most 200
+/// characters; `upload.csv` when nothing usable is left.
+fn sanitize_name(raw: Option<&str>) -> String {
+    let base = raw.unwrap_or("").rsplit(['/', '\\']).next().unwrap_or("");
+    let clean: String = base
+        .chars()
+        .filter(|c| !c.is_control() && !matches!(c, '"' | '<' | '>' | '|' | '*' | '?' | ':'))
+        .take(200)
+        .collect();
+    let clean = clean.trim().trim_start_matches('.').to_string();
+    if clean.is_empty() {
+        "upload.csv".into()
+    } else {
+        clean
+    }
+}
+
+/// `POST /v1/jobs`: the body is the CSV. `Content-Length` is required and checked against the
+/// tenant's plan before a byte is read (413 at once); only `text/csv` and
+/// `application/octet-stream` are accepted (415). The body is streamed to a private temp file,
+/// never held in memory, then uploaded and enqueued like `airlock submit` does. The file name
+/// comes from `X-File-Name` or `?name=`, sanitised; `Idempotency-Key` returns the same job.
+async fn create_job(
+    State(api): State<Arc<Api>>,
+    auth: Authed,
+    Query(q): Query<CreateQuery>,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Result<Response, ApiError> {
+    use http_body_util::BodyExt;
+    use tokio::io::AsyncWriteExt;
+
+    let rid = auth.request_id.as_str();
+    let tenant = auth.caller.tenant.as_str();
+    let err = |status, code, m: String| ApiError::new(status, code, m, rid);
+    let media = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        });
+    if !matches!(
+        media.as_deref(),
+        Some("text/csv") | Some("application/octet-stream")
+    ) {
+        return Err(err(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send the CSV as text/csv or application/octet-stream".into(),
+        ));
+    }
+    let Some(length) = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+    else {
+        return Err(err(
+            StatusCode::LENGTH_REQUIRED,
+            "length_required",
+            "send Content-Length (the size is checked against your plan before anything is read)"
+                .into(),
+        ));
+    };
+    let registered = api
+        .store
+        .tenant(tenant)
+        .await
+        .map_err(|e| ApiError::unavailable(rid, &e))?;
+    let plan_name = registered
+        .map(|t| t.plan)
+        .unwrap_or_else(|| "default".into());
+    let plan = api
+        .policies
+        .limits
+        .plan(&plan_name)
+        .map_err(|e| ApiError::unavailable(rid, &e))?;
+    if length > plan.limits.max_bytes {
+        return Err(err(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!(
+                "the file is {length} bytes; your plan allows {}",
+                plan.limits.max_bytes
+            ),
+        ));
+    }
+    let idempotency_key = match headers.get("idempotency-key") {
+        Some(v) => match v.to_str() {
+            Ok(k) if !k.is_empty() && k.len() <= 255 => Some(k.to_string()),
+            _ => {
+                return Err(err(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    "Idempotency-Key must be 1-255 visible characters".into(),
+                ))
+            }
+        },
+        None => None,
+    };
+    let name = sanitize_name(
+        headers
+            .get("x-file-name")
+            .and_then(|v| v.to_str().ok())
+            .or(q.name.as_deref()),
+    );
+    // Stage the body: streamed, capped at the declared length.
+    let staging = tempfile::Builder::new()
+        .prefix("airlock-upload-")
+        .tempdir_in(&api.work_dir)
+        .map_err(|e| ApiError::unavailable(rid, &e))?;
+    let path = staging.path().join("upload");
+    let mut file = tokio::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .await
+        .map_err(|e| ApiError::unavailable(rid, &e))?;
+    let mut body = body;
+    let mut received: u64 = 0;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|_| {
+            err(
+                StatusCode::BAD_REQUEST,
+                "incomplete_body",
+                "the upload ended before Content-Length bytes arrived".into(),
+            )
+        })?;
+        let Ok(chunk) = frame.into_data() else {
+            continue;
+        };
+        received += chunk.len() as u64;
+        if received > length {
+            return Err(err(
+                StatusCode::BAD_REQUEST,
+                "incomplete_body",
+                "the body is longer than Content-Length".into(),
+            ));
+        }
+        file.write_all(&chunk)
+            .await
+            .map_err(|e| ApiError::unavailable(rid, &e))?;
+    }
+    if received != length {
+        return Err(err(
+            StatusCode::BAD_REQUEST,
+            "incomplete_body",
+            "the upload ended before Content-Length bytes arrived".into(),
+        ));
+    }
+    file.flush()
+        .await
+        .map_err(|e| ApiError::unavailable(rid, &e))?;
+    drop(file);
+    let jobs: crate::jobs::Shared = api.store.clone();
+    let submitted = crate::service::submit_to(
+        &jobs,
+        &api.objects,
+        &api.policies,
+        crate::service::SubmitArgs {
+            tenant,
+            idempotency_key: idempotency_key.as_deref(),
+            plan: &plan.name,
+            file: &path,
+            follow_symlinks: false,
+            file_name: Some(&name),
+        },
+    )
+    .await;
+    drop(staging);
+    let id = submitted.map_err(|e| match e {
+        crate::service::CommandError::Refused(m) => {
+            err(StatusCode::PAYLOAD_TOO_LARGE, "too_large", m)
+        }
+        e => ApiError::unavailable(rid, &e),
+    })?;
+    tracing::info!(job_id = %id, bytes = received, "job submitted");
+    match api.store.get(id).await {
+        Ok(Some(job)) => {
+            Ok((StatusCode::ACCEPTED, Json(crate::service::job_json(&job))).into_response())
+        }
+        Ok(None) => Err(ApiError::unavailable(
+            rid,
+            &"the new job is not readable yet",
+        )),
+        Err(e) => Err(ApiError::unavailable(rid, &e)),
+    }
 }

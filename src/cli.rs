@@ -321,6 +321,13 @@ struct ServeArgs {
     /// after the same time.
     #[arg(long, value_name = "SECONDS", default_value_t = 10)]
     header_timeout: u64,
+    /// Where a private (0700, random-named) directory for staging uploads is created [default:
+    /// the system temp directory].
+    #[arg(long, value_name = "DIR", env = "AIRLOCK_WORK_DIR")]
+    work_dir: Option<PathBuf>,
+    /// A directory whose policy files replace the built-in ones.
+    #[arg(long, value_name = "DIR", env = "AIRLOCK_POLICY_DIR")]
+    policy_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -408,6 +415,7 @@ pub fn main() -> ExitCode {
                         plan: &args.plan,
                         file: &args.file,
                         follow_symlinks: args.follow_symlinks,
+                        file_name: None,
                     },
                 )
                 .await?;
@@ -623,9 +631,24 @@ fn serve_command(args: ServeArgs) -> ExitCode {
         header_timeout: std::time::Duration::from_secs(args.header_timeout.max(1)),
         ..crate::serve::Limits::default()
     };
+    let policies = match Policies::load(args.policy_dir.as_deref()) {
+        Ok(p) => std::sync::Arc::new(p),
+        Err(e) => return usage(chain(&e.into())),
+    };
+    let base = args.work_dir.unwrap_or_else(std::env::temp_dir);
+    let work_dir = match crate::workdir::WorkDir::create(&base) {
+        Ok(w) => w,
+        Err(e) => return usage(format!("{e:#}")),
+    };
     let served = rt.block_on(async {
         let store = crate::service::open_registry(&config).await?;
-        let api = std::sync::Arc::new(crate::api::Api { store });
+        let objects = crate::service::open_store(&config).await?;
+        let api = std::sync::Arc::new(crate::api::Api {
+            store,
+            objects,
+            policies,
+            work_dir: work_dir.path().to_path_buf(),
+        });
         crate::serve::run(crate::serve::app(api, local), &args.listen, limits)
             .await
             .map_err(|e| crate::service::CommandError::Failed(chain(&e)))

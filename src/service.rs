@@ -95,6 +95,8 @@ pub struct SubmitArgs<'a> {
     pub file: &'a Path,
     /// Read through a symbolic link instead of refusing it.
     pub follow_symlinks: bool,
+    /// The upload's name for downloads, when not the file's own (the API stages to a temp file).
+    pub file_name: Option<&'a str>,
 }
 
 pub async fn submit(
@@ -143,11 +145,14 @@ pub async fn submit_to(
         }
     }
     let input = ObjectKey::new(Kind::Input);
-    let file_name = args
-        .file
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "upload.csv".into());
+    let file_name = match args.file_name {
+        Some(name) => name.to_string(),
+        None => args
+            .file
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "upload.csv".into()),
+    };
     let meta = PutMeta {
         content_type: "application/octet-stream".into(),
         download_name: file_name.clone(),

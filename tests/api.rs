@@ -289,3 +289,131 @@ async fn the_tenant_comes_from_the_key_and_other_tenants_jobs_do_not_exist() {
     assert_eq!(s.get("/v1/jobs", Some(&globex)).await.0, 401);
     assert_eq!(s.get("/v1/jobs", Some(&acme)).await.0, 200);
 }
+
+/// `POST /v1/jobs`: the body is the CSV, streamed to storage and enqueued for the key's tenant;
+/// the size is refused before a byte is read; only CSV media types; the same Idempotency-Key
+/// gives the same job, per tenant.
+#[tokio::test(flavor = "multi_thread")]
+async fn posting_a_csv_makes_a_job_for_the_keys_tenant() {
+    let s = Server::start().await;
+    s.ok(&["tenant", "create", "acme"]);
+    s.ok(&["tenant", "create", "globex"]);
+    let (acme, _) = s.key("acme");
+    let (globex, _) = s.key("globex");
+    let csv = std::fs::read(fixture("valid/leads.csv")).unwrap();
+    let client = reqwest::Client::new();
+    let post = |key: &str, body: Vec<u8>, ctype: &str, extra: &[(&str, &str)]| {
+        let mut req = client
+            .post(format!("{}/v1/jobs?name=../../etc/Leads%20Q3.csv", s.base))
+            .header("authorization", format!("Bearer {key}"))
+            .header("content-type", ctype)
+            .body(body);
+        for (k, v) in extra {
+            req = req.header(*k, *v);
+        }
+        req.send()
+    };
+    let res = post(&acme, csv.clone(), "text/csv; charset=utf-8", &[])
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
+    let job: Value = serde_json::from_slice(&res.bytes().await.unwrap()).unwrap();
+    assert_eq!(
+        (job["tenant"].as_str(), job["state"].as_str()),
+        (Some("acme"), Some("queued"))
+    );
+    let id = job["id"].as_str().unwrap().to_string();
+
+    // Idempotency: the same key gives the same job for the same tenant, a new one for another.
+    let idem = [("idempotency-key", "upload-42")];
+    let first: Value = serde_json::from_slice(
+        &post(&acme, csv.clone(), "text/csv", &idem)
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    let again: Value = serde_json::from_slice(
+        &post(&acme, csv.clone(), "text/csv", &idem)
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(first["id"], again["id"]);
+    let theirs: Value = serde_json::from_slice(
+        &post(&globex, csv.clone(), "application/octet-stream", &idem)
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_ne!(theirs["id"], first["id"]);
+    assert_eq!(theirs["tenant"], "globex");
+
+    // Refusals.
+    let res = post(&acme, csv.clone(), "application/json", &[])
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 415);
+    let res = client
+        .post(format!("{}/v1/jobs", s.base))
+        .header("content-type", "text/csv")
+        .body(csv.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+
+    // Too large: refused on the headers alone, before any of the body is sent.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = s.base.trim_start_matches("http://").to_string();
+    let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "POST /v1/jobs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {acme}\r\nContent-Type: text/csv\r\nContent-Length: 5000000000\r\n\r\n"
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf))
+        .await
+        .expect("answered without the body")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&buf[..n]);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("too_large"), "{answer}");
+
+    // A body cut short of its Content-Length is refused and nothing is queued for it.
+    let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "POST /v1/jobs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {acme}\r\nContent-Type: text/csv\r\nContent-Length: 1000\r\n\r\nemail\n"
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    conn.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), conn.read_to_end(&mut rest)).await;
+
+    // The job runs like any other, under its sanitised name.
+    let out = s.cli(&["supervise", "--until-idle", "-c", "2"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (_, _, job) = s.get(&format!("/v1/jobs/{id}"), Some(&acme)).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    let (_, _, list) = s.get("/v1/jobs", Some(&acme)).await;
+    assert_eq!(
+        list["jobs"].as_array().unwrap().len(),
+        2,
+        "two acme jobs: {list}"
+    );
+    let link = s.ok(&["link", &id, "--artifact", "output"]);
+    // `../../etc/` is gone; the name is the last component.
+    assert!(link.contains("name=Leads%20Q3%2Eclean%2Ecsv&"), "{link}");
+}

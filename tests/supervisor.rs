@@ -438,6 +438,7 @@ async fn a_lost_submit_reply_keeps_the_input(backend: &str) {
                 plan: "default",
                 file: &fixture("valid/leads.csv"),
                 follow_symlinks: false,
+                file_name: None,
             },
         )
         .await
