@@ -4,8 +4,9 @@
 //! query string) is refused with 401, like a missing, malformed, unknown or revoked one, with one
 //! body for all. Errors are `{"error": {"code", "message", "request_id"}}` with stable codes.
 //!
-//! This part serves `GET /healthz`, `POST /v1/jobs`, `GET /v1/jobs/{id}` and
-//! `GET /v1/jobs?state=&limit=&cursor=`.
+//! This part serves `GET /healthz`, `GET /readyz`, `POST /v1/jobs`, `GET /v1/jobs/{id}`,
+//! `GET /v1/jobs?state=&limit=&cursor=`, `GET /v1/jobs/{id}/{output|rejects|report}` (303 to a
+//! fresh presigned link, audited), `DELETE /v1/jobs/{id}` and `GET /v1/receipts`.
 
 use std::sync::Arc;
 
@@ -158,10 +159,13 @@ impl FromRequestParts<Arc<Api>> for Authed {
 pub fn router(api: Arc<Api>) -> Router {
     let v1 = Router::new()
         .route("/v1/jobs", get(list_jobs).post(create_job))
-        .route("/v1/jobs/{id}", get(get_job))
+        .route("/v1/jobs/{id}", get(get_job).delete(delete_job))
+        .route("/v1/jobs/{id}/{artifact}", get(artifact_link))
+        .route("/v1/receipts", get(receipts))
         .layer(axum::middleware::map_response(security_headers));
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .merge(v1)
         .with_state(api)
 }
@@ -449,4 +453,186 @@ async fn create_job(
         )),
         Err(e) => Err(ApiError::unavailable(rid, &e)),
     }
+}
+
+/// The caller's job, or the 404 a random id gets.
+async fn own_job(api: &Api, auth: &Authed, id: &str) -> Result<crate::jobs::JobRecord, ApiError> {
+    let rid = &auth.request_id;
+    let Ok(id) = Uuid::parse_str(id) else {
+        return Err(ApiError::not_found(rid));
+    };
+    match api.store.get(id).await {
+        Ok(Some(job)) if job.tenant == auth.caller.tenant => Ok(job),
+        Ok(_) => Err(ApiError::not_found(rid)),
+        Err(e) => Err(ApiError::unavailable(rid, &e)),
+    }
+}
+
+/// `GET /readyz`: the job store and the object store both answer.
+async fn readyz(State(api): State<Arc<Api>>) -> Response {
+    let db = api.store.now().await.is_ok();
+    let storage = api.objects.list("in/", None).await.is_ok();
+    let status = if db && storage {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let word = |ok: bool| if ok { "ok" } else { "unavailable" };
+    (
+        status,
+        Json(serde_json::json!({"database": word(db), "storage": word(storage)})),
+    )
+        .into_response()
+}
+
+/// `GET /v1/jobs/{id}/{output|rejects|report}`: 303 to a fresh presigned link (the presign
+/// policy's TTL, at most 300 s), recorded in the job's audit trail. Refused for unfinished (409)
+/// and purged (410) jobs.
+async fn artifact_link(
+    State(api): State<Arc<Api>>,
+    auth: Authed,
+    Path((id, artifact)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let rid = auth.request_id.clone();
+    let job = own_job(&api, &auth, &id).await?;
+    let (key, suffix) = match artifact.as_str() {
+        "output" => (&job.output_key, "clean.csv"),
+        "rejects" => (&job.rejects_key, "rejects.csv"),
+        "report" => (&job.report_key, "report.json"),
+        _ => return Err(ApiError::not_found(&rid)),
+    };
+    if job.state == JobState::Purged {
+        return Err(ApiError::new(
+            StatusCode::GONE,
+            "purged",
+            "the job's files were deleted (retention or erasure)",
+            &rid,
+        ));
+    }
+    if !job.state.is_finished() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "not_finished",
+            format!(
+                "the job is {}; files exist only once it has finished",
+                job.state
+            ),
+            &rid,
+        ));
+    }
+    let Some(key) = key.as_deref() else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no_artifact",
+            format!("this job has no {artifact} (it is {})", job.state),
+            &rid,
+        ));
+    };
+    let key = crate::storage::ObjectKey::parse(key).map_err(|e| ApiError::unavailable(&rid, &e))?;
+    let ttl = api
+        .policies
+        .presign
+        .ttl(None)
+        .map_err(|e| ApiError::unavailable(&rid, &e))?;
+    let stem = std::path::Path::new(&job.file_name)
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "upload".into());
+    let url = api
+        .objects
+        .presign_get(&key, ttl, &format!("{stem}.{suffix}"))
+        .await
+        .map_err(|e| ApiError::unavailable(&rid, &e))?;
+    let now = api
+        .store
+        .now()
+        .await
+        .map_err(|e| ApiError::unavailable(&rid, &e))?;
+    api.store
+        .record_link(job.id, &job.tenant, job.state, &artifact, &rid, now)
+        .await
+        .map_err(|e| ApiError::unavailable(&rid, &e))?;
+    let location = HeaderValue::from_str(&url).map_err(|e| ApiError::unavailable(&rid, &e))?;
+    Ok((StatusCode::SEE_OTHER, [(header::LOCATION, location)]).into_response())
+}
+
+/// `DELETE /v1/jobs/{id}`: a queued job is cancelled; a finished or cancelled one is erased now,
+/// with a deletion receipt; a running one is refused (409).
+async fn delete_job(
+    State(api): State<Arc<Api>>,
+    auth: Authed,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let rid = auth.request_id.clone();
+    let job = own_job(&api, &auth, &id).await?;
+    let now = api
+        .store
+        .now()
+        .await
+        .map_err(|e| ApiError::unavailable(&rid, &e))?;
+    match job.state {
+        JobState::Running => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "job_running",
+                "the job is running; delete it once it has finished",
+                &rid,
+            ))
+        }
+        JobState::Purged => {
+            return Err(ApiError::new(
+                StatusCode::GONE,
+                "purged",
+                "the job's files were already deleted",
+                &rid,
+            ))
+        }
+        JobState::Queued => {
+            match api.store.cancel(job.id, now).await {
+                Ok(_) => {}
+                // Claimed meanwhile.
+                Err(crate::jobs::JobError::WrongState { .. }) => {
+                    return Err(ApiError::new(
+                        StatusCode::CONFLICT,
+                        "job_running",
+                        "the job started; delete it once it has finished",
+                        &rid,
+                    ))
+                }
+                Err(e) => return Err(ApiError::unavailable(&rid, &e)),
+            }
+        }
+        _ => {}
+    }
+    // Finished, or just cancelled: erase its files now.
+    let jobs: crate::jobs::Shared = api.store.clone();
+    let sweeper =
+        crate::sweeper::Sweeper::new(jobs, api.objects.clone(), api.policies.retention.clone());
+    let summary = sweeper
+        .erase_job(&job.tenant, job.id, crate::jobs::Clock::Database)
+        .await
+        .map_err(|e| ApiError::unavailable(&rid, &e))?;
+    if summary.failed() || summary.jobs_purged != 1 {
+        return Err(ApiError::unavailable(
+            &rid,
+            &format!("erasure incomplete: {:?}", summary.failures),
+        ));
+    }
+    let after = api
+        .store
+        .get(job.id)
+        .await
+        .map_err(|e| ApiError::unavailable(&rid, &e))?
+        .ok_or_else(|| ApiError::not_found(&rid))?;
+    Ok(Json(crate::service::job_json(&after)).into_response())
+}
+
+/// `GET /v1/receipts`: the caller's deletion receipts, oldest first.
+async fn receipts(State(api): State<Arc<Api>>, auth: Authed) -> Result<Response, ApiError> {
+    let list = api
+        .store
+        .receipts(&auth.caller.tenant)
+        .await
+        .map_err(|e| ApiError::unavailable(&auth.request_id, &e))?;
+    Ok(Json(serde_json::json!({ "receipts": list })).into_response())
 }

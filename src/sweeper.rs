@@ -203,6 +203,21 @@ impl Sweeper {
         Ok(summary)
     }
 
+    /// Erase one finished or cancelled job of a tenant now, with its receipt.
+    pub async fn erase_job(
+        &self,
+        tenant: &str,
+        id: Uuid,
+        clock: Clock,
+    ) -> Result<SweepSummary, JobError> {
+        let scope = SweepScope::Job {
+            tenant: tenant.to_string(),
+            id,
+        };
+        self.run(&scope, PurgeReason::ErasureRequest, clock, false)
+            .await
+    }
+
     async fn run(
         &self,
         scope: &SweepScope,

@@ -335,6 +335,27 @@ impl Cursor {
 }
 
 impl SqlStore {
+    /// Record in the job's audit trail that a download link was issued (no state change).
+    pub async fn record_link(
+        &self,
+        job: Uuid,
+        tenant: &str,
+        state: crate::jobs::JobState,
+        artifact: &str,
+        request_id: &str,
+        now: i64,
+    ) -> Result<(), JobError> {
+        sqlx::query("INSERT INTO airlock_audit (job_id, tenant, at, from_state, to_state, detail) VALUES ($1, $2, $3, $4, $4, $5)")
+            .bind(job.to_string())
+            .bind(tenant)
+            .bind(now)
+            .bind(state.as_str())
+            .bind(format!("link issued: {artifact}; request {request_id}"))
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
     /// One tenant's jobs, newest first, `limit` at a time after `after`, optionally in one state.
     pub async fn jobs_of(
         &self,

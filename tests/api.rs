@@ -417,3 +417,137 @@ async fn posting_a_csv_makes_a_job_for_the_keys_tenant() {
     // `../../etc/` is gone; the name is the last component.
     assert!(link.contains("name=Leads%20Q3%2Eclean%2Ecsv&"), "{link}");
 }
+
+/// Downloads through the API (303 to a fresh link, audited; refused for unfinished and purged
+/// jobs and for other tenants), DELETE (cancel a queued job, erase a finished one with a
+/// receipt), receipts, and readiness.
+#[tokio::test(flavor = "multi_thread")]
+async fn download_delete_receipts_and_readiness() {
+    let s = Server::start().await;
+    s.ok(&["tenant", "create", "acme"]);
+    s.ok(&["tenant", "create", "globex"]);
+    let (acme, _) = s.key("acme");
+    let (globex, _) = s.key("globex");
+    let file = fixture("valid/leads.csv");
+    let done = s.ok(&["submit", "--tenant", "acme", file.to_str().unwrap()]);
+    let out = s.cli(&["supervise", "--until-idle", "-c", "1"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let queued = s.ok(&["submit", "--tenant", "acme", file.to_str().unwrap()]);
+    let no_redirects = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let fetch = |path: String, key: String| {
+        no_redirects
+            .get(format!("{}{path}", s.base))
+            .header("authorization", format!("Bearer {key}"))
+            .send()
+    };
+
+    // 303 to a link that downloads exactly what `airlock process` writes.
+    let res = fetch(format!("/v1/jobs/{done}/output"), acme.clone())
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 303);
+    let location = res.headers()["location"].to_str().unwrap().to_string();
+    let bytes = reqwest::get(&location)
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let reference = crate::common::process(&file, &[]);
+    assert_eq!(
+        Some(String::from_utf8_lossy(&bytes).into_owned()),
+        reference.output()
+    );
+    let store = airlock::jobs::sqlite::open(&s.dir.path().join("airlock.db"))
+        .await
+        .unwrap();
+    use airlock::jobs::JobStore;
+    let audit = store
+        .audit(uuid::Uuid::parse_str(&done).unwrap())
+        .await
+        .unwrap();
+    assert!(
+        audit.iter().any(|(_, _, d)| d
+            .as_deref()
+            .is_some_and(|d| d.starts_with("link issued: output"))),
+        "{audit:?}"
+    );
+    // Other tenants: the 404 of a random id. Unfinished: 409. Unknown artifact: 404.
+    let random = fetch(
+        format!("/v1/jobs/{}/output", uuid::Uuid::new_v4()),
+        globex.clone(),
+    )
+    .await
+    .unwrap();
+    let random: Value =
+        without_request_id(serde_json::from_slice(&random.bytes().await.unwrap()).unwrap());
+    let theirs = fetch(format!("/v1/jobs/{done}/output"), globex.clone())
+        .await
+        .unwrap();
+    assert_eq!(theirs.status(), 404);
+    assert_eq!(
+        without_request_id(serde_json::from_slice(&theirs.bytes().await.unwrap()).unwrap()),
+        random
+    );
+    let res = fetch(format!("/v1/jobs/{queued}/report"), acme.clone())
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 409);
+    assert_eq!(
+        fetch(format!("/v1/jobs/{done}/input"), acme.clone())
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+
+    // DELETE: another tenant's job is not found; a queued one is cancelled and erased; a
+    // finished one is erased with a receipt; after that its files are gone (410).
+    let delete = |id: &str, key: &str| {
+        no_redirects
+            .delete(format!("{}/v1/jobs/{id}", s.base))
+            .header("authorization", format!("Bearer {key}"))
+            .send()
+    };
+    assert_eq!(delete(&done, &globex).await.unwrap().status(), 404);
+    let res = delete(&queued, &acme).await.unwrap();
+    assert_eq!(res.status(), 200);
+    let job: Value = serde_json::from_slice(&res.bytes().await.unwrap()).unwrap();
+    assert_eq!(job["state"], "purged");
+    let res = delete(&done, &acme).await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        fetch(format!("/v1/jobs/{done}/output"), acme.clone())
+            .await
+            .unwrap()
+            .status(),
+        410
+    );
+    assert_eq!(
+        reqwest::get(&location).await.unwrap().status(),
+        404,
+        "the file is gone"
+    );
+    assert_eq!(delete(&done, &acme).await.unwrap().status(), 410);
+    let (_, _, receipts) = s.get("/v1/receipts", Some(&acme)).await;
+    let ids: Vec<&str> = receipts["receipts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["job_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 2, "{receipts}");
+    assert!(ids.contains(&done.as_str()) && ids.contains(&queued.as_str()));
+    let (_, _, theirs) = s.get("/v1/receipts", Some(&globex)).await;
+    assert_eq!(theirs["receipts"], serde_json::json!([]));
+
+    let ready = reqwest::get(format!("{}/readyz", s.base)).await.unwrap();
+    assert_eq!(ready.status(), 200);
+}

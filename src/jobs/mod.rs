@@ -533,6 +533,8 @@ pub enum SweepScope {
     /// Erasure on request: every finished or cancelled job of one tenant, except a job cancelled
     /// while running whose old lease has not run out at `now` (its attempt may still upload).
     Tenant { tenant: String, now: i64 },
+    /// One finished or cancelled job of a tenant (`DELETE /v1/jobs/{id}`).
+    Job { tenant: String, id: Uuid },
 }
 
 /// Plans sharing one retention period. `others` = every plan not named in another class.

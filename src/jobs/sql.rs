@@ -250,6 +250,13 @@ impl SqlStore {
                      AND (state <> 'cancelled' OR lease_expires_at IS NULL OR lease_expires_at < {n})"
                 )
             }
+            SweepScope::Job { tenant, id } => {
+                let p = param(ScopeArg::Text(tenant.clone()), &mut args);
+                let i = param(ScopeArg::Text(id.to_string()), &mut args);
+                format!(
+                    "tenant = {p} AND id = {i} AND state IN ('succeeded', 'rejected', 'failed', 'cancelled')"
+                )
+            }
             SweepScope::Retention(classes) => {
                 let named: Vec<String> = classes
                     .iter()
