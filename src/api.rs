@@ -31,7 +31,66 @@ pub struct Api {
     pub policies: Arc<crate::policy::Policies>,
     /// Where uploads are staged (in a private 0700 directory each) on their way to storage.
     pub work_dir: std::path::PathBuf,
+    uploads: UploadSlots,
 }
+
+impl Api {
+    pub fn new(
+        store: Arc<SqlStore>,
+        objects: Arc<dyn crate::storage::ObjectStore>,
+        policies: Arc<crate::policy::Policies>,
+        work_dir: std::path::PathBuf,
+    ) -> Self {
+        Api {
+            store,
+            objects,
+            policies,
+            work_dir,
+            uploads: UploadSlots::default(),
+        }
+    }
+}
+
+/// Uploads in progress, at most [`UploadSlots::TOTAL`] in all and [`UploadSlots::PER_TENANT`]
+/// per tenant, so one tenant's slow uploads cannot hold every connection or fill the staging
+/// disk for the others.
+#[derive(Debug, Default)]
+struct UploadSlots {
+    total: std::sync::OnceLock<Arc<tokio::sync::Semaphore>>,
+    tenants: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Semaphore>>>,
+}
+
+impl UploadSlots {
+    const TOTAL: usize = 64;
+    const PER_TENANT: usize = 8;
+
+    /// Both permits, or `None` when either limit is reached.
+    fn try_take(
+        &self,
+        tenant: &str,
+    ) -> Option<(
+        tokio::sync::OwnedSemaphorePermit,
+        tokio::sync::OwnedSemaphorePermit,
+    )> {
+        let total = self
+            .total
+            .get_or_init(|| Arc::new(tokio::sync::Semaphore::new(Self::TOTAL)))
+            .clone();
+        let mine = self
+            .tenants
+            .lock()
+            .ok()?
+            .entry(tenant.to_string())
+            .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(Self::PER_TENANT)))
+            .clone();
+        let a = mine.try_acquire_owned().ok()?;
+        let b = total.try_acquire_owned().ok()?;
+        Some((a, b))
+    }
+}
+
+/// An upload that sends nothing for this long is dropped.
+const BODY_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// An API error: a stable code, a message, and the request's id.
 #[derive(Debug)]
@@ -105,6 +164,25 @@ fn request_id(headers: &HeaderMap) -> String {
         .to_string()
 }
 
+/// Whether a query string carries something that looks like a key: a parameter named like one,
+/// or a value holding a key's prefix, after percent-decoding.
+fn key_in_query(query: &str) -> bool {
+    query.split('&').any(|pair| {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let decode = |s: &str| {
+            percent_encoding::percent_decode_str(&s.replace('+', " "))
+                .decode_utf8_lossy()
+                .to_ascii_lowercase()
+        };
+        let name = decode(name).replace('-', "_");
+        matches!(
+            name.as_str(),
+            "key" | "api_key" | "apikey" | "access_token" | "token" | "authorization" | "bearer"
+        ) || decode(value).contains(crate::tenants::KEY_PREFIX)
+            || name.contains(crate::tenants::KEY_PREFIX)
+    })
+}
+
 /// An authenticated caller, from `Authorization: Bearer`.
 #[derive(Debug)]
 pub struct Authed {
@@ -117,17 +195,10 @@ impl FromRequestParts<Arc<Api>> for Authed {
 
     async fn from_request_parts(parts: &mut Parts, api: &Arc<Api>) -> Result<Self, ApiError> {
         let rid = request_id(&parts.headers);
-        // A key in the URL ends up in logs and histories: refused, even a valid one.
+        // A key in the URL ends up in logs and histories: refused, even a valid one, however
+        // it is encoded.
         let query = parts.uri.query().unwrap_or("");
-        if query.contains(crate::tenants::KEY_PREFIX)
-            || query.split('&').any(|p| {
-                let name = p.split('=').next().unwrap_or("").to_ascii_lowercase();
-                matches!(
-                    name.as_str(),
-                    "key" | "api_key" | "apikey" | "access_token" | "token"
-                )
-            })
-        {
+        if key_in_query(query) {
             return Err(ApiError::unauthenticated(&rid));
         }
         let presented = parts
@@ -137,12 +208,7 @@ impl FromRequestParts<Arc<Api>> for Authed {
             .and_then(|v| v.strip_prefix("Bearer "))
             .and_then(|k| ApiKey::parse(k.trim()))
             .ok_or_else(|| ApiError::unauthenticated(&rid))?;
-        let now = api
-            .store
-            .now()
-            .await
-            .map_err(|e| ApiError::unavailable(&rid, &e))?;
-        match api.store.authenticate(&presented, now).await {
+        match api.store.authenticate(&presented).await {
             Ok(Some(caller)) => {
                 tracing::Span::current().record("tenant", caller.tenant.as_str());
                 Ok(Authed {
@@ -171,7 +237,7 @@ pub fn router(api: Arc<Api>) -> Router {
 }
 
 /// Headers on every tenant response: nothing is cached, sniffed, framed or referred.
-async fn security_headers(mut res: Response) -> Response {
+pub async fn security_headers(mut res: Response) -> Response {
     let h = res.headers_mut();
     for (name, value) in [
         (header::CACHE_CONTROL, "no-store"),
@@ -372,7 +438,22 @@ async fn create_job(
             .and_then(|v| v.to_str().ok())
             .or(q.name.as_deref()),
     );
-    // Stage the body: streamed, capped at the declared length.
+    let Some(_slots) = api.uploads.try_take(tenant) else {
+        let mut res = err(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_uploads",
+            format!(
+                "at most {} uploads at once per tenant ({} in all); retry shortly",
+                UploadSlots::PER_TENANT,
+                UploadSlots::TOTAL
+            ),
+        )
+        .into_response();
+        res.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        return Ok(res);
+    };
+    // Stage the body: streamed, capped at the declared length, and dropped when it stalls.
     let staging = tempfile::Builder::new()
         .prefix("airlock-upload-")
         .tempdir_in(&api.work_dir)
@@ -386,7 +467,18 @@ async fn create_job(
         .map_err(|e| ApiError::unavailable(rid, &e))?;
     let mut body = body;
     let mut received: u64 = 0;
-    while let Some(frame) = body.frame().await {
+    loop {
+        let frame = match tokio::time::timeout(BODY_IDLE, body.frame()).await {
+            Ok(Some(frame)) => frame,
+            Ok(None) => break,
+            Err(_) => {
+                return Err(err(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "body_timeout",
+                    format!("the upload sent nothing for {} s", BODY_IDLE.as_secs()),
+                ))
+            }
+        };
         let frame = frame.map_err(|_| {
             err(
                 StatusCode::BAD_REQUEST,
@@ -471,7 +563,9 @@ async fn own_job(api: &Api, auth: &Authed, id: &str) -> Result<crate::jobs::JobR
 /// `GET /readyz`: the job store and the object store both answer.
 async fn readyz(State(api): State<Arc<Api>>) -> Response {
     let db = api.store.now().await.is_ok();
-    let storage = api.objects.list("in/", None).await.is_ok();
+    // One cheap request: a HEAD of a key that does not exist.
+    let probe = crate::storage::ObjectKey::new(crate::storage::Kind::Input);
+    let storage = api.objects.head(&probe).await.is_ok();
     let status = if db && storage {
         StatusCode::OK
     } else {
@@ -612,19 +706,37 @@ async fn delete_job(
         .erase_job(&job.tenant, job.id, crate::jobs::Clock::Database)
         .await
         .map_err(|e| ApiError::unavailable(&rid, &e))?;
-    if summary.failed() || summary.jobs_purged != 1 {
-        return Err(ApiError::unavailable(
-            &rid,
-            &format!("erasure incomplete: {:?}", summary.failures),
-        ));
-    }
     let after = api
         .store
         .get(job.id)
         .await
         .map_err(|e| ApiError::unavailable(&rid, &e))?
         .ok_or_else(|| ApiError::not_found(&rid))?;
-    Ok(Json(crate::service::job_json(&after)).into_response())
+    if summary.jobs_purged == 1 {
+        return Ok(Json(crate::service::job_json(&after)).into_response());
+    }
+    if after.state == JobState::Purged {
+        // Another erasure (or the retention sweep) got there first.
+        return Err(ApiError::new(
+            StatusCode::GONE,
+            "purged",
+            "the job's files were already deleted",
+            &rid,
+        ));
+    }
+    if summary.failed() {
+        return Err(ApiError::unavailable(
+            &rid,
+            &format!("erasure incomplete: {:?}", summary.failures),
+        ));
+    }
+    // Held by a sweep, or cancelled while running and its attempt may still upload.
+    Err(ApiError::new(
+        StatusCode::CONFLICT,
+        "busy",
+        "the job is being erased or its last run is winding down; retry in a minute",
+        &rid,
+    ))
 }
 
 /// `GET /v1/receipts`: the caller's deletion receipts, oldest first.

@@ -643,12 +643,12 @@ fn serve_command(args: ServeArgs) -> ExitCode {
     let served = rt.block_on(async {
         let store = crate::service::open_registry(&config).await?;
         let objects = crate::service::open_store(&config).await?;
-        let api = std::sync::Arc::new(crate::api::Api {
+        let api = std::sync::Arc::new(crate::api::Api::new(
             store,
             objects,
             policies,
-            work_dir: work_dir.path().to_path_buf(),
-        });
+            work_dir.path().to_path_buf(),
+        ));
         crate::serve::run(crate::serve::app(api, local), &args.listen, limits)
             .await
             .map_err(|e| crate::service::CommandError::Failed(chain(&e)))

@@ -131,7 +131,8 @@ pub fn app(api: Arc<crate::api::Api>, local: Option<Arc<FsStore>>) -> Router {
     if let Some(store) = local {
         routes = routes.merge(downloads(store));
     }
-    with_access_log(routes)
+    // On every response, including unmatched routes and the downloads.
+    with_access_log(routes.layer(axum::middleware::map_response(crate::api::security_headers)))
 }
 
 /// Request ids and one access-log line per request. The last layer added runs first: the id is

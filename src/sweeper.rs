@@ -210,9 +210,11 @@ impl Sweeper {
         id: Uuid,
         clock: Clock,
     ) -> Result<SweepSummary, JobError> {
+        let now = clock.now(&*self.jobs).await?;
         let scope = SweepScope::Job {
             tenant: tenant.to_string(),
             id,
+            now,
         };
         self.run(&scope, PurgeReason::ErasureRequest, clock, false)
             .await

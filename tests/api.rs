@@ -269,6 +269,19 @@ async fn the_tenant_comes_from_the_key_and_other_tenants_jobs_do_not_exist() {
             Some(format!("Bearer {acme}")),
         ),
         (format!("/v1/jobs?x={acme}"), Some(format!("Bearer {acme}"))),
+        // However it is encoded.
+        (
+            format!("/v1/jobs?access%5Ftoken={}", &acme[8..]),
+            Some(format!("Bearer {acme}")),
+        ),
+        (
+            format!("/v1/jobs?x=al%5Flive%5F{}", &acme[8..]),
+            Some(format!("Bearer {acme}")),
+        ),
+        (
+            format!("/v1/jobs?API-Key={}", &acme[8..]),
+            Some(format!("Bearer {acme}")),
+        ),
     ] {
         let mut req = client.get(format!("{}{path}", s.base));
         if let Some(a) = &auth {
@@ -283,7 +296,17 @@ async fn the_tenant_comes_from_the_key_and_other_tenants_jobs_do_not_exist() {
         );
         variants += 1;
     }
-    assert_eq!(variants, 8);
+    assert_eq!(variants, 11);
+    // The security headers are on every response, not only /v1's.
+    for path in ["/healthz", "/nowhere", "/v1/nowhere"] {
+        let res = reqwest::get(format!("{}{path}", s.base)).await.unwrap();
+        assert_eq!(res.headers()["x-content-type-options"], "nosniff", "{path}");
+        assert_eq!(
+            res.headers()["content-security-policy"],
+            "default-src 'none'",
+            "{path}"
+        );
+    }
     // Revoking B's key shuts B out at once; A is unaffected.
     s.ok(&["key", "revoke", &globex_id]);
     assert_eq!(s.get("/v1/jobs", Some(&globex)).await.0, 401);

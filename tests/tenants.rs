@@ -123,15 +123,14 @@ async fn keys_are_shown_once_stored_hashed_listed_without_secrets_and_revocable(
 
     // A key identifies its own tenant only; unknown and malformed keys identify nobody.
     use airlock::tenants::ApiKey;
-    let now = 1;
     let who = store
-        .authenticate(&ApiKey::parse(&key).unwrap(), now)
+        .authenticate(&ApiKey::parse(&key).unwrap())
         .await
         .unwrap()
         .unwrap();
     assert_eq!(who.tenant, "acme");
     let who = store
-        .authenticate(&ApiKey::parse(&other).unwrap(), now)
+        .authenticate(&ApiKey::parse(&other).unwrap())
         .await
         .unwrap()
         .unwrap();
@@ -139,25 +138,28 @@ async fn keys_are_shown_once_stored_hashed_listed_without_secrets_and_revocable(
     let mut forged = key.clone();
     forged.replace_range(20..21, if &key[20..21] == "A" { "B" } else { "A" });
     assert!(store
-        .authenticate(&ApiKey::parse(&forged).unwrap(), now)
+        .authenticate(&ApiKey::parse(&forged).unwrap())
         .await
         .unwrap()
         .is_none());
     assert!(ApiKey::parse("al_live_short").is_none());
     let listed = r.json(&["key", "list", "--tenant", "acme"]);
-    assert_eq!(listed[0]["last_used_at_ms"], 1, "last use recorded");
+    assert!(
+        listed[0]["last_used_at_ms"].as_i64().is_some(),
+        "last use recorded"
+    );
 
     // Revoked: refused from the next authentication on.
     let id = created["id"].as_str().unwrap();
     let revoked = r.json(&["key", "revoke", id]);
     assert!(revoked["revoked_at_ms"].as_i64().is_some());
     assert!(store
-        .authenticate(&ApiKey::parse(&key).unwrap(), now)
+        .authenticate(&ApiKey::parse(&key).unwrap())
         .await
         .unwrap()
         .is_none());
     assert!(store
-        .authenticate(&ApiKey::parse(&other).unwrap(), now)
+        .authenticate(&ApiKey::parse(&other).unwrap())
         .await
         .unwrap()
         .is_some());

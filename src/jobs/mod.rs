@@ -533,8 +533,9 @@ pub enum SweepScope {
     /// Erasure on request: every finished or cancelled job of one tenant, except a job cancelled
     /// while running whose old lease has not run out at `now` (its attempt may still upload).
     Tenant { tenant: String, now: i64 },
-    /// One finished or cancelled job of a tenant (`DELETE /v1/jobs/{id}`).
-    Job { tenant: String, id: Uuid },
+    /// One finished or cancelled job of a tenant (`DELETE /v1/jobs/{id}`), unless it was
+    /// cancelled while running and its old lease has not run out at `now`.
+    Job { tenant: String, id: Uuid, now: i64 },
 }
 
 /// Plans sharing one retention period. `others` = every plan not named in another class.

@@ -250,11 +250,13 @@ impl SqlStore {
                      AND (state <> 'cancelled' OR lease_expires_at IS NULL OR lease_expires_at < {n})"
                 )
             }
-            SweepScope::Job { tenant, id } => {
+            SweepScope::Job { tenant, id, now } => {
                 let p = param(ScopeArg::Text(tenant.clone()), &mut args);
                 let i = param(ScopeArg::Text(id.to_string()), &mut args);
+                let n = param(ScopeArg::Int(*now), &mut args);
                 format!(
-                    "tenant = {p} AND id = {i} AND state IN ('succeeded', 'rejected', 'failed', 'cancelled')"
+                    "tenant = {p} AND id = {i} AND state IN ('succeeded', 'rejected', 'failed', 'cancelled')
+                     AND (state <> 'cancelled' OR lease_expires_at IS NULL OR lease_expires_at < {n})"
                 )
             }
             SweepScope::Retention(classes) => {
