@@ -260,18 +260,8 @@ async fn get_job(
     auth: Authed,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let rid = &auth.request_id;
-    // A malformed id is answered like a missing one.
-    let Ok(id) = Uuid::parse_str(&id) else {
-        return Err(ApiError::not_found(rid));
-    };
-    match api.store.get(id).await {
-        Ok(Some(job)) if job.tenant == auth.caller.tenant => {
-            Ok(Json(crate::service::job_json(&job)).into_response())
-        }
-        Ok(_) => Err(ApiError::not_found(rid)),
-        Err(e) => Err(ApiError::unavailable(rid, &e)),
-    }
+    let job = own_job(&api, &auth, &id).await?;
+    Ok(Json(crate::service::job_json(&job)).into_response())
 }
 
 #[derive(Debug, Deserialize)]
@@ -547,7 +537,7 @@ async fn create_job(
     }
 }
 
-/// The caller's job, or the 404 a random id gets.
+/// The caller's job, or the 404 a random id gets (a malformed id included).
 async fn own_job(api: &Api, auth: &Authed, id: &str) -> Result<crate::jobs::JobRecord, ApiError> {
     let rid = &auth.request_id;
     let Ok(id) = Uuid::parse_str(id) else {

@@ -30,8 +30,11 @@ pub enum CommandError {
 }
 
 /// Open the job store without looking at its schema (`migrate` only).
-async fn connect_jobs(config: &ServiceConfig, create: bool) -> Result<Shared, CommandError> {
-    crate::jobs::open(&config.database_url, create)
+async fn connect_jobs(
+    config: &ServiceConfig,
+    create: bool,
+) -> Result<Arc<crate::jobs::sql::SqlStore>, CommandError> {
+    crate::jobs::open_sql(&config.database_url, create)
         .await
         .map_err(|e| match e {
             JobError::Config(m) => CommandError::Usage(m),
@@ -41,13 +44,7 @@ async fn connect_jobs(config: &ServiceConfig, create: bool) -> Result<Shared, Co
 
 /// Open the job store, whose schema must be exactly this build's.
 pub async fn open_jobs(config: &ServiceConfig) -> Result<Shared, CommandError> {
-    let jobs = connect_jobs(config, false).await?;
-    jobs.check_schema().await.map_err(|e| match e {
-        JobError::SchemaBehind { .. } | JobError::SchemaAhead { .. } => {
-            CommandError::Usage(e.to_string())
-        }
-        e => CommandError::Failed(format!("cannot read the schema version: {}", chain(&e))),
-    })?;
+    let jobs: Shared = open_registry(config).await?;
     Ok(jobs)
 }
 
@@ -439,12 +436,7 @@ pub async fn receipts(config: &ServiceConfig, tenant: &str) -> Result<String, Co
 pub async fn open_registry(
     config: &ServiceConfig,
 ) -> Result<Arc<crate::jobs::sql::SqlStore>, CommandError> {
-    let store = crate::jobs::open_sql(&config.database_url, false)
-        .await
-        .map_err(|e| match e {
-            JobError::Config(m) => CommandError::Usage(m),
-            e => CommandError::Failed(format!("cannot open the job store: {}", chain(&e))),
-        })?;
+    let store = connect_jobs(config, false).await?;
     store.check_schema().await.map_err(|e| match e {
         JobError::SchemaBehind { .. } | JobError::SchemaAhead { .. } => {
             CommandError::Usage(e.to_string())
