@@ -32,6 +32,7 @@ pub struct Api {
     /// Where uploads are staged (in a private 0700 directory each) on their way to storage.
     pub work_dir: std::path::PathBuf,
     uploads: UploadSlots,
+    liveness: Option<crate::liveness::Liveness>,
 }
 
 impl Api {
@@ -47,7 +48,14 @@ impl Api {
             policies,
             work_dir,
             uploads: UploadSlots::default(),
+            liveness: None,
         }
+    }
+
+    /// `/healthz` answers from these heartbeats.
+    pub fn with_liveness(mut self, liveness: crate::liveness::Liveness) -> Self {
+        self.liveness = Some(liveness);
+        self
     }
 }
 
@@ -251,8 +259,20 @@ pub async fn security_headers(mut res: Response) -> Response {
     res
 }
 
-async fn healthz() -> &'static str {
-    "ok"
+/// `GET /healthz`: liveness. 503 naming the part whose heartbeat stopped (the runtime's ticker,
+/// or an in-process supervisor's claim loop); no answer at all when the runtime is blocked.
+async fn healthz(State(api): State<Arc<Api>>) -> Response {
+    match api.liveness.as_ref().map_or(Ok(()), |l| l.check()) {
+        Ok(()) => "ok".into_response(),
+        Err(part) => {
+            tracing::error!(part = part.as_str(), "liveness check failed: stalled");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(serde_json::json!({"status": "stalled", "part": part.as_str()})),
+            )
+                .into_response()
+        }
+    }
 }
 
 async fn get_job(

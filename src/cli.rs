@@ -91,9 +91,10 @@ enum Command {
         after_help = "Examples:\n  airlock key create --tenant acme --name pipeline   # prints the key once\n  airlock key list --tenant acme\n  airlock key revoke KEY_ID                          # refused from the next request on"
     )]
     Key(KeyCmd),
-    /// Serve signed-link downloads for the local storage backend (HTTP, 127.0.0.1 by default).
+    /// Serve the tenant API (and the local backend's downloads) over HTTP, 127.0.0.1:8787 by
+    /// default; on the embedded default it also runs the jobs.
     #[command(
-        after_help = "Links come from `airlock link` and expire within the presign policy's TTL (5 min).\n\nExample:\n  AIRLOCK_STORAGE_URL=file:///var/lib/airlock airlock serve --listen 127.0.0.1:8787"
+        after_help = "On the embedded default (SQLite + ./airlock-data) the first start creates the database, a tenant \"demo\" and its API key (printed once), and a supervisor runs in the same process, so this is the whole quickstart:\n  airlock serve\n  curl -H \"Authorization: Bearer $KEY\" -H 'Content-Type: text/csv' --data-binary @leads.csv http://127.0.0.1:8787/v1/jobs\n\nProduction (PostgreSQL, S3; supervisors run elsewhere, TLS terminated in front):\n  AIRLOCK_DATABASE_URL=postgres://airlock@db/airlock AIRLOCK_STORAGE_URL=s3://uploads airlock serve --listen 0.0.0.0:8787\n\nSIGTERM stops accepting, lets requests finish (30 s) and in-process jobs finish (--grace-seconds)."
     )]
     Serve(ServeArgs),
 }
@@ -328,6 +329,17 @@ struct ServeArgs {
     /// A directory whose policy files replace the built-in ones.
     #[arg(long, value_name = "DIR", env = "AIRLOCK_POLICY_DIR")]
     policy_dir: Option<PathBuf>,
+    /// Run a supervisor in this process with N jobs at once; 0 for none [default: the number of
+    /// cores on SQLite (the embedded default), 0 on PostgreSQL, where `airlock supervise` runs
+    /// on its own hosts].
+    #[arg(long, value_name = "N")]
+    supervise: Option<usize>,
+    /// The in-process supervisor's lease; heartbeats renew it every third of this.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    lease_seconds: u64,
+    /// How long in-flight jobs may run on after SIGTERM before they are given back.
+    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+    grace_seconds: u64,
 }
 
 #[derive(Debug, Args)]
@@ -429,11 +441,7 @@ pub fn main() -> ExitCode {
                     &config,
                     p,
                     crate::service::SuperviseArgs {
-                        concurrency: args.concurrency.unwrap_or_else(|| {
-                            std::thread::available_parallelism()
-                                .map(|n| n.get())
-                                .unwrap_or(2)
-                        }),
+                        concurrency: args.concurrency.unwrap_or_else(cores),
                         until_idle: args.until_idle,
                         lease: std::time::Duration::from_secs(args.lease_seconds.max(3)),
                         grace: std::time::Duration::from_secs(args.grace_seconds),
@@ -612,16 +620,6 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
 
 fn serve_command(args: ServeArgs) -> ExitCode {
     let config = args.service.config();
-    let local = match &config.storage {
-        crate::config::StorageUrl::File(root) => {
-            match crate::storage::fs::FsStore::open(root, &config.public_url) {
-                Ok(s) => Some(std::sync::Arc::new(s)),
-                Err(e) => return usage(e),
-            }
-        }
-        // S3 serves its own presigned links.
-        crate::config::StorageUrl::S3 { .. } => None,
-    };
     let rt = match runtime() {
         Ok(rt) => rt,
         Err(e) => return usage(format!("starting the runtime: {e}")),
@@ -635,24 +633,27 @@ fn serve_command(args: ServeArgs) -> ExitCode {
         Ok(p) => std::sync::Arc::new(p),
         Err(e) => return usage(chain(&e.into())),
     };
-    let base = args.work_dir.unwrap_or_else(std::env::temp_dir);
-    let work_dir = match crate::workdir::WorkDir::create(&base) {
-        Ok(w) => w,
-        Err(e) => return usage(format!("{e:#}")),
-    };
-    let served = rt.block_on(async {
-        let store = crate::service::open_registry(&config).await?;
-        let objects = crate::service::open_store(&config).await?;
-        let api = std::sync::Arc::new(crate::api::Api::new(
-            store,
-            objects,
-            policies,
-            work_dir.path().to_path_buf(),
-        ));
-        crate::serve::run(crate::serve::app(api, local), &args.listen, limits)
-            .await
-            .map_err(|e| crate::service::CommandError::Failed(chain(&e)))
-    });
+    let embedded = config.database_url.starts_with("sqlite:");
+    let concurrency = args
+        .supervise
+        .unwrap_or_else(|| if embedded { cores() } else { 0 });
+    let served = rt.block_on(crate::service::serve(
+        &config,
+        policies,
+        crate::service::ServeArgs {
+            listen: args.listen,
+            limits,
+            work_dir: args.work_dir.clone(),
+            supervise: crate::service::SuperviseArgs {
+                concurrency,
+                until_idle: false,
+                lease: std::time::Duration::from_secs(args.lease_seconds.max(3)),
+                grace: std::time::Duration::from_secs(args.grace_seconds),
+                work_dir: args.work_dir,
+                outage_budget: std::time::Duration::from_secs(24 * 3600),
+            },
+        },
+    ));
     match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -663,6 +664,12 @@ fn serve_command(args: ServeArgs) -> ExitCode {
             }
         }
     }
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
 }
 
 fn doctor_command(args: DoctorArgs) -> ExitCode {

@@ -13,6 +13,7 @@ pub mod doctor;
 #[cfg(feature = "test-seam")]
 pub mod hostile;
 pub mod jobs;
+pub mod liveness;
 pub mod policy;
 pub mod process;
 pub mod serve;

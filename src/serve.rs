@@ -6,8 +6,9 @@
 //! `axum::serve` does not set: a cap on open connections ([`Limits::max_connections`]; past it,
 //! new ones wait in the kernel's backlog), and a header-read timeout that also closes idle
 //! keep-alive connections ([`Limits::header_timeout`]), so neither a slowloris client nor
-//! thousands of idle sockets can starve a real download. Every request gets an id
-//! (`x-request-id`) and one access-log line: method, route, status, duration — never the query,
+//! thousands of idle sockets can starve a real download. Every request has an id (the client's
+//! plain `X-Request-Id`, or a new UUID), echoed in the response, its error body and the audit
+//! rows it writes, and one access-log line: method, route, status, duration — never the query,
 //! which carries the link's signature.
 
 use std::sync::Arc;
@@ -132,7 +133,31 @@ pub fn app(api: Arc<crate::api::Api>, local: Option<Arc<FsStore>>) -> Router {
         routes = routes.merge(downloads(store));
     }
     // On every response, including unmatched routes and the downloads.
-    with_access_log(routes.layer(axum::middleware::map_response(crate::api::security_headers)))
+    with_access_log(
+        routes
+            .layer(axum::middleware::map_response(crate::api::security_headers))
+            .layer(axum::middleware::from_fn(request_scope)),
+    )
+}
+
+/// Audit rows written while handling the request record its id.
+async fn request_scope(req: Request, next: axum::middleware::Next) -> Response {
+    let id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-")
+        .to_string();
+    crate::jobs::request::scope(id, next.run(req)).await
+}
+
+/// Whether a client's `X-Request-Id` is kept: 1-128 characters of `A-Z a-z 0-9 . _ : -`, so it
+/// is safe in logs, audit rows and headers. Anything else is replaced by a new UUID.
+pub fn acceptable_request_id(v: &HeaderValue) -> bool {
+    let b = v.as_bytes();
+    (1..=128).contains(&b.len())
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b':' | b'-'))
 }
 
 /// Request ids and one access-log line per request. The last layer added runs first: the id is
@@ -175,10 +200,18 @@ fn with_access_log(routes: Router) -> Router {
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(trace)
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
-        // A client's own x-request-id is not trusted into the logs: every request gets a new one.
+        // A client's own X-Request-Id is honoured when it is plain; otherwise a new one is made.
         .layer(axum::middleware::map_request(
             |mut req: Request| async move {
-                req.headers_mut().remove("x-request-id");
+                let keep = req
+                    .headers()
+                    .get_all("x-request-id")
+                    .iter()
+                    .map(acceptable_request_id)
+                    .collect::<Vec<_>>();
+                if keep != [true] {
+                    req.headers_mut().remove("x-request-id");
+                }
                 req
             },
         ))

@@ -354,11 +354,8 @@ pub struct SuperviseArgs {
     pub outage_budget: Duration,
 }
 
-pub async fn supervise(
-    config: &ServiceConfig,
-    policies: Policies,
-    args: SuperviseArgs,
-) -> Result<crate::supervisor::Summary, CommandError> {
+/// Refuse to supervise on a host that cannot run the sandbox.
+fn check_host(policies: &Policies) -> Result<(), CommandError> {
     let problems = airlock_sandbox::host::HostSupport::probe().problems(&policies.sandbox);
     if !problems.is_empty() {
         return Err(CommandError::Failed(format!(
@@ -366,24 +363,25 @@ pub async fn supervise(
             problems.join("; ")
         )));
     }
-    let jobs = open_jobs(config).await?;
-    let store = open_store(config).await?;
-    let base = args.work_dir.unwrap_or_else(std::env::temp_dir);
-    let work_dir =
-        crate::workdir::WorkDir::create(&base).map_err(|e| CommandError::Failed(e.to_string()))?;
-    tracing::info!(work_dir = %work_dir.path().display(), "staging inputs here");
-    let settings = Settings {
+    Ok(())
+}
+
+fn settings(args: &SuperviseArgs, work_dir: &Path) -> Settings {
+    Settings {
         concurrency: args.concurrency,
         lease: args.lease,
         grace: args.grace,
         poll: Duration::from_millis(200),
         until_idle: args.until_idle,
-        work_dir: work_dir.path().to_path_buf(),
+        work_dir: work_dir.to_path_buf(),
         outage_budget: args.outage_budget,
         breaker_threshold: 3,
         breaker_cooldown: Duration::from_secs(30),
-    };
-    let supervisor = Arc::new(Supervisor::new(jobs, store, Arc::new(policies), settings));
+    }
+}
+
+/// A watch that turns true on SIGINT or SIGTERM.
+pub fn shutdown_on_signal() -> tokio::sync::watch::Receiver<bool> {
     let (tx, rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         let mut term =
@@ -392,12 +390,152 @@ pub async fn supervise(
             _ = tokio::signal::ctrl_c() => {}
             _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
         }
-        tracing::info!("shutdown requested: no new claims; finishing in-flight jobs");
+        tracing::info!("shutdown requested");
         let _ = tx.send(true);
     });
-    let summary = supervisor.run(rx).await;
+    rx
+}
+
+pub async fn supervise(
+    config: &ServiceConfig,
+    policies: Policies,
+    args: SuperviseArgs,
+) -> Result<crate::supervisor::Summary, CommandError> {
+    check_host(&policies)?;
+    let jobs = open_jobs(config).await?;
+    let store = open_store(config).await?;
+    let base = args.work_dir.clone().unwrap_or_else(std::env::temp_dir);
+    let work_dir =
+        crate::workdir::WorkDir::create(&base).map_err(|e| CommandError::Failed(e.to_string()))?;
+    tracing::info!(work_dir = %work_dir.path().display(), "staging inputs here");
+    let supervisor = Arc::new(Supervisor::new(
+        jobs,
+        store,
+        Arc::new(policies),
+        settings(&args, work_dir.path()),
+    ));
+    let summary = supervisor.run(shutdown_on_signal()).await;
     drop(work_dir);
     Ok(summary)
+}
+
+/// `airlock serve`'s options beyond the service configuration.
+#[derive(Debug)]
+pub struct ServeArgs {
+    pub listen: String,
+    pub limits: crate::serve::Limits,
+    pub work_dir: Option<PathBuf>,
+    /// Supervisors run in the same process (`--supervise N`): jobs at once; 0 for none.
+    pub supervise: SuperviseArgs,
+}
+
+/// The tenant created on the embedded default's first start.
+pub const FIRST_TENANT: &str = "demo";
+
+/// Whether this is the embedded default's first start: the built-in SQLite URL, and no database
+/// yet. Only then does `serve` create the database (with the versioned migrations, as `airlock
+/// migrate` would), a tenant and its first key; a database URL someone typed is never created
+/// by anything but `migrate`, so a typo cannot start an empty queue.
+fn first_start(config: &ServiceConfig) -> bool {
+    config.database_url == crate::config::DEFAULT_DATABASE_URL
+        && config
+            .database_url
+            .strip_prefix("sqlite://")
+            .is_some_and(|p| !Path::new(p).exists())
+}
+
+/// `airlock serve`: the tenant API (and local downloads), plus `supervise.concurrency`
+/// supervisor slots in the same process, until SIGINT/SIGTERM; then the listener stops, in-flight
+/// requests drain and the supervisor finishes or gives back its jobs.
+pub async fn serve(
+    config: &ServiceConfig,
+    policies: Arc<Policies>,
+    args: ServeArgs,
+) -> Result<(), CommandError> {
+    if args.supervise.concurrency > 0 {
+        check_host(&policies).map_err(|e| {
+            CommandError::Failed(format!(
+                "{e}; or run with --supervise 0 and supervise elsewhere"
+            ))
+        })?;
+    }
+    if first_start(config) {
+        let schema = migrate(config).await?;
+        let store = open_registry(config).await?;
+        let now = store.now().await.map_err(failed)?;
+        store
+            .create_tenant(FIRST_TENANT, "default", now)
+            .await
+            .map_err(tenant_error)?;
+        let (_, key) = store
+            .create_key(FIRST_TENANT, "first-start", now)
+            .await
+            .map_err(tenant_error)?;
+        // Standard output, once, like `airlock key create`; never the log.
+        println!(
+            "airlock: first start: created {} ({schema}) with tenant {FIRST_TENANT:?} and its API key:\n\n  {}\n\nIt is shown only now (only its SHA-256 is stored); `airlock key create --tenant {FIRST_TENANT}` makes another.",
+            crate::config::DEFAULT_DATA_DIR,
+            key.expose()
+        );
+    }
+    let store = open_registry(config).await?;
+    let objects = open_store(config).await?;
+    let local = match &config.storage {
+        crate::config::StorageUrl::File(root) => Some(Arc::new(
+            crate::storage::fs::FsStore::open(root, &config.public_url)
+                .map_err(|e| CommandError::Usage(e.to_string()))?,
+        )),
+        // S3 serves its own presigned links.
+        crate::config::StorageUrl::S3 { .. } => None,
+    };
+    let base = args.work_dir.clone().unwrap_or_else(std::env::temp_dir);
+    let work_dir =
+        crate::workdir::WorkDir::create(&base).map_err(|e| CommandError::Failed(e.to_string()))?;
+    let liveness = crate::liveness::Liveness::start();
+    let api = Arc::new(
+        crate::api::Api::new(
+            store.clone(),
+            objects.clone(),
+            policies.clone(),
+            work_dir.path().to_path_buf(),
+        )
+        .with_liveness(liveness.clone()),
+    );
+    let shutdown = shutdown_on_signal();
+    let supervisor = (args.supervise.concurrency > 0).then(|| {
+        let jobs: Shared = store.clone();
+        let supervisor = Arc::new(
+            Supervisor::new(
+                jobs,
+                objects.clone(),
+                policies.clone(),
+                settings(&args.supervise, work_dir.path()),
+            )
+            .with_liveness(liveness.clone()),
+        );
+        tokio::spawn(supervisor.run(shutdown.clone()))
+    });
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .map_err(|e| CommandError::Usage(format!("cannot listen on {}: {e}", args.listen)))?;
+    let mut stop = shutdown.clone();
+    let served = crate::serve::serve_router(
+        listener,
+        crate::serve::app(api, local),
+        args.limits,
+        async move {
+            let _ = stop.wait_for(|s| *s).await;
+        },
+    )
+    .await;
+    if let Some(task) = supervisor {
+        match task.await {
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "the supervisor task failed"),
+        }
+    }
+    drop(work_dir);
+    served.map_err(|e| CommandError::Failed(format!("{e:#}")))
 }
 
 /// `airlock sweep` / `airlock purge`: the summary, and whether anything failed.

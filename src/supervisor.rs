@@ -121,6 +121,8 @@ pub struct Supervisor {
     cancel: process::Cancel,
     breaker: Mutex<Breaker>,
     runner: Arc<dyn Runner>,
+    /// Beaten on every turn of the claim loop, for `/healthz` when run inside `serve`.
+    liveness: Option<crate::liveness::Liveness>,
 }
 
 /// How an attempt ended.
@@ -185,6 +187,19 @@ impl Supervisor {
             runner: Arc::new(Sandboxed {
                 policies: policies_for_runner,
             }),
+            liveness: None,
+        }
+    }
+
+    /// The same supervisor, beating `liveness` on every turn of its claim loop.
+    pub fn with_liveness(mut self, liveness: crate::liveness::Liveness) -> Self {
+        self.liveness = Some(liveness);
+        self
+    }
+
+    fn beat(&self) {
+        if let Some(l) = &self.liveness {
+            l.beat_supervisor();
         }
     }
 
@@ -277,6 +292,7 @@ impl Supervisor {
         let mut next_reap = 0;
         tracing::info!(owner = %self.owner, concurrency = self.settings.concurrency, "supervisor started");
         loop {
+            self.beat();
             if *shutdown.borrow() {
                 break;
             }
@@ -304,12 +320,15 @@ impl Supervisor {
             let permit = tokio::select! {
                 p = slots.clone().acquire_owned() => p.expect("semaphore is never closed"),
                 _ = shutdown.changed() => continue,
+                // Every slot busy: the loop still turns (and beats) once a second.
+                _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
             };
             // After the permit: the job that just gave it back may have opened the breaker.
             if let Some(until) = self.breaker_open_until() {
                 drop(permit);
+                let turn = tokio::time::Instant::now() + Duration::from_secs(1);
                 tokio::select! {
-                    _ = tokio::time::sleep_until(until) => {}
+                    _ = tokio::time::sleep_until(until.min(turn)) => {}
                     _ = shutdown.changed() => {}
                 }
                 continue;
@@ -347,6 +366,9 @@ impl Supervisor {
                     db_backoff = (db_backoff * 2).min(30);
                 }
             }
+        }
+        if let Some(l) = &self.liveness {
+            l.supervisor_stopped();
         }
         self.drain(tasks).await;
         let summary = self.summary.lock().map(|s| s.clone()).unwrap_or_default();

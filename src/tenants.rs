@@ -347,12 +347,13 @@ impl SqlStore {
         request_id: &str,
         now: i64,
     ) -> Result<(), JobError> {
-        sqlx::query("INSERT INTO airlock_audit (job_id, tenant, at, from_state, to_state, detail) VALUES ($1, $2, $3, $4, $4, $5)")
+        sqlx::query("INSERT INTO airlock_audit (job_id, tenant, at, from_state, to_state, detail, request_id) VALUES ($1, $2, $3, $4, $4, $5, $6)")
             .bind(job.to_string())
             .bind(tenant)
             .bind(now)
             .bind(state.as_str())
-            .bind(format!("link issued: {artifact}; request {request_id}"))
+            .bind(format!("link issued: {artifact}"))
+            .bind(request_id)
             .execute(self.pool())
             .await?;
         Ok(())

@@ -78,6 +78,8 @@ impl Server {
             )
             .env("AIRLOCK_LISTEN", format!("127.0.0.1:{port}"))
             .env("AIRLOCK_PUBLIC_URL", &base)
+            // Jobs stay queued unless a test runs them: these tests look at every state.
+            .args(["--supervise", "0"])
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
@@ -573,4 +575,263 @@ async fn download_delete_receipts_and_readiness() {
 
     let ready = reqwest::get(format!("{}/readyz", s.base)).await.unwrap();
     assert_eq!(ready.status(), 200);
+}
+
+/// The embedded default's quickstart: `airlock serve` in an empty directory creates the
+/// database, a tenant and its key (printed once), runs jobs in the same process, and a client's
+/// X-Request-Id reaches the response, the error bodies and the job's audit rows.
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_alone_is_the_quickstart() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let base = format!("http://127.0.0.1:{port}");
+    let start = || {
+        airlock()
+            .arg("serve")
+            .current_dir(dir.path())
+            .env_remove("AIRLOCK_DATABASE_URL")
+            .env_remove("AIRLOCK_STORAGE_URL")
+            .env("AIRLOCK_LISTEN", format!("127.0.0.1:{port}"))
+            .env("AIRLOCK_PUBLIC_URL", &base)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let wait_ready = || async {
+        for _ in 0..400 {
+            if let Ok(r) = reqwest::get(format!("{base}/healthz")).await {
+                if r.status() == 200 {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("serve never answered /healthz");
+    };
+    let stop = |mut child: Child| {
+        rustix::process::kill_process(
+            rustix::process::Pid::from_child(&child),
+            rustix::process::Signal::TERM,
+        )
+        .unwrap();
+        let status = child.wait().unwrap();
+        let mut out = String::new();
+        use std::io::Read;
+        child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut out)
+            .unwrap();
+        (status, out)
+    };
+
+    let first = start();
+    wait_ready().await;
+    let client = reqwest::Client::new();
+    let file = fixture("valid/leads.csv");
+    let res = client
+        .post(format!("{base}/v1/jobs"))
+        .header("content-type", "text/csv")
+        .body(std::fs::read(&file).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401, "no key yet");
+    // The key is on standard output; it has to be read after the server stops, so stop it,
+    // start it again (no new key: the database exists), and use the first key.
+    let (status, out) = stop(first);
+    assert!(status.success(), "{status:?}");
+    let key = out
+        .split_whitespace()
+        .find(|w| w.starts_with("al_live_"))
+        .unwrap_or_else(|| panic!("no key printed: {out:?}"))
+        .to_string();
+    assert!(out.contains("\"demo\""), "{out}");
+
+    let second = start();
+    wait_ready().await;
+    let res = client
+        .post(format!("{base}/v1/jobs?name=leads.csv"))
+        .header("authorization", format!("Bearer {key}"))
+        .header("content-type", "text/csv")
+        .header("x-request-id", "pipeline-run-42")
+        .body(std::fs::read(&file).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
+    assert_eq!(res.headers()["x-request-id"], "pipeline-run-42");
+    let job: Value = serde_json::from_slice(&res.bytes().await.unwrap()).unwrap();
+    assert_eq!(job["tenant"], "demo");
+    let id = job["id"].as_str().unwrap().to_string();
+    // An unacceptable request id is replaced, never echoed.
+    let res = client
+        .get(format!("{base}/v1/jobs/{}", uuid::Uuid::new_v4()))
+        .header("authorization", format!("Bearer {key}"))
+        .header("x-request-id", "bad id <script>")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
+    let rid = res.headers()["x-request-id"].to_str().unwrap().to_string();
+    assert_eq!(rid.len(), 36, "{rid}");
+    let body: Value = serde_json::from_slice(&res.bytes().await.unwrap()).unwrap();
+    assert_eq!(body["error"]["request_id"], rid.as_str());
+
+    // The in-process supervisor runs it.
+    let mut state = Value::Null;
+    for _ in 0..400 {
+        let v: Value = client
+            .get(format!("{base}/v1/jobs/{id}"))
+            .header("authorization", format!("Bearer {key}"))
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .map(|b| serde_json::from_slice(&b).unwrap())
+            .unwrap();
+        state = v["state"].clone();
+        if state == "succeeded" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(state, "succeeded");
+    let clean = client
+        .get(format!("{base}/v1/jobs/{id}/output"))
+        .header("authorization", format!("Bearer {key}"))
+        .header("x-request-id", "fetch-7")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(clean.status(), 200, "followed the 303");
+    assert_eq!(
+        Some(String::from_utf8_lossy(&clean.bytes().await.unwrap()).into_owned()),
+        crate::common::process(&file, &[]).output()
+    );
+    let (status, out) = stop(second);
+    assert!(status.success(), "{status:?}");
+    assert!(!out.contains("al_live_"), "a second start prints no key");
+
+    // The request ids are in the audit trail: the enqueue and the link.
+    use sqlx::Row;
+    let db = dir.path().join("airlock-data/airlock.db");
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .unwrap();
+    let rows = sqlx::query(
+        "SELECT to_state, detail, request_id FROM airlock_audit WHERE job_id = ? ORDER BY id",
+    )
+    .bind(&id)
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let rows: Vec<(String, Option<String>, Option<String>)> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(
+        rows.first().map(|r| (r.0.as_str(), r.2.as_deref())),
+        Some(("queued", Some("pipeline-run-42"))),
+        "{rows:?}"
+    );
+    assert!(
+        rows.iter()
+            .any(|r| r.1.as_deref() == Some("link issued: output")
+                && r.2.as_deref() == Some("fetch-7")),
+        "{rows:?}"
+    );
+    // Rows the supervisor wrote carry no request.
+    assert!(
+        rows.iter().any(|r| r.0 == "succeeded" && r.2.is_none()),
+        "{rows:?}"
+    );
+}
+
+/// `/healthz` fails, naming the part, when a heartbeat stops: the runtime's ticker, or an
+/// in-process supervisor's claim loop.
+#[tokio::test(flavor = "multi_thread")]
+async fn healthz_fails_when_a_part_stalls() {
+    use airlock::jobs::JobStore;
+    use airlock::liveness::Liveness;
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/airlock.db", dir.path().display());
+    airlock::jobs::open_sql(&url, true)
+        .await
+        .unwrap()
+        .migrate()
+        .await
+        .unwrap();
+    let store = airlock::jobs::open_sql(&url, false).await.unwrap();
+    let objects: std::sync::Arc<dyn airlock::storage::ObjectStore> = std::sync::Arc::new(
+        airlock::storage::fs::FsStore::open(&dir.path().join("storage"), "http://127.0.0.1:1")
+            .unwrap(),
+    );
+    let policies = std::sync::Arc::new(airlock::policy::Policies::load(None).unwrap());
+    let serve = |liveness: Liveness| {
+        let api = std::sync::Arc::new(
+            airlock::api::Api::new(
+                store.clone(),
+                objects.clone(),
+                policies.clone(),
+                dir.path().to_path_buf(),
+            )
+            .with_liveness(liveness),
+        );
+        let app = airlock::serve::app(api, None);
+        async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let base = format!("http://{}", listener.local_addr().unwrap());
+            tokio::spawn(airlock::serve::serve_router(
+                listener,
+                app,
+                airlock::serve::Limits::default(),
+                std::future::pending(),
+            ));
+            base
+        }
+    };
+    let health = |base: String| async move {
+        let r = reqwest::get(format!("{base}/healthz")).await.unwrap();
+        let status = r.status().as_u16();
+        (status, r.text().await.unwrap())
+    };
+
+    // A ticking runtime and a turning supervisor: healthy.
+    let live =
+        Liveness::with_limits(Duration::from_millis(1500), Duration::from_millis(1500)).ticking();
+    let base = serve(live.clone()).await;
+    let turning = live.clone();
+    let beating = tokio::spawn(async move {
+        loop {
+            turning.beat_supervisor();
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    assert_eq!(health(base.clone()).await.0, 200);
+    // The supervisor's loop stops turning: 503 once its limit passes.
+    beating.abort();
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let (status, body) = health(base.clone()).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("\"supervisor\""), "{body}");
+    // A supervisor that stopped on purpose is no longer watched.
+    live.supervisor_stopped();
+    assert_eq!(health(base).await.0, 200);
+
+    // A runtime whose ticker never runs (blocked, or starved) is reported as such.
+    let stalled = Liveness::with_limits(Duration::from_millis(500), Duration::from_secs(60));
+    let base = serve(stalled).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let (status, body) = health(base).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("\"runtime\""), "{body}");
 }

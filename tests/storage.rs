@@ -391,6 +391,14 @@ async fn serve_gives_each_artifact_its_media_type_and_a_request_id() {
             .unwrap();
         assert_eq!(resp.status(), 200);
         assert_eq!(resp.headers()["content-type"], want, "{kind:?}");
+        // A plain client id is honoured; anything else is replaced by a new UUID.
+        assert_eq!(resp.headers()["x-request-id"], "client-chosen");
+        let resp = reqwest::Client::new()
+            .get(&url)
+            .header("x-request-id", "two words")
+            .send()
+            .await
+            .unwrap();
         let id = resp.headers()["x-request-id"].to_str().unwrap();
         assert!(uuid::Uuid::parse_str(id).is_ok(), "{id}");
     }

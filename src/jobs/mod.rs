@@ -16,6 +16,7 @@
 //! the embedded default; one host).
 
 pub mod postgres;
+pub mod request;
 pub mod schema;
 pub mod sql;
 pub mod sqlite;

@@ -39,6 +39,12 @@ const STEPS: &[Step] = &[
         postgres: include_str!("../../migrations/postgres/0003_tenants_api_keys.sql"),
         sqlite: include_str!("../../migrations/sqlite/0003_tenants_api_keys.sql"),
     },
+    Step {
+        version: 4,
+        description: "audit request id",
+        postgres: include_str!("../../migrations/postgres/0004_audit_request_id.sql"),
+        sqlite: include_str!("../../migrations/sqlite/0004_audit_request_id.sql"),
+    },
 ];
 
 /// The version this binary needs.

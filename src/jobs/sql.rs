@@ -84,15 +84,25 @@ async fn audit(
     to: &str,
     detail: Option<&str>,
 ) -> Result<(), JobError> {
-    sqlx::query("INSERT INTO airlock_audit (job_id, tenant, at, from_state, to_state, detail) VALUES ($1, $2, $3, $4, $5, $6)")
+    // Only a row written for an API request names the column (schema version 4), so the
+    // writes of the CLI, supervisors and the sweeper are the same as before it.
+    let request = crate::jobs::request::current();
+    let sql = if request.is_some() {
+        "INSERT INTO airlock_audit (job_id, tenant, at, from_state, to_state, detail, request_id) VALUES ($1, $2, $3, $4, $5, $6, $7)"
+    } else {
+        "INSERT INTO airlock_audit (job_id, tenant, at, from_state, to_state, detail) VALUES ($1, $2, $3, $4, $5, $6)"
+    };
+    let mut q = sqlx::query(sql)
         .bind(id)
         .bind(tenant)
         .bind(now)
         .bind(from)
         .bind(to)
-        .bind(detail)
-        .execute(&mut **tx)
-        .await?;
+        .bind(detail);
+    if let Some(r) = request {
+        q = q.bind(r);
+    }
+    q.execute(&mut **tx).await?;
     Ok(())
 }
 
@@ -904,15 +914,18 @@ impl JobStore for SqlStore {
         q.execute(&mut *tx).await?;
         let values: Vec<String> = (0..marked.len())
             .map(|i| {
-                let b = 3 + i * 3;
-                format!("(${b}, ${}, $1, ${}, 'purged', $2)", b + 1, b + 2)
+                let b = 4 + i * 3;
+                format!("(${b}, ${}, $1, ${}, 'purged', $2, $3)", b + 1, b + 2)
             })
             .collect();
         let sql = format!(
-            "INSERT INTO airlock_audit (job_id, tenant, at, from_state, to_state, detail) VALUES {}",
+            "INSERT INTO airlock_audit (job_id, tenant, at, from_state, to_state, detail, request_id) VALUES {}",
             values.join(", ")
         );
-        let mut q = sqlx::query(&sql).bind(now).bind(reason);
+        let mut q = sqlx::query(&sql)
+            .bind(now)
+            .bind(reason)
+            .bind(crate::jobs::request::current());
         for r in &marked {
             let (tenant, state) = &held[&r.job_id.to_string()];
             q = q
