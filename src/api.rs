@@ -21,6 +21,8 @@ use uuid::Uuid;
 
 use crate::jobs::sql::SqlStore;
 use crate::jobs::{JobState, JobStore};
+use crate::service::JobView;
+use crate::storage::Artifact;
 use crate::tenants::{ApiKey, Caller, Cursor};
 
 /// What the API handlers share.
@@ -100,30 +102,110 @@ impl UploadSlots {
 /// An upload that sends nothing for this long is dropped.
 const BODY_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// The stable codes of API errors, each with its one HTTP status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// 401: no key, or a malformed, unknown or revoked one, or a key in the URL.
+    Unauthenticated,
+    /// 404: no such job (another tenant's looks the same).
+    NotFound,
+    /// 400: a parameter or header is malformed.
+    BadRequest,
+    /// 415: the body is not `text/csv` or `application/octet-stream`.
+    UnsupportedMediaType,
+    /// 411: `Content-Length` is missing.
+    LengthRequired,
+    /// 413: larger than the plan allows.
+    TooLarge,
+    /// 429: too many uploads at once.
+    TooManyUploads,
+    /// 429: too many requests; see `Retry-After`.
+    RateLimited,
+    /// 408: the upload stalled.
+    BodyTimeout,
+    /// 400: the body did not match `Content-Length`.
+    IncompleteBody,
+    /// 410: the job's files were deleted.
+    Purged,
+    /// 409: the job has not finished.
+    NotFinished,
+    /// 404: the job has no such artifact.
+    NoArtifact,
+    /// 409: the job is running.
+    JobRunning,
+    /// 409: the job is being erased; retry.
+    Busy,
+    /// 409: the uploaded object does not match the declared size or SHA-256.
+    UploadMismatch,
+    /// 410: the upload's link expired before it was completed.
+    UploadExpired,
+    /// 503: a backing service failed; retry.
+    Unavailable,
+}
+
+impl ErrorCode {
+    pub fn status(self) -> StatusCode {
+        use ErrorCode::*;
+        match self {
+            Unauthenticated => StatusCode::UNAUTHORIZED,
+            NotFound | NoArtifact => StatusCode::NOT_FOUND,
+            BadRequest | IncompleteBody => StatusCode::BAD_REQUEST,
+            UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            LengthRequired => StatusCode::LENGTH_REQUIRED,
+            TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            TooManyUploads | RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            Purged | UploadExpired => StatusCode::GONE,
+            NotFinished | JobRunning | Busy | UploadMismatch => StatusCode::CONFLICT,
+            Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+}
+
+/// The body of every API error.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    pub code: ErrorCode,
+    /// What happened and what to do, for people.
+    pub message: String,
+    /// The request's id: the `X-Request-Id` response header, in the logs and audit rows.
+    pub request_id: String,
+}
+
 /// An API error: a stable code, a message, and the request's id.
 #[derive(Debug)]
 pub struct ApiError {
-    status: StatusCode,
-    code: &'static str,
+    code: ErrorCode,
     message: String,
     request_id: String,
+    retry_after: Option<u64>,
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>, rid: &str) -> Self {
+    fn new(code: ErrorCode, message: impl Into<String>, rid: &str) -> Self {
         ApiError {
-            status,
             code,
             message: message.into(),
             request_id: rid.to_string(),
+            retry_after: None,
         }
+    }
+
+    fn retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(seconds.max(1));
+        self
     }
 
     /// The one answer for every authentication failure: nothing tells them apart.
     fn unauthenticated(rid: &str) -> Self {
         Self::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthenticated",
+            ErrorCode::Unauthenticated,
             "send a valid API key as `Authorization: Bearer al_live_…` (never in the URL)",
             rid,
         )
@@ -131,14 +213,13 @@ impl ApiError {
 
     /// Missing, and another tenant's, look the same.
     fn not_found(rid: &str) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "not_found", "no such job", rid)
+        Self::new(ErrorCode::NotFound, "no such job", rid)
     }
 
     fn unavailable(rid: &str, e: &dyn std::fmt::Display) -> Self {
-        tracing::warn!(error = %e, "the job store failed");
+        tracing::warn!(error = %e, "a backing service failed");
         Self::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
+            ErrorCode::Unavailable,
             "the service is unavailable; retry later",
             rid,
         )
@@ -147,17 +228,24 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({"error": {
-            "code": self.code,
-            "message": self.message,
-            "request_id": self.request_id,
-        }});
-        let mut res = (self.status, Json(body)).into_response();
-        if self.status == StatusCode::UNAUTHORIZED {
+        let status = self.code.status();
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code,
+                message: self.message,
+                request_id: self.request_id,
+            },
+        };
+        let mut res = (status, Json(body)).into_response();
+        if status == StatusCode::UNAUTHORIZED {
             res.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static("Bearer realm=\"airlock\""),
             );
+        }
+        if let Some(s) = self.retry_after {
+            res.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(s));
         }
         res
     }
@@ -230,19 +318,83 @@ impl FromRequestParts<Arc<Api>> for Authed {
     }
 }
 
+/// The OpenAPI document's frame: title, the Bearer scheme, and the shared schemas.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "Airlock tenant API",
+        description = "Submit untrusted CSV uploads as jobs and fetch their results. Every `/v1` route takes a tenant's API key as `Authorization: Bearer al_live_…`; the tenant comes from the key.",
+    ),
+    modifiers(&BearerKey),
+    components(schemas(ErrorBody, ErrorCode, crate::jobs::Receipt))
+)]
+struct ApiDoc;
+
+struct BearerKey;
+
+impl utoipa::Modify for BearerKey {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("al_live_ + 43 base62 characters")
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// Every route with its documentation: one list, so the document cannot miss a route.
+fn documented() -> utoipa_axum::router::OpenApiRouter<Arc<Api>> {
+    use utoipa::OpenApi;
+    use utoipa_axum::routes;
+    utoipa_axum::router::OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(list_jobs, create_job))
+        .routes(routes!(get_job, delete_job))
+        .routes(routes!(artifact_link))
+        .routes(routes!(receipts))
+}
+
+/// The OpenAPI document of this API.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    let (_, mut doc) = documented()
+        .routes(utoipa_axum::routes!(openapi_json))
+        .split_for_parts();
+    doc.info.version = env!("CARGO_PKG_VERSION").to_string();
+    doc
+}
+
 pub fn router(api: Arc<Api>) -> Router {
-    let v1 = Router::new()
-        .route("/v1/jobs", get(list_jobs).post(create_job))
-        .route("/v1/jobs/{id}", get(get_job).delete(delete_job))
-        .route("/v1/jobs/{id}/{artifact}", get(artifact_link))
-        .route("/v1/receipts", get(receipts))
-        .layer(axum::middleware::map_response(security_headers));
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .merge(v1)
+    let doc: Arc<str> = openapi().to_pretty_json().unwrap_or_default().into();
+    let (routes, _) = documented().split_for_parts();
+    routes
+        .route(
+            "/v1/openapi.json",
+            get(move || {
+                let doc = doc.clone();
+                async move {
+                    (
+                        [(header::CONTENT_TYPE, "application/json")],
+                        doc.to_string(),
+                    )
+                }
+            }),
+        )
+        .layer(axum::middleware::map_response(security_headers))
         .with_state(api)
 }
+
+/// `GET /v1/openapi.json`: this document (documented here; served by [`router`]).
+#[utoipa::path(get, path = "/v1/openapi.json", tag = "meta",
+    responses((status = 200, description = "The OpenAPI 3.1 document", content_type = "application/json")))]
+#[allow(dead_code)]
+async fn openapi_json() {}
 
 /// Headers on every tenant response: nothing is cached, sniffed, framed or referred.
 pub async fn security_headers(mut res: Response) -> Response {
@@ -261,6 +413,9 @@ pub async fn security_headers(mut res: Response) -> Response {
 
 /// `GET /healthz`: liveness. 503 naming the part whose heartbeat stopped (the runtime's ticker,
 /// or an in-process supervisor's claim loop); no answer at all when the runtime is blocked.
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "Alive", body = String),
+              (status = 503, description = "A part stalled: `{\"status\": \"stalled\", \"part\": \"runtime\"|\"supervisor\"}`")))]
 async fn healthz(State(api): State<Arc<Api>>) -> Response {
     match api.liveness.as_ref().map_or(Ok(()), |l| l.check()) {
         Ok(()) => "ok".into_response(),
@@ -275,29 +430,56 @@ async fn healthz(State(api): State<Arc<Api>>) -> Response {
     }
 }
 
+/// One of the caller's jobs.
+#[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs", security(("api_key" = [])),
+    params(("id" = String, Path, description = "The job's id")),
+    responses((status = 200, body = JobView),
+              (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn get_job(
     State(api): State<Arc<Api>>,
     auth: Authed,
     Path(id): Path<String>,
-) -> Result<Response, ApiError> {
+) -> Result<Json<JobView>, ApiError> {
     let job = own_job(&api, &auth, &id).await?;
-    Ok(Json(crate::service::job_json(&job)).into_response())
+    Ok(Json(JobView::from(&job)))
 }
 
-#[derive(Debug, Deserialize)]
+/// A page of jobs.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct JobPage {
+    pub jobs: Vec<JobView>,
+    /// Pass as `cursor` for the next page; null on the last.
+    pub next_cursor: Option<String>,
+}
+
+/// The caller's deletion receipts.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ReceiptList {
+    pub receipts: Vec<crate::jobs::Receipt>,
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 struct ListQuery {
+    /// Only jobs in this state.
     state: Option<String>,
+    /// 1-500 [default 50].
     limit: Option<i64>,
+    /// `next_cursor` of the previous page.
     cursor: Option<String>,
 }
 
+/// The caller's jobs, newest first, cursor-paged.
+#[utoipa::path(get, path = "/v1/jobs", tag = "jobs", security(("api_key" = [])),
+    params(ListQuery),
+    responses((status = 200, body = JobPage),
+              (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
 async fn list_jobs(
     State(api): State<Arc<Api>>,
     auth: Authed,
     Query(q): Query<ListQuery>,
-) -> Result<Response, ApiError> {
+) -> Result<Json<JobPage>, ApiError> {
     let rid = &auth.request_id;
-    let bad = |m: &str| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", m, rid);
+    let bad = |m: &str| ApiError::new(ErrorCode::BadRequest, m, rid);
     let state = match q.state.as_deref() {
         None | Some("") => None,
         Some(s) => Some(JobState::parse(s).ok_or_else(|| {
@@ -327,15 +509,15 @@ async fn list_jobs(
         }
         .encode()
     });
-    Ok(Json(serde_json::json!({
-        "jobs": page.iter().map(crate::service::job_json).collect::<Vec<_>>(),
-        "next_cursor": next,
+    Ok(Json(JobPage {
+        jobs: page.iter().map(JobView::from).collect(),
+        next_cursor: next,
     }))
-    .into_response())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 struct CreateQuery {
+    /// The upload's file name (or send `X-File-Name`); sanitised.
     name: Option<String>,
 }
 
@@ -361,6 +543,17 @@ fn sanitize_name(raw: Option<&str>) -> String {
 /// `application/octet-stream` are accepted (415). The body is streamed to a private temp file,
 /// never held in memory, then uploaded and enqueued like `airlock submit` does. The file name
 /// comes from `X-File-Name` or `?name=`, sanitised; `Idempotency-Key` returns the same job.
+#[utoipa::path(post, path = "/v1/jobs", tag = "jobs", security(("api_key" = [])),
+    params(CreateQuery,
+        ("Content-Length" = u64, Header, description = "Required; checked against the plan before anything is read"),
+        ("Idempotency-Key" = Option<String>, Header, description = "The same key returns the same job"),
+        ("X-File-Name" = Option<String>, Header, description = "The upload's file name")),
+    request_body(content = Vec<u8>, description = "The CSV", content_type = "text/csv"),
+    responses((status = 202, description = "The job, queued", body = JobView),
+              (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 408, body = ErrorBody), (status = 411, body = ErrorBody),
+              (status = 413, body = ErrorBody), (status = 415, body = ErrorBody),
+              (status = 429, body = ErrorBody)))]
 async fn create_job(
     State(api): State<Arc<Api>>,
     auth: Authed,
@@ -373,7 +566,7 @@ async fn create_job(
 
     let rid = auth.request_id.as_str();
     let tenant = auth.caller.tenant.as_str();
-    let err = |status, code, m: String| ApiError::new(status, code, m, rid);
+    let err = |code, m: String| ApiError::new(code, m, rid);
     let media = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -389,8 +582,7 @@ async fn create_job(
         Some("text/csv") | Some("application/octet-stream")
     ) {
         return Err(err(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
+            ErrorCode::UnsupportedMediaType,
             "send the CSV as text/csv or application/octet-stream".into(),
         ));
     }
@@ -400,8 +592,7 @@ async fn create_job(
         .and_then(|v| v.parse::<u64>().ok())
     else {
         return Err(err(
-            StatusCode::LENGTH_REQUIRED,
-            "length_required",
+            ErrorCode::LengthRequired,
             "send Content-Length (the size is checked against your plan before anything is read)"
                 .into(),
         ));
@@ -421,8 +612,7 @@ async fn create_job(
         .map_err(|e| ApiError::unavailable(rid, &e))?;
     if length > plan.limits.max_bytes {
         return Err(err(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too_large",
+            ErrorCode::TooLarge,
             format!(
                 "the file is {length} bytes; your plan allows {}",
                 plan.limits.max_bytes
@@ -434,8 +624,7 @@ async fn create_job(
             Ok(k) if !k.is_empty() && k.len() <= 255 => Some(k.to_string()),
             _ => {
                 return Err(err(
-                    StatusCode::BAD_REQUEST,
-                    "bad_request",
+                    ErrorCode::BadRequest,
                     "Idempotency-Key must be 1-255 visible characters".into(),
                 ))
             }
@@ -449,19 +638,15 @@ async fn create_job(
             .or(q.name.as_deref()),
     );
     let Some(_slots) = api.uploads.try_take(tenant) else {
-        let mut res = err(
-            StatusCode::TOO_MANY_REQUESTS,
-            "too_many_uploads",
+        return Err(err(
+            ErrorCode::TooManyUploads,
             format!(
                 "at most {} uploads at once per tenant ({} in all); retry shortly",
                 UploadSlots::PER_TENANT,
                 UploadSlots::TOTAL
             ),
         )
-        .into_response();
-        res.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
-        return Ok(res);
+        .retry_after(5));
     };
     // Stage the body: streamed, capped at the declared length, and dropped when it stalls.
     let staging = tempfile::Builder::new()
@@ -483,16 +668,14 @@ async fn create_job(
             Ok(None) => break,
             Err(_) => {
                 return Err(err(
-                    StatusCode::REQUEST_TIMEOUT,
-                    "body_timeout",
+                    ErrorCode::BodyTimeout,
                     format!("the upload sent nothing for {} s", BODY_IDLE.as_secs()),
                 ))
             }
         };
         let frame = frame.map_err(|_| {
             err(
-                StatusCode::BAD_REQUEST,
-                "incomplete_body",
+                ErrorCode::IncompleteBody,
                 "the upload ended before Content-Length bytes arrived".into(),
             )
         })?;
@@ -502,8 +685,7 @@ async fn create_job(
         received += chunk.len() as u64;
         if received > length {
             return Err(err(
-                StatusCode::BAD_REQUEST,
-                "incomplete_body",
+                ErrorCode::IncompleteBody,
                 "the body is longer than Content-Length".into(),
             ));
         }
@@ -513,8 +695,7 @@ async fn create_job(
     }
     if received != length {
         return Err(err(
-            StatusCode::BAD_REQUEST,
-            "incomplete_body",
+            ErrorCode::IncompleteBody,
             "the upload ended before Content-Length bytes arrived".into(),
         ));
     }
@@ -539,16 +720,12 @@ async fn create_job(
     .await;
     drop(staging);
     let id = submitted.map_err(|e| match e {
-        crate::service::CommandError::Refused(m) => {
-            err(StatusCode::PAYLOAD_TOO_LARGE, "too_large", m)
-        }
+        crate::service::CommandError::Refused(m) => err(ErrorCode::TooLarge, m),
         e => ApiError::unavailable(rid, &e),
     })?;
     tracing::info!(job_id = %id, bytes = received, "job submitted");
     match api.store.get(id).await {
-        Ok(Some(job)) => {
-            Ok((StatusCode::ACCEPTED, Json(crate::service::job_json(&job))).into_response())
-        }
+        Ok(Some(job)) => Ok((StatusCode::ACCEPTED, Json(JobView::from(&job))).into_response()),
         Ok(None) => Err(ApiError::unavailable(
             rid,
             &"the new job is not readable yet",
@@ -571,6 +748,9 @@ async fn own_job(api: &Api, auth: &Authed, id: &str) -> Result<crate::jobs::JobR
 }
 
 /// `GET /readyz`: the job store and the object store both answer.
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses((status = 200, description = "`{\"database\": \"ok\", \"storage\": \"ok\"}`"),
+              (status = 503, description = "One of them is `unavailable`")))]
 async fn readyz(State(api): State<Arc<Api>>) -> Response {
     let db = api.store.now().await.is_ok();
     // One cheap request: a HEAD of a key that does not exist.
@@ -592,6 +772,12 @@ async fn readyz(State(api): State<Arc<Api>>) -> Response {
 /// `GET /v1/jobs/{id}/{output|rejects|report}`: 303 to a fresh presigned link (the presign
 /// policy's TTL, at most 300 s), recorded in the job's audit trail. Refused for unfinished (409)
 /// and purged (410) jobs.
+#[utoipa::path(get, path = "/v1/jobs/{id}/{artifact}", tag = "jobs", security(("api_key" = [])),
+    params(("id" = String, Path, description = "The job's id"),
+           ("artifact" = Artifact, Path, description = "output, rejects or report")),
+    responses((status = 303, description = "`Location` is a fresh presigned link (≤ 300 s)"),
+              (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 409, body = ErrorBody), (status = 410, body = ErrorBody)))]
 async fn artifact_link(
     State(api): State<Arc<Api>>,
     auth: Authed,
@@ -599,24 +785,19 @@ async fn artifact_link(
 ) -> Result<Response, ApiError> {
     let rid = auth.request_id.clone();
     let job = own_job(&api, &auth, &id).await?;
-    let (key, suffix) = match artifact.as_str() {
-        "output" => (&job.output_key, "clean.csv"),
-        "rejects" => (&job.rejects_key, "rejects.csv"),
-        "report" => (&job.report_key, "report.json"),
-        _ => return Err(ApiError::not_found(&rid)),
+    let Some(artifact) = Artifact::parse(&artifact) else {
+        return Err(ApiError::not_found(&rid));
     };
     if job.state == JobState::Purged {
         return Err(ApiError::new(
-            StatusCode::GONE,
-            "purged",
+            ErrorCode::Purged,
             "the job's files were deleted (retention or erasure)",
             &rid,
         ));
     }
     if !job.state.is_finished() {
         return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "not_finished",
+            ErrorCode::NotFinished,
             format!(
                 "the job is {}; files exist only once it has finished",
                 job.state
@@ -624,10 +805,9 @@ async fn artifact_link(
             &rid,
         ));
     }
-    let Some(key) = key.as_deref() else {
+    let Some(key) = artifact.key_of(&job) else {
         return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "no_artifact",
+            ErrorCode::NoArtifact,
             format!("this job has no {artifact} (it is {})", job.state),
             &rid,
         ));
@@ -638,13 +818,9 @@ async fn artifact_link(
         .presign
         .ttl(None)
         .map_err(|e| ApiError::unavailable(&rid, &e))?;
-    let stem = std::path::Path::new(&job.file_name)
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "upload".into());
     let url = api
         .objects
-        .presign_get(&key, ttl, &format!("{stem}.{suffix}"))
+        .presign_get(&key, ttl, &artifact.file_name(&job.file_name))
         .await
         .map_err(|e| ApiError::unavailable(&rid, &e))?;
     let now = api
@@ -653,7 +829,7 @@ async fn artifact_link(
         .await
         .map_err(|e| ApiError::unavailable(&rid, &e))?;
     api.store
-        .record_link(job.id, &job.tenant, job.state, &artifact, &rid, now)
+        .record_link(job.id, &job.tenant, job.state, artifact, &rid, now)
         .await
         .map_err(|e| ApiError::unavailable(&rid, &e))?;
     let location = HeaderValue::from_str(&url).map_err(|e| ApiError::unavailable(&rid, &e))?;
@@ -662,6 +838,11 @@ async fn artifact_link(
 
 /// `DELETE /v1/jobs/{id}`: a queued job is cancelled; a finished or cancelled one is erased now,
 /// with a deletion receipt; a running one is refused (409).
+#[utoipa::path(delete, path = "/v1/jobs/{id}", tag = "jobs", security(("api_key" = [])),
+    params(("id" = String, Path, description = "The job's id")),
+    responses((status = 200, description = "Erased (its receipt is in `GET /v1/receipts`)", body = JobView),
+              (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 409, body = ErrorBody), (status = 410, body = ErrorBody)))]
 async fn delete_job(
     State(api): State<Arc<Api>>,
     auth: Authed,
@@ -677,16 +858,14 @@ async fn delete_job(
     match job.state {
         JobState::Running => {
             return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "job_running",
+                ErrorCode::JobRunning,
                 "the job is running; delete it once it has finished",
                 &rid,
             ))
         }
         JobState::Purged => {
             return Err(ApiError::new(
-                StatusCode::GONE,
-                "purged",
+                ErrorCode::Purged,
                 "the job's files were already deleted",
                 &rid,
             ))
@@ -697,8 +876,7 @@ async fn delete_job(
                 // Claimed meanwhile.
                 Err(crate::jobs::JobError::WrongState { .. }) => {
                     return Err(ApiError::new(
-                        StatusCode::CONFLICT,
-                        "job_running",
+                        ErrorCode::JobRunning,
                         "the job started; delete it once it has finished",
                         &rid,
                     ))
@@ -723,13 +901,12 @@ async fn delete_job(
         .map_err(|e| ApiError::unavailable(&rid, &e))?
         .ok_or_else(|| ApiError::not_found(&rid))?;
     if summary.jobs_purged == 1 {
-        return Ok(Json(crate::service::job_json(&after)).into_response());
+        return Ok(Json(JobView::from(&after)).into_response());
     }
     if after.state == JobState::Purged {
         // Another erasure (or the retention sweep) got there first.
         return Err(ApiError::new(
-            StatusCode::GONE,
-            "purged",
+            ErrorCode::Purged,
             "the job's files were already deleted",
             &rid,
         ));
@@ -742,19 +919,23 @@ async fn delete_job(
     }
     // Held by a sweep, or cancelled while running and its attempt may still upload.
     Err(ApiError::new(
-        StatusCode::CONFLICT,
-        "busy",
+        ErrorCode::Busy,
         "the job is being erased or its last run is winding down; retry in a minute",
         &rid,
     ))
 }
 
 /// `GET /v1/receipts`: the caller's deletion receipts, oldest first.
-async fn receipts(State(api): State<Arc<Api>>, auth: Authed) -> Result<Response, ApiError> {
+#[utoipa::path(get, path = "/v1/receipts", tag = "jobs", security(("api_key" = [])),
+    responses((status = 200, body = ReceiptList), (status = 401, body = ErrorBody)))]
+async fn receipts(
+    State(api): State<Arc<Api>>,
+    auth: Authed,
+) -> Result<Json<ReceiptList>, ApiError> {
     let list = api
         .store
         .receipts(&auth.caller.tenant)
         .await
         .map_err(|e| ApiError::unavailable(&auth.request_id, &e))?;
-    Ok(Json(serde_json::json!({ "receipts": list })).into_response())
+    Ok(Json(ReceiptList { receipts: list }))
 }

@@ -12,7 +12,7 @@ use uuid::Uuid;
 use crate::config::ServiceConfig;
 use crate::jobs::{Clock, JobError, JobRecord, JobState, JobStore, NewJob, Shared, Submitted};
 use crate::policy::Policies;
-use crate::storage::{Kind, ObjectKey, ObjectStore, PutMeta};
+use crate::storage::{Artifact, Kind, ObjectKey, ObjectStore, PutMeta};
 use crate::supervisor::{Settings, Supervisor};
 
 /// A command's failure, with the exit status it maps to.
@@ -247,38 +247,55 @@ pub async fn status(
     config: &ServiceConfig,
     job: &str,
     tenant: Option<&str>,
-) -> Result<serde_json::Value, CommandError> {
+) -> Result<JobView, CommandError> {
     let jobs = open_jobs(config).await?;
     let r = find(&jobs, job, tenant).await?;
-    Ok(job_json(&r))
+    Ok(JobView::from(&r))
 }
 
 /// A job as `status` and the API show it: state, times, result code, report summary and which
 /// artifacts can be fetched. Never keys or file names.
-pub fn job_json(r: &JobRecord) -> serde_json::Value {
-    let artifacts: Vec<&str> = [
-        ("output", &r.output_key),
-        ("rejects", &r.rejects_key),
-        ("report", &r.report_key),
-    ]
-    .into_iter()
-    .filter(|(_, k)| k.is_some() && r.state != JobState::Purged)
-    .map(|(n, _)| n)
-    .collect();
-    serde_json::json!({
-        "id": r.id,
-        "tenant": r.tenant,
-        "state": r.state,
-        "plan": r.plan,
-        "attempts": r.attempts,
-        "created_at_ms": r.created_at,
-        "started_at_ms": r.started_at,
-        "finished_at_ms": r.finished_at,
-        "purged_at_ms": r.purged_at,
-        "result_code": r.result_code,
-        "report": r.summary,
-        "artifacts": artifacts,
-    })
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct JobView {
+    pub id: Uuid,
+    pub tenant: String,
+    pub state: JobState,
+    pub plan: String,
+    pub attempts: i32,
+    pub created_at_ms: i64,
+    pub started_at_ms: Option<i64>,
+    pub finished_at_ms: Option<i64>,
+    pub purged_at_ms: Option<i64>,
+    /// Why the job failed, when it did (see the failure codes).
+    pub result_code: Option<String>,
+    /// The worker's report, summarised; the full report is the `report` artifact.
+    #[schema(value_type = Option<Object>)]
+    pub report: Option<crate::jobs::JobSummary>,
+    /// What `GET /v1/jobs/{id}/{artifact}` can fetch now.
+    pub artifacts: Vec<crate::storage::Artifact>,
+}
+
+impl From<&JobRecord> for JobView {
+    fn from(r: &JobRecord) -> Self {
+        let artifacts = Artifact::ALL
+            .into_iter()
+            .filter(|a| a.key_of(r).is_some() && r.state != JobState::Purged)
+            .collect();
+        JobView {
+            id: r.id,
+            tenant: r.tenant.clone(),
+            state: r.state,
+            plan: r.plan.clone(),
+            attempts: r.attempts,
+            created_at_ms: r.created_at,
+            started_at_ms: r.started_at,
+            finished_at_ms: r.finished_at,
+            purged_at_ms: r.purged_at,
+            result_code: r.result_code.clone(),
+            report: r.summary.clone(),
+            artifacts,
+        }
+    }
 }
 
 pub async fn link(
@@ -305,27 +322,18 @@ pub async fn link(
             r.id, r.state
         )));
     }
-    let (key, suffix) = match artifact {
-        "output" => (&r.output_key, "clean.csv"),
-        "rejects" => (&r.rejects_key, "rejects.csv"),
-        "report" => (&r.report_key, "report.json"),
-        other => {
-            return Err(CommandError::Usage(format!(
-                "--artifact {other:?}: use output, rejects or report"
-            )))
-        }
+    let Some(artifact) = crate::storage::Artifact::parse(artifact) else {
+        return Err(CommandError::Usage(format!(
+            "--artifact {artifact:?}: use output, rejects or report"
+        )));
     };
-    let key = key.as_deref().ok_or_else(|| {
+    let key = artifact.key_of(&r).ok_or_else(|| {
         CommandError::Refused(format!("job {} ({}) has no {artifact}", r.id, r.state))
     })?;
     let key = ObjectKey::parse(key).map_err(failed)?;
-    let stem = Path::new(&r.file_name)
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "upload".into());
     let store = open_store(config).await?;
     store
-        .presign_get(&key, ttl, &format!("{stem}.{suffix}"))
+        .presign_get(&key, ttl, &artifact.file_name(&r.file_name))
         .await
         .map_err(failed)
 }

@@ -343,7 +343,7 @@ impl SqlStore {
         job: Uuid,
         tenant: &str,
         state: crate::jobs::JobState,
-        artifact: &str,
+        artifact: crate::storage::Artifact,
         request_id: &str,
         now: i64,
     ) -> Result<(), JobError> {

@@ -21,8 +21,66 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use uuid::Uuid;
 
+/// A job's result a tenant can fetch (`link --artifact`, `GET /v1/jobs/{id}/{artifact}`).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Artifact {
+    Output,
+    Rejects,
+    Report,
+}
+
+impl Artifact {
+    pub const ALL: [Artifact; 3] = [Artifact::Output, Artifact::Rejects, Artifact::Report];
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|a| a.as_str() == s)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Artifact::Output => "output",
+            Artifact::Rejects => "rejects",
+            Artifact::Report => "report",
+        }
+    }
+
+    /// The download name: the upload's stem and this.
+    pub fn file_name(self, upload: &str) -> String {
+        let stem = std::path::Path::new(upload)
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "upload".into());
+        let suffix = match self {
+            Artifact::Output => "clean.csv",
+            Artifact::Rejects => "rejects.csv",
+            Artifact::Report => "report.json",
+        };
+        format!("{stem}.{suffix}")
+    }
+
+    /// Its key in a job, if the job has it.
+    pub fn key_of(self, job: &crate::jobs::JobRecord) -> Option<&str> {
+        match self {
+            Artifact::Output => job.output_key.as_deref(),
+            Artifact::Rejects => job.rejects_key.as_deref(),
+            Artifact::Report => job.report_key.as_deref(),
+        }
+    }
+}
+
+impl std::fmt::Display for Artifact {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Which artifact a key holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Kind {
     Input,
