@@ -24,6 +24,7 @@ use crate::jobs::{JobState, JobStore};
 use crate::service::JobView;
 use crate::storage::Artifact;
 use crate::tenants::{ApiKey, Caller, Cursor};
+use sha2::Digest;
 
 /// What the API handlers share.
 #[derive(Debug)]
@@ -35,6 +36,11 @@ pub struct Api {
     pub work_dir: std::path::PathBuf,
     uploads: UploadSlots,
     liveness: Option<crate::liveness::Liveness>,
+    pub metrics: Arc<crate::metrics::Metrics>,
+    limiters: crate::ratelimit::Limiters,
+    /// When set, `/metrics` needs `Authorization: Bearer` this; otherwise it answers loopback
+    /// clients that came through no proxy only.
+    metrics_token: Option<String>,
 }
 
 impl Api {
@@ -51,7 +57,28 @@ impl Api {
             work_dir,
             uploads: UploadSlots::default(),
             liveness: None,
+            metrics: Arc::new(crate::metrics::Metrics::default()),
+            limiters: crate::ratelimit::Limiters::new(crate::ratelimit::Rates::default()),
+            metrics_token: None,
         }
+    }
+
+    /// Request rate limits other than the defaults.
+    pub fn with_rates(mut self, rates: crate::ratelimit::Rates) -> Self {
+        self.limiters = crate::ratelimit::Limiters::new(rates);
+        self
+    }
+
+    /// `/metrics` answers this bearer token (from anywhere).
+    pub fn with_metrics_token(mut self, token: Option<String>) -> Self {
+        self.metrics_token = token.filter(|t| !t.is_empty());
+        self
+    }
+
+    /// Metrics shared with a supervisor in the same process.
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// `/healthz` answers from these heartbeats.
@@ -279,6 +306,87 @@ fn key_in_query(query: &str) -> bool {
     })
 }
 
+fn rate_limited(rid: &str, wait: std::time::Duration, whose: &str) -> ApiError {
+    ApiError::new(
+        ErrorCode::RateLimited,
+        format!("too many requests from {whose}; retry after the Retry-After seconds"),
+        rid,
+    )
+    .retry_after(wait.as_secs_f64().ceil() as u64)
+}
+
+/// The client's address, set on every request by `serve` (the TCP peer).
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub std::net::SocketAddr);
+
+/// The per-IP budget of `/v1` requests, checked before any key is looked up.
+async fn limit_ip(
+    State(api): State<Arc<Api>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if req.uri().path().starts_with("/v1/") {
+        if let Some(ClientAddr(peer)) = req.extensions().get::<ClientAddr>().copied() {
+            if let Err(wait) = api.limiters.check_ip(peer.ip()) {
+                return rate_limited(&request_id(req.headers()), wait, "this address")
+                    .into_response();
+            }
+        }
+    }
+    next.run(req).await
+}
+
+/// `GET /metrics`: Prometheus text. Tenant names are in it, so it is for operators: with a
+/// metrics token configured, it needs that token; without, only loopback clients that came
+/// through no proxy (no `Forwarded`/`X-Forwarded-For`) get it. Everyone else gets a plain 404.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain"),
+              (status = 404, description = "Not for this client")))]
+async fn metrics(State(api): State<Arc<Api>>, req: axum::extract::Request) -> Response {
+    let headers = req.headers();
+    let allowed = match &api.metrics_token {
+        Some(token) => headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .is_some_and(|t| {
+                use subtle::ConstantTimeEq;
+                let (a, b) = (
+                    sha2::Sha256::digest(t.as_bytes()),
+                    sha2::Sha256::digest(token.as_bytes()),
+                );
+                bool::from(a.ct_eq(&b))
+            }),
+        None => {
+            req.extensions()
+                .get::<ClientAddr>()
+                .is_some_and(|c| c.0.ip().is_loopback())
+                && !headers.contains_key(header::FORWARDED)
+                && !headers.contains_key("x-forwarded-for")
+        }
+    };
+    if !allowed {
+        return StatusCode::NOT_FOUND.into_response();
+    }
+    let rid = request_id(headers);
+    let counts = match api.store.counts().await {
+        Ok(c) => c,
+        Err(e) => return ApiError::unavailable(&rid, &e).into_response(),
+    };
+    let (oldest, now) = match (api.store.oldest_queued().await, api.store.now().await) {
+        (Ok(o), Ok(n)) => (o, n),
+        (Err(e), _) | (_, Err(e)) => return ApiError::unavailable(&rid, &e).into_response(),
+    };
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        api.metrics.render(&counts, &oldest, now),
+    )
+        .into_response()
+}
+
 /// An authenticated caller, from `Authorization: Bearer`.
 #[derive(Debug)]
 pub struct Authed {
@@ -307,6 +415,9 @@ impl FromRequestParts<Arc<Api>> for Authed {
         match api.store.authenticate(&presented).await {
             Ok(Some(caller)) => {
                 tracing::Span::current().record("tenant", caller.tenant.as_str());
+                if let Err(wait) = api.limiters.check_key(caller.key_id) {
+                    return Err(rate_limited(&rid, wait, "this API key"));
+                }
                 Ok(Authed {
                     caller,
                     request_id: rid,
@@ -359,6 +470,7 @@ fn documented() -> utoipa_axum::router::OpenApiRouter<Arc<Api>> {
         .routes(routes!(get_job, delete_job))
         .routes(routes!(artifact_link))
         .routes(routes!(receipts))
+        .routes(routes!(metrics))
 }
 
 /// The OpenAPI document of this API.
@@ -386,6 +498,7 @@ pub fn router(api: Arc<Api>) -> Router {
                 }
             }),
         )
+        .layer(axum::middleware::from_fn_with_state(api.clone(), limit_ip))
         .layer(axum::middleware::map_response(security_headers))
         .with_state(api)
 }

@@ -340,6 +340,21 @@ struct ServeArgs {
     /// How long in-flight jobs may run on after SIGTERM before they are given back.
     #[arg(long, value_name = "SECONDS", default_value_t = 60)]
     grace_seconds: u64,
+    /// Requests per second per API key (bursts of twice that); 0 for no limit.
+    #[arg(long, value_name = "N", default_value_t = 50)]
+    rate_per_key: u32,
+    /// Requests per second per client IP address (bursts of twice that); 0 for no limit.
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    rate_per_ip: u32,
+    /// A bearer token that opens `/metrics` to any client; without one, only loopback clients
+    /// that came through no proxy get it.
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "AIRLOCK_METRICS_TOKEN",
+        hide_env_values = true
+    )]
+    metrics_token: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -643,6 +658,11 @@ fn serve_command(args: ServeArgs) -> ExitCode {
         crate::service::ServeArgs {
             listen: args.listen,
             limits,
+            rates: crate::ratelimit::Rates {
+                per_key: args.rate_per_key,
+                per_ip: args.rate_per_ip,
+            },
+            metrics_token: args.metrics_token,
             work_dir: args.work_dir.clone(),
             supervise: crate::service::SuperviseArgs {
                 concurrency,

@@ -128,6 +128,7 @@ pub fn router(store: Arc<FsStore>) -> Router {
 
 /// Everything `airlock serve` answers: the tenant API, and the downloads when storage is local.
 pub fn app(api: Arc<crate::api::Api>, local: Option<Arc<FsStore>>) -> Router {
+    let metrics = api.metrics.clone();
     let mut routes = crate::api::router(api);
     if let Some(store) = local {
         routes = routes.merge(downloads(store));
@@ -136,8 +137,32 @@ pub fn app(api: Arc<crate::api::Api>, local: Option<Arc<FsStore>>) -> Router {
     with_access_log(
         routes
             .layer(axum::middleware::map_response(crate::api::security_headers))
-            .layer(axum::middleware::from_fn(request_scope)),
+            .layer(axum::middleware::from_fn(request_scope))
+            .layer(axum::middleware::from_fn_with_state(metrics, measure)),
     )
+}
+
+/// Requests by route, method and status, and their durations, for `/metrics`.
+async fn measure(
+    State(metrics): State<Arc<crate::metrics::Metrics>>,
+    req: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |p| p.as_str())
+        .to_string();
+    let method = req.method().clone();
+    let start = std::time::Instant::now();
+    let res = next.run(req).await;
+    metrics.request(
+        &route,
+        method.as_str(),
+        res.status().as_u16(),
+        start.elapsed(),
+    );
+    res
 }
 
 /// Audit rows written while handling the request record its id.
@@ -319,7 +344,7 @@ pub async fn serve_router(
         header_timeout_s = limits.header_timeout.as_secs(),
         "serving"
     );
-    let service = TowerToHyperService::new(app);
+    let app = app;
     let mut http = hyper::server::conn::http1::Builder::new();
     // Without a timer hyper cannot time anything out.
     http.timer(TokioTimer::new())
@@ -346,7 +371,15 @@ pub async fn serve_router(
             _ = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service.clone()));
+        // Every request on this connection knows its peer (per-IP limits, /metrics access).
+        let service = TowerToHyperService::new(tower::util::MapRequest::new(
+            app.clone(),
+            move |mut req: axum::http::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(crate::api::ClientAddr(peer));
+                req
+            },
+        ));
+        let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(%peer, timeout = e.is_timeout(), error = %e, "connection ended");

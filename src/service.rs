@@ -432,6 +432,8 @@ pub async fn supervise(
 pub struct ServeArgs {
     pub listen: String,
     pub limits: crate::serve::Limits,
+    pub rates: crate::ratelimit::Rates,
+    pub metrics_token: Option<String>,
     pub work_dir: Option<PathBuf>,
     /// Supervisors run in the same process (`--supervise N`): jobs at once; 0 for none.
     pub supervise: SuperviseArgs,
@@ -500,6 +502,7 @@ pub async fn serve(
     let work_dir =
         crate::workdir::WorkDir::create(&base).map_err(|e| CommandError::Failed(e.to_string()))?;
     let liveness = crate::liveness::Liveness::start();
+    let metrics = Arc::new(crate::metrics::Metrics::default());
     let api = Arc::new(
         crate::api::Api::new(
             store.clone(),
@@ -507,7 +510,10 @@ pub async fn serve(
             policies.clone(),
             work_dir.path().to_path_buf(),
         )
-        .with_liveness(liveness.clone()),
+        .with_liveness(liveness.clone())
+        .with_metrics(metrics.clone())
+        .with_rates(args.rates)
+        .with_metrics_token(args.metrics_token.clone()),
     );
     let shutdown = shutdown_on_signal();
     let supervisor = (args.supervise.concurrency > 0).then(|| {
@@ -519,7 +525,8 @@ pub async fn serve(
                 policies.clone(),
                 settings(&args.supervise, work_dir.path()),
             )
-            .with_liveness(liveness.clone()),
+            .with_liveness(liveness.clone())
+            .with_metrics(metrics.clone()),
         );
         tokio::spawn(supervisor.run(shutdown.clone()))
     });

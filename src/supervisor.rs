@@ -123,6 +123,7 @@ pub struct Supervisor {
     runner: Arc<dyn Runner>,
     /// Beaten on every turn of the claim loop, for `/healthz` when run inside `serve`.
     liveness: Option<crate::liveness::Liveness>,
+    metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 /// How an attempt ended.
@@ -188,6 +189,19 @@ impl Supervisor {
                 policies: policies_for_runner,
             }),
             liveness: None,
+            metrics: None,
+        }
+    }
+
+    /// The same supervisor, counting claims, outcomes and durations in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    fn measure(&self, f: impl FnOnce(&crate::metrics::Metrics)) {
+        if let Some(m) = &self.metrics {
+            f(m);
         }
     }
 
@@ -340,6 +354,7 @@ impl Supervisor {
             match claimed {
                 Ok(Some(job)) => {
                     db_backoff = 1;
+                    self.measure(|m| m.claimed());
                     let me = self.clone();
                     let span = tracing::info_span!("job", job_id = %job.id, tenant = %job.tenant, attempt = job.attempt);
                     tasks.spawn(
@@ -509,6 +524,7 @@ impl Supervisor {
             Attempt::Done(done) => match self.complete(job, &done, clock).await {
                 Outcome::Recorded => {
                     tracing::info!(state = %done.state, "job recorded");
+                    self.measure(|m| m.outcome(done.state.as_str(), claimed_at.elapsed()));
                     self.infrastructure_ok();
                     self.count(|s| match done.state {
                         JobState::Succeeded => s.succeeded += 1,
@@ -547,6 +563,7 @@ impl Supervisor {
                     Retry::Never
                 };
                 tracing::warn!(code = %code, detail = %detail, "attempt failed");
+                self.measure(|m| m.outcome(code.as_str(), claimed_at.elapsed()));
                 match self
                     .write(clock, |now| {
                         self.jobs.fail(job.id, job.fence, code, &detail, retry, now)

@@ -359,6 +359,18 @@ impl SqlStore {
         Ok(())
     }
 
+    /// Each tenant with queued jobs, and its oldest queued job's creation time (ms).
+    pub async fn oldest_queued(&self) -> Result<Vec<(String, i64)>, JobError> {
+        let rows = sqlx::query(
+            "SELECT tenant, MIN(created_at) AS oldest FROM airlock_jobs WHERE state = 'queued' GROUP BY tenant ORDER BY tenant",
+        )
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("tenant")?, r.try_get("oldest")?)))
+            .collect()
+    }
+
     /// One tenant's jobs, newest first, `limit` at a time after `after`, optionally in one state.
     pub async fn jobs_of(
         &self,

@@ -50,6 +50,11 @@ impl Server {
     }
 
     async fn start() -> Self {
+        Self::start_with(&["--supervise", "0"]).await
+    }
+
+    /// A server with these `serve` flags.
+    async fn start_with(flags: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -78,8 +83,9 @@ impl Server {
             )
             .env("AIRLOCK_LISTEN", format!("127.0.0.1:{port}"))
             .env("AIRLOCK_PUBLIC_URL", &base)
-            // Jobs stay queued unless a test runs them: these tests look at every state.
-            .args(["--supervise", "0"])
+            // Jobs stay queued unless a test runs them (`start`): these tests look at every
+            // state.
+            .args(flags)
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
@@ -856,6 +862,7 @@ async fn the_openapi_document_matches_the_routes() {
     documented.sort();
     let mut want = vec![
         "GET /healthz",
+        "GET /metrics",
         "GET /readyz",
         "GET /v1/openapi.json",
         "GET /v1/jobs",
@@ -894,4 +901,191 @@ async fn the_openapi_document_matches_the_routes() {
     let codes = &doc["components"]["schemas"]["ErrorCode"]["enum"];
     assert!(codes.as_array().unwrap().len() >= 15, "{codes}");
     assert!(doc["components"]["securitySchemes"]["api_key"].is_object());
+}
+
+/// Past its budget a key gets 429 `rate_limited` with `Retry-After`, and other keys do not
+/// notice; past the per-IP budget every request from that address does, key or not.
+#[tokio::test(flavor = "multi_thread")]
+async fn rate_limits_per_key_and_per_ip() {
+    let s = Server::start_with(&[
+        "--supervise",
+        "0",
+        "--rate-per-key",
+        "2",
+        "--rate-per-ip",
+        "0",
+    ])
+    .await;
+    s.ok(&["tenant", "create", "acme"]);
+    s.ok(&["tenant", "create", "globex"]);
+    let (acme, _) = s.key("acme");
+    let (globex, _) = s.key("globex");
+    let mut limited = None;
+    for _ in 0..20 {
+        let (status, headers, body) = s.get("/v1/jobs", Some(&acme)).await;
+        if status == 429 {
+            limited = Some((headers, body));
+            break;
+        }
+        assert_eq!(status, 200);
+    }
+    let (headers, body) = limited.expect("20 requests at once passed a 2/s budget");
+    assert_eq!(body["error"]["code"], "rate_limited");
+    let retry: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=2).contains(&retry), "{retry}");
+    // Another key is on its own budget.
+    assert_eq!(s.get("/v1/jobs", Some(&globex)).await.0, 200);
+    // After the wait, the key works again.
+    tokio::time::sleep(Duration::from_secs(retry)).await;
+    assert_eq!(s.get("/v1/jobs", Some(&acme)).await.0, 200);
+    drop(s);
+
+    let s = Server::start_with(&[
+        "--supervise",
+        "0",
+        "--rate-per-key",
+        "0",
+        "--rate-per-ip",
+        "3",
+    ])
+    .await;
+    s.ok(&["tenant", "create", "acme"]);
+    let (acme, _) = s.key("acme");
+    let mut statuses = Vec::new();
+    for i in 0..20 {
+        // Unauthenticated guesses spend the same budget as real requests.
+        let key = if i % 2 == 0 {
+            Some(acme.as_str())
+        } else {
+            None
+        };
+        statuses.push(s.get("/v1/jobs", key).await.0);
+    }
+    assert!(statuses.contains(&429), "{statuses:?}");
+    assert!(
+        statuses[..6].iter().all(|&st| st == 200 || st == 401),
+        "{statuses:?}"
+    );
+    // Liveness and readiness probes are not limited.
+    for _ in 0..20 {
+        assert_eq!(s.get("/healthz", None).await.0, 200);
+    }
+}
+
+/// `/metrics` counts requests, claims, outcomes and durations, and reads jobs by state and
+/// each tenant's queue age from the database; only operators see it.
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_for_operators_only() {
+    let s = Server::start_with(&["--supervise", "0"]).await;
+    s.ok(&["tenant", "create", "acme"]);
+    let (acme, _) = s.key("acme");
+    let file = fixture("valid/leads.csv");
+    let client = reqwest::Client::new();
+    let post = client
+        .post(format!("{}/v1/jobs", s.base))
+        .header("authorization", format!("Bearer {acme}"))
+        .header("content-type", "text/csv")
+        .body(std::fs::read(&file).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(post.status(), 202);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let scrape = |headers: Vec<(&'static str, String)>| {
+        let mut req = client.get(format!("{}/metrics", s.base));
+        for (k, v) in headers {
+            req = req.header(k, v);
+        }
+        async move {
+            let res = req.send().await.unwrap();
+            (res.status().as_u16(), res.text().await.unwrap())
+        }
+    };
+    let (status, text) = scrape(vec![]).await;
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains("airlock_jobs{state=\"queued\"} 1"), "{text}");
+    assert!(
+        text.contains("airlock_jobs{state=\"succeeded\"} 0"),
+        "{text}"
+    );
+    let age = text
+        .lines()
+        .find(|l| l.starts_with("airlock_queue_age_seconds{tenant=\"acme\"}"))
+        .unwrap_or_else(|| panic!("{text}"));
+    let age: f64 = age.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!((1.0..60.0).contains(&age), "{age}");
+    assert!(
+        text.contains(
+            "airlock_http_requests_total{route=\"/v1/jobs\",method=\"POST\",status=\"202\"} 1"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("airlock_http_request_duration_seconds_bucket{le="),
+        "{text}"
+    );
+    // Through a proxy, or from elsewhere: a plain 404, nothing about tenants.
+    let (status, text) = scrape(vec![("x-forwarded-for", "203.0.113.9".into())]).await;
+    assert_eq!(status, 404);
+    assert!(!text.contains("acme"));
+    drop(s);
+
+    // With a token: that token from anywhere, nothing without it. An in-process supervisor's
+    // claims, outcomes and job durations are counted.
+    let s = Server::start_with(&["--supervise", "1", "--metrics-token", "op-secret"]).await;
+    s.ok(&["tenant", "create", "acme"]);
+    let (acme, _) = s.key("acme");
+    let post = client
+        .post(format!("{}/v1/jobs", s.base))
+        .header("authorization", format!("Bearer {acme}"))
+        .header("content-type", "text/csv")
+        .body(std::fs::read(&file).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(post.status(), 202);
+    let scrape = |token: Option<&str>| {
+        let mut req = client.get(format!("{}/metrics", s.base));
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        async move {
+            let res = req.send().await.unwrap();
+            (res.status().as_u16(), res.text().await.unwrap())
+        }
+    };
+    assert_eq!(scrape(None).await.0, 404);
+    assert_eq!(scrape(Some("wrong")).await.0, 404);
+    assert_eq!(
+        scrape(Some(&acme)).await.0,
+        404,
+        "a tenant key is not the token"
+    );
+    let mut text = String::new();
+    for _ in 0..200 {
+        let (status, t) = scrape(Some("op-secret")).await;
+        assert_eq!(status, 200);
+        text = t;
+        if text.contains("airlock_jobs{state=\"succeeded\"} 1") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        text.contains("airlock_jobs{state=\"succeeded\"} 1"),
+        "{text}"
+    );
+    assert!(text.contains("airlock_claims_total 1"), "{text}");
+    assert!(
+        text.contains("airlock_worker_outcomes_total{outcome=\"succeeded\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("airlock_job_duration_seconds_count 1"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("airlock_queue_age_seconds{"),
+        "nothing queued: {text}"
+    );
 }

@@ -54,18 +54,18 @@ impl JobState {
         }
     }
 
+    pub const ALL: [JobState; 7] = [
+        JobState::Queued,
+        JobState::Running,
+        JobState::Succeeded,
+        JobState::Rejected,
+        JobState::Failed,
+        JobState::Cancelled,
+        JobState::Purged,
+    ];
+
     pub fn parse(s: &str) -> Option<Self> {
-        [
-            JobState::Queued,
-            JobState::Running,
-            JobState::Succeeded,
-            JobState::Rejected,
-            JobState::Failed,
-            JobState::Cancelled,
-            JobState::Purged,
-        ]
-        .into_iter()
-        .find(|st| st.as_str() == s)
+        Self::ALL.into_iter().find(|st| st.as_str() == s)
     }
 
     pub fn is_finished(self) -> bool {
