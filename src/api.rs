@@ -470,6 +470,8 @@ fn documented() -> utoipa_axum::router::OpenApiRouter<Arc<Api>> {
         .routes(routes!(get_job, delete_job))
         .routes(routes!(artifact_link))
         .routes(routes!(receipts))
+        .routes(routes!(create_upload))
+        .routes(routes!(complete_upload))
         .routes(routes!(metrics))
 }
 
@@ -710,19 +712,7 @@ async fn create_job(
                 .into(),
         ));
     };
-    let registered = api
-        .store
-        .tenant(tenant)
-        .await
-        .map_err(|e| ApiError::unavailable(rid, &e))?;
-    let plan_name = registered
-        .map(|t| t.plan)
-        .unwrap_or_else(|| "default".into());
-    let plan = api
-        .policies
-        .limits
-        .plan(&plan_name)
-        .map_err(|e| ApiError::unavailable(rid, &e))?;
+    let plan = plan_of(&api, tenant, rid).await?;
     if length > plan.limits.max_bytes {
         return Err(err(
             ErrorCode::TooLarge,
@@ -845,6 +835,237 @@ async fn create_job(
         )),
         Err(e) => Err(ApiError::unavailable(rid, &e)),
     }
+}
+
+/// The tenant's plan (`default` for a tenant submitted to before it was registered).
+async fn plan_of<'a>(
+    api: &'a Api,
+    tenant: &str,
+    rid: &str,
+) -> Result<&'a crate::policy::limits::Plan, ApiError> {
+    let registered = api
+        .store
+        .tenant(tenant)
+        .await
+        .map_err(|e| ApiError::unavailable(rid, &e))?;
+    let name = registered
+        .map(|t| t.plan)
+        .unwrap_or_else(|| "default".into());
+    api.policies
+        .limits
+        .plan(&name)
+        .map_err(|e| ApiError::unavailable(rid, &e))
+}
+
+/// How long an upload link lives.
+const UPLOAD_TTL: std::time::Duration = std::time::Duration::from_secs(10 * 60);
+/// How long after its link expires an upload can still be completed. Past this it is an
+/// orphan; the orphan sweep's grace (hours) is far longer, so nothing it deletes can still be
+/// completed.
+const COMPLETE_GRACE_MS: i64 = 15 * 60 * 1000;
+
+/// `POST /v1/uploads`'s body.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UploadRequest {
+    /// The file's exact size in bytes.
+    pub size: u64,
+    /// The file's SHA-256, hex (as `sha256sum` prints it).
+    pub sha256: String,
+    /// The file's name, for download names; sanitised.
+    pub name: Option<String>,
+}
+
+/// Where and how to upload.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct UploadTicket {
+    /// The upload's id, and the id of the job it becomes.
+    pub id: Uuid,
+    /// Always `PUT`.
+    pub method: String,
+    /// The presigned link (at most 15 minutes).
+    pub url: String,
+    /// Send exactly these headers with the PUT: the signature covers them (the size and the
+    /// SHA-256, which the store verifies).
+    pub headers: std::collections::BTreeMap<String, String>,
+    pub expires_at_ms: i64,
+    /// `POST` here once the PUT succeeded.
+    pub complete_url: String,
+}
+
+/// `POST /v1/uploads`: a presigned PUT for a large file, straight to storage. The size is
+/// checked against the plan first (413); the link's signature covers the exact
+/// `Content-Length` and `x-amz-checksum-sha256`, and it lives 10 minutes.
+#[utoipa::path(post, path = "/v1/uploads", tag = "uploads", security(("api_key" = [])),
+    request_body(content = UploadRequest, content_type = "application/json"),
+    responses((status = 201, body = UploadTicket),
+              (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 413, body = ErrorBody)))]
+async fn create_upload(
+    State(api): State<Arc<Api>>,
+    auth: Authed,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let rid = auth.request_id.as_str();
+    let tenant = auth.caller.tenant.as_str();
+    let bad = |m: String| ApiError::new(ErrorCode::BadRequest, m, rid);
+    let req: UploadRequest = serde_json::from_slice(&body).map_err(|e| {
+        bad(format!(
+            "send JSON {{\"size\": BYTES, \"sha256\": HEX, \"name\": NAME}}: {e}"
+        ))
+    })?;
+    let digest = match hex::decode(&req.sha256) {
+        Ok(d) if d.len() == 32 => d,
+        _ => return Err(bad("sha256 must be 64 hexadecimal characters".into())),
+    };
+    let plan = plan_of(&api, tenant, rid).await?;
+    if req.size > plan.limits.max_bytes {
+        return Err(ApiError::new(
+            ErrorCode::TooLarge,
+            format!(
+                "the file is {} bytes; your plan allows {}",
+                req.size, plan.limits.max_bytes
+            ),
+            rid,
+        ));
+    }
+    use base64::Engine;
+    let sha256_b64 = base64::engine::general_purpose::STANDARD.encode(&digest);
+    let key = crate::storage::ObjectKey::new(crate::storage::Kind::Input);
+    let now = api
+        .store
+        .now()
+        .await
+        .map_err(|e| ApiError::unavailable(rid, &e))?;
+    let put = api
+        .objects
+        .presign_put(&key, req.size, &sha256_b64, UPLOAD_TTL)
+        .await
+        .map_err(|e| ApiError::unavailable(rid, &e))?;
+    let upload = crate::tenants::Upload {
+        id: Uuid::new_v4(),
+        tenant: tenant.to_string(),
+        object_key: key.to_string(),
+        bytes: req.size,
+        sha256_b64,
+        file_name: sanitize_name(req.name.as_deref()),
+        plan: plan.name.clone(),
+        created_at: now,
+        expires_at: now + UPLOAD_TTL.as_millis() as i64,
+        completed_at: None,
+    };
+    api.store
+        .create_upload(&upload)
+        .await
+        .map_err(|e| ApiError::unavailable(rid, &e))?;
+    tracing::info!(upload_id = %upload.id, bytes = upload.bytes, "upload link issued");
+    let ticket = UploadTicket {
+        id: upload.id,
+        method: "PUT".into(),
+        url: put.url,
+        headers: put.headers.into_iter().collect(),
+        expires_at_ms: upload.expires_at,
+        complete_url: format!("/v1/uploads/{}/complete", upload.id),
+    };
+    Ok((StatusCode::CREATED, Json(ticket)).into_response())
+}
+
+/// `POST /v1/uploads/{id}/complete`: the stored object's size and SHA-256 are checked against
+/// what was declared, and the job (with the upload's id) is enqueued. Completing again returns
+/// the same job.
+#[utoipa::path(post, path = "/v1/uploads/{id}/complete", tag = "uploads", security(("api_key" = [])),
+    params(("id" = String, Path, description = "The upload's id")),
+    responses((status = 202, description = "The job, queued", body = JobView),
+              (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 409, description = "Nothing uploaded yet, or not what was declared", body = ErrorBody),
+              (status = 410, body = ErrorBody)))]
+async fn complete_upload(
+    State(api): State<Arc<Api>>,
+    auth: Authed,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let rid = auth.request_id.as_str();
+    let not_found = || ApiError::new(ErrorCode::NotFound, "no such upload", rid);
+    let id = Uuid::parse_str(&id).map_err(|_| not_found())?;
+    let upload = match api.store.upload(id).await {
+        Ok(Some(u)) if u.tenant == auth.caller.tenant => u,
+        Ok(_) => return Err(not_found()),
+        Err(e) => return Err(ApiError::unavailable(rid, &e)),
+    };
+    let queued = |job: crate::jobs::JobRecord| {
+        (StatusCode::ACCEPTED, Json(JobView::from(&job))).into_response()
+    };
+    if let Some(job) = api
+        .store
+        .get(id)
+        .await
+        .map_err(|e| ApiError::unavailable(rid, &e))?
+    {
+        return Ok(queued(job));
+    }
+    let now = api
+        .store
+        .now()
+        .await
+        .map_err(|e| ApiError::unavailable(rid, &e))?;
+    if now > upload.expires_at + COMPLETE_GRACE_MS {
+        return Err(ApiError::new(
+            ErrorCode::UploadExpired,
+            "this upload was not completed in time; ask for a new one",
+            rid,
+        ));
+    }
+    let key = crate::storage::ObjectKey::parse(&upload.object_key)
+        .map_err(|e| ApiError::unavailable(rid, &e))?;
+    let mismatch = |m: String| ApiError::new(ErrorCode::UploadMismatch, m, rid);
+    let stored = match api.objects.digest(&key, upload.bytes).await {
+        Ok(Some(d)) => d,
+        Ok(None) => {
+            return Err(mismatch(
+                "nothing has been uploaded yet: PUT the file to the upload's url first".into(),
+            ))
+        }
+        Err(crate::storage::StorageError::TooLarge { size, .. }) => {
+            return Err(mismatch(format!(
+                "the stored object is {size} bytes; {} were declared",
+                upload.bytes
+            )))
+        }
+        Err(e) => return Err(ApiError::unavailable(rid, &e)),
+    };
+    if stored.size != upload.bytes || stored.sha256_b64 != upload.sha256_b64 {
+        return Err(mismatch(
+            "the stored object's size or SHA-256 is not what was declared".into(),
+        ));
+    }
+    let job = crate::jobs::NewJob {
+        id: upload.id,
+        tenant: upload.tenant.clone(),
+        idempotency_key: None,
+        plan: upload.plan.clone(),
+        input_key: upload.object_key.clone(),
+        input_bytes: upload.bytes as i64,
+        file_name: upload.file_name.clone(),
+        max_attempts: 5,
+    };
+    let submitted = api.store.submit(&job, now).await;
+    // A concurrent completion may have created it: the same id means the same job.
+    let record = api
+        .store
+        .get(id)
+        .await
+        .map_err(|e| ApiError::unavailable(rid, &e))?;
+    let Some(record) = record else {
+        return Err(match submitted {
+            Err(e) => ApiError::unavailable(rid, &e),
+            Ok(_) => ApiError::unavailable(rid, &"the new job is not readable yet"),
+        });
+    };
+    if let Err(e) = api.store.complete_upload(id, now).await {
+        tracing::warn!(error = %e, "marking the upload completed failed (the job exists)");
+    }
+    tracing::info!(job_id = %id, bytes = upload.bytes, "upload completed; job submitted");
+    Ok(queued(record))
 }
 
 /// The caller's job, or the 404 a random id gets (a malformed id included).

@@ -73,7 +73,7 @@ impl ApiError {
             ApiError::MethodNotAllowed => (
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method_not_allowed",
-                "links allow GET only",
+                "download links allow GET only, upload links PUT only",
             ),
             ApiError::Internal => (
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -118,6 +118,7 @@ impl LinkQuery {
 pub fn downloads(store: Arc<FsStore>) -> Router {
     Router::new()
         .route("/o/{*key}", any(download))
+        .route("/u/{*key}", any(upload))
         .with_state(store)
 }
 
@@ -295,6 +296,100 @@ async fn download(
         body,
     )
         .into_response())
+}
+
+/// `PUT /u/{key}?exp&len&sha&sig`: the local backend's presigned upload. The signature covers
+/// the key, the expiry, the exact size and the SHA-256; `Content-Length` and
+/// `x-amz-checksum-sha256` must be those, and the body must match them, or nothing is stored.
+/// An existing object is never replaced.
+async fn upload(
+    State(store): State<Arc<FsStore>>,
+    method: Method,
+    Path(key): Path<String>,
+    Query(query): Query<std::collections::HashMap<String, String>>,
+    headers: axum::http::HeaderMap,
+    body: Body,
+) -> Response {
+    use crate::storage::fs::{check_put_link, receive_upload, UploadError};
+    let refuse = |status: StatusCode, code: &str, message: &str| {
+        (
+            status,
+            [(header::CONTENT_TYPE, "application/json")],
+            serde_json::json!({"error": {"code": code, "message": message}}).to_string(),
+        )
+            .into_response()
+    };
+    if method != Method::PUT {
+        return ApiError::MethodNotAllowed.into_response();
+    }
+    let signed = (|| {
+        let exp: u64 = query.get("exp")?.parse().ok()?;
+        let len: u64 = query.get("len")?.parse().ok()?;
+        Some((
+            exp,
+            len,
+            query.get("sha")?.clone(),
+            query.get("sig")?.clone(),
+        ))
+    })();
+    let Some((exp, len, sha, sig)) = signed else {
+        return ApiError::LinkInvalid.into_response();
+    };
+    let key = match ObjectKey::parse(&key) {
+        Ok(k) if k.kind() == crate::storage::Kind::Input => k,
+        _ => return ApiError::LinkInvalid.into_response(),
+    };
+    match check_put_link(store.signing_key(), key.as_str(), exp, len, &sha, &sig) {
+        Ok(()) => {}
+        Err(LinkError::Expired) => return ApiError::LinkExpired.into_response(),
+        Err(_) => return ApiError::LinkInvalid.into_response(),
+    }
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if header("content-length") != Some(len.to_string().as_str())
+        || header("x-amz-checksum-sha256") != Some(sha.as_str())
+    {
+        return refuse(
+            StatusCode::FORBIDDEN,
+            "headers_not_signed",
+            "send exactly the headers the upload was issued with (Content-Length, x-amz-checksum-sha256)",
+        );
+    }
+    match receive_upload(
+        &store,
+        &key,
+        len,
+        &sha,
+        body.into_data_stream(),
+        Duration::from_secs(30),
+    )
+    .await
+    {
+        Ok(()) => StatusCode::OK.into_response(),
+        Err(UploadError::Mismatch) => refuse(
+            StatusCode::BAD_REQUEST,
+            "bad_digest",
+            "the body's size or SHA-256 is not the signed one",
+        ),
+        Err(UploadError::Incomplete) => refuse(
+            StatusCode::BAD_REQUEST,
+            "incomplete_body",
+            "the body ended before Content-Length bytes",
+        ),
+        Err(UploadError::Stalled) => refuse(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            "the upload sent nothing for 30 s",
+        ),
+        Err(UploadError::Exists) => refuse(
+            StatusCode::CONFLICT,
+            "exists",
+            "this upload was already stored",
+        ),
+        Err(UploadError::Io(e)) => {
+            tracing::error!(error = %e, "storing an upload failed");
+            ApiError::Internal.into_response()
+        }
+    }
 }
 
 async fn shutdown_signal() {

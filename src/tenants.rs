@@ -68,6 +68,23 @@ pub struct KeyInfo {
     pub revoked_at_ms: Option<i64>,
 }
 
+/// A direct-to-bucket upload: what the tenant promised to put, and where.
+#[derive(Debug, Clone)]
+pub struct Upload {
+    /// Also the id of the job it becomes.
+    pub id: Uuid,
+    pub tenant: String,
+    pub object_key: String,
+    pub bytes: u64,
+    pub sha256_b64: String,
+    pub file_name: String,
+    pub plan: String,
+    pub created_at: i64,
+    /// The upload link's end (ms).
+    pub expires_at: i64,
+    pub completed_at: Option<i64>,
+}
+
 /// The caller a key identifies.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
@@ -356,6 +373,59 @@ impl SqlStore {
             .bind(request_id)
             .execute(self.pool())
             .await?;
+        Ok(())
+    }
+
+    /// Record an upload link's promise.
+    pub async fn create_upload(&self, u: &Upload) -> Result<(), JobError> {
+        sqlx::query("INSERT INTO airlock_uploads (id, tenant, object_key, bytes, sha256, file_name, plan, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)")
+            .bind(u.id.to_string())
+            .bind(&u.tenant)
+            .bind(&u.object_key)
+            .bind(u.bytes as i64)
+            .bind(&u.sha256_b64)
+            .bind(&u.file_name)
+            .bind(&u.plan)
+            .bind(u.created_at)
+            .bind(u.expires_at)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
+    /// An upload by id (any tenant's: the caller checks the owner).
+    pub async fn upload(&self, id: Uuid) -> Result<Option<Upload>, JobError> {
+        let row = sqlx::query("SELECT * FROM airlock_uploads WHERE id = $1")
+            .bind(id.to_string())
+            .fetch_optional(self.pool())
+            .await?;
+        row.map(|r| {
+            let id: String = r.try_get("id")?;
+            Ok(Upload {
+                id: Uuid::parse_str(&id).map_err(|e| JobError::Corrupt(e.to_string()))?,
+                tenant: r.try_get("tenant")?,
+                object_key: r.try_get("object_key")?,
+                bytes: r.try_get::<i64, _>("bytes")?.max(0) as u64,
+                sha256_b64: r.try_get("sha256")?,
+                file_name: r.try_get("file_name")?,
+                plan: r.try_get("plan")?,
+                created_at: r.try_get("created_at")?,
+                expires_at: r.try_get("expires_at")?,
+                completed_at: r.try_get("completed_at")?,
+            })
+        })
+        .transpose()
+    }
+
+    /// Mark an upload completed (its job exists).
+    pub async fn complete_upload(&self, id: Uuid, now: i64) -> Result<(), JobError> {
+        sqlx::query(
+            "UPDATE airlock_uploads SET completed_at = $1 WHERE id = $2 AND completed_at IS NULL",
+        )
+        .bind(now)
+        .bind(id.to_string())
+        .execute(self.pool())
+        .await?;
         Ok(())
     }
 

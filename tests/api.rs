@@ -9,9 +9,10 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::common::{airlock, fixture};
+use crate::service::Deployment;
 
 struct Server {
-    dir: tempfile::TempDir,
+    d: Deployment,
     base: String,
     child: Child,
 }
@@ -23,20 +24,16 @@ impl Drop for Server {
     }
 }
 
+/// Where a suite runs: the embedded default, or PostgreSQL plus SeaweedFS.
+#[derive(Debug, Clone, Copy)]
+enum Backend {
+    Embedded,
+    Production,
+}
+
 impl Server {
     fn cli(&self, args: &[&str]) -> std::process::Output {
-        airlock()
-            .args(args)
-            .env(
-                "AIRLOCK_DATABASE_URL",
-                format!("sqlite://{}/airlock.db", self.dir.path().display()),
-            )
-            .env(
-                "AIRLOCK_STORAGE_URL",
-                format!("file://{}/storage", self.dir.path().display()),
-            )
-            .output()
-            .unwrap()
+        self.d.run(args)
     }
 
     fn ok(&self, args: &[&str]) -> String {
@@ -53,44 +50,37 @@ impl Server {
         Self::start_with(&["--supervise", "0"]).await
     }
 
-    /// A server with these `serve` flags.
+    /// An embedded server with these `serve` flags.
     async fn start_with(flags: &[&str]) -> Self {
-        let dir = tempfile::tempdir().unwrap();
+        Self::on(Backend::Embedded, flags).await
+    }
+
+    /// A server on `backend` with these `serve` flags (its database already migrated).
+    async fn on(backend: Backend, flags: &[&str]) -> Self {
+        let d = match backend {
+            Backend::Embedded => Deployment::embedded(),
+            Backend::Production => Deployment::production().await,
+        };
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
         let base = format!("http://127.0.0.1:{port}");
-        let out = airlock()
-            .arg("migrate")
-            .env(
-                "AIRLOCK_DATABASE_URL",
-                format!("sqlite://{}/airlock.db", dir.path().display()),
-            )
-            .output()
-            .unwrap();
-        assert!(out.status.success());
-        let child = airlock()
+        let child = d
+            .cmd()
             .arg("serve")
-            .env(
-                "AIRLOCK_DATABASE_URL",
-                format!("sqlite://{}/airlock.db", dir.path().display()),
-            )
-            .env(
-                "AIRLOCK_STORAGE_URL",
-                format!("file://{}/storage", dir.path().display()),
-            )
             .env("AIRLOCK_LISTEN", format!("127.0.0.1:{port}"))
             .env("AIRLOCK_PUBLIC_URL", &base)
             // Jobs stay queued unless a test runs them (`start`): these tests look at every
             // state.
             .args(flags)
+            .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        let server = Server { dir, base, child };
-        for _ in 0..200 {
+        let server = Server { d, base, child };
+        for _ in 0..400 {
             if let Ok(r) = reqwest::get(format!("{}/healthz", server.base)).await {
                 if r.status() == 200 {
                     return server;
@@ -99,6 +89,18 @@ impl Server {
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
         panic!("serve never answered /healthz");
+    }
+
+    /// The deployment's job store, read directly (audit rows).
+    async fn store(&self) -> std::sync::Arc<airlock::jobs::sql::SqlStore> {
+        let url = &self
+            .d
+            .vars
+            .iter()
+            .find(|(k, _)| k == "AIRLOCK_DATABASE_URL")
+            .unwrap()
+            .1;
+        airlock::jobs::open_sql(url, false).await.unwrap()
     }
 
     fn key(&self, tenant: &str) -> (String, String) {
@@ -137,7 +139,16 @@ fn without_request_id(mut v: Value) -> Value {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_tenant_comes_from_the_key_and_other_tenants_jobs_do_not_exist() {
-    let s = Server::start().await;
+    cross_tenant_suite(Backend::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_tenant_comes_from_the_key_and_other_tenants_jobs_do_not_exist_on_postgres_and_s3() {
+    cross_tenant_suite(Backend::Production).await;
+}
+
+async fn cross_tenant_suite(backend: Backend) {
+    let s = Server::on(backend, &["--supervise", "0"]).await;
     s.ok(&["tenant", "create", "acme"]);
     s.ok(&["tenant", "create", "globex"]);
     let (acme, _) = s.key("acme");
@@ -326,7 +337,16 @@ async fn the_tenant_comes_from_the_key_and_other_tenants_jobs_do_not_exist() {
 /// gives the same job, per tenant.
 #[tokio::test(flavor = "multi_thread")]
 async fn posting_a_csv_makes_a_job_for_the_keys_tenant() {
-    let s = Server::start().await;
+    posting_suite(Backend::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn posting_a_csv_makes_a_job_for_the_keys_tenant_on_postgres_and_s3() {
+    posting_suite(Backend::Production).await;
+}
+
+async fn posting_suite(backend: Backend) {
+    let s = Server::on(backend, &["--supervise", "0"]).await;
     s.ok(&["tenant", "create", "acme"]);
     s.ok(&["tenant", "create", "globex"]);
     let (acme, _) = s.key("acme");
@@ -446,7 +466,10 @@ async fn posting_a_csv_makes_a_job_for_the_keys_tenant() {
     );
     let link = s.ok(&["link", &id, "--artifact", "output"]);
     // `../../etc/` is gone; the name is the last component.
-    assert!(link.contains("name=Leads%20Q3%2Eclean%2Ecsv&"), "{link}");
+    assert!(
+        link.contains("Leads%20Q3") && !link.contains("etc"),
+        "{link}"
+    );
 }
 
 /// Downloads through the API (303 to a fresh link, audited; refused for unfinished and purged
@@ -454,7 +477,16 @@ async fn posting_a_csv_makes_a_job_for_the_keys_tenant() {
 /// receipt), receipts, and readiness.
 #[tokio::test(flavor = "multi_thread")]
 async fn download_delete_receipts_and_readiness() {
-    let s = Server::start().await;
+    download_suite(Backend::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn download_delete_receipts_and_readiness_on_postgres_and_s3() {
+    download_suite(Backend::Production).await;
+}
+
+async fn download_suite(backend: Backend) {
+    let s = Server::on(backend, &["--supervise", "0"]).await;
     s.ok(&["tenant", "create", "acme"]);
     s.ok(&["tenant", "create", "globex"]);
     let (acme, _) = s.key("acme");
@@ -496,9 +528,7 @@ async fn download_delete_receipts_and_readiness() {
         Some(String::from_utf8_lossy(&bytes).into_owned()),
         reference.output()
     );
-    let store = airlock::jobs::sqlite::open(&s.dir.path().join("airlock.db"))
-        .await
-        .unwrap();
+    let store = s.store().await;
     use airlock::jobs::JobStore;
     let audit = store
         .audit(uuid::Uuid::parse_str(&done).unwrap())
@@ -871,6 +901,8 @@ async fn the_openapi_document_matches_the_routes() {
         "DELETE /v1/jobs/{id}",
         "GET /v1/jobs/{id}/{artifact}",
         "GET /v1/receipts",
+        "POST /v1/uploads",
+        "POST /v1/uploads/{id}/complete",
     ];
     want.sort();
     assert_eq!(documented, want);
@@ -1088,4 +1120,292 @@ async fn metrics_for_operators_only() {
         !text.contains("airlock_queue_age_seconds{"),
         "nothing queued: {text}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn direct_uploads() {
+    direct_upload_suite(Backend::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn direct_uploads_on_postgres_and_s3() {
+    direct_upload_suite(Backend::Production).await;
+}
+
+/// `POST /v1/uploads` gives a presigned PUT bound to the exact size and SHA-256; the store
+/// refuses any other body; `complete` checks what was stored and enqueues the job (the same job
+/// on every call); another tenant's upload does not exist; an upload never completed is an
+/// orphan the sweep deletes.
+async fn direct_upload_suite(backend: Backend) {
+    use sha2::Digest;
+    let s = Server::on(backend, &["--supervise", "0"]).await;
+    s.ok(&["tenant", "create", "acme"]);
+    s.ok(&["tenant", "create", "globex"]);
+    let (acme, _) = s.key("acme");
+    let (globex, _) = s.key("globex");
+    let file = fixture("valid/leads.csv");
+    let bytes = std::fs::read(&file).unwrap();
+    let sha = hex::encode(sha2::Sha256::digest(&bytes));
+    let client = reqwest::Client::new();
+    let post = |path: String, key: &str, body: String| {
+        client
+            .post(format!("{}{path}", s.base))
+            .header("authorization", format!("Bearer {key}"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let json = |res: reqwest::Response| async move {
+        let status = res.status().as_u16();
+        let v: Value = serde_json::from_slice(&res.bytes().await.unwrap()).unwrap_or(Value::Null);
+        (status, v)
+    };
+    let ask = |key: &str, size: u64| {
+        post(
+            "/v1/uploads".into(),
+            key,
+            serde_json::json!({"size": size, "sha256": sha, "name": "Q4 leads.csv"}).to_string(),
+        )
+    };
+
+    // Malformed requests, and more than the plan allows, before any link exists.
+    let (status, v) = json(post("/v1/uploads".into(), &acme, "{".into()).await.unwrap()).await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (400, Some("bad_request"))
+    );
+    let (status, _) = json(
+        post(
+            "/v1/uploads".into(),
+            &acme,
+            serde_json::json!({"size": 10, "sha256": "zz"}).to_string(),
+        )
+        .await
+        .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 400);
+    let (status, v) = json(ask(&acme, 1 << 50).await.unwrap()).await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (413, Some("too_large"))
+    );
+    let (status, _) = json(
+        client
+            .post(format!("{}/v1/uploads", s.base))
+            .body("{}")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 401);
+
+    // A ticket: the link is bound to the size and checksum, and lives at most 15 minutes.
+    let (status, ticket) = json(ask(&acme, bytes.len() as u64).await.unwrap()).await;
+    assert_eq!(status, 201, "{ticket}");
+    let id = ticket["id"].as_str().unwrap().to_string();
+    let url = ticket["url"].as_str().unwrap().to_string();
+    let headers: Vec<(String, String)> = ticket["headers"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string()))
+        .collect();
+    let b64 = {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(&bytes))
+    };
+    assert!(headers.contains(&("content-length".into(), bytes.len().to_string())));
+    assert!(headers.contains(&("x-amz-checksum-sha256".into(), b64.clone())));
+    if matches!(backend, Backend::Production) {
+        let signed = url
+            .split(['?', '&'])
+            .find_map(|p| p.strip_prefix("X-Amz-SignedHeaders="))
+            .unwrap_or_else(|| panic!("{url}"));
+        assert!(
+            signed.contains("content-length") && signed.contains("x-amz-checksum-sha256"),
+            "{signed}"
+        );
+    }
+    let ttl_ms = ticket["expires_at_ms"].as_i64().unwrap()
+        - std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
+    assert!((0..=15 * 60 * 1000 + 5000).contains(&ttl_ms), "{ttl_ms}");
+    assert_eq!(ticket["complete_url"], format!("/v1/uploads/{id}/complete"));
+
+    // Completing before the PUT: nothing is there yet.
+    let complete =
+        |key: &str, id: &str| post(format!("/v1/uploads/{id}/complete"), key, String::new());
+    let (status, v) = json(complete(&acme, &id).await.unwrap()).await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (409, Some("upload_mismatch")),
+        "{v}"
+    );
+
+    // Another tenant's upload is exactly a random id's 404.
+    let (theirs_status, theirs) = json(complete(&globex, &id).await.unwrap()).await;
+    let (random_status, random) = json(
+        complete(&globex, &uuid::Uuid::new_v4().to_string())
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((theirs_status, random_status), (404, 404));
+    assert_eq!(without_request_id(theirs), without_request_id(random));
+
+    let put = |body: Vec<u8>, headers: &[(String, String)]| {
+        let mut req = client.put(&url).body(body);
+        for (k, v) in headers {
+            if k != "content-length" {
+                req = req.header(k, v);
+            }
+        }
+        req.send()
+    };
+    // The same size with other bytes, a shorter body, a missing checksum header: refused, and
+    // nothing is stored.
+    let mut other = bytes.clone();
+    other[0] ^= 1;
+    let status = put(other, &headers).await.unwrap().status().as_u16();
+    assert!((400..500).contains(&status), "tampered body: {status}");
+    let status = put(bytes[..bytes.len() - 1].to_vec(), &headers)
+        .await
+        .unwrap()
+        .status()
+        .as_u16();
+    assert!((400..500).contains(&status), "short body: {status}");
+    let without: Vec<_> = headers
+        .iter()
+        .filter(|(k, _)| k != "x-amz-checksum-sha256")
+        .cloned()
+        .collect();
+    let status = put(bytes.clone(), &without)
+        .await
+        .unwrap()
+        .status()
+        .as_u16();
+    assert!((400..500).contains(&status), "no checksum header: {status}");
+    let (status, _) = json(complete(&acme, &id).await.unwrap()).await;
+    assert_eq!(status, 409, "nothing stored by the refused PUTs");
+
+    // The real PUT, then complete: the job has the upload's id; completing again is the same job.
+    let res = put(bytes.clone(), &headers).await.unwrap();
+    assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
+    let (status, job) = json(complete(&acme, &id).await.unwrap()).await;
+    assert_eq!(status, 202, "{job}");
+    assert_eq!(
+        (job["id"].as_str(), job["state"].as_str()),
+        (Some(id.as_str()), Some("queued"))
+    );
+    assert_eq!(job["tenant"], "acme");
+    let (status, again) = json(complete(&acme, &id).await.unwrap()).await;
+    assert_eq!((status, again["id"].as_str()), (202, Some(id.as_str())));
+    let out = s.cli(&["supervise", "--until-idle", "-c", "1"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (_, _, done) = s.get(&format!("/v1/jobs/{id}"), Some(&acme)).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let clean = client
+        .get(format!("{}/v1/jobs/{id}/output", s.base))
+        .header("authorization", format!("Bearer {acme}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(clean.status(), 200);
+    assert!(clean.headers()["content-disposition"]
+        .to_str()
+        .unwrap()
+        .contains("Q4 leads.clean.csv"));
+    assert_eq!(
+        Some(String::from_utf8_lossy(&clean.bytes().await.unwrap()).into_owned()),
+        crate::common::process(&file, &[]).output()
+    );
+
+    // An upload never completed: its object is an orphan, and the sweep deletes it once the
+    // orphan grace has passed; the completed upload's object (the job's input) stays.
+    let (_, left) = json(ask(&acme, bytes.len() as u64).await.unwrap()).await;
+    let left_url = left["url"].as_str().unwrap().to_string();
+    let mut req = client.put(&left_url).body(bytes.clone());
+    for (k, v) in left["headers"].as_object().unwrap() {
+        if k != "content-length" {
+            req = req.header(k, v.as_str().unwrap());
+        }
+    }
+    assert_eq!(req.send().await.unwrap().status(), 200);
+    let store = s.store().await;
+    let objects: std::sync::Arc<dyn airlock::storage::ObjectStore> = match backend {
+        Backend::Embedded => {
+            let root =
+                s.d.vars
+                    .iter()
+                    .find(|(k, _)| k == "AIRLOCK_STORAGE_URL")
+                    .unwrap()
+                    .1
+                    .clone();
+            std::sync::Arc::new(
+                airlock::storage::fs::FsStore::open(
+                    std::path::Path::new(root.strip_prefix("file://").unwrap()),
+                    &s.base,
+                )
+                .unwrap(),
+            )
+        }
+        Backend::Production => {
+            let env = crate::storage::s3_env();
+            std::sync::Arc::new(airlock::storage::s3::S3Store::explicit(
+                airlock::storage::s3::Explicit {
+                    endpoint: &env.endpoint,
+                    region: "us-east-1",
+                    access_key: &env.access_key,
+                    secret_key: env.secret_key.clone().into(),
+                },
+                s.d.bucket.as_ref().unwrap(),
+            ))
+        }
+    };
+    let left_upload = store
+        .upload(uuid::Uuid::parse_str(left["id"].as_str().unwrap()).unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    let left_key = airlock::storage::ObjectKey::parse(&left_upload.object_key).unwrap();
+    let done_input = airlock::storage::ObjectKey::parse(
+        &store
+            .upload(uuid::Uuid::parse_str(&id).unwrap())
+            .await
+            .unwrap()
+            .unwrap()
+            .object_key,
+    )
+    .unwrap();
+    assert!(objects.head(&left_key).await.unwrap().is_some());
+    use airlock::jobs::JobStore;
+    let now = store.now().await.unwrap();
+    let policies = airlock::policy::Policies::load(None).unwrap();
+    let sweeper =
+        airlock::sweeper::Sweeper::new(store.clone(), objects.clone(), policies.retention.clone());
+    let soon = sweeper
+        .sweep(airlock::jobs::Clock::Fixed(now + 3_600_000), false)
+        .await
+        .unwrap();
+    assert_eq!(soon.orphans_deleted, 0, "{soon:?}");
+    let later = sweeper
+        .sweep(
+            airlock::jobs::Clock::Fixed(
+                now + policies.retention.orphan_grace.as_millis() as i64 + 3_600_000,
+            ),
+            false,
+        )
+        .await
+        .unwrap();
+    assert_eq!(later.orphans_deleted, 1, "{later:?}");
+    assert!(objects.head(&left_key).await.unwrap().is_none());
+    assert!(objects.head(&done_input).await.unwrap().is_some());
 }

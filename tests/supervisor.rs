@@ -244,6 +244,23 @@ impl ObjectStore for Switch {
         self.check()?;
         self.inner.list(prefix, next).await
     }
+    async fn presign_put(
+        &self,
+        key: &ObjectKey,
+        size: u64,
+        sha256_b64: &str,
+        ttl: Duration,
+    ) -> Result<airlock::storage::PresignedPut, StorageError> {
+        self.inner.presign_put(key, size, sha256_b64, ttl).await
+    }
+    async fn digest(
+        &self,
+        key: &ObjectKey,
+        cap: u64,
+    ) -> Result<Option<airlock::storage::Digest>, StorageError> {
+        self.check()?;
+        self.inner.digest(key, cap).await
+    }
 }
 
 struct Rig {

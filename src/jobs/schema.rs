@@ -45,6 +45,12 @@ const STEPS: &[Step] = &[
         postgres: include_str!("../../migrations/postgres/0004_audit_request_id.sql"),
         sqlite: include_str!("../../migrations/sqlite/0004_audit_request_id.sql"),
     },
+    Step {
+        version: 5,
+        description: "uploads",
+        postgres: include_str!("../../migrations/postgres/0005_uploads.sql"),
+        sqlite: include_str!("../../migrations/sqlite/0005_uploads.sql"),
+    },
 ];
 
 /// The version this binary needs.

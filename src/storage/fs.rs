@@ -69,6 +69,41 @@ impl SigningKey {
         mac
     }
 
+    fn put_mac(&self, key: &str, expires: u64, size: u64, sha256_b64: &str) -> Hmac<Sha256> {
+        let mut mac =
+            Hmac::<Sha256>::new_from_slice(self.0.expose_secret()).expect("any key length");
+        mac.update(format!("PUT\n{key}\n{expires}\n{size}\n{sha256_b64}").as_bytes());
+        mac
+    }
+
+    /// The signature of an upload link: the key, its expiry, the exact size and SHA-256.
+    pub fn sign_put(&self, key: &str, expires: u64, size: u64, sha256_b64: &str) -> String {
+        hex::encode(
+            self.put_mac(key, expires, size, sha256_b64)
+                .finalize()
+                .into_bytes(),
+        )
+    }
+
+    /// Constant-time check of an upload link's signature.
+    pub fn verify_put(
+        &self,
+        key: &str,
+        expires: u64,
+        size: u64,
+        sha256_b64: &str,
+        sig_hex: &str,
+    ) -> bool {
+        let Ok(sig) = hex::decode(sig_hex) else {
+            return false;
+        };
+        sig.len() == 32
+            && self
+                .put_mac(key, expires, size, sha256_b64)
+                .verify_slice(&sig)
+                .is_ok()
+    }
+
     pub fn sign(&self, key: &str, expires: u64, name: &str) -> String {
         hex::encode(self.mac(key, expires, name).finalize().into_bytes())
     }
@@ -253,6 +288,56 @@ impl ObjectStore for FsStore {
         ))
     }
 
+    async fn presign_put(
+        &self,
+        key: &ObjectKey,
+        size: u64,
+        sha256_b64: &str,
+        ttl: Duration,
+    ) -> Result<super::PresignedPut, StorageError> {
+        if key.kind() != super::Kind::Input || ttl > super::UPLOAD_TTL_CAP {
+            return Err(StorageError::Config(
+                "uploads go to input keys, for at most 15 minutes".into(),
+            ));
+        }
+        let expires = unix_now() + ttl.as_secs();
+        let sig = self.key.sign_put(key.as_str(), expires, size, sha256_b64);
+        let enc = |s: &str| {
+            percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+        };
+        Ok(super::PresignedPut {
+            url: format!(
+                "{}/u/{}?exp={expires}&len={size}&sha={}&sig={sig}",
+                self.base_url,
+                key.as_str(),
+                enc(sha256_b64)
+            ),
+            headers: vec![
+                ("content-length".into(), size.to_string()),
+                ("x-amz-checksum-sha256".into(), sha256_b64.to_string()),
+            ],
+        })
+    }
+
+    async fn digest(
+        &self,
+        key: &ObjectKey,
+        cap: u64,
+    ) -> Result<Option<super::Digest>, StorageError> {
+        let path = self.path_of(key);
+        let file = match tokio::fs::File::open(&path).await {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Self::io(&path)(e)),
+        };
+        let size = file.metadata().await.map_err(Self::io(&path))?.len();
+        if size > cap {
+            return Err(StorageError::TooLarge { size, cap });
+        }
+        let sha256_b64 = super::sha256_b64_of(file).await.map_err(Self::io(&path))?;
+        Ok(Some(super::Digest { size, sha256_b64 }))
+    }
+
     async fn list(&self, prefix: &str, next: Option<String>) -> Result<ListPage, StorageError> {
         // One directory per prefix; a page is the whole directory (local stores are small).
         if next.is_some() {
@@ -314,6 +399,117 @@ pub enum LinkError {
     Expired,
     /// Signed, but valid for longer than any link may be.
     BeyondCap,
+}
+
+/// Check an upload link: signed, unexpired, and not longer-lived than any upload link may be.
+pub fn check_put_link(
+    key: &SigningKey,
+    object: &str,
+    expires: u64,
+    size: u64,
+    sha256_b64: &str,
+    sig: &str,
+) -> Result<(), LinkError> {
+    if !key.verify_put(object, expires, size, sha256_b64, sig) {
+        return Err(LinkError::BadSignature);
+    }
+    let now = unix_now();
+    if now > expires {
+        return Err(LinkError::Expired);
+    }
+    if expires > now + super::UPLOAD_TTL_CAP.as_secs() + CLOCK_SKEW_SECS {
+        return Err(LinkError::BeyondCap);
+    }
+    Ok(())
+}
+
+/// Store an uploaded body at `key`: streamed through a 0600 temp file beside it, refused unless
+/// exactly `size` bytes with SHA-256 `sha256_b64` arrive, and never over an existing object.
+pub async fn receive_upload<S, E>(
+    store: &FsStore,
+    key: &ObjectKey,
+    size: u64,
+    sha256_b64: &str,
+    mut body: S,
+    idle: Duration,
+) -> Result<(), UploadError>
+where
+    S: futures_core::Stream<Item = Result<bytes::Bytes, E>> + Unpin,
+{
+    use sha2::Digest;
+    use tokio::io::AsyncWriteExt;
+    let dest = store.path_of(key);
+    let dir = dest.parent().unwrap_or(Path::new("."));
+    tokio::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .await
+        .map_err(UploadError::Io)?;
+    if tokio::fs::symlink_metadata(&dest).await.is_ok() {
+        return Err(UploadError::Exists);
+    }
+    let tmp = dir.join(format!(".tmp-{}", uuid::Uuid::new_v4()));
+    let result = async {
+        let mut out = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .await
+            .map_err(UploadError::Io)?;
+        let mut hash = Sha256::new();
+        let mut received = 0u64;
+        loop {
+            let next = std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_next(cx));
+            let chunk = match tokio::time::timeout(idle, next).await {
+                Err(_) => return Err(UploadError::Stalled),
+                Ok(None) => break,
+                Ok(Some(Err(_))) => return Err(UploadError::Incomplete),
+                Ok(Some(Ok(c))) => c,
+            };
+            received += chunk.len() as u64;
+            if received > size {
+                return Err(UploadError::Mismatch);
+            }
+            hash.update(&chunk);
+            out.write_all(&chunk).await.map_err(UploadError::Io)?;
+        }
+        if received != size {
+            return Err(UploadError::Incomplete);
+        }
+        use base64::Engine;
+        if base64::engine::general_purpose::STANDARD.encode(hash.finalize()) != sha256_b64 {
+            return Err(UploadError::Mismatch);
+        }
+        out.sync_all().await.map_err(UploadError::Io)?;
+        // A hard link never replaces: a second upload to the same key loses.
+        tokio::fs::hard_link(&tmp, &dest).await.map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                UploadError::Exists
+            } else {
+                UploadError::Io(e)
+            }
+        })
+    }
+    .await;
+    let _ = tokio::fs::remove_file(&tmp).await;
+    result
+}
+
+/// Why an upload to the local backend was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum UploadError {
+    #[error("the body does not match the signed size and SHA-256")]
+    Mismatch,
+    #[error("the body ended before the signed size")]
+    Incomplete,
+    #[error("the upload stalled")]
+    Stalled,
+    #[error("an object already exists at this key")]
+    Exists,
+    #[error("storage failed: {0}")]
+    Io(std::io::Error),
 }
 
 /// Mode bits of a path (for tests and `doctor`).

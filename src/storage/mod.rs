@@ -189,6 +189,41 @@ pub struct PutMeta {
     pub download_name: String,
 }
 
+/// A presigned upload: `PUT` the bytes to `url` sending exactly `headers` (their values are
+/// covered by the signature: the size and the SHA-256).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PresignedPut {
+    pub url: String,
+    pub headers: Vec<(String, String)>,
+}
+
+/// A stored object's size and SHA-256 (base64, as in `x-amz-checksum-sha256`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Digest {
+    pub size: u64,
+    pub sha256_b64: String,
+}
+
+/// The SHA-256 of everything `r` yields, base64.
+pub async fn sha256_b64_of(mut r: impl tokio::io::AsyncRead + Unpin) -> std::io::Result<String> {
+    use base64::Engine;
+    use sha2::Digest as _;
+    use tokio::io::AsyncReadExt;
+    let mut hash = sha2::Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = r.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        hash.update(&buf[..n]);
+    }
+    Ok(base64::engine::general_purpose::STANDARD.encode(hash.finalize()))
+}
+
+/// The longest an upload link may live.
+pub const UPLOAD_TTL_CAP: Duration = Duration::from_secs(15 * 60);
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObjectMeta {
     pub size: u64,
@@ -280,6 +315,21 @@ pub trait ObjectStore: Send + Sync + fmt::Debug {
     ) -> Result<String, StorageError>;
     /// One page of the objects under `prefix`.
     async fn list(&self, prefix: &str, next: Option<String>) -> Result<ListPage, StorageError>;
+
+    /// A link that lets a client `PUT` exactly `size` bytes whose SHA-256 is `sha256_b64` to
+    /// `key` (an input key) within `ttl` (at most [`UPLOAD_TTL_CAP`]).
+    async fn presign_put(
+        &self,
+        key: &ObjectKey,
+        size: u64,
+        sha256_b64: &str,
+        ttl: Duration,
+    ) -> Result<PresignedPut, StorageError>;
+
+    /// The object's size and SHA-256, measured by the store (or, where the store keeps no
+    /// checksum, by reading it back); `None` when there is no object. Objects larger than `cap`
+    /// are refused without being read.
+    async fn digest(&self, key: &ObjectKey, cap: u64) -> Result<Option<Digest>, StorageError>;
 }
 
 /// A download name safe for a quoted `filename="…"`: printable ASCII without quotes, backslashes,

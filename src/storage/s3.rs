@@ -393,6 +393,92 @@ impl ObjectStore for S3Store {
         Ok(req.uri().to_string())
     }
 
+    async fn presign_put(
+        &self,
+        key: &ObjectKey,
+        size: u64,
+        sha256_b64: &str,
+        ttl: Duration,
+    ) -> Result<super::PresignedPut, StorageError> {
+        if key.kind() != super::Kind::Input || ttl > super::UPLOAD_TTL_CAP {
+            return Err(StorageError::Config(
+                "uploads go to input keys, for at most 15 minutes".into(),
+            ));
+        }
+        let config =
+            PresigningConfig::expires_in(ttl).map_err(|e| StorageError::Config(e.to_string()))?;
+        // Every header set here is signed (the SDK hoists none into the query), so the client
+        // must send exactly these: the size and the checksum, which S3 verifies on the PUT.
+        let mut put = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key.as_str())
+            .content_length(size as i64)
+            .checksum_sha256(sha256_b64);
+        if self.encrypt {
+            put = put.server_side_encryption(ServerSideEncryption::Aes256);
+        }
+        let req = put.presigned(config).await.map_err(map_err)?;
+        Ok(super::PresignedPut {
+            url: req.uri().to_string(),
+            headers: req
+                .headers()
+                .map(|(k, v)| (k.to_ascii_lowercase(), v.to_string()))
+                .collect(),
+        })
+    }
+
+    async fn digest(
+        &self,
+        key: &ObjectKey,
+        cap: u64,
+    ) -> Result<Option<super::Digest>, StorageError> {
+        let head = match self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(key.as_str())
+            .checksum_mode(aws_sdk_s3::types::ChecksumMode::Enabled)
+            .send()
+            .await
+        {
+            Ok(h) => h,
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => return Ok(None),
+            Err(e) => return Err(map_err(e)),
+        };
+        let size = head.content_length().unwrap_or(0).max(0) as u64;
+        if size > cap {
+            return Err(StorageError::TooLarge { size, cap });
+        }
+        // A whole-object SHA-256 the store verified on the PUT. Without one (a multipart object,
+        // or a store that keeps no checksums), read it back and hash it here.
+        let whole = head
+            .checksum_sha256()
+            .filter(|c| !c.contains('-'))
+            .map(str::to_string);
+        let sha256_b64 = match whole {
+            Some(c) => c,
+            None => {
+                let got = self
+                    .client
+                    .get_object()
+                    .bucket(&self.bucket)
+                    .key(key.as_str())
+                    .send()
+                    .await
+                    .map_err(map_err)?;
+                super::sha256_b64_of(got.body.into_async_read())
+                    .await
+                    .map_err(|source| StorageError::Io {
+                        path: key.to_string(),
+                        source,
+                    })?
+            }
+        };
+        Ok(Some(super::Digest { size, sha256_b64 }))
+    }
+
     async fn list(&self, prefix: &str, next: Option<String>) -> Result<ListPage, StorageError> {
         let out = self
             .client
