@@ -113,7 +113,10 @@ impl RetentionPolicy {
     }
 }
 
-/// The longest a submit may take between storing its input and committing its job.
+/// The longest a submit may take between storing its input and committing its job. It also
+/// covers direct uploads: a PUT lands before its link expires (10 minutes) and can be completed
+/// until 15 minutes after that (`crate::api`), so an uploaded input is referenced within 25
+/// minutes or never.
 const SUBMIT_WINDOW: Duration = Duration::from_secs(3600);
 
 #[cfg(test)]
