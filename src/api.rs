@@ -41,6 +41,8 @@ pub struct Api {
     /// When set, `/metrics` needs `Authorization: Bearer` this; otherwise it answers loopback
     /// clients that came through no proxy only.
     metrics_token: Option<String>,
+    /// Clients reach this server over TLS (terminated in front): send HSTS.
+    pub hsts: bool,
 }
 
 impl Api {
@@ -60,7 +62,14 @@ impl Api {
             metrics: Arc::new(crate::metrics::Metrics::default()),
             limiters: crate::ratelimit::Limiters::new(crate::ratelimit::Rates::default()),
             metrics_token: None,
+            hsts: false,
         }
+    }
+
+    /// Send `Strict-Transport-Security` (the public URL is https).
+    pub fn with_hsts(mut self, hsts: bool) -> Self {
+        self.hsts = hsts;
+        self
     }
 
     /// Request rate limits other than the defaults.

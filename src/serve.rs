@@ -130,6 +130,7 @@ pub fn router(store: Arc<FsStore>) -> Router {
 /// Everything `airlock serve` answers: the tenant API, and the downloads when storage is local.
 pub fn app(api: Arc<crate::api::Api>, local: Option<Arc<FsStore>>) -> Router {
     let metrics = api.metrics.clone();
+    let hsts = api.hsts;
     let mut routes = crate::api::router(api);
     if let Some(store) = local {
         routes = routes.merge(downloads(store));
@@ -138,6 +139,19 @@ pub fn app(api: Arc<crate::api::Api>, local: Option<Arc<FsStore>>) -> Router {
     with_access_log(
         routes
             .layer(axum::middleware::map_response(crate::api::security_headers))
+            .layer(axum::middleware::map_response(
+                move |mut res: Response| async move {
+                    // TLS is terminated in front of `serve` (README): an https public URL says
+                    // clients arrive over it.
+                    if hsts {
+                        res.headers_mut().insert(
+                            header::STRICT_TRANSPORT_SECURITY,
+                            HeaderValue::from_static("max-age=31536000; includeSubDomains"),
+                        );
+                    }
+                    res
+                },
+            ))
             .layer(axum::middleware::from_fn(request_scope))
             .layer(axum::middleware::from_fn_with_state(metrics, measure)),
     )

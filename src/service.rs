@@ -513,7 +513,8 @@ pub async fn serve(
         .with_liveness(liveness.clone())
         .with_metrics(metrics.clone())
         .with_rates(args.rates)
-        .with_metrics_token(args.metrics_token.clone()),
+        .with_metrics_token(args.metrics_token.clone())
+        .with_hsts(config.public_url.starts_with("https://")),
     );
     let shutdown = shutdown_on_signal();
     let supervisor = (args.supervise.concurrency > 0).then(|| {

@@ -175,6 +175,10 @@ async fn cross_tenant_suite(backend: Backend) {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["id"], a_jobs[0].as_str());
     assert_eq!(body["state"], "queued");
+    assert!(
+        !headers.contains_key("strict-transport-security"),
+        "plain http: no HSTS"
+    );
     for (h, v) in [
         ("cache-control", "no-store"),
         ("x-content-type-options", "nosniff"),
@@ -1408,4 +1412,23 @@ async fn direct_upload_suite(backend: Backend) {
     assert_eq!(later.orphans_deleted, 1, "{later:?}");
     assert!(objects.head(&left_key).await.unwrap().is_none());
     assert!(objects.head(&done_input).await.unwrap().is_some());
+}
+
+/// Behind a TLS terminator (an https public URL), every response carries HSTS.
+#[tokio::test(flavor = "multi_thread")]
+async fn hsts_when_clients_arrive_over_tls() {
+    let s = Server::start_with(&[
+        "--supervise",
+        "0",
+        "--public-url",
+        "https://airlock.example",
+    ])
+    .await;
+    for path in ["/healthz", "/v1/jobs", "/nowhere"] {
+        let (_, headers, _) = s.get(path, None).await;
+        assert_eq!(
+            headers["strict-transport-security"], "max-age=31536000; includeSubDomains",
+            "{path}"
+        );
+    }
 }
