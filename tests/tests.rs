@@ -8,6 +8,7 @@ mod jobs;
 mod layering;
 mod migrations;
 mod process;
+mod readme;
 mod sandbox;
 mod service;
 mod storage;

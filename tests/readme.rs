@@ -1,0 +1,113 @@
+//! The README's API walk-through, run as written: every ```sh block that follows a
+//! `<!-- readme-test: api -->` line runs in bash, in order, against `airlock serve` started as
+//! the quickstart says (an empty directory, no configuration), with the key it printed.
+
+use std::io::BufRead;
+use std::time::Duration;
+
+use crate::common::airlock;
+
+fn tested_blocks(readme: &str) -> Vec<String> {
+    let mut blocks = Vec::new();
+    let mut lines = readme.lines();
+    while let Some(line) = lines.next() {
+        if line.trim() != "<!-- readme-test: api -->" {
+            continue;
+        }
+        assert_eq!(
+            lines.next().map(str::trim),
+            Some("```sh"),
+            "a tested block is ```sh"
+        );
+        let body: Vec<&str> = lines.by_ref().take_while(|l| l.trim() != "```").collect();
+        blocks.push(body.join("\n"));
+    }
+    blocks
+}
+
+#[test]
+fn the_api_walk_through_runs_as_written() {
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(repo.join("README.md")).unwrap();
+    assert!(
+        readme.contains("cargo run --release -- serve\n"),
+        "the quickstart is one command"
+    );
+    let blocks = tested_blocks(&readme);
+    assert_eq!(
+        blocks.len(),
+        2,
+        "submit-poll-download and the direct upload"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(repo.join("fixtures"), dir.path().join("fixtures")).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut serve = airlock()
+        .arg("serve")
+        .current_dir(dir.path())
+        .env_remove("AIRLOCK_DATABASE_URL")
+        .env_remove("AIRLOCK_STORAGE_URL")
+        .env("AIRLOCK_LISTEN", format!("127.0.0.1:{port}"))
+        .env("AIRLOCK_PUBLIC_URL", &base)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let stdout = serve.stdout.take().unwrap();
+    let serve = Kill(serve);
+    // The key is printed before the server listens.
+    let key = std::io::BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .find_map(|l| {
+            l.split_whitespace()
+                .find(|w| w.starts_with("al_live_"))
+                .map(String::from)
+        })
+        .expect("the first start prints a key");
+    let ready = (0..400).any(|_| {
+        std::thread::sleep(Duration::from_millis(25));
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    assert!(ready, "serve never listened");
+
+    let run = |block: &str| {
+        let out = std::process::Command::new("bash")
+            .args(["-euo", "pipefail", "-c", block])
+            .current_dir(dir.path())
+            .env("AIRLOCK_URL", &base)
+            .env("KEY", &key)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{block}\nstdout: {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let shown = run(&blocks[0]);
+    assert!(shown.contains("\"state\": \"succeeded\""), "{shown}");
+    let clean = std::fs::read_to_string(dir.path().join("leads.clean.csv")).unwrap();
+    assert_eq!(
+        Some(clean),
+        crate::common::process(&repo.join("fixtures/valid/leads.csv"), &[]).output()
+    );
+    let state = run(&blocks[1]);
+    assert_eq!(state.trim(), "\"queued\"");
+    drop(serve);
+}
