@@ -11,9 +11,9 @@ use serde_json::Value;
 use crate::common::{airlock, fixture};
 use crate::service::Deployment;
 
-struct Server {
-    d: Deployment,
-    base: String,
+pub(crate) struct Server {
+    pub(crate) d: Deployment,
+    pub(crate) base: String,
     child: Child,
 }
 
@@ -26,17 +26,17 @@ impl Drop for Server {
 
 /// Where a suite runs: the embedded default, or PostgreSQL plus SeaweedFS.
 #[derive(Debug, Clone, Copy)]
-enum Backend {
+pub(crate) enum Backend {
     Embedded,
     Production,
 }
 
 impl Server {
-    fn cli(&self, args: &[&str]) -> std::process::Output {
+    pub(crate) fn cli(&self, args: &[&str]) -> std::process::Output {
         self.d.run(args)
     }
 
-    fn ok(&self, args: &[&str]) -> String {
+    pub(crate) fn ok(&self, args: &[&str]) -> String {
         let out = self.cli(args);
         assert!(
             out.status.success(),
@@ -56,7 +56,7 @@ impl Server {
     }
 
     /// A server on `backend` with these `serve` flags (its database already migrated).
-    async fn on(backend: Backend, flags: &[&str]) -> Self {
+    pub(crate) async fn on(backend: Backend, flags: &[&str]) -> Self {
         let d = match backend {
             Backend::Embedded => Deployment::embedded(),
             Backend::Production => Deployment::production().await,
@@ -103,7 +103,7 @@ impl Server {
         airlock::jobs::open_sql(url, false).await.unwrap()
     }
 
-    fn key(&self, tenant: &str) -> (String, String) {
+    pub(crate) fn key(&self, tenant: &str) -> (String, String) {
         let v: Value =
             serde_json::from_str(&self.ok(&["key", "create", "--tenant", tenant])).unwrap();
         (
@@ -112,7 +112,11 @@ impl Server {
         )
     }
 
-    async fn get(&self, path: &str, key: Option<&str>) -> (u16, reqwest::header::HeaderMap, Value) {
+    pub(crate) async fn get(
+        &self,
+        path: &str,
+        key: Option<&str>,
+    ) -> (u16, reqwest::header::HeaderMap, Value) {
         let mut req = reqwest::Client::new().get(format!("{}{path}", self.base));
         if let Some(k) = key {
             req = req.header("authorization", format!("Bearer {k}"));
