@@ -1436,3 +1436,221 @@ async fn hsts_when_clients_arrive_over_tls() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_route_hides_other_tenants() {
+    isolation_matrix(Backend::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_route_hides_other_tenants_on_postgres_and_s3() {
+    isolation_matrix(Backend::Production).await;
+}
+
+/// The cross-tenant matrix: tenant B's key on every route that names an id, against tenant A's
+/// ids (a finished job, a queued job, an upload) and against random ids: the same status and
+/// body, and timings within the same range. A revoked key, a malformed key, no key, and a key
+/// in the query string get one 401 on every route. B's listings and receipts never show A's.
+async fn isolation_matrix(backend: Backend) {
+    use sha2::Digest;
+    let s = Server::on(
+        backend,
+        &[
+            "--supervise",
+            "0",
+            "--rate-per-key",
+            "0",
+            "--rate-per-ip",
+            "0",
+        ],
+    )
+    .await;
+    s.ok(&["tenant", "create", "acme"]);
+    s.ok(&["tenant", "create", "globex"]);
+    let (a_key, _) = s.key("acme");
+    let (b_key, _) = s.key("globex");
+    let file = fixture("valid/leads.csv");
+    let finished = s.ok(&["submit", "--tenant", "acme", file.to_str().unwrap()]);
+    let out = s.cli(&["supervise", "--until-idle", "-c", "1"]);
+    assert!(out.status.success());
+    let queued = s.ok(&["submit", "--tenant", "acme", file.to_str().unwrap()]);
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let bytes = std::fs::read(&file).unwrap();
+    let ticket: Value = client
+        .post(format!("{}/v1/uploads", s.base))
+        .header("authorization", format!("Bearer {a_key}"))
+        .body(
+            serde_json::json!({"size": bytes.len(), "sha256": hex::encode(sha2::Sha256::digest(&bytes))})
+                .to_string(),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let upload = ticket["id"].as_str().unwrap().to_string();
+    // A receipt for A.
+    let res = client
+        .delete(format!("{}/v1/jobs/{finished}", s.base))
+        .header("authorization", format!("Bearer {a_key}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let finished = s.ok(&["submit", "--tenant", "acme", file.to_str().unwrap()]);
+    let out = s.cli(&["supervise", "--until-idle", "-c", "1"]);
+    assert!(out.status.success());
+    assert_eq!(
+        s.get(&format!("/v1/jobs/{queued}"), Some(&a_key)).await.0,
+        200
+    );
+
+    let send = |method: reqwest::Method, path: String, auth: Option<String>| {
+        let mut req = client.request(method, format!("{}{path}", s.base));
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
+        }
+        async move {
+            let started = std::time::Instant::now();
+            let res = req.send().await.unwrap();
+            let status = res.status().as_u16();
+            let body: Value =
+                serde_json::from_slice(&res.bytes().await.unwrap()).unwrap_or(Value::Null);
+            (status, without_request_id(body), started.elapsed())
+        }
+    };
+    let routes: Vec<(reqwest::Method, &str)> = vec![
+        (reqwest::Method::GET, "/v1/jobs/{id}"),
+        (reqwest::Method::GET, "/v1/jobs/{id}/output"),
+        (reqwest::Method::GET, "/v1/jobs/{id}/rejects"),
+        (reqwest::Method::GET, "/v1/jobs/{id}/report"),
+        (reqwest::Method::DELETE, "/v1/jobs/{id}"),
+        (reqwest::Method::POST, "/v1/uploads/{id}/complete"),
+    ];
+    let median = |mut v: Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2]
+    };
+    let b_auth = Some(format!("Bearer {b_key}"));
+    let mut requests = 0;
+    let mut worst: f64 = 1.0;
+    for (method, template) in &routes {
+        let theirs_ids: Vec<&str> = if template.starts_with("/v1/uploads") {
+            vec![&upload]
+        } else {
+            vec![&finished, &queued]
+        };
+        for theirs in theirs_ids {
+            let (mut t_theirs, mut t_random) = (Vec::new(), Vec::new());
+            for _ in 0..15 {
+                let random = uuid::Uuid::new_v4().to_string();
+                let (rs, rb, rt) = send(
+                    method.clone(),
+                    template.replace("{id}", &random),
+                    b_auth.clone(),
+                )
+                .await;
+                let (ts, tb, tt) = send(
+                    method.clone(),
+                    template.replace("{id}", theirs),
+                    b_auth.clone(),
+                )
+                .await;
+                assert_eq!(rs, 404, "{method} {template}");
+                assert_eq!((ts, &tb), (rs, &rb), "{method} {template} on A's {theirs}");
+                t_random.push(rt);
+                t_theirs.push(tt);
+                requests += 2;
+            }
+            let (a, b) = (median(t_theirs), median(t_random));
+            let ratio = a.as_secs_f64() / b.as_secs_f64();
+            worst = worst.max(ratio.max(1.0 / ratio));
+            eprintln!(
+                "isolation timing {method} {template}: A's id {a:?}, random {b:?} (median of 15)"
+            );
+            // Similar: within 3x of each other, or within 3 ms (loopback medians are ~1 ms).
+            assert!(
+                (a.as_secs_f64() - b.as_secs_f64()).abs() < 0.003
+                    || (1.0 / 3.0..3.0).contains(&ratio),
+                "{method} {template}: {a:?} vs {b:?}"
+            );
+        }
+    }
+    // A's jobs are untouched by all of that.
+    let (_, _, job) = s.get(&format!("/v1/jobs/{queued}"), Some(&a_key)).await;
+    assert_eq!(job["state"], "queued");
+    let (_, _, job) = s.get(&format!("/v1/jobs/{finished}"), Some(&a_key)).await;
+    assert_eq!(job["state"], "succeeded");
+
+    // Listings and receipts: B sees none of A's.
+    let (_, _, list) = s.get("/v1/jobs", Some(&b_key)).await;
+    assert_eq!(list["jobs"].as_array().unwrap().len(), 0, "{list}");
+    let (_, _, receipts) = s.get("/v1/receipts", Some(&b_key)).await;
+    assert_eq!(
+        receipts["receipts"].as_array().unwrap().len(),
+        0,
+        "{receipts}"
+    );
+    let (_, _, receipts) = s.get("/v1/receipts", Some(&a_key)).await;
+    assert_eq!(
+        receipts["receipts"].as_array().unwrap().len(),
+        1,
+        "{receipts}"
+    );
+    requests += 4;
+
+    // Every route, every way of not holding a valid key: one 401.
+    let revoked = {
+        let (k, id) = s.key("acme");
+        s.ok(&["key", "revoke", &id]);
+        k
+    };
+    let (_, unauth, _) = send(reqwest::Method::GET, "/v1/jobs".into(), None).await;
+    assert_eq!(unauth["error"]["code"], "unauthenticated");
+    let mut all_routes: Vec<(reqwest::Method, String)> = routes
+        .iter()
+        .map(|(m, t)| {
+            let id = if t.starts_with("/v1/uploads") {
+                &upload
+            } else {
+                &queued
+            };
+            (m.clone(), t.replace("{id}", id))
+        })
+        .collect();
+    all_routes.extend([
+        (reqwest::Method::GET, "/v1/jobs".to_string()),
+        (reqwest::Method::POST, "/v1/jobs".to_string()),
+        (reqwest::Method::GET, "/v1/receipts".to_string()),
+        (reqwest::Method::POST, "/v1/uploads".to_string()),
+    ]);
+    for (method, path) in &all_routes {
+        for (what, path, auth) in [
+            ("no key", path.clone(), None),
+            ("revoked", path.clone(), Some(format!("Bearer {revoked}"))),
+            (
+                "malformed",
+                path.clone(),
+                Some("Bearer al_live_nope".to_string()),
+            ),
+            ("query", format!("{path}?api_key={a_key}"), None),
+            (
+                "query beside a valid header",
+                format!("{path}?token={a_key}"),
+                Some(format!("Bearer {a_key}")),
+            ),
+        ] {
+            let (status, body, _) = send(method.clone(), path.clone(), auth).await;
+            assert_eq!((status, &body), (401, &unauth), "{what}: {method} {path}");
+            requests += 1;
+        }
+    }
+    eprintln!(
+        "isolation matrix: {requests} requests over {} routes; worst median timing ratio {worst:.2}",
+        all_routes.len()
+    );
+}
