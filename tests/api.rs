@@ -1473,7 +1473,6 @@ async fn isolation_matrix(backend: Backend) {
     let finished = s.ok(&["submit", "--tenant", "acme", file.to_str().unwrap()]);
     let out = s.cli(&["supervise", "--until-idle", "-c", "1"]);
     assert!(out.status.success());
-    let queued = s.ok(&["submit", "--tenant", "acme", file.to_str().unwrap()]);
     let client = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
@@ -1504,10 +1503,8 @@ async fn isolation_matrix(backend: Backend) {
     let finished = s.ok(&["submit", "--tenant", "acme", file.to_str().unwrap()]);
     let out = s.cli(&["supervise", "--until-idle", "-c", "1"]);
     assert!(out.status.success());
-    assert_eq!(
-        s.get(&format!("/v1/jobs/{queued}"), Some(&a_key)).await.0,
-        200
-    );
+    // The first queued job ran with it; this one stays queued.
+    let queued = s.ok(&["submit", "--tenant", "acme", file.to_str().unwrap()]);
 
     let send = |method: reqwest::Method, path: String, auth: Option<String>| {
         let mut req = client.request(method, format!("{}{path}", s.base));
