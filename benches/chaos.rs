@@ -23,23 +23,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use airlock::jobs::JobState;
-use airlock::storage::s3::{Explicit, S3Store};
 use airlock::storage::{ObjectKey, ObjectStore};
 use rand::Rng;
 
-const BIN: &str = env!("CARGO_BIN_EXE_airlock");
-const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+mod common;
 
-fn run(cmd: &mut Command) -> std::process::Output {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
+use common::{free_port, run, BIN, ROOT, S3};
 
 /// A private PostgreSQL cluster the suite can stop and start.
 struct Postgres {
@@ -114,69 +103,6 @@ impl Drop for Postgres {
 }
 
 /// A private SeaweedFS.
-struct S3 {
-    dir: PathBuf,
-    vars: BTreeMap<String, String>,
-}
-
-impl S3 {
-    fn script(dir: &Path, cmd: &str) {
-        run(Command::new("bash")
-            .arg(Path::new(ROOT).join(".ci/s3-server.sh"))
-            .arg(cmd)
-            .arg(dir));
-    }
-
-    fn start(dir: &Path) -> Self {
-        Self::script(dir, "start");
-        let env = std::fs::read_to_string(dir.join("env")).unwrap();
-        let vars = env
-            .lines()
-            .filter_map(|l| l.strip_prefix("export "))
-            .filter_map(|l| l.split_once('='))
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        S3 {
-            dir: dir.to_path_buf(),
-            vars,
-        }
-    }
-
-    fn var(&self, k: &str) -> &str {
-        &self.vars[k]
-    }
-
-    fn store(&self) -> S3Store {
-        S3Store::explicit(
-            Explicit {
-                endpoint: self.var("AIRLOCK_TEST_S3_ENDPOINT"),
-                region: "us-east-1",
-                access_key: self.var("AIRLOCK_TEST_S3_ACCESS_KEY"),
-                secret_key: self.var("AIRLOCK_TEST_S3_SECRET_KEY").to_string().into(),
-            },
-            self.var("AIRLOCK_TEST_S3_BUCKET"),
-        )
-    }
-}
-
-impl Drop for S3 {
-    fn drop(&mut self) {
-        let _ = Command::new("bash")
-            .arg(Path::new(ROOT).join(".ci/s3-server.sh"))
-            .arg("stop")
-            .arg(&self.dir)
-            .output();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// What `airlock process` makes of one file.
 struct Reference {
     path: PathBuf,
