@@ -135,6 +135,9 @@ impl UploadSlots {
     }
 }
 
+/// How much of an upload is written between two announcements to the store.
+const ANNOUNCE_EVERY: u64 = 4 * 1024 * 1024;
+
 /// An upload that sends nothing for this long is dropped.
 const BODY_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
 
@@ -407,34 +410,47 @@ impl FromRequestParts<Arc<Api>> for Authed {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, api: &Arc<Api>) -> Result<Self, ApiError> {
-        let rid = request_id(&parts.headers);
-        // A key in the URL ends up in logs and histories: refused, even a valid one, however
-        // it is encoded.
-        let query = parts.uri.query().unwrap_or("");
-        if key_in_query(query) {
-            return Err(ApiError::unauthenticated(&rid));
-        }
-        let presented = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .and_then(|k| ApiKey::parse(k.trim()))
-            .ok_or_else(|| ApiError::unauthenticated(&rid))?;
-        match api.store.authenticate(&presented).await {
-            Ok(Some(caller)) => {
-                tracing::Span::current().record("tenant", caller.tenant.as_str());
-                if let Err(wait) = api.limiters.check_key(caller.key_id) {
-                    return Err(rate_limited(&rid, wait, "this API key"));
-                }
-                Ok(Authed {
+        Ok(authenticate(parts, api, None).await?.0)
+    }
+}
+
+/// Check the request's key (and, in the same database round trip, read `job` if it is the
+/// key's tenant's).
+async fn authenticate(
+    parts: &Parts,
+    api: &Api,
+    job: Option<Uuid>,
+) -> Result<(Authed, Option<crate::jobs::JobRecord>), ApiError> {
+    let rid = request_id(&parts.headers);
+    // A key in the URL ends up in logs and histories: refused, even a valid one, however it is
+    // encoded.
+    let query = parts.uri.query().unwrap_or("");
+    if key_in_query(query) {
+        return Err(ApiError::unauthenticated(&rid));
+    }
+    let presented = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(|k| ApiKey::parse(k.trim()))
+        .ok_or_else(|| ApiError::unauthenticated(&rid))?;
+    match api.store.authenticate_for(&presented, job).await {
+        Ok(Some((caller, record))) => {
+            tracing::Span::current().record("tenant", caller.tenant.as_str());
+            if let Err(wait) = api.limiters.check_key(caller.key_id) {
+                return Err(rate_limited(&rid, wait, "this API key"));
+            }
+            Ok((
+                Authed {
                     caller,
                     request_id: rid,
-                })
-            }
-            Ok(None) => Err(ApiError::unauthenticated(&rid)),
-            Err(e) => Err(ApiError::unavailable(&rid, &e)),
+                },
+                record,
+            ))
         }
+        Ok(None) => Err(ApiError::unauthenticated(&rid)),
+        Err(e) => Err(ApiError::unavailable(&rid, &e)),
     }
 }
 
@@ -561,11 +577,17 @@ async fn healthz(State(api): State<Arc<Api>>) -> Response {
               (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn get_job(
     State(api): State<Arc<Api>>,
-    auth: Authed,
     Path(id): Path<String>,
+    parts: Parts,
 ) -> Result<Json<JobView>, ApiError> {
-    let job = own_job(&api, &auth, &id).await?;
-    Ok(Json(JobView::from(&job)))
+    // The hot read: key and job in one round trip. A malformed id is a random id's 404, after
+    // the key is checked like anywhere else.
+    let parsed = Uuid::parse_str(&id).ok();
+    let (auth, job) = authenticate(&parts, &api, Some(parsed.unwrap_or_default())).await?;
+    match (parsed, job) {
+        (Some(_), Some(job)) => Ok(Json(JobView::from(&job))),
+        _ => Err(ApiError::not_found(&auth.request_id)),
+    }
 }
 
 /// A page of jobs.
@@ -760,7 +782,16 @@ async fn create_job(
         )
         .retry_after(5));
     };
-    // Stage the body: streamed, capped at the declared length, and dropped when it stalls.
+    if let Some(k) = &idempotency_key {
+        // The same key returns the same job, without storing the body again.
+        match api.store.find_idempotent(tenant, k).await {
+            Ok(Some(existing)) => return respond_with_job(&api, existing, rid).await,
+            Ok(None) => {}
+            Err(e) => return Err(ApiError::unavailable(rid, &e)),
+        }
+    }
+    // Stage the body (streamed, capped at the declared length, dropped when it stalls) and
+    // store it at the same time: a large body goes up part by part as its parts land on disk.
     let staging = tempfile::Builder::new()
         .prefix("airlock-upload-")
         .tempdir_in(&api.work_dir)
@@ -772,70 +803,95 @@ async fn create_job(
         .open(&path)
         .await
         .map_err(|e| ApiError::unavailable(rid, &e))?;
-    let mut body = body;
-    let mut received: u64 = 0;
-    loop {
-        let frame = match tokio::time::timeout(BODY_IDLE, body.frame()).await {
-            Ok(Some(frame)) => frame,
-            Ok(None) => break,
-            Err(_) => {
+    let input = crate::storage::ObjectKey::new(crate::storage::Kind::Input);
+    let meta = crate::storage::PutMeta {
+        content_type: "application/octet-stream".into(),
+        download_name: name.clone(),
+    };
+    let (written, on_disk) = tokio::sync::watch::channel(0u64);
+    let receive = async move {
+        let mut body = body;
+        let mut received: u64 = 0;
+        let mut announced: u64 = 0;
+        loop {
+            let frame = match tokio::time::timeout(BODY_IDLE, body.frame()).await {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
+                Err(_) => {
+                    return Err(err(
+                        ErrorCode::BodyTimeout,
+                        format!("the upload sent nothing for {} s", BODY_IDLE.as_secs()),
+                    ))
+                }
+            };
+            let frame = frame.map_err(|_| {
+                err(
+                    ErrorCode::IncompleteBody,
+                    "the upload ended before Content-Length bytes arrived".into(),
+                )
+            })?;
+            let Ok(chunk) = frame.into_data() else {
+                continue;
+            };
+            received += chunk.len() as u64;
+            if received > length {
                 return Err(err(
-                    ErrorCode::BodyTimeout,
-                    format!("the upload sent nothing for {} s", BODY_IDLE.as_secs()),
-                ))
+                    ErrorCode::IncompleteBody,
+                    "the body is longer than Content-Length".into(),
+                ));
             }
-        };
-        let frame = frame.map_err(|_| {
-            err(
-                ErrorCode::IncompleteBody,
-                "the upload ended before Content-Length bytes arrived".into(),
-            )
-        })?;
-        let Ok(chunk) = frame.into_data() else {
-            continue;
-        };
-        received += chunk.len() as u64;
-        if received > length {
+            file.write_all(&chunk)
+                .await
+                .map_err(|e| ApiError::unavailable(rid, &e))?;
+            // Flushed, so the store can read what is announced.
+            if received - announced >= ANNOUNCE_EVERY {
+                file.flush()
+                    .await
+                    .map_err(|e| ApiError::unavailable(rid, &e))?;
+                announced = received;
+                let _ = written.send(received);
+            }
+        }
+        if received != length {
             return Err(err(
                 ErrorCode::IncompleteBody,
-                "the body is longer than Content-Length".into(),
+                "the upload ended before Content-Length bytes arrived".into(),
             ));
         }
-        file.write_all(&chunk)
+        file.flush()
             .await
             .map_err(|e| ApiError::unavailable(rid, &e))?;
-    }
-    if received != length {
-        return Err(err(
-            ErrorCode::IncompleteBody,
-            "the upload ended before Content-Length bytes arrived".into(),
-        ));
-    }
-    file.flush()
+        let _ = written.send(received);
+        Ok(received)
+        // `written` is dropped here: on any error above, the store gives up and stores nothing.
+    };
+    let store = api
+        .objects
+        .put_growing(&input, &path, length, &meta, on_disk);
+    let (received, stored) = tokio::join!(receive, store);
+    let received = received?;
+    stored.map_err(|e| ApiError::unavailable(rid, &e))?;
+    drop(staging);
+    let job = crate::jobs::NewJob {
+        id: Uuid::new_v4(),
+        tenant: tenant.to_string(),
+        idempotency_key: idempotency_key.clone(),
+        plan: plan.name.clone(),
+        input_key: input.to_string(),
+        input_bytes: received as i64,
+        file_name: name,
+        max_attempts: 5,
+    };
+    let jobs: crate::jobs::Shared = api.store.clone();
+    let id = crate::service::enqueue_stored(&jobs, &api.objects, &job, input)
         .await
         .map_err(|e| ApiError::unavailable(rid, &e))?;
-    drop(file);
-    let jobs: crate::jobs::Shared = api.store.clone();
-    let submitted = crate::service::submit_to(
-        &jobs,
-        &api.objects,
-        &api.policies,
-        crate::service::SubmitArgs {
-            tenant,
-            idempotency_key: idempotency_key.as_deref(),
-            plan: &plan.name,
-            file: &path,
-            follow_symlinks: false,
-            file_name: Some(&name),
-        },
-    )
-    .await;
-    drop(staging);
-    let id = submitted.map_err(|e| match e {
-        crate::service::CommandError::Refused(m) => err(ErrorCode::TooLarge, m),
-        e => ApiError::unavailable(rid, &e),
-    })?;
     tracing::info!(job_id = %id, bytes = received, "job submitted");
+    respond_with_job(&api, id, rid).await
+}
+
+/// 202 with the job.
+async fn respond_with_job(api: &Api, id: Uuid, rid: &str) -> Result<Response, ApiError> {
     match api.store.get(id).await {
         Ok(Some(job)) => Ok((StatusCode::ACCEPTED, Json(JobView::from(&job))).into_response()),
         Ok(None) => Err(ApiError::unavailable(

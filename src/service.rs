@@ -168,8 +168,20 @@ pub async fn submit_to(
         file_name,
         max_attempts: 5,
     };
+    enqueue_stored(jobs, store, &job, input).await
+}
+
+/// Enqueue `job`, whose input is already stored at `input`. An idempotency race lost to another
+/// job deletes this input; a failed commit is retried with the same id (a duplicate id means
+/// it landed) and never deletes the input, which the orphan sweep removes if no job took it.
+pub async fn enqueue_stored(
+    jobs: &Shared,
+    store: &Arc<dyn ObjectStore>,
+    job: &NewJob,
+    input: ObjectKey,
+) -> Result<Uuid, CommandError> {
     let submitted = match jobs.now().await {
-        Ok(now) => jobs.submit(&job, now).await,
+        Ok(now) => jobs.submit(job, now).await,
         Err(e) => Err(e),
     };
     match submitted {
@@ -191,7 +203,7 @@ pub async fn submit_to(
                     return Ok(job.id);
                 }
                 let again = match jobs.now().await {
-                    Ok(now) => jobs.submit(&job, now).await,
+                    Ok(now) => jobs.submit(job, now).await,
                     Err(e) => Err(e),
                 };
                 match again {

@@ -271,25 +271,45 @@ impl SqlStore {
     /// hash is compared in constant time. The last use is recorded at most once a minute (so
     /// requests do not each cost a write), with the database's time, taken only for a known key.
     pub async fn authenticate(&self, key: &ApiKey) -> Result<Option<Caller>, TenantError> {
-        use crate::jobs::JobStore;
+        Ok(self.authenticate_for(key, None).await?.map(|(c, _)| c))
+    }
+
+    /// Authenticate `key` and, in the same round trip, read the job `job` if it is the key's
+    /// tenant's (another tenant's job reads as none). One query with the database's clock; the
+    /// key's last use is written at most once a minute.
+    pub async fn authenticate_for(
+        &self,
+        key: &ApiKey,
+        job: Option<Uuid>,
+    ) -> Result<Option<(Caller, Option<crate::jobs::JobRecord>)>, TenantError> {
         let hash = key.sha256();
-        let row = sqlx::query(
-            "SELECT id, tenant, sha256, revoked_at, last_used_at FROM airlock_api_keys WHERE sha256 = $1",
-        )
-        .bind(&hash)
-        .fetch_optional(self.pool())
-        .await?;
-        let Some(row) = row else {
+        let sql = format!(
+            "SELECT k.id AS key_id, k.tenant AS key_tenant, k.sha256 AS key_sha256, \
+             k.revoked_at AS key_revoked_at, k.last_used_at AS key_last_used_at, {} AS key_now{} \
+             FROM airlock_api_keys k{} WHERE k.sha256 = $1",
+            self.dialect().now_expr,
+            if job.is_some() { ", j.*" } else { "" },
+            if job.is_some() {
+                " LEFT JOIN airlock_jobs j ON j.id = $2 AND j.tenant = k.tenant"
+            } else {
+                ""
+            },
+        );
+        let mut q = sqlx::query(&sql).bind(&hash);
+        if let Some(id) = job {
+            q = q.bind(id.to_string());
+        }
+        let Some(row) = q.fetch_optional(self.pool()).await? else {
             return Ok(None);
         };
-        let stored: String = row.try_get("sha256")?;
-        let revoked: Option<i64> = row.try_get("revoked_at")?;
+        let stored: String = row.try_get("key_sha256")?;
+        let revoked: Option<i64> = row.try_get("key_revoked_at")?;
         if !bool::from(stored.as_bytes().ct_eq(hash.as_bytes())) || revoked.is_some() {
             return Ok(None);
         }
-        let id: String = row.try_get("id")?;
-        let last: Option<i64> = row.try_get("last_used_at")?;
-        let now = self.now().await?;
+        let id: String = row.try_get("key_id")?;
+        let last: Option<i64> = row.try_get("key_last_used_at")?;
+        let now: i64 = row.try_get("key_now")?;
         if last.is_none_or(|l| now - l >= 60_000) {
             sqlx::query("UPDATE airlock_api_keys SET last_used_at = $2 WHERE id = $1")
                 .bind(&id)
@@ -297,11 +317,20 @@ impl SqlStore {
                 .execute(self.pool())
                 .await?;
         }
-        Ok(Some(Caller {
-            key_id: Uuid::parse_str(&id)
-                .map_err(|e| JobError::Corrupt(format!("key id {id:?}: {e}")))?,
-            tenant: row.try_get("tenant")?,
-        }))
+        let record = match job {
+            Some(_) if row.try_get::<Option<String>, _>("id")?.is_some() => {
+                Some(crate::jobs::sql::record(&row)?)
+            }
+            _ => None,
+        };
+        Ok(Some((
+            Caller {
+                key_id: Uuid::parse_str(&id)
+                    .map_err(|e| JobError::Corrupt(format!("key id {id:?}: {e}")))?,
+                tenant: row.try_get("key_tenant")?,
+            },
+            record,
+        )))
     }
 }
 

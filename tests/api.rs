@@ -1651,3 +1651,102 @@ async fn isolation_matrix(backend: Backend) {
         all_routes.len()
     );
 }
+
+/// A body above the multipart threshold goes to S3 part by part while it arrives: stored whole
+/// and exact. One that stops short stores nothing (its parts are aborted) and queues nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_large_post_is_stored_in_parts_as_it_arrives() {
+    use sha2::Digest;
+    use tokio::io::AsyncWriteExt;
+    let s = Server::on(Backend::Production, &["--supervise", "0"]).await;
+    s.ok(&["tenant", "create", "acme"]);
+    let (key, _) = s.key("acme");
+    let line = b"a@acme.example,Ana,Garcia,Acme,CTO,+34 600 000 000,ES,lorem ipsum dolor\n";
+    let mut body = b"email,first,last,company,title,phone,country,notes\n".to_vec();
+    while body.len() < 70 << 20 {
+        body.extend_from_slice(line);
+    }
+    let res = reqwest::Client::new()
+        .post(format!("{}/v1/jobs", s.base))
+        .header("authorization", format!("Bearer {key}"))
+        .header("content-type", "text/csv")
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
+    let env = crate::storage::s3_env();
+    let store = airlock::storage::s3::S3Store::explicit(
+        airlock::storage::s3::Explicit {
+            endpoint: &env.endpoint,
+            region: "us-east-1",
+            access_key: &env.access_key,
+            secret_key: env.secret_key.clone().into(),
+        },
+        s.d.bucket.as_ref().unwrap(),
+    );
+    use airlock::storage::ObjectStore;
+    let listed = store.list("in/", None).await.unwrap().objects;
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    let stored = store
+        .digest(
+            &airlock::storage::ObjectKey::parse(&listed[0].key).unwrap(),
+            u64::MAX,
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    use base64::Engine;
+    assert_eq!(stored.size, body.len() as u64);
+    assert_eq!(
+        stored.sha256_b64,
+        base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(&body))
+    );
+
+    // Cut short after 40 MiB.
+    let addr = s.base.trim_start_matches("http://").to_string();
+    let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "POST /v1/jobs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\nContent-Type: text/csv\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    conn.write_all(&body[..40 << 20]).await.unwrap();
+    // The parts already on disk are going up before the body has ended.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while s3_client_uploads(s.d.bucket.as_ref().unwrap()).await == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no multipart upload while the body arrives"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(conn);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let uploads = s3_client_uploads(s.d.bucket.as_ref().unwrap()).await;
+        if uploads == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{uploads} multipart uploads left open"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(store.list("in/", None).await.unwrap().objects.len(), 1);
+    let (_, _, list) = s.get("/v1/jobs", Some(&key)).await;
+    assert_eq!(list["jobs"].as_array().unwrap().len(), 1, "{list}");
+}
+
+/// Multipart uploads still open in `bucket`.
+async fn s3_client_uploads(bucket: &str) -> usize {
+    crate::storage::s3_client()
+        .list_multipart_uploads()
+        .bucket(bucket)
+        .send()
+        .await
+        .unwrap()
+        .uploads()
+        .len()
+}

@@ -244,6 +244,17 @@ impl ObjectStore for Switch {
         self.check()?;
         self.inner.list(prefix, next).await
     }
+    async fn put_growing(
+        &self,
+        key: &ObjectKey,
+        path: &Path,
+        size: u64,
+        meta: &PutMeta,
+        written: tokio::sync::watch::Receiver<u64>,
+    ) -> Result<u64, StorageError> {
+        self.check()?;
+        self.inner.put_growing(key, path, size, meta, written).await
+    }
     async fn presign_put(
         &self,
         key: &ObjectKey,

@@ -22,6 +22,7 @@ pub static DIALECT: Dialect = Dialect {
     migrations_table: "SELECT 1 AS x WHERE to_regclass('_sqlx_migrations') IS NOT NULL",
     migration_session: Some(("SET lock_timeout = '10s'", "RESET lock_timeout")),
     now: "SELECT CAST(FLOOR(EXTRACT(EPOCH FROM clock_timestamp()) * 1000) AS BIGINT) AS now",
+    now_expr: "CAST(FLOOR(EXTRACT(EPOCH FROM clock_timestamp()) * 1000) AS BIGINT)",
     claim_pick: pick!(),
     for_update: " FOR UPDATE",
     skip_locked: " FOR UPDATE SKIP LOCKED",

@@ -49,6 +49,8 @@ pub struct Dialect {
     pub migration_session: Option<(&'static str, &'static str)>,
     /// Returns `now`: the database's clock, in ms since the Unix epoch.
     pub now: &'static str,
+    /// The same clock as an expression, to read it in the same query as something else.
+    pub now_expr: &'static str,
     /// `$1` = now; returns one `id`: the next runnable job in fair-queuing order.
     pub claim_pick: &'static str,
     /// Appended to selects that must lock their rows (`FOR UPDATE` or nothing).
@@ -199,6 +201,10 @@ impl SqlStore {
     }
 
     /// "postgres" or "sqlite".
+    pub fn dialect(&self) -> &'static Dialect {
+        self.dialect
+    }
+
     pub fn dialect_name(&self) -> &'static str {
         self.dialect.name
     }

@@ -15,6 +15,7 @@ pub static DIALECT: Dialect = Dialect {
     migration_session: None,
     // One host: its clock is the database's.
     now: "SELECT CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER) AS now",
+    now_expr: "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)",
     claim_pick: "SELECT id FROM airlock_jobs
          WHERE state = 'queued' AND run_after <= $1
          ORDER BY vseq, created_at LIMIT 1",

@@ -288,6 +288,21 @@ impl ObjectStore for FsStore {
         ))
     }
 
+    async fn put_growing(
+        &self,
+        key: &ObjectKey,
+        path: &Path,
+        size: u64,
+        meta: &PutMeta,
+        mut written: tokio::sync::watch::Receiver<u64>,
+    ) -> Result<u64, StorageError> {
+        written
+            .wait_for(|n| *n >= size)
+            .await
+            .map_err(|_| StorageError::Unavailable("the upload ended early".into()))?;
+        self.put_file(key, path, size, meta).await
+    }
+
     async fn presign_put(
         &self,
         key: &ObjectKey,

@@ -316,6 +316,19 @@ pub trait ObjectStore: Send + Sync + fmt::Debug {
     /// One page of the objects under `prefix`.
     async fn list(&self, prefix: &str, next: Option<String>) -> Result<ListPage, StorageError>;
 
+    /// Store the file at `path` while it is still being written, `size` bytes in all; `written`
+    /// says how many are on disk so far (flushed). Large objects go up part by part as the
+    /// parts arrive, so the upload overlaps the writing. A closed `written` before `size` bytes
+    /// fails the put and stores nothing.
+    async fn put_growing(
+        &self,
+        key: &ObjectKey,
+        path: &Path,
+        size: u64,
+        meta: &PutMeta,
+        written: tokio::sync::watch::Receiver<u64>,
+    ) -> Result<u64, StorageError>;
+
     /// A link that lets a client `PUT` exactly `size` bytes whose SHA-256 is `sha256_b64` to
     /// `key` (an input key) within `ttl` (at most [`UPLOAD_TTL_CAP`]).
     async fn presign_put(

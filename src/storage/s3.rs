@@ -90,6 +90,7 @@ impl S3Store {
         path: &Path,
         size: u64,
         meta: &PutMeta,
+        mut written: Option<tokio::sync::watch::Receiver<u64>>,
     ) -> Result<(), StorageError> {
         let mut create = self
             .client
@@ -110,6 +111,12 @@ impl S3Store {
             let mut number = 1;
             while offset < size {
                 let len = PART_SIZE.min(size - offset);
+                // A file still being written: each part goes up as soon as it is on disk.
+                if let Some(w) = written.as_mut() {
+                    w.wait_for(|n| *n >= offset + len).await.map_err(|_| {
+                        StorageError::Unavailable("the upload ended before its last part".into())
+                    })?;
+                }
                 let body = ByteStream::read_from()
                     .path(path)
                     .offset(offset)
@@ -229,7 +236,7 @@ impl ObjectStore for S3Store {
             return Err(StorageError::TooLarge { size, cap });
         }
         if size > MULTIPART_THRESHOLD {
-            self.put_multipart(key, path, size, meta).await?;
+            self.put_multipart(key, path, size, meta, None).await?;
             return Ok(size);
         }
         let body = ByteStream::read_from()
@@ -391,6 +398,26 @@ impl ObjectStore for S3Store {
             .await
             .map_err(map_err)?;
         Ok(req.uri().to_string())
+    }
+
+    async fn put_growing(
+        &self,
+        key: &ObjectKey,
+        path: &Path,
+        size: u64,
+        meta: &PutMeta,
+        mut written: tokio::sync::watch::Receiver<u64>,
+    ) -> Result<u64, StorageError> {
+        if size > MULTIPART_THRESHOLD {
+            self.put_multipart(key, path, size, meta, Some(written))
+                .await?;
+            return Ok(size);
+        }
+        written
+            .wait_for(|n| *n >= size)
+            .await
+            .map_err(|_| StorageError::Unavailable("the upload ended early".into()))?;
+        self.put_file(key, path, size, meta).await
     }
 
     async fn presign_put(
