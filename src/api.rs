@@ -43,6 +43,8 @@ pub struct Api {
     metrics_token: Option<String>,
     /// Clients reach this server over TLS (terminated in front): send HSTS.
     pub hsts: bool,
+    /// Keys and job rows, on PostgreSQL (`crate::hotcache`).
+    cache: Option<Arc<crate::hotcache::HotCache>>,
 }
 
 impl Api {
@@ -63,7 +65,14 @@ impl Api {
             limiters: crate::ratelimit::Limiters::new(crate::ratelimit::Rates::default()),
             metrics_token: None,
             hsts: false,
+            cache: None,
         }
+    }
+
+    /// Answer hot reads from `cache`.
+    pub fn with_cache(mut self, cache: Option<Arc<crate::hotcache::HotCache>>) -> Self {
+        self.cache = cache;
+        self
     }
 
     /// Send `Strict-Transport-Security` (the public URL is https).
@@ -435,8 +444,21 @@ async fn authenticate(
         .and_then(|v| v.strip_prefix("Bearer "))
         .and_then(|k| ApiKey::parse(k.trim()))
         .ok_or_else(|| ApiError::unauthenticated(&rid))?;
+    let hash = presented.sha256();
+    if let Some(cache) = &api.cache {
+        if let Some((caller, write_last_use)) = cache.key(&hash) {
+            return from_cache(api, cache, caller, write_last_use, job, rid).await;
+        }
+    }
+    let generation = api.cache.as_ref().map(|c| c.generation());
     match api.store.authenticate_for(&presented, job).await {
         Ok(Some((caller, record))) => {
+            if let (Some(cache), Some(generation)) = (&api.cache, generation) {
+                cache.put_key(&hash, &caller, generation);
+                if let Some(j) = &record {
+                    cache.put_job(j);
+                }
+            }
             tracing::Span::current().record("tenant", caller.tenant.as_str());
             if let Err(wait) = api.limiters.check_key(caller.key_id) {
                 return Err(rate_limited(&rid, wait, "this API key"));
@@ -452,6 +474,53 @@ async fn authenticate(
         Ok(None) => Err(ApiError::unauthenticated(&rid)),
         Err(e) => Err(ApiError::unavailable(&rid, &e)),
     }
+}
+
+/// [`authenticate`] for a key the cache holds: no database round trip unless the job is not
+/// cached (or is another tenant's, which costs the same read as a random id).
+async fn from_cache(
+    api: &Api,
+    cache: &crate::hotcache::HotCache,
+    caller: Caller,
+    write_last_use: bool,
+    job: Option<Uuid>,
+    rid: String,
+) -> Result<(Authed, Option<crate::jobs::JobRecord>), ApiError> {
+    tracing::Span::current().record("tenant", caller.tenant.as_str());
+    api.metrics.cache_hit();
+    if let Err(wait) = api.limiters.check_key(caller.key_id) {
+        return Err(rate_limited(&rid, wait, "this API key"));
+    }
+    if write_last_use {
+        let store = api.store.clone();
+        let id = caller.key_id;
+        tokio::spawn(async move {
+            if let Err(e) = store.touch_key(id).await {
+                tracing::debug!(error = %e, "recording a key's last use failed");
+            }
+        });
+    }
+    let record = match job {
+        None => None,
+        Some(id) => match cache.job(&caller.tenant, id) {
+            Some(j) => Some(j),
+            None => match api.store.get(id).await {
+                Ok(Some(j)) if j.tenant == caller.tenant => {
+                    cache.put_job(&j);
+                    Some(j)
+                }
+                Ok(_) => None,
+                Err(e) => return Err(ApiError::unavailable(&rid, &e)),
+            },
+        },
+    };
+    Ok((
+        Authed {
+            caller,
+            request_id: rid,
+        },
+        record,
+    ))
 }
 
 /// The OpenAPI document's frame: title, the Bearer scheme, and the shared schemas.
@@ -1285,6 +1354,9 @@ async fn delete_job(
         }
         _ => {}
     }
+    if let Some(cache) = &api.cache {
+        cache.forget_job(&job.tenant, job.id);
+    }
     // Finished, or just cancelled: erase its files now.
     let jobs: crate::jobs::Shared = api.store.clone();
     let sweeper =
@@ -1293,6 +1365,9 @@ async fn delete_job(
         .erase_job(&job.tenant, job.id, crate::jobs::Clock::Database)
         .await
         .map_err(|e| ApiError::unavailable(&rid, &e))?;
+    if let Some(cache) = &api.cache {
+        cache.forget_job(&job.tenant, job.id);
+    }
     let after = api
         .store
         .get(job.id)

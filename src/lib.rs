@@ -12,6 +12,7 @@ pub mod config;
 pub mod doctor;
 #[cfg(feature = "test-seam")]
 pub mod hostile;
+pub mod hotcache;
 pub mod jobs;
 pub mod liveness;
 pub mod metrics;

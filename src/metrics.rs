@@ -50,6 +50,7 @@ pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
     request_seconds: Family<RouteLabels, Histogram>,
     claims: Counter,
+    cache_hits: Counter,
     outcomes: Family<OutcomeLabels, Counter>,
     job_seconds: Histogram,
     jobs: Family<StateLabels, Gauge>,
@@ -77,6 +78,12 @@ impl Default for Metrics {
         );
         let claims = Counter::default();
         registry.register("claims", "Jobs claimed by this process", claims.clone());
+        let cache_hits = Counter::default();
+        registry.register(
+            "cache_hits",
+            "Requests authenticated from serve's key cache (no database round trip for the key)",
+            cache_hits.clone(),
+        );
         let outcomes = Family::<OutcomeLabels, Counter>::default();
         registry.register(
             "worker_outcomes",
@@ -102,6 +109,7 @@ impl Default for Metrics {
             requests,
             request_seconds,
             claims,
+            cache_hits,
             outcomes,
             job_seconds,
             jobs,
@@ -125,6 +133,10 @@ impl Metrics {
                 route: route.to_string(),
             })
             .observe(took.as_secs_f64());
+    }
+
+    pub fn cache_hit(&self) {
+        self.cache_hits.inc();
     }
 
     pub fn claimed(&self) {

@@ -515,19 +515,23 @@ pub async fn serve(
         crate::workdir::WorkDir::create(&base).map_err(|e| CommandError::Failed(e.to_string()))?;
     let liveness = crate::liveness::Liveness::start();
     let metrics = Arc::new(crate::metrics::Metrics::default());
-    let api = Arc::new(
-        crate::api::Api::new(
-            store.clone(),
-            objects.clone(),
-            policies.clone(),
-            work_dir.path().to_path_buf(),
-        )
-        .with_liveness(liveness.clone())
-        .with_metrics(metrics.clone())
-        .with_rates(args.rates)
-        .with_metrics_token(args.metrics_token.clone())
-        .with_hsts(config.public_url.starts_with("https://")),
-    );
+    let api =
+        Arc::new(
+            crate::api::Api::new(
+                store.clone(),
+                objects.clone(),
+                policies.clone(),
+                work_dir.path().to_path_buf(),
+            )
+            .with_liveness(liveness.clone())
+            .with_metrics(metrics.clone())
+            .with_rates(args.rates)
+            .with_metrics_token(args.metrics_token.clone())
+            .with_hsts(config.public_url.starts_with("https://"))
+            .with_cache(config.database_url.starts_with("postgres").then(|| {
+                crate::hotcache::HotCache::start(&config.database_url, store.pool().clone())
+            })),
+        );
     let shutdown = shutdown_on_signal();
     let supervisor = (args.supervise.concurrency > 0).then(|| {
         let jobs: Shared = store.clone();
@@ -684,7 +688,11 @@ pub async fn key_revoke(config: &ServiceConfig, id: &str) -> Result<String, Comm
         .map_err(|_| CommandError::Usage(format!("{id:?} is not a key id (UUID)")))?;
     let store = open_registry(config).await?;
     let now = store.now().await.map_err(failed)?;
-    Ok(json(
-        &store.revoke_key(id, now).await.map_err(tenant_error)?,
-    ))
+    let revoked = store.revoke_key(id, now).await.map_err(tenant_error)?;
+    if store.dialect_name() == "postgres" {
+        // Every `serve` has applied the revocation to its key cache once this has passed
+        // (`crate::hotcache`): refused on the next request everywhere.
+        tokio::time::sleep(crate::hotcache::REVOKE_SETTLE).await;
+    }
+    Ok(json(&revoked))
 }

@@ -45,7 +45,7 @@ impl ApiKey {
         &self.0
     }
 
-    fn sha256(&self) -> String {
+    pub fn sha256(&self) -> String {
         hex::encode(Sha256::digest(self.0.as_bytes()))
     }
 }
@@ -400,6 +400,19 @@ impl SqlStore {
             .bind(state.as_str())
             .bind(format!("link issued: {artifact}"))
             .bind(request_id)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
+    /// Record a key's use now (the database's clock).
+    pub async fn touch_key(&self, id: Uuid) -> Result<(), JobError> {
+        let sql = format!(
+            "UPDATE airlock_api_keys SET last_used_at = {} WHERE id = $1",
+            self.dialect().now_expr
+        );
+        sqlx::query(&sql)
+            .bind(id.to_string())
             .execute(self.pool())
             .await?;
         Ok(())

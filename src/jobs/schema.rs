@@ -51,6 +51,12 @@ const STEPS: &[Step] = &[
         postgres: include_str!("../../migrations/postgres/0005_uploads.sql"),
         sqlite: include_str!("../../migrations/sqlite/0005_uploads.sql"),
     },
+    Step {
+        version: 6,
+        description: "key change notify",
+        postgres: include_str!("../../migrations/postgres/0006_key_change_notify.sql"),
+        sqlite: include_str!("../../migrations/sqlite/0006_key_change_notify.sql"),
+    },
 ];
 
 /// The version this binary needs.
