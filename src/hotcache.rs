@@ -117,13 +117,10 @@ impl HotCache {
             };
             // Whatever was missed while disconnected: start over.
             self.invalidate_all();
-            loop {
-                // `recv` would reconnect silently and lose notifications: an error ends this
-                // connection, and everything cached with it.
-                match l.try_recv().await {
-                    Ok(Some(n)) => self.on_notification(n.channel(), n.payload()),
-                    Ok(None) | Err(_) => break,
-                }
+            // `recv` would reconnect silently and lose notifications: an error ends this
+            // connection, and everything cached with it.
+            while let Ok(Some(n)) = l.try_recv().await {
+                self.on_notification(n.channel(), n.payload());
             }
             self.invalidate_all();
             tracing::warn!("cache listener lost its connection; reconnecting");
