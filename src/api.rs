@@ -35,6 +35,8 @@ pub struct Api {
     /// Where uploads are staged (in a private 0700 directory each) on their way to storage.
     pub work_dir: std::path::PathBuf,
     uploads: UploadSlots,
+    /// Uploads being completed: one completion per upload at a time.
+    completing: std::sync::Mutex<std::collections::HashSet<Uuid>>,
     liveness: Option<crate::liveness::Liveness>,
     pub metrics: Arc<crate::metrics::Metrics>,
     limiters: crate::ratelimit::Limiters,
@@ -60,6 +62,7 @@ impl Api {
             policies,
             work_dir,
             uploads: UploadSlots::default(),
+            completing: Default::default(),
             liveness: None,
             metrics: Arc::new(crate::metrics::Metrics::default()),
             limiters: crate::ratelimit::Limiters::new(crate::ratelimit::Rates::default()),
@@ -346,7 +349,8 @@ async fn limit_ip(
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    if req.uri().path().starts_with("/v1/") {
+    let path = req.uri().path();
+    if path.starts_with("/v1/") || path == "/readyz" {
         if let Some(ClientAddr(peer)) = req.extensions().get::<ClientAddr>().copied() {
             if let Err(wait) = api.limiters.check_ip(peer.ip()) {
                 return rate_limited(&request_id(req.headers()), wait, "this address")
@@ -451,12 +455,13 @@ async fn authenticate(
         }
     }
     let generation = api.cache.as_ref().map(|c| c.generation());
+    let read_at = std::time::Instant::now();
     match api.store.authenticate_for(&presented, job).await {
         Ok(Some((caller, record))) => {
             if let (Some(cache), Some(generation)) = (&api.cache, generation) {
                 cache.put_key(&hash, &caller, generation);
                 if let Some(j) = &record {
-                    cache.put_job(j);
+                    cache.put_job(j, read_at);
                 }
             }
             tracing::Span::current().record("tenant", caller.tenant.as_str());
@@ -500,16 +505,19 @@ async fn from_cache(
             }
         });
     }
+    let read_at = std::time::Instant::now();
     let record = match job {
         None => None,
         Some(id) => match cache.job(&caller.tenant, id) {
             Some(j) => Some(j),
-            None => match api.store.get(id).await {
-                Ok(Some(j)) if j.tenant == caller.tenant => {
-                    cache.put_job(&j);
+            // Scoped to the caller's tenant: another tenant's job reads as nothing, at the
+            // same cost as a random id.
+            None => match api.store.job_of(&caller.tenant, id).await {
+                Ok(Some(j)) => {
+                    cache.put_job(&j, read_at);
                     Some(j)
                 }
-                Ok(_) => None,
+                Ok(None) => None,
                 Err(e) => return Err(ApiError::unavailable(&rid, &e)),
             },
         },
@@ -934,12 +942,26 @@ async fn create_job(
         Ok(received)
         // `written` is dropped here: on any error above, the store gives up and stores nothing.
     };
-    let store = api
-        .objects
-        .put_growing(&input, &path, length, &meta, on_disk);
-    let (received, stored) = tokio::join!(receive, store);
-    let received = received?;
-    stored.map_err(|e| ApiError::unavailable(rid, &e))?;
+    // Storage failing first ends the request at once (the rest of the body is not read).
+    let received = {
+        let store = api
+            .objects
+            .put_growing(&input, &path, length, &meta, on_disk);
+        tokio::pin!(receive, store);
+        tokio::select! {
+            r = &mut receive => {
+                // Awaited either way: on a failed body it aborts what it began.
+                let stored = store.await;
+                let n = r?;
+                stored.map_err(|e| ApiError::unavailable(rid, &e))?;
+                n
+            }
+            s = &mut store => {
+                s.map_err(|e| ApiError::unavailable(rid, &e))?;
+                receive.await?
+            }
+        }
+    };
     drop(staging);
     let job = crate::jobs::NewJob {
         id: Uuid::new_v4(),
@@ -1149,6 +1171,29 @@ async fn complete_upload(
             rid,
         ));
     }
+    // One completion per upload at a time: the check reads (and may hash) the whole object.
+    struct Completing<'a>(&'a Api, Uuid);
+    impl Drop for Completing<'_> {
+        fn drop(&mut self) {
+            if let Ok(mut c) = self.0.completing.lock() {
+                c.remove(&self.1);
+            }
+        }
+    }
+    let first = api
+        .completing
+        .lock()
+        .map(|mut c| c.insert(id))
+        .unwrap_or(false);
+    if !first {
+        return Err(ApiError::new(
+            ErrorCode::Busy,
+            "this upload is being completed; retry in a moment",
+            rid,
+        )
+        .retry_after(1));
+    }
+    let _completing = Completing(&api, id);
     let key = crate::storage::ObjectKey::parse(&upload.object_key)
         .map_err(|e| ApiError::unavailable(rid, &e))?;
     let mismatch = |m: String| ApiError::new(ErrorCode::UploadMismatch, m, rid);

@@ -53,7 +53,10 @@ pub struct HotCache {
     /// applied is never cached after it.
     generation: AtomicU64,
     keys: Mutex<HashMap<String, CachedKey>>,
+    /// (read start, row) per (tenant, id).
     jobs: Mutex<HashMap<(String, Uuid), (Instant, JobRecord)>>,
+    /// When this server last changed each job: a read that began before it is not cached.
+    changed: Mutex<HashMap<(String, Uuid), Instant>>,
 }
 
 impl HotCache {
@@ -65,6 +68,7 @@ impl HotCache {
             generation: AtomicU64::new(0),
             keys: Mutex::new(HashMap::new()),
             jobs: Mutex::new(HashMap::new()),
+            changed: Mutex::new(HashMap::new()),
         }
     }
 
@@ -74,24 +78,34 @@ impl HotCache {
 
     /// Start the listener and the heartbeat for the PostgreSQL database at `url`; `pool` sends
     /// the heartbeats. Must run inside a tokio runtime.
-    pub fn start(url: &str, pool: sqlx::AnyPool) -> Arc<Self> {
+    pub fn start(url: &str) -> Arc<Self> {
         let me = Arc::new(HotCache::new());
         let listener = me.clone();
-        let url = url.to_string();
-        tokio::spawn(async move { listener.listen(&url).await });
+        let listen_url = url.to_string();
+        tokio::spawn(async move { listener.listen(&listen_url).await });
         let beat = me.clone();
+        let url = url.to_string();
         tokio::spawn(async move {
+            // A connection of its own: a pool saturated by requests must not starve the
+            // heartbeat (and so turn the cache off exactly under load).
+            let mut conn: Option<sqlx::PgConnection> = None;
             let mut every = tokio::time::interval(HEARTBEAT);
             every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 every.tick().await;
+                if conn.is_none() {
+                    use sqlx::Connection;
+                    conn = sqlx::PgConnection::connect(&url).await.ok();
+                }
+                let Some(c) = conn.as_mut() else { continue };
                 let payload = format!("{}:{}", beat.instance, beat.ms());
                 if let Err(e) = sqlx::query("SELECT pg_notify('airlock_hb', $1)")
                     .bind(payload)
-                    .execute(&pool)
+                    .execute(&mut *c)
                     .await
                 {
                     tracing::debug!(error = %e, "cache heartbeat failed");
+                    conn = None;
                 }
             }
         });
@@ -118,8 +132,11 @@ impl HotCache {
             // Whatever was missed while disconnected: start over.
             self.invalidate_all();
             // `recv` would reconnect silently and lose notifications: an error ends this
-            // connection, and everything cached with it.
-            while let Ok(Some(n)) = l.try_recv().await {
+            // connection, and everything cached with it. So does silence: heartbeats come every
+            // 100 ms, so 2 s without any notification means a stalled connection.
+            while let Ok(Ok(Some(n))) =
+                tokio::time::timeout(Duration::from_secs(2), l.try_recv()).await
+            {
                 self.on_notification(n.channel(), n.payload());
             }
             self.invalidate_all();
@@ -134,9 +151,14 @@ impl HotCache {
                     return;
                 };
                 if instance == self.instance.to_string() {
+                    // A heartbeat from the future was not sent by this process.
                     if let Ok(sent) = sent.parse::<u64>() {
-                        self.usable_until
-                            .fetch_max(sent + FRESHNESS.as_millis() as u64, Ordering::SeqCst);
+                        if sent <= self.ms() {
+                            self.usable_until.fetch_max(
+                                sent.saturating_add(FRESHNESS.as_millis() as u64),
+                                Ordering::SeqCst,
+                            );
+                        }
                     }
                 }
             }
@@ -216,20 +238,39 @@ impl HotCache {
         (at.elapsed() < JOB_TTL).then(|| job.clone())
     }
 
-    /// Cache the tenant's own job, as just read.
-    pub fn put_job(&self, job: &JobRecord) {
+    /// Cache the tenant's own job, as read by a query that began at `read_at`: not when this
+    /// server changed the job since, and its age counts from `read_at`.
+    pub fn put_job(&self, job: &JobRecord, read_at: Instant) {
+        if !self.usable() {
+            return;
+        }
+        let key = (job.tenant.clone(), job.id);
+        let changed = self.changed.lock().ok().and_then(|c| c.get(&key).copied());
+        if changed.is_some_and(|c| c >= read_at) {
+            return;
+        }
         if let Ok(mut jobs) = self.jobs.lock() {
             if jobs.len() >= MAX_ENTRIES {
-                jobs.clear();
+                jobs.retain(|_, (at, _)| at.elapsed() < JOB_TTL);
+                if jobs.len() >= MAX_ENTRIES {
+                    jobs.clear();
+                }
             }
-            jobs.insert((job.tenant.clone(), job.id), (Instant::now(), job.clone()));
+            jobs.insert(key, (read_at, job.clone()));
         }
     }
 
-    /// This server changed the job: forget it.
+    /// This server is changing the job: forget it, and refuse reads that began before now.
     pub fn forget_job(&self, tenant: &str, id: Uuid) {
+        let key = (tenant.to_string(), id);
+        if let Ok(mut changed) = self.changed.lock() {
+            if changed.len() >= MAX_ENTRIES {
+                changed.retain(|_, at| at.elapsed() < Duration::from_secs(10));
+            }
+            changed.insert(key.clone(), Instant::now());
+        }
         if let Ok(mut jobs) = self.jobs.lock() {
-            jobs.remove(&(tenant.to_string(), id));
+            jobs.remove(&key);
         }
     }
 }

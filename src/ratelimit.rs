@@ -86,7 +86,19 @@ impl Limiters {
         self.per_key.as_ref().map_or(Ok(()), |l| l.check(&key))
     }
 
+    /// An IPv6 client is limited by its /64, the block one host or customer is usually given.
     pub fn check_ip(&self, ip: IpAddr) -> Result<(), Duration> {
-        self.per_ip.as_ref().map_or(Ok(()), |l| l.check(&ip))
+        let key = match ip {
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => IpAddr::V4(v4),
+                None => {
+                    let mut s = v6.segments();
+                    s[4..].fill(0);
+                    IpAddr::V6(s.into())
+                }
+            },
+            v4 => v4,
+        };
+        self.per_ip.as_ref().map_or(Ok(()), |l| l.check(&key))
     }
 }

@@ -114,12 +114,28 @@ impl LinkQuery {
     }
 }
 
+/// Signed uploads to the local backend in progress at once; more get 429.
+const LOCAL_UPLOADS: usize = 16;
+
+/// The local backend's links: its store, and the uploads in progress (one per key at a time).
+#[derive(Debug)]
+pub struct Local {
+    store: Arc<FsStore>,
+    uploading: std::sync::Mutex<std::collections::HashSet<String>>,
+    slots: Arc<tokio::sync::Semaphore>,
+}
+
 /// Signed-link downloads for the local backend.
 pub fn downloads(store: Arc<FsStore>) -> Router {
+    let local = Arc::new(Local {
+        store,
+        uploading: std::sync::Mutex::new(std::collections::HashSet::new()),
+        slots: Arc::new(tokio::sync::Semaphore::new(LOCAL_UPLOADS)),
+    });
     Router::new()
         .route("/o/{*key}", any(download))
         .route("/u/{*key}", any(upload))
-        .with_state(store)
+        .with_state(local)
 }
 
 /// The downloads alone, with request ids and the access log.
@@ -258,7 +274,7 @@ fn with_access_log(routes: Router) -> Router {
 }
 
 async fn download(
-    State(store): State<Arc<FsStore>>,
+    State(local): State<Arc<Local>>,
     method: Method,
     Path(key): Path<String>,
     Query(query): Query<std::collections::HashMap<String, String>>,
@@ -269,11 +285,18 @@ async fn download(
     }
     let q = LinkQuery::from_map(&query).ok_or(ApiError::LinkInvalid)?;
     let key = ObjectKey::parse(&key).map_err(|_| ApiError::LinkInvalid)?;
-    check_link(store.signing_key(), key.as_str(), q.exp, &q.name, &q.sig).map_err(|e| match e {
+    check_link(
+        local.store.signing_key(),
+        key.as_str(),
+        q.exp,
+        &q.name,
+        &q.sig,
+    )
+    .map_err(|e| match e {
         LinkError::BadSignature | LinkError::BeyondCap => ApiError::LinkInvalid,
         LinkError::Expired => ApiError::LinkExpired,
     })?;
-    let file = match tokio::fs::File::open(store.path_of(&key)).await {
+    let file = match tokio::fs::File::open(local.store.path_of(&key)).await {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(ApiError::NotFound),
         Err(e) => {
@@ -317,7 +340,7 @@ async fn download(
 /// `x-amz-checksum-sha256` must be those, and the body must match them, or nothing is stored.
 /// An existing object is never replaced.
 async fn upload(
-    State(store): State<Arc<FsStore>>,
+    State(local): State<Arc<Local>>,
     method: Method,
     Path(key): Path<String>,
     Query(query): Query<std::collections::HashMap<String, String>>,
@@ -353,7 +376,14 @@ async fn upload(
         Ok(k) if k.kind() == crate::storage::Kind::Input => k,
         _ => return ApiError::LinkInvalid.into_response(),
     };
-    match check_put_link(store.signing_key(), key.as_str(), exp, len, &sha, &sig) {
+    match check_put_link(
+        local.store.signing_key(),
+        key.as_str(),
+        exp,
+        len,
+        &sha,
+        &sig,
+    ) {
         Ok(()) => {}
         Err(LinkError::Expired) => return ApiError::LinkExpired.into_response(),
         Err(_) => return ApiError::LinkInvalid.into_response(),
@@ -368,16 +398,54 @@ async fn upload(
             "send exactly the headers the upload was issued with (Content-Length, x-amz-checksum-sha256)",
         );
     }
-    match receive_upload(
-        &store,
-        &key,
-        len,
-        &sha,
-        body.into_data_stream(),
-        Duration::from_secs(30),
+    // One upload per key at a time, a bounded number in all, and none past its link's expiry
+    // (plus the time to finish a transfer begun just before it).
+    let Ok(_slot) = local.slots.clone().try_acquire_owned() else {
+        return refuse(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_uploads",
+            "too many uploads in progress; retry shortly",
+        );
+    };
+    struct Uploading<'a>(&'a Local, String);
+    impl Drop for Uploading<'_> {
+        fn drop(&mut self) {
+            if let Ok(mut u) = self.0.uploading.lock() {
+                u.remove(&self.1);
+            }
+        }
+    }
+    let fresh = local
+        .uploading
+        .lock()
+        .map(|mut u| u.insert(key.to_string()))
+        .unwrap_or(false);
+    if !fresh {
+        return refuse(
+            StatusCode::CONFLICT,
+            "exists",
+            "this upload is already in progress",
+        );
+    }
+    let _uploading = Uploading(&local, key.to_string());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let deadline = Duration::from_secs(exp.saturating_sub(now) + 60);
+    let received = tokio::time::timeout(
+        deadline,
+        receive_upload(
+            &local.store,
+            &key,
+            len,
+            &sha,
+            body.into_data_stream(),
+            Duration::from_secs(30),
+        ),
     )
     .await
-    {
+    .unwrap_or(Err(UploadError::Stalled));
+    match received {
         Ok(()) => StatusCode::OK.into_response(),
         Err(UploadError::Mismatch) => refuse(
             StatusCode::BAD_REQUEST,

@@ -515,23 +515,25 @@ pub async fn serve(
         crate::workdir::WorkDir::create(&base).map_err(|e| CommandError::Failed(e.to_string()))?;
     let liveness = crate::liveness::Liveness::start();
     let metrics = Arc::new(crate::metrics::Metrics::default());
-    let api =
-        Arc::new(
-            crate::api::Api::new(
-                store.clone(),
-                objects.clone(),
-                policies.clone(),
-                work_dir.path().to_path_buf(),
-            )
-            .with_liveness(liveness.clone())
-            .with_metrics(metrics.clone())
-            .with_rates(args.rates)
-            .with_metrics_token(args.metrics_token.clone())
-            .with_hsts(config.public_url.starts_with("https://"))
-            .with_cache(config.database_url.starts_with("postgres").then(|| {
-                crate::hotcache::HotCache::start(&config.database_url, store.pool().clone())
-            })),
-        );
+    let api = Arc::new(
+        crate::api::Api::new(
+            store.clone(),
+            objects.clone(),
+            policies.clone(),
+            work_dir.path().to_path_buf(),
+        )
+        .with_liveness(liveness.clone())
+        .with_metrics(metrics.clone())
+        .with_rates(args.rates)
+        .with_metrics_token(args.metrics_token.clone())
+        .with_hsts(config.public_url.starts_with("https://"))
+        .with_cache(
+            config
+                .database_url
+                .starts_with("postgres")
+                .then(|| crate::hotcache::HotCache::start(&config.database_url)),
+        ),
+    );
     let shutdown = shutdown_on_signal();
     let supervisor = (args.supervise.concurrency > 0).then(|| {
         let jobs: Shared = store.clone();

@@ -405,6 +405,20 @@ impl SqlStore {
         Ok(())
     }
 
+    /// The tenant's job `id`; another tenant's reads as none.
+    pub async fn job_of(
+        &self,
+        tenant: &str,
+        id: Uuid,
+    ) -> Result<Option<crate::jobs::JobRecord>, JobError> {
+        let row = sqlx::query("SELECT * FROM airlock_jobs WHERE id = $1 AND tenant = $2")
+            .bind(id.to_string())
+            .bind(tenant)
+            .fetch_optional(self.pool())
+            .await?;
+        row.as_ref().map(crate::jobs::sql::record).transpose()
+    }
+
     /// Record a key's use now (the database's clock).
     pub async fn touch_key(&self, id: Uuid) -> Result<(), JobError> {
         let sql = format!(

@@ -1797,3 +1797,63 @@ async fn the_cache_never_outlives_a_revocation() {
         );
     }
 }
+
+/// The local backend takes one upload per link at a time: a second PUT while the first is still
+/// sending is refused (409), so one link cannot open many transfers.
+#[tokio::test(flavor = "multi_thread")]
+async fn one_local_upload_per_link_at_a_time() {
+    use sha2::Digest;
+    use tokio::io::AsyncWriteExt;
+    let s = Server::start().await;
+    s.ok(&["tenant", "create", "acme"]);
+    let (key, _) = s.key("acme");
+    let bytes = std::fs::read(fixture("valid/leads.csv")).unwrap();
+    let ticket: Value = reqwest::Client::new()
+        .post(format!("{}/v1/uploads", s.base))
+        .header("authorization", format!("Bearer {key}"))
+        .body(
+            serde_json::json!({"size": bytes.len(), "sha256": hex::encode(sha2::Sha256::digest(&bytes))})
+                .to_string(),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let url = ticket["url"].as_str().unwrap().to_string();
+    let b64 = ticket["headers"]["x-amz-checksum-sha256"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let path = url.trim_start_matches(&s.base).to_string();
+    let mut slow = tokio::net::TcpStream::connect(s.base.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    let head = format!(
+        "PUT {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nx-amz-checksum-sha256: {b64}\r\n\r\n",
+        bytes.len()
+    );
+    slow.write_all(head.as_bytes()).await.unwrap();
+    slow.write_all(&bytes[..10]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let second = reqwest::Client::new()
+        .put(&url)
+        .header("x-amz-checksum-sha256", &b64)
+        .body(bytes.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(second.status(), 409);
+    // The first finishes and is stored.
+    slow.write_all(&bytes[10..]).await.unwrap();
+    let mut reply = vec![0u8; 64];
+    let n = tokio::io::AsyncReadExt::read(&mut slow, &mut reply)
+        .await
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&reply[..n]).starts_with("HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&reply[..n])
+    );
+}
