@@ -25,5 +25,6 @@ pub mod storage;
 pub mod supervisor;
 pub mod sweeper;
 pub mod tenants;
+pub mod webhooks;
 pub mod workdir;
 pub mod worker;

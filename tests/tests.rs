@@ -18,6 +18,7 @@ mod sufficiency;
 mod supervisor;
 mod sweeper;
 mod tenants;
+mod webhooks;
 
 /// The hostile-worker tests need the parent's test seam; without it they would silently not exist.
 #[cfg(not(feature = "test-seam"))]
