@@ -91,6 +91,12 @@ enum Command {
         after_help = "Examples:\n  airlock key create --tenant acme --name pipeline   # prints the key once\n  airlock key list --tenant acme\n  airlock key revoke KEY_ID                          # refused from the next request on"
     )]
     Key(KeyCmd),
+    /// A tenant's webhook endpoints: add (the secret is shown once), list, remove, rotate.
+    #[command(
+        subcommand,
+        after_help = "Secrets are stored encrypted under the key-encryption key in --kek-file / AIRLOCK_WEBHOOK_KEK_FILE (or AIRLOCK_WEBHOOK_KEK), 32 bytes, base64.\n\nExamples:\n  head -c 32 /dev/urandom | base64 > /etc/airlock/webhook.kek\n  airlock webhook add --tenant acme --url https://hooks.acme.example/airlock --events job.succeeded,job.rejected\n  airlock webhook list --tenant acme\n  airlock webhook rotate ENDPOINT_ID --tenant acme   # the old secret signs beside the new one for 24 h\n  airlock webhook remove ENDPOINT_ID --tenant acme"
+    )]
+    Webhook(WebhookCmd),
     /// Serve the tenant API (and the local backend's downloads) over HTTP, 127.0.0.1:8787 by
     /// default; on the embedded default it also runs the jobs.
     #[command(
@@ -111,6 +117,74 @@ enum TenantCmd {
         /// A directory whose policy files replace the built-in ones.
         #[arg(long, value_name = "DIR", env = "AIRLOCK_POLICY_DIR")]
         policy_dir: Option<PathBuf>,
+        #[command(flatten)]
+        service: ServiceOpts,
+    },
+}
+
+#[derive(Debug, Args)]
+struct KekOpts {
+    /// A file holding the webhook key-encryption key (32 bytes, base64).
+    #[arg(long, value_name = "FILE", env = "AIRLOCK_WEBHOOK_KEK_FILE")]
+    kek_file: Option<PathBuf>,
+    /// The key itself, base64 (prefer the file).
+    #[arg(
+        long,
+        value_name = "BASE64",
+        env = "AIRLOCK_WEBHOOK_KEK",
+        hide_env_values = true,
+        hide = true
+    )]
+    kek: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum WebhookCmd {
+    /// Add an endpoint for a tenant; prints it with its secret, this once.
+    Add {
+        #[arg(long)]
+        tenant: String,
+        /// https://… (plain http only for hosts in AIRLOCK_WEBHOOK_ALLOW).
+        #[arg(long)]
+        url: String,
+        /// Comma-separated: job.succeeded, job.rejected, job.failed, job.cancelled, job.purged.
+        #[arg(long, default_value = "all")]
+        events: String,
+        /// Hosts allowed although plain http or private (comma-separated).
+        #[arg(
+            long,
+            value_name = "HOSTS",
+            env = "AIRLOCK_WEBHOOK_ALLOW",
+            default_value = ""
+        )]
+        allow: String,
+        #[command(flatten)]
+        kek: KekOpts,
+        #[command(flatten)]
+        service: ServiceOpts,
+    },
+    /// A tenant's endpoints: URL, events, times, disabled state. Never a secret.
+    List {
+        #[arg(long)]
+        tenant: String,
+        #[command(flatten)]
+        service: ServiceOpts,
+    },
+    /// Remove an endpoint (its pending deliveries go with it).
+    Remove {
+        id: String,
+        #[arg(long)]
+        tenant: String,
+        #[command(flatten)]
+        service: ServiceOpts,
+    },
+    /// A new secret, shown once; the old one keeps signing beside it for 24 h.
+    Rotate {
+        id: String,
+        #[arg(long)]
+        tenant: String,
+        #[command(flatten)]
+        kek: KekOpts,
         #[command(flatten)]
         service: ServiceOpts,
     },
@@ -550,6 +624,49 @@ pub fn main() -> ExitCode {
             let config = service.config();
             service_command(None, |_| async move {
                 crate::service::key_revoke(&config, &id).await
+            })
+        }
+        Command::Webhook(WebhookCmd::Add {
+            tenant,
+            url,
+            events,
+            allow,
+            kek,
+            service,
+        }) => {
+            let config = service.config();
+            service_command(None, |_| async move {
+                let kek = crate::service::load_kek(kek.kek_file.as_deref(), kek.kek.as_deref())?;
+                let allow = crate::webhooks::Allowlist::parse(&allow);
+                crate::service::webhook_add(&config, &kek, &allow, &tenant, &url, &events).await
+            })
+        }
+        Command::Webhook(WebhookCmd::List { tenant, service }) => {
+            let config = service.config();
+            service_command(None, |_| async move {
+                crate::service::webhook_list(&config, &tenant).await
+            })
+        }
+        Command::Webhook(WebhookCmd::Remove {
+            id,
+            tenant,
+            service,
+        }) => {
+            let config = service.config();
+            service_command(None, |_| async move {
+                crate::service::webhook_remove(&config, &tenant, &id).await
+            })
+        }
+        Command::Webhook(WebhookCmd::Rotate {
+            id,
+            tenant,
+            kek,
+            service,
+        }) => {
+            let config = service.config();
+            service_command(None, |_| async move {
+                let kek = crate::service::load_kek(kek.kek_file.as_deref(), kek.kek.as_deref())?;
+                crate::service::webhook_rotate(&config, &kek, &tenant, &id).await
             })
         }
         Command::Migrate(args) => {

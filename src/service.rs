@@ -654,6 +654,131 @@ pub async fn tenant_create(
     Ok(json(&tenant))
 }
 
+/// The key-encryption key for webhook secrets, as the operator gave it.
+pub fn load_kek(
+    file: Option<&Path>,
+    value: Option<&str>,
+) -> Result<crate::webhooks::Kek, CommandError> {
+    let text = match (file, value) {
+        (Some(f), _) => zeroize::Zeroizing::new(std::fs::read_to_string(f).map_err(|e| {
+            CommandError::Usage(format!("reading the webhook key-encryption key {}: {e}", f.display()))
+        })?),
+        (None, Some(v)) => zeroize::Zeroizing::new(v.to_string()),
+        (None, None) => {
+            return Err(CommandError::Usage(
+                "webhook secrets need a key-encryption key: --kek-file / AIRLOCK_WEBHOOK_KEK_FILE, or AIRLOCK_WEBHOOK_KEK (32 bytes, base64)".into(),
+            ))
+        }
+    };
+    crate::webhooks::Kek::parse(&text).map_err(|e| CommandError::Usage(e.to_string()))
+}
+
+fn parse_events(list: &str) -> Result<Vec<crate::webhooks::EventType>, CommandError> {
+    if list.trim().is_empty() || list.trim() == "all" {
+        return Ok(crate::webhooks::EventType::ALL.to_vec());
+    }
+    list.split(',')
+        .map(|e| {
+            crate::webhooks::EventType::parse(e.trim()).ok_or_else(|| {
+                CommandError::Usage(format!(
+                    "{e:?} is not an event: use job.succeeded, job.rejected, job.failed, job.cancelled, job.purged (or all)"
+                ))
+            })
+        })
+        .collect()
+}
+
+/// `airlock webhook add --tenant T --url URL [--events LIST]`: the secret, shown this once.
+pub async fn webhook_add(
+    config: &ServiceConfig,
+    kek: &crate::webhooks::Kek,
+    allow: &crate::webhooks::Allowlist,
+    tenant: &str,
+    url: &str,
+    events: &str,
+) -> Result<String, CommandError> {
+    validate_tenant(tenant)?;
+    let url = crate::webhooks::check_url(url, allow).map_err(CommandError::Usage)?;
+    let events = parse_events(events)?;
+    let store = open_registry(config).await?;
+    if store.tenant(tenant).await.map_err(tenant_error)?.is_none() {
+        return Err(CommandError::Refused(format!(
+            "no tenant {tenant:?}: `airlock tenant create {tenant}` first"
+        )));
+    }
+    let id = Uuid::new_v4();
+    let secret = crate::webhooks::Secret::generate();
+    let sealed = kek.seal(&secret, &id.to_string());
+    let now = store.now().await.map_err(failed)?;
+    let endpoint = store
+        .add_webhook(id, tenant, url.as_str(), &events, &sealed, now)
+        .await
+        .map_err(failed)?;
+    let mut v = serde_json::to_value(&endpoint).unwrap_or_default();
+    v["secret"] = serde_json::Value::String(secret.expose().to_string());
+    v["note"] = "the secret is shown only now; configure it in the receiver".into();
+    Ok(json(&v))
+}
+
+/// `airlock webhook list --tenant T`: never a secret.
+pub async fn webhook_list(config: &ServiceConfig, tenant: &str) -> Result<String, CommandError> {
+    validate_tenant(tenant)?;
+    let store = open_registry(config).await?;
+    Ok(json(&store.webhooks(tenant).await.map_err(failed)?))
+}
+
+fn endpoint_id(id: &str) -> Result<Uuid, CommandError> {
+    Uuid::parse_str(id)
+        .map_err(|_| CommandError::Usage(format!("{id:?} is not an endpoint id (UUID)")))
+}
+
+/// `airlock webhook remove ID --tenant T`.
+pub async fn webhook_remove(
+    config: &ServiceConfig,
+    tenant: &str,
+    id: &str,
+) -> Result<String, CommandError> {
+    let id = endpoint_id(id)?;
+    let store = open_registry(config).await?;
+    if store.remove_webhook(tenant, id).await.map_err(failed)? {
+        Ok(json(&serde_json::json!({"removed": id})))
+    } else {
+        Err(CommandError::Refused(format!(
+            "tenant {tenant:?} has no endpoint {id}"
+        )))
+    }
+}
+
+/// `airlock webhook rotate ID --tenant T`: the new secret, shown this once; the old one keeps
+/// signing beside it for 24 h.
+pub async fn webhook_rotate(
+    config: &ServiceConfig,
+    kek: &crate::webhooks::Kek,
+    tenant: &str,
+    id: &str,
+) -> Result<String, CommandError> {
+    let id = endpoint_id(id)?;
+    let store = open_registry(config).await?;
+    let secret = crate::webhooks::Secret::generate();
+    let sealed = kek.seal(&secret, &id.to_string());
+    let now = store.now().await.map_err(failed)?;
+    if !store
+        .rotate_webhook(tenant, id, &sealed, now)
+        .await
+        .map_err(failed)?
+    {
+        return Err(CommandError::Refused(format!(
+            "tenant {tenant:?} has no endpoint {id}"
+        )));
+    }
+    Ok(json(&serde_json::json!({
+        "id": id,
+        "secret": secret.expose().to_string(),
+        "previous_secret_until_ms": now + crate::webhooks::store::ROTATION_OVERLAP_MS,
+        "note": "the new secret is shown only now; the old one keeps signing beside it for 24 h",
+    })))
+}
+
 /// `airlock key create --tenant T [--name N]`: the key, shown this once.
 pub async fn key_create(
     config: &ServiceConfig,

@@ -57,6 +57,12 @@ const STEPS: &[Step] = &[
         postgres: include_str!("../../migrations/postgres/0006_key_change_notify.sql"),
         sqlite: include_str!("../../migrations/sqlite/0006_key_change_notify.sql"),
     },
+    Step {
+        version: 7,
+        description: "webhooks",
+        postgres: include_str!("../../migrations/postgres/0007_webhooks.sql"),
+        sqlite: include_str!("../../migrations/sqlite/0007_webhooks.sql"),
+    },
 ];
 
 /// The version this binary needs.

@@ -105,6 +105,57 @@ async fn audit(
         q = q.bind(r);
     }
     q.execute(&mut **tx).await?;
+    if from != Some(to) {
+        if let Some(kind) =
+            crate::jobs::JobState::parse(to).and_then(crate::webhooks::EventType::of)
+        {
+            outbox(tx, id, kind, now).await?;
+        }
+    }
+    Ok(())
+}
+
+/// The webhook outbox: a job reached a final state, in the transaction `tx` that moved it. When
+/// the job's tenant has an enabled endpoint subscribed to `kind`, the event is recorded (with
+/// the job's state, result code and summary as of this commit) and one delivery is queued per
+/// such endpoint. Both commit with the state change or not at all.
+pub(crate) async fn outbox(
+    tx: &mut Tx<'_>,
+    job_id: &str,
+    kind: crate::webhooks::EventType,
+    now: i64,
+) -> Result<(), JobError> {
+    let event_id = format!("msg_{}", Uuid::new_v4().simple());
+    let subscribed = format!("%,{},%", kind.as_str());
+    let recorded = sqlx::query(
+        "INSERT INTO airlock_webhook_events (id, tenant, job_id, type, created_at, state, result_code, summary)
+         SELECT $1, j.tenant, j.id, $2, $3, j.state, j.result_code, j.summary FROM airlock_jobs j
+         WHERE j.id = $4 AND EXISTS (SELECT 1 FROM airlock_webhooks w WHERE w.tenant = j.tenant
+               AND w.disabled_at IS NULL AND (',' || w.events || ',') LIKE $5)",
+    )
+    .bind(&event_id)
+    .bind(kind.as_str())
+    .bind(now)
+    .bind(job_id)
+    .bind(&subscribed)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    if recorded == 0 {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO airlock_webhook_deliveries (event_id, endpoint_id, state, attempts, next_at)
+         SELECT $1, w.id, 'pending', 0, $2 FROM airlock_webhooks w, airlock_jobs j
+         WHERE j.id = $3 AND w.tenant = j.tenant AND w.disabled_at IS NULL
+               AND (',' || w.events || ',') LIKE $4",
+    )
+    .bind(&event_id)
+    .bind(now)
+    .bind(job_id)
+    .bind(&subscribed)
+    .execute(&mut **tx)
+    .await?;
     Ok(())
 }
 
@@ -940,6 +991,15 @@ impl JobStore for SqlStore {
                 .bind(state.clone());
         }
         q.execute(&mut *tx).await?;
+        for r in &marked {
+            outbox(
+                &mut tx,
+                &r.job_id.to_string(),
+                crate::webhooks::EventType::Purged,
+                now,
+            )
+            .await?;
+        }
         tx.commit().await?;
         Ok(marked.into_iter().map(|r| r.job_id).collect())
     }

@@ -6,6 +6,8 @@
 //! Secrets must be usable for signing, so they are stored encrypted (XChaCha20-Poly1305) under a
 //! key-encryption key the operator provides, never in the clear, and are zeroized in memory.
 
+pub mod store;
+
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use hmac::{Hmac, Mac};
@@ -141,6 +143,58 @@ impl Kek {
             .map_err(|_| KekError::Open)?;
         Ok(Secret(Zeroizing::new(pt)))
     }
+}
+
+/// Hosts an operator allows webhooks to reach although they are plain http or private
+/// (`AIRLOCK_WEBHOOK_ALLOW`, comma-separated host names or IP addresses; the tests name
+/// 127.0.0.1).
+#[derive(Debug, Clone, Default)]
+pub struct Allowlist(Vec<String>);
+
+impl Allowlist {
+    pub fn parse(list: &str) -> Self {
+        Allowlist(
+            list.split(',')
+                .map(|h| h.trim().trim_matches(['[', ']']).to_ascii_lowercase())
+                .filter(|h| !h.is_empty())
+                .collect(),
+        )
+    }
+
+    pub fn allows(&self, host: &str) -> bool {
+        let host = host.trim_matches(['[', ']']).to_ascii_lowercase();
+        self.0.contains(&host)
+    }
+}
+
+/// A webhook URL as stored: https (plain http only for an allowlisted host), a host, no
+/// credentials, no fragment.
+pub fn check_url(raw: &str, allow: &Allowlist) -> Result<url::Url, String> {
+    let u = url::Url::parse(raw).map_err(|e| format!("{raw:?} is not a URL: {e}"))?;
+    let host = u
+        .host_str()
+        .ok_or_else(|| format!("{raw:?} has no host"))?
+        .to_string();
+    match u.scheme() {
+        "https" => {}
+        "http" if allow.allows(&host) => {}
+        "http" => {
+            return Err(format!(
+                "{raw:?}: webhooks are https only (an operator can allow a host in AIRLOCK_WEBHOOK_ALLOW)"
+            ))
+        }
+        other => return Err(format!("{raw:?}: scheme {other} is not https")),
+    }
+    if !u.username().is_empty() || u.password().is_some() {
+        return Err(format!("{raw:?}: credentials in the URL are refused"));
+    }
+    if u.fragment().is_some() {
+        return Err(format!("{raw:?}: a fragment is never sent; remove it"));
+    }
+    if raw.len() > 2048 {
+        return Err("the URL is longer than 2048 characters".into());
+    }
+    Ok(u)
 }
 
 /// The events a tenant can subscribe to: a job reaching a final state.

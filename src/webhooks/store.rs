@@ -1,0 +1,163 @@
+//! Webhook endpoints in the job store.
+
+use sqlx::Row;
+use uuid::Uuid;
+
+use crate::jobs::sql::SqlStore;
+use crate::jobs::JobError;
+
+use super::EventType;
+
+/// How long a rotated-out secret keeps signing beside the new one.
+pub const ROTATION_OVERLAP_MS: i64 = 24 * 3600 * 1000;
+
+/// An endpoint as listed: never its secret.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct Endpoint {
+    pub id: Uuid,
+    pub tenant: String,
+    pub url: String,
+    pub events: Vec<EventType>,
+    pub created_at_ms: i64,
+    /// While a rotated-out secret still signs beside the current one.
+    pub previous_secret_until_ms: Option<i64>,
+    pub disabled_at_ms: Option<i64>,
+    pub disabled_reason: Option<String>,
+    pub failing_since_ms: Option<i64>,
+}
+
+fn endpoint(r: &sqlx::any::AnyRow) -> Result<Endpoint, JobError> {
+    let id: String = r.try_get("id")?;
+    let events: String = r.try_get("events")?;
+    Ok(Endpoint {
+        id: Uuid::parse_str(&id).map_err(|e| JobError::Corrupt(e.to_string()))?,
+        tenant: r.try_get("tenant")?,
+        url: r.try_get("url")?,
+        events: events.split(',').filter_map(EventType::parse).collect(),
+        created_at_ms: r.try_get("created_at")?,
+        previous_secret_until_ms: r.try_get("previous_until")?,
+        disabled_at_ms: r.try_get("disabled_at")?,
+        disabled_reason: r.try_get("disabled_reason")?,
+        failing_since_ms: r.try_get("failing_since")?,
+    })
+}
+
+fn events_column(events: &[EventType]) -> String {
+    events
+        .iter()
+        .map(|e| e.as_str())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+impl SqlStore {
+    /// Add an endpoint whose secret is already sealed (bound to `id`).
+    pub async fn add_webhook(
+        &self,
+        id: Uuid,
+        tenant: &str,
+        url: &str,
+        events: &[EventType],
+        sealed: &str,
+        now: i64,
+    ) -> Result<Endpoint, JobError> {
+        sqlx::query("INSERT INTO airlock_webhooks (id, tenant, url, events, secret, created_at) VALUES ($1, $2, $3, $4, $5, $6)")
+            .bind(id.to_string())
+            .bind(tenant)
+            .bind(url)
+            .bind(events_column(events))
+            .bind(sealed)
+            .bind(now)
+            .execute(self.pool())
+            .await?;
+        self.webhook(tenant, id)
+            .await?
+            .ok_or_else(|| JobError::Corrupt("the new endpoint is not readable".into()))
+    }
+
+    /// The tenant's endpoint `id` (another tenant's reads as none).
+    pub async fn webhook(&self, tenant: &str, id: Uuid) -> Result<Option<Endpoint>, JobError> {
+        let row = sqlx::query("SELECT * FROM airlock_webhooks WHERE id = $1 AND tenant = $2")
+            .bind(id.to_string())
+            .bind(tenant)
+            .fetch_optional(self.pool())
+            .await?;
+        row.as_ref().map(endpoint).transpose()
+    }
+
+    pub async fn webhooks(&self, tenant: &str) -> Result<Vec<Endpoint>, JobError> {
+        let rows =
+            sqlx::query("SELECT * FROM airlock_webhooks WHERE tenant = $1 ORDER BY created_at, id")
+                .bind(tenant)
+                .fetch_all(self.pool())
+                .await?;
+        rows.iter().map(endpoint).collect()
+    }
+
+    /// Remove the tenant's endpoint and its pending deliveries; false when there is none.
+    pub async fn remove_webhook(&self, tenant: &str, id: Uuid) -> Result<bool, JobError> {
+        let mut tx = self.pool().begin().await?;
+        let n = sqlx::query("DELETE FROM airlock_webhooks WHERE id = $1 AND tenant = $2")
+            .bind(id.to_string())
+            .bind(tenant)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if n == 1 {
+            sqlx::query(
+                "DELETE FROM airlock_webhook_deliveries WHERE endpoint_id = $1 AND state = 'pending'",
+            )
+            .bind(id.to_string())
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(n == 1)
+    }
+
+    /// Replace the secret with `sealed`; the current one keeps signing beside it for
+    /// [`ROTATION_OVERLAP_MS`]. False when the tenant has no such endpoint.
+    pub async fn rotate_webhook(
+        &self,
+        tenant: &str,
+        id: Uuid,
+        sealed: &str,
+        now: i64,
+    ) -> Result<bool, JobError> {
+        let n = sqlx::query(
+            "UPDATE airlock_webhooks SET previous_secret = secret, previous_until = $3, secret = $4 WHERE id = $1 AND tenant = $2",
+        )
+        .bind(id.to_string())
+        .bind(tenant)
+        .bind(now + ROTATION_OVERLAP_MS)
+        .bind(sealed)
+        .execute(self.pool())
+        .await?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    /// The sealed secrets that sign now: the current one, and the previous one during its
+    /// overlap.
+    pub async fn webhook_secrets(
+        &self,
+        id: Uuid,
+        now: i64,
+    ) -> Result<Option<(String, Option<String>)>, JobError> {
+        let row = sqlx::query(
+            "SELECT secret, previous_secret, previous_until FROM airlock_webhooks WHERE id = $1",
+        )
+        .bind(id.to_string())
+        .fetch_optional(self.pool())
+        .await?;
+        row.map(|r| {
+            let until: Option<i64> = r.try_get("previous_until")?;
+            let previous: Option<String> = r.try_get("previous_secret")?;
+            Ok((
+                r.try_get("secret")?,
+                previous.filter(|_| until.is_some_and(|u| now < u)),
+            ))
+        })
+        .transpose()
+    }
+}
