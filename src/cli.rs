@@ -138,6 +138,34 @@ struct KekOpts {
     kek: Option<String>,
 }
 
+/// The webhook dispatcher's settings (`serve`, `supervise`): it runs when a key-encryption key
+/// is given.
+#[derive(Debug, Args)]
+struct WebhookOpts {
+    #[command(flatten)]
+    kek: KekOpts,
+    /// Hosts webhooks may reach although private or plain http (comma-separated).
+    #[arg(
+        long = "webhook-allow",
+        value_name = "HOSTS",
+        env = "AIRLOCK_WEBHOOK_ALLOW",
+        default_value = ""
+    )]
+    allow: String,
+}
+
+impl WebhookOpts {
+    fn load(&self) -> Result<Option<crate::service::Webhooks>, crate::service::CommandError> {
+        if self.kek.kek_file.is_none() && self.kek.kek.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(crate::service::Webhooks {
+            kek: crate::service::load_kek(self.kek.kek_file.as_deref(), self.kek.kek.as_deref())?,
+            allow: crate::webhooks::Allowlist::parse(&self.allow),
+        }))
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum WebhookCmd {
     /// Add an endpoint for a tenant; prints it with its secret, this once.
@@ -313,6 +341,8 @@ struct SuperviseCli {
     /// A directory whose policy files replace the built-in ones.
     #[arg(long, value_name = "DIR", env = "AIRLOCK_POLICY_DIR")]
     policy_dir: Option<PathBuf>,
+    #[command(flatten)]
+    webhooks: WebhookOpts,
 }
 
 #[derive(Debug, Args)]
@@ -429,6 +459,8 @@ struct ServeArgs {
         hide_env_values = true
     )]
     metrics_token: Option<String>,
+    #[command(flatten)]
+    webhooks: WebhookOpts,
 }
 
 #[derive(Debug, Args)]
@@ -538,6 +570,7 @@ pub fn main() -> ExitCode {
                         outage_budget: std::time::Duration::from_secs(
                             args.outage_budget_hours.saturating_mul(3600),
                         ),
+                        webhooks: args.webhooks.load()?,
                     },
                 )
                 .await?;
@@ -765,6 +798,10 @@ fn serve_command(args: ServeArgs) -> ExitCode {
         Ok(p) => std::sync::Arc::new(p),
         Err(e) => return usage(chain(&e.into())),
     };
+    let webhooks = match args.webhooks.load() {
+        Ok(w) => w,
+        Err(e) => return usage(e),
+    };
     let embedded = config.database_url.starts_with("sqlite:");
     let concurrency = args
         .supervise
@@ -788,6 +825,7 @@ fn serve_command(args: ServeArgs) -> ExitCode {
                 grace: std::time::Duration::from_secs(args.grace_seconds),
                 work_dir: args.work_dir,
                 outage_budget: std::time::Duration::from_secs(24 * 3600),
+                webhooks,
             },
         },
     ));

@@ -143,3 +143,14 @@ fn lie_about(lie: &str, w: &worker::LockedDown) -> ExitCode {
     }
     w.write_report(&report)
 }
+
+/// Tests only: a factor on the webhook retry schedule (`0.001` makes 5 s into 5 ms), so the
+/// retry tests take seconds, not hours.
+pub const WEBHOOK_SCHEDULE_SCALE_ENV: &str = "AIRLOCK_TEST_WEBHOOK_SCHEDULE_SCALE";
+
+pub fn webhook_schedule_scale() -> f64 {
+    std::env::var(crate::hostile::WEBHOOK_SCHEDULE_SCALE_ENV)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1.0)
+}

@@ -364,6 +364,32 @@ pub async fn cancel(
     })
 }
 
+/// What the webhook dispatcher needs: the key that opens the secrets, and the hosts an operator
+/// allows although private or plain http. Without a key no dispatcher runs.
+#[derive(Debug)]
+pub struct Webhooks {
+    pub kek: crate::webhooks::Kek,
+    pub allow: crate::webhooks::Allowlist,
+}
+
+/// Start the webhook dispatcher, when configured, until `shutdown`.
+fn start_dispatcher(
+    store: &Arc<crate::jobs::sql::SqlStore>,
+    webhooks: Option<Webhooks>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let Some(w) = webhooks else {
+        tracing::info!("webhooks off: no key-encryption key (AIRLOCK_WEBHOOK_KEK_FILE)");
+        return None;
+    };
+    let dispatcher = Arc::new(crate::webhooks::dispatch::Dispatcher::new(
+        store.clone(),
+        w.kek,
+        w.allow,
+    ));
+    Some(tokio::spawn(dispatcher.run(shutdown)))
+}
+
 #[derive(Debug)]
 pub struct SuperviseArgs {
     pub concurrency: usize,
@@ -372,6 +398,7 @@ pub struct SuperviseArgs {
     pub grace: Duration,
     pub work_dir: Option<PathBuf>,
     pub outage_budget: Duration,
+    pub webhooks: Option<Webhooks>,
 }
 
 /// Refuse to supervise on a host that cannot run the sandbox.
@@ -422,7 +449,8 @@ pub async fn supervise(
     args: SuperviseArgs,
 ) -> Result<crate::supervisor::Summary, CommandError> {
     check_host(&policies)?;
-    let jobs = open_jobs(config).await?;
+    let registry = open_registry(config).await?;
+    let jobs: Shared = registry.clone();
     let store = open_store(config).await?;
     let base = args.work_dir.clone().unwrap_or_else(std::env::temp_dir);
     let work_dir =
@@ -434,7 +462,29 @@ pub async fn supervise(
         Arc::new(policies),
         settings(&args, work_dir.path()),
     ));
-    let summary = supervisor.run(shutdown_on_signal()).await;
+    let mut args = args;
+    let shutdown = shutdown_on_signal();
+    let (stop_dispatch, dispatch_stopped) = tokio::sync::watch::channel(false);
+    let dispatcher = if args.until_idle {
+        // A drain delivers what its jobs raised, then stops with them.
+        start_dispatcher(&registry, args.webhooks.take(), dispatch_stopped)
+    } else {
+        start_dispatcher(&registry, args.webhooks.take(), shutdown.clone())
+    };
+    let summary = supervisor.run(shutdown).await;
+    if let Some(d) = dispatcher {
+        if args.until_idle {
+            // Until nothing is due (bounded: retries far in the future are left for later).
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            while tokio::time::Instant::now() < deadline
+                && registry.webhooks_due().await.unwrap_or(0) > 0
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        let _ = stop_dispatch.send(true);
+        let _ = d.await;
+    }
     drop(work_dir);
     Ok(summary)
 }
@@ -535,6 +585,8 @@ pub async fn serve(
         ),
     );
     let shutdown = shutdown_on_signal();
+    let mut args = args;
+    let dispatcher = start_dispatcher(&store, args.supervise.webhooks.take(), shutdown.clone());
     let supervisor = (args.supervise.concurrency > 0).then(|| {
         let jobs: Shared = store.clone();
         let supervisor = Arc::new(
@@ -562,6 +614,9 @@ pub async fn serve(
         },
     )
     .await;
+    if let Some(d) = dispatcher {
+        let _ = d.await;
+    }
     if let Some(task) = supervisor {
         match task.await {
             Ok(_) => {}

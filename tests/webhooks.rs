@@ -348,3 +348,257 @@ async fn endpoints_and_the_outbox(d: Deployment) {
         1
     );
 }
+
+/// A receiver on loopback that verifies every signature with the `standardwebhooks` package and
+/// logs each request as a JSON line. Its behaviour comes from the path: `/ok` answers 200,
+/// `/flaky` 500 twice per webhook-id and then 200, `/gone` 410, `/hang` sleeps 20 s.
+const RECEIVER: &str = r#"
+import json, sys, time, threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from standardwebhooks.webhooks import Webhook
+port, secrets_path, log_path = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+seen = {}
+lock = threading.Lock()
+class H(BaseHTTPRequestHandler):
+    def log_message(self, *a): pass
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("content-length", "0"))).decode()
+        secrets = json.load(open(secrets_path))
+        path = self.path
+        try:
+            Webhook(secrets[path]).verify(body, {k: self.headers[k] for k in ("webhook-id", "webhook-timestamp", "webhook-signature")})
+            ok = True
+        except Exception as e:
+            ok = False
+        wid = self.headers["webhook-id"]
+        with lock:
+            seen[wid] = seen.get(wid, 0) + 1
+            n = seen[wid]
+            event = json.loads(body)
+            open(log_path, "a").write(json.dumps({"path": path, "id": wid, "n": n, "verified": ok, "type": event["type"], "job": event["data"]["job_id"], "body": body}) + "\n")
+        if path == "/hang":
+            time.sleep(20)
+        status = 200
+        if path == "/flaky" and n <= 2: status = 500
+        if path == "/gone": status = 410
+        self.send_response(status); self.send_header("content-length", "0"); self.end_headers()
+ThreadingHTTPServer(("127.0.0.1", port), H).serve_forever()
+"#;
+
+struct Kill(std::process::Child);
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn log_lines(path: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Delivery end to end: `serve` (supervisor and dispatcher in one process) sends each final
+/// state to real receivers, signed (verified by the reference library), once per job; a 500
+/// twice is retried with the same webhook-id; 410 disables the endpoint after one attempt; a
+/// hanging receiver is cut off at 15 s; the payload carries no file name or URL.
+#[tokio::test(flavor = "multi_thread")]
+async fn deliveries_to_real_receivers() {
+    let d = Deployment::embedded();
+    let kek = kek_file(d.dir.path());
+    let port = crate::common::free_port();
+    let secrets = d.dir.path().join("secrets.json");
+    std::fs::write(&secrets, "{}").unwrap();
+    let log = d.dir.path().join("received.jsonl");
+    let _receiver = Kill(
+        Command::new("python3")
+            .args(["-c", RECEIVER, &port.to_string()])
+            .arg(&secrets)
+            .arg(&log)
+            .spawn()
+            .unwrap(),
+    );
+    let run = |args: &[&str]| {
+        let out = d
+            .cmd()
+            .args(args)
+            .env("AIRLOCK_WEBHOOK_KEK_FILE", &kek)
+            .env("AIRLOCK_WEBHOOK_ALLOW", "127.0.0.1")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap_or_default()
+    };
+    let mut map = serde_json::Map::new();
+    for t in ["ok", "flaky", "gone", "hang"] {
+        run(&["tenant", "create", t]);
+        let ep = run(&[
+            "webhook",
+            "add",
+            "--tenant",
+            t,
+            "--url",
+            &format!("http://127.0.0.1:{port}/{t}"),
+        ]);
+        map.insert(format!("/{t}"), ep["secret"].clone());
+    }
+    std::fs::write(&secrets, serde_json::Value::Object(map).to_string()).unwrap();
+    let mut jobs = Vec::new();
+    for f in [
+        "valid/leads.csv",
+        "invalid/binary_content.csv",
+        "valid/leads.csv",
+    ] {
+        jobs.push(d.submit("ok", &fixture(f), &[]));
+    }
+    d.submit("flaky", &fixture("valid/leads.csv"), &[]);
+    d.submit("gone", &fixture("valid/leads.csv"), &[]);
+    d.submit("hang", &fixture("valid/leads.csv"), &[]);
+    let api_port = crate::common::free_port();
+    let _serve = Kill(
+        d.cmd()
+            .args([
+                "serve",
+                "--supervise",
+                "2",
+                "--listen",
+                &format!("127.0.0.1:{api_port}"),
+            ])
+            .env("AIRLOCK_WEBHOOK_KEK_FILE", &kek)
+            .env("AIRLOCK_WEBHOOK_ALLOW", "127.0.0.1")
+            .env("AIRLOCK_TEST_WEBHOOK_SCHEDULE_SCALE", "0.001")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let done = |lines: &[serde_json::Value]| {
+        let ok = lines.iter().filter(|l| l["path"] == "/ok").count();
+        let flaky = lines.iter().filter(|l| l["path"] == "/flaky").count();
+        let gone = lines.iter().filter(|l| l["path"] == "/gone").count();
+        ok >= 3 && flaky >= 3 && gone >= 1
+    };
+    while !done(&log_lines(&log)) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{:#?}",
+            log_lines(&log)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // The hanging receiver's attempt is cut off at 15 s.
+    let url = &d
+        .vars
+        .iter()
+        .find(|(k, _)| k == "AIRLOCK_DATABASE_URL")
+        .unwrap()
+        .1;
+    let store = airlock::jobs::open_sql(url, false).await.unwrap();
+    use sqlx::Row;
+    let hang_attempt = loop {
+        let row = sqlx::query("SELECT a.error, a.latency_ms FROM airlock_webhook_attempts a JOIN airlock_webhooks w ON w.id = a.endpoint_id WHERE w.tenant = 'hang'")
+            .fetch_optional(store.pool())
+            .await
+            .unwrap();
+        if let Some(r) = row {
+            break (r.get::<Option<String>, _>(0), r.get::<i64, _>(1));
+        }
+        assert!(
+            std::time::Instant::now() < deadline + std::time::Duration::from_secs(20),
+            "no attempt on the hanging receiver"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    assert_eq!(hang_attempt.0.as_deref(), Some("timed out"));
+    assert!(
+        (14_500..20_000).contains(&hang_attempt.1),
+        "{hang_attempt:?}"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let lines = log_lines(&log);
+    // Every request verified with the reference library.
+    assert!(lines.iter().all(|l| l["verified"] == true), "{lines:#?}");
+    // One event per job to /ok, each a distinct id, types matching the jobs' ends.
+    let ok: Vec<_> = lines.iter().filter(|l| l["path"] == "/ok").collect();
+    assert_eq!(ok.len(), 3, "{ok:#?}");
+    let mut got: Vec<(String, String)> = ok
+        .iter()
+        .map(|l| {
+            (
+                l["job"].as_str().unwrap().to_string(),
+                l["type"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    got.sort();
+    let mut want: Vec<(String, String)> = vec![
+        (jobs[0].clone(), "job.succeeded".into()),
+        (jobs[1].clone(), "job.rejected".into()),
+        (jobs[2].clone(), "job.succeeded".into()),
+    ];
+    want.sort();
+    assert_eq!(got, want);
+    for l in &ok {
+        let body = l["body"].as_str().unwrap();
+        assert!(
+            !body.contains("leads.csv") && !body.contains("http"),
+            "thin payload: {body}"
+        );
+    }
+    // 500, 500, 200: three attempts, one webhook-id.
+    let flaky: Vec<_> = lines.iter().filter(|l| l["path"] == "/flaky").collect();
+    assert_eq!(flaky.len(), 3, "{flaky:#?}");
+    assert!(flaky.iter().all(|l| l["id"] == flaky[0]["id"]));
+    // 410: one attempt, and the endpoint is disabled, visibly.
+    assert_eq!(lines.iter().filter(|l| l["path"] == "/gone").count(), 1);
+    let listed = run(&["webhook", "list", "--tenant", "gone"]);
+    assert!(listed[0]["disabled_at_ms"].is_i64(), "{listed}");
+    assert!(listed[0]["disabled_reason"]
+        .as_str()
+        .unwrap()
+        .contains("410"));
+}
+
+/// SSRF: loopback, private, link-local and metadata destinations are refused unless the
+/// operator's allowlist names the host; plain http only for an allowlisted host.
+#[tokio::test]
+async fn private_destinations_are_refused_without_the_allowlist() {
+    use airlock::webhooks::dispatch::resolve;
+    use airlock::webhooks::Allowlist;
+    let none = Allowlist::default();
+    for url in [
+        "https://127.0.0.1/hook",
+        "https://10.0.0.1/hook",
+        "https://169.254.169.254/latest/meta-data",
+        "https://[::1]/hook",
+        "https://[fd00:ec2::254]/hook",
+        "https://localhost/hook",
+        "https://100.64.0.1/hook",
+    ] {
+        let u = url::Url::parse(url).unwrap();
+        let err = resolve(&u, &none).await.unwrap_err();
+        assert!(err.contains("may not reach"), "{url}: {err}");
+    }
+    let allow = Allowlist::parse("127.0.0.1, [::1]");
+    for url in ["http://127.0.0.1:8080/hook", "https://[::1]/hook"] {
+        assert!(
+            resolve(&url::Url::parse(url).unwrap(), &allow)
+                .await
+                .is_ok(),
+            "{url}"
+        );
+    }
+    // The allowlist names hosts exactly: another loopback name is still refused.
+    let err = resolve(&url::Url::parse("https://localhost/hook").unwrap(), &allow)
+        .await
+        .unwrap_err();
+    assert!(err.contains("may not reach"), "{err}");
+}

@@ -6,6 +6,7 @@
 //! Secrets must be usable for signing, so they are stored encrypted (XChaCha20-Poly1305) under a
 //! key-encryption key the operator provides, never in the clear, and are zeroized in memory.
 
+pub mod dispatch;
 pub mod store;
 
 use base64::engine::general_purpose::STANDARD as B64;

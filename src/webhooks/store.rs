@@ -137,6 +137,19 @@ impl SqlStore {
         Ok(n == 1)
     }
 
+    /// Deliveries pending and due within the next 10 s.
+    pub async fn webhooks_due(&self) -> Result<i64, JobError> {
+        use crate::jobs::JobStore;
+        let now = self.now().await?;
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n FROM airlock_webhook_deliveries WHERE state = 'pending' AND next_at <= $1",
+        )
+        .bind(now + 10_000)
+        .fetch_one(self.pool())
+        .await?;
+        Ok(row.try_get("n")?)
+    }
+
     /// The sealed secrets that sign now: the current one, and the previous one during its
     /// overlap.
     pub async fn webhook_secrets(
