@@ -47,6 +47,9 @@ pub struct Api {
     pub hsts: bool,
     /// Keys and job rows, on PostgreSQL (`crate::hotcache`).
     cache: Option<Arc<crate::hotcache::HotCache>>,
+    /// The webhook key-encryption key and allowlist: without them the webhook routes that make
+    /// secrets answer 503.
+    pub webhooks: Option<crate::service::Webhooks>,
 }
 
 impl Api {
@@ -69,7 +72,14 @@ impl Api {
             metrics_token: None,
             hsts: false,
             cache: None,
+            webhooks: None,
         }
+    }
+
+    /// Let tenants add and rotate webhook endpoints.
+    pub fn with_webhooks(mut self, webhooks: Option<crate::service::Webhooks>) -> Self {
+        self.webhooks = webhooks;
+        self
     }
 
     /// Answer hot reads from `cache`.
@@ -239,7 +249,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(code: ErrorCode, message: impl Into<String>, rid: &str) -> Self {
+    pub fn new(code: ErrorCode, message: impl Into<String>, rid: &str) -> Self {
         ApiError {
             code,
             message: message.into(),
@@ -267,7 +277,7 @@ impl ApiError {
         Self::new(ErrorCode::NotFound, "no such job", rid)
     }
 
-    fn unavailable(rid: &str, e: &dyn std::fmt::Display) -> Self {
+    pub fn unavailable(rid: &str, e: &dyn std::fmt::Display) -> Self {
         tracing::warn!(error = %e, "a backing service failed");
         Self::new(
             ErrorCode::Unavailable,
@@ -575,6 +585,14 @@ fn documented() -> utoipa_axum::router::OpenApiRouter<Arc<Api>> {
         .routes(routes!(create_upload))
         .routes(routes!(complete_upload))
         .routes(routes!(metrics))
+        .routes(routes!(crate::api_webhooks::add, crate::api_webhooks::list))
+        .routes(routes!(
+            crate::api_webhooks::get_one,
+            crate::api_webhooks::remove
+        ))
+        .routes(routes!(crate::api_webhooks::rotate))
+        .routes(routes!(crate::api_webhooks::deliveries))
+        .routes(routes!(crate::api_webhooks::replay))
 }
 
 /// The OpenAPI document of this API.

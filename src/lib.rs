@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod api_webhooks;
 pub mod cli;
 pub mod config;
 pub mod doctor;

@@ -366,7 +366,7 @@ pub async fn cancel(
 
 /// What the webhook dispatcher needs: the key that opens the secrets, and the hosts an operator
 /// allows although private or plain http. Without a key no dispatcher runs.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Webhooks {
     pub kek: crate::webhooks::Kek,
     pub allow: crate::webhooks::Allowlist,
@@ -565,6 +565,8 @@ pub async fn serve(
         crate::workdir::WorkDir::create(&base).map_err(|e| CommandError::Failed(e.to_string()))?;
     let liveness = crate::liveness::Liveness::start();
     let metrics = Arc::new(crate::metrics::Metrics::default());
+    let mut args = args;
+    let webhooks = args.supervise.webhooks.take();
     let api = Arc::new(
         crate::api::Api::new(
             store.clone(),
@@ -577,6 +579,7 @@ pub async fn serve(
         .with_rates(args.rates)
         .with_metrics_token(args.metrics_token.clone())
         .with_hsts(config.public_url.starts_with("https://"))
+        .with_webhooks(webhooks.clone())
         .with_cache(
             config
                 .database_url
@@ -585,8 +588,7 @@ pub async fn serve(
         ),
     );
     let shutdown = shutdown_on_signal();
-    let mut args = args;
-    let dispatcher = start_dispatcher(&store, args.supervise.webhooks.take(), shutdown.clone());
+    let dispatcher = start_dispatcher(&store, webhooks, shutdown.clone());
     let supervisor = (args.supervise.concurrency > 0).then(|| {
         let jobs: Shared = store.clone();
         let supervisor = Arc::new(

@@ -419,6 +419,11 @@ impl SqlStore {
         row.as_ref().map(crate::jobs::sql::record).transpose()
     }
 
+    /// The database's clock (ms).
+    pub async fn now_ms(&self) -> Result<i64, JobError> {
+        crate::jobs::JobStore::now(self).await
+    }
+
     /// Record a key's use now (the database's clock).
     pub async fn touch_key(&self, id: Uuid) -> Result<(), JobError> {
         let sql = format!(

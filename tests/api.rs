@@ -911,6 +911,13 @@ async fn the_openapi_document_matches_the_routes() {
         "GET /v1/receipts",
         "POST /v1/uploads",
         "POST /v1/uploads/{id}/complete",
+        "GET /v1/webhooks",
+        "POST /v1/webhooks",
+        "GET /v1/webhooks/{id}",
+        "DELETE /v1/webhooks/{id}",
+        "POST /v1/webhooks/{id}/rotate",
+        "GET /v1/webhooks/{id}/deliveries",
+        "POST /v1/webhooks/{id}/replay",
     ];
     want.sort();
     assert_eq!(documented, want);
@@ -923,7 +930,8 @@ async fn the_openapi_document_matches_the_routes() {
         let (method, path) = route.split_once(' ').unwrap();
         let path = path
             .replace("{id}", &uuid::Uuid::new_v4().to_string())
-            .replace("{artifact}", "output");
+            .replace("{artifact}", "output")
+            .replace("/replay", "/replay?since=0");
         let res = client
             .request(method.parse().unwrap(), format!("{}{path}", s.base))
             .send()
@@ -1856,4 +1864,162 @@ async fn one_local_upload_per_link_at_a_time() {
         "{}",
         String::from_utf8_lossy(&reply[..n])
     );
+}
+
+/// The webhook routes: an endpoint is made with its secret shown once, listed without it,
+/// rotated, logged, replayed and removed by its tenant; for any other tenant every route is the
+/// 404 of a random id. A server without a key-encryption key cannot make secrets (503).
+#[tokio::test(flavor = "multi_thread")]
+async fn webhook_endpoints_over_the_api() {
+    use base64::Engine;
+    let dir = tempfile::tempdir().unwrap();
+    let kek = dir.path().join("kek");
+    std::fs::write(
+        &kek,
+        base64::engine::general_purpose::STANDARD.encode([9u8; 32]),
+    )
+    .unwrap();
+    let kek_arg = kek.display().to_string();
+    let s = Server::start_with(&[
+        "--supervise",
+        "0",
+        "--kek-file",
+        &kek_arg,
+        "--webhook-allow",
+        "127.0.0.1",
+    ])
+    .await;
+    s.ok(&["tenant", "create", "acme"]);
+    s.ok(&["tenant", "create", "globex"]);
+    let (acme, _) = s.key("acme");
+    let (globex, _) = s.key("globex");
+    let client = reqwest::Client::new();
+    let call = |method: reqwest::Method, path: String, key: String, body: Option<Value>| {
+        let mut req = client
+            .request(method, format!("{}{path}", s.base))
+            .header("authorization", format!("Bearer {key}"));
+        if let Some(b) = body {
+            req = req.body(b.to_string());
+        }
+        async move {
+            let res = req.send().await.unwrap();
+            let status = res.status().as_u16();
+            let v: Value =
+                serde_json::from_slice(&res.bytes().await.unwrap()).unwrap_or(Value::Null);
+            (status, v)
+        }
+    };
+    use reqwest::Method;
+    let (status, v) = call(
+        Method::POST,
+        "/v1/webhooks".into(),
+        acme.clone(),
+        Some(serde_json::json!({"url": "http://hooks.example/x"})),
+    )
+    .await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (400, Some("bad_request")),
+        "https only: {v}"
+    );
+    let (status, made) = call(Method::POST, "/v1/webhooks".into(), acme.clone(),
+        Some(serde_json::json!({"url": "http://127.0.0.1:9/x", "events": ["job.succeeded", "job.failed"]}))).await;
+    assert_eq!(status, 201, "{made}");
+    assert!(made["secret"].as_str().unwrap().starts_with("whsec_"));
+    assert_eq!(
+        made["events"],
+        serde_json::json!(["job.succeeded", "job.failed"])
+    );
+    let id = made["id"].as_str().unwrap().to_string();
+    let (_, list) = call(Method::GET, "/v1/webhooks".into(), acme.clone(), None).await;
+    assert_eq!(list["webhooks"].as_array().unwrap().len(), 1);
+    assert!(!list.to_string().contains("whsec_"));
+    let (_, theirs) = call(Method::GET, "/v1/webhooks".into(), globex.clone(), None).await;
+    assert_eq!(theirs["webhooks"].as_array().unwrap().len(), 0);
+
+    // Another tenant: every route is a random id's 404.
+    let random = uuid::Uuid::new_v4().to_string();
+    for (method, suffix) in [
+        (Method::GET, ""),
+        (Method::DELETE, ""),
+        (Method::POST, "/rotate"),
+        (Method::GET, "/deliveries"),
+        (Method::POST, "/replay?since=0"),
+    ] {
+        let (a, va) = call(
+            method.clone(),
+            format!("/v1/webhooks/{id}{suffix}"),
+            globex.clone(),
+            None,
+        )
+        .await;
+        let (b, vb) = call(
+            method.clone(),
+            format!("/v1/webhooks/{random}{suffix}"),
+            globex.clone(),
+            None,
+        )
+        .await;
+        assert_eq!(
+            (a, without_request_id(va)),
+            (b, without_request_id(vb)),
+            "{method} {suffix}"
+        );
+        assert_eq!(a, 404);
+    }
+
+    // The owner: rotate, log, replay, remove.
+    let (status, rotated) = call(
+        Method::POST,
+        format!("/v1/webhooks/{id}/rotate"),
+        acme.clone(),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{rotated}");
+    assert_ne!(rotated["secret"], made["secret"]);
+    assert!(rotated["previous_secret_until_ms"].is_i64());
+    let (status, log) = call(
+        Method::GET,
+        format!("/v1/webhooks/{id}/deliveries"),
+        acme.clone(),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, log["attempts"].as_array().map(Vec::len)),
+        (200, Some(0))
+    );
+    let (status, replayed) = call(
+        Method::POST,
+        format!("/v1/webhooks/{id}/replay?since=0"),
+        acme.clone(),
+        None,
+    )
+    .await;
+    assert_eq!((status, replayed["queued"].as_u64()), (202, Some(0)));
+    let (status, _) = call(
+        Method::DELETE,
+        format!("/v1/webhooks/{id}"),
+        acme.clone(),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (_, list) = call(Method::GET, "/v1/webhooks".into(), acme.clone(), None).await;
+    assert_eq!(list["webhooks"].as_array().unwrap().len(), 0);
+    drop(s);
+
+    // No key-encryption key: no secrets can be made.
+    let s = Server::start().await;
+    s.ok(&["tenant", "create", "acme"]);
+    let (acme, _) = s.key("acme");
+    let res = reqwest::Client::new()
+        .post(format!("{}/v1/webhooks", s.base))
+        .header("authorization", format!("Bearer {acme}"))
+        .body(r#"{"url": "https://hooks.example/x"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 503);
 }

@@ -71,6 +71,7 @@ pub fn signature_header(secrets: &[&Secret], id: &str, timestamp: i64, body: &[u
 
 /// The key-encryption key secrets are stored under: 32 bytes, from a file or the environment
 /// (base64), read at the CLI edge.
+#[derive(Clone)]
 pub struct Kek(Zeroizing<[u8; 32]>);
 
 impl std::fmt::Debug for Kek {

@@ -26,6 +26,18 @@ pub struct Endpoint {
     pub failing_since_ms: Option<i64>,
 }
 
+/// One delivery attempt, as the delivery log shows it.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct Attempt {
+    pub event_id: String,
+    pub attempt: i32,
+    pub at_ms: i64,
+    /// The HTTP status, when there was an answer.
+    pub status: Option<i32>,
+    pub latency_ms: Option<i64>,
+    pub error: Option<String>,
+}
+
 fn endpoint(r: &sqlx::any::AnyRow) -> Result<Endpoint, JobError> {
     let id: String = r.try_get("id")?;
     let events: String = r.try_get("events")?;
@@ -135,6 +147,75 @@ impl SqlStore {
         .await?
         .rows_affected();
         Ok(n == 1)
+    }
+
+    /// The endpoint's latest attempts, newest first: when, status, latency, error; no bodies.
+    pub async fn webhook_attempts(
+        &self,
+        endpoint: Uuid,
+        limit: i64,
+    ) -> Result<Vec<Attempt>, JobError> {
+        let rows = sqlx::query(
+            "SELECT event_id, attempt, at, status, latency_ms, error FROM airlock_webhook_attempts WHERE endpoint_id = $1 ORDER BY at DESC, attempt DESC LIMIT $2",
+        )
+        .bind(endpoint.to_string())
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Attempt {
+                    event_id: r.try_get("event_id")?,
+                    attempt: r.try_get::<i32, _>("attempt")?,
+                    at_ms: r.try_get("at")?,
+                    status: r.try_get::<Option<i32>, _>("status")?,
+                    latency_ms: r.try_get("latency_ms")?,
+                    error: r.try_get("error")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Send again, from now, every event of the endpoint's tenant since `since` (ms) that the
+    /// endpoint subscribes to: delivered or failed ones are queued afresh (same webhook-id),
+    /// missing ones are added. Returns how many are queued.
+    pub async fn replay_webhook(
+        &self,
+        tenant: &str,
+        endpoint: &Endpoint,
+        since: i64,
+        now: i64,
+    ) -> Result<u64, JobError> {
+        let types: Vec<&str> = endpoint.events.iter().map(|e| e.as_str()).collect();
+        let kinds = format!(",{},", types.join(","));
+        let mut tx = self.pool().begin().await?;
+        let reset = sqlx::query(
+            "UPDATE airlock_webhook_deliveries SET state = 'pending', attempts = 0, next_at = $3, lease_owner = NULL, lease_until = NULL, delivered_at = NULL
+             WHERE endpoint_id = $1 AND event_id IN (SELECT id FROM airlock_webhook_events WHERE tenant = $2 AND created_at >= $4)",
+        )
+        .bind(endpoint.id.to_string())
+        .bind(tenant)
+        .bind(now)
+        .bind(since)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        let added = sqlx::query(
+            "INSERT INTO airlock_webhook_deliveries (event_id, endpoint_id, state, attempts, next_at)
+             SELECT e.id, $1, 'pending', 0, $3 FROM airlock_webhook_events e
+             WHERE e.tenant = $2 AND e.created_at >= $4 AND $5 LIKE ('%,' || e.type || ',%')
+               AND NOT EXISTS (SELECT 1 FROM airlock_webhook_deliveries d WHERE d.event_id = e.id AND d.endpoint_id = $1)",
+        )
+        .bind(endpoint.id.to_string())
+        .bind(tenant)
+        .bind(now)
+        .bind(since)
+        .bind(&kinds)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        Ok(reset + added)
     }
 
     /// Deliveries pending and due within the next 10 s.
