@@ -80,7 +80,8 @@ impl Server {
             .spawn()
             .unwrap();
         let server = Server { d, base, child };
-        for _ in 0..400 {
+        // Generous: a start cleans the leftovers of killed servers from the temp directory.
+        for _ in 0..2400 {
             if let Ok(r) = reqwest::get(format!("{}/healthz", server.base)).await {
                 if r.status() == 200 {
                     return server;
@@ -647,7 +648,7 @@ async fn serve_alone_is_the_quickstart() {
             .unwrap()
     };
     let wait_ready = || async {
-        for _ in 0..400 {
+        for _ in 0..2400 {
             if let Ok(r) = reqwest::get(format!("{base}/healthz")).await {
                 if r.status() == 200 {
                     return;

@@ -78,7 +78,7 @@ fn the_api_walk_through_runs_as_written() {
                 .map(String::from)
         })
         .expect("the first start prints a key");
-    let ready = (0..400).any(|_| {
+    let ready = (0..2400).any(|_| {
         std::thread::sleep(Duration::from_millis(25));
         std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
     });
@@ -110,4 +110,68 @@ fn the_api_walk_through_runs_as_written() {
     let state = run(&blocks[1]);
     assert_eq!(state.trim(), "\"queued\"");
     drop(serve);
+}
+
+/// The README's webhook receiver, run as written (its secret and port filled in): a signed event
+/// is accepted and printed; an unsigned one is not.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_webhook_receiver_example_verifies() {
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(repo.join("README.md")).unwrap();
+    let start = readme
+        .find("A receiver, verifying with the `standardwebhooks` package")
+        .expect("the receiver example");
+    let block = &readme[start..];
+    let code = block
+        .split("```python\n")
+        .nth(1)
+        .and_then(|b| b.split("\n```").next())
+        .expect("a python block");
+    assert!(code.lines().count() <= 12, "a short example");
+    let secret = airlock::webhooks::Secret::generate();
+    let port = crate::common::free_port();
+    let code = code
+        .replace("whsec_…", &secret.expose())
+        .replace("8000", &port.to_string());
+    let mut child = std::process::Command::new("python3")
+        .args(["-u", "-c", &code])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let body = r#"{"type":"job.succeeded","timestamp":"2026-11-27T21:00:00.000Z","data":{"job_id":"j-1","state":"succeeded"}}"#;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let send = |sig: String| {
+        reqwest::Client::new()
+            .post(format!("http://127.0.0.1:{port}/"))
+            .header("webhook-id", "msg_readme")
+            .header("webhook-timestamp", now.to_string())
+            .header("webhook-signature", sig)
+            .body(body)
+            .send()
+    };
+    let mut status = None;
+    for _ in 0..100 {
+        if let Ok(r) = send(secret.sign("msg_readme", now, body.as_bytes())).await {
+            status = Some(r.status().as_u16());
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(status, Some(200));
+    let forged = send("v1,AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".into()).await;
+    assert!(
+        forged.map(|r| r.status() != 200).unwrap_or(true),
+        "a bad signature is not accepted"
+    );
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        printed.contains("msg_readme job.succeeded j-1"),
+        "{printed}"
+    );
 }
