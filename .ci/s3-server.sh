@@ -47,6 +47,7 @@ JSON
     -filer.port="${ports[6]}" -filer.port.grpc="${ports[7]}" -admin.port="${ports[8]}" \
     -admin.port.grpc="${ports[9]}" -debug.port="${ports[10]}" -s3.debug.port="${ports[11]}" \
     -metricsPort="${ports[12]}" \
+    -master.volumeSizeLimitMB=64 -volume.max=2000 \
     -s3.config="$dir/s3.json" -bucket="$bucket" > "$dir/logs/stdout" 2>&1 &
   echo $! > "$dir/pid"
   for _ in $(seq 1 300); do
