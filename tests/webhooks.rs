@@ -602,3 +602,206 @@ async fn private_destinations_are_refused_without_the_allowlist() {
         .unwrap_err();
     assert!(err.contains("may not reach"), "{err}");
 }
+
+/// The mixed batch: 100 jobs from 3 tenants, each tenant with an endpoint. Every job's end
+/// arrives exactly once, signed; after a purge every erased job's `job.purged` arrives once,
+/// after its first event.
+#[tokio::test(flavor = "multi_thread")]
+async fn one_event_per_final_state_in_order_for_a_100_job_batch() {
+    let d = Deployment::embedded();
+    let kek = kek_file(d.dir.path());
+    let port = crate::common::free_port();
+    let secrets = d.dir.path().join("secrets.json");
+    let log = d.dir.path().join("received.jsonl");
+    let run = |args: &[&str]| {
+        let out = d
+            .cmd()
+            .args(args)
+            .env("AIRLOCK_WEBHOOK_KEK_FILE", &kek)
+            .env("AIRLOCK_WEBHOOK_ALLOW", "127.0.0.1")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap_or_default()
+    };
+    let tenants = ["t0", "t1", "t2"];
+    let mut map = serde_json::Map::new();
+    for t in tenants {
+        run(&["tenant", "create", t]);
+        // Each tenant's receiver path is /ok (the receiver answers 200), its secret by path.
+        let ep = run(&[
+            "webhook",
+            "add",
+            "--tenant",
+            t,
+            "--url",
+            &format!("http://127.0.0.1:{port}/ok?{t}"),
+        ]);
+        map.insert(format!("/ok?{t}"), ep["secret"].clone());
+    }
+    std::fs::write(&secrets, serde_json::Value::Object(map).to_string()).unwrap();
+    let _receiver = Kill(
+        Command::new("python3")
+            .args(["-c", RECEIVER, &port.to_string()])
+            .arg(&secrets)
+            .arg(&log)
+            .spawn()
+            .unwrap(),
+    );
+    let files = [
+        "valid/leads.csv",
+        "invalid/binary_content.csv",
+        "invalid/empty.csv",
+        "valid/leads.csv",
+    ];
+    let mut jobs = Vec::new();
+    for i in 0..100 {
+        let t = tenants[i % 3];
+        jobs.push((t, d.submit(t, &fixture(files[i % files.len()]), &[])));
+    }
+    let api_port = crate::common::free_port();
+    let _serve = Kill(
+        d.cmd()
+            .args([
+                "serve",
+                "--supervise",
+                "2",
+                "--listen",
+                &format!("127.0.0.1:{api_port}"),
+            ])
+            .env("AIRLOCK_WEBHOOK_KEK_FILE", &kek)
+            .env("AIRLOCK_WEBHOOK_ALLOW", "127.0.0.1")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let wait_for = |n: usize| {
+        let log = log.clone();
+        async move {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
+            loop {
+                let lines = log_lines(&log);
+                if lines.len() >= n {
+                    return lines;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{} of {n} events",
+                    lines.len()
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+        }
+    };
+    wait_for(100).await;
+    let purged_jobs: Vec<&String> = jobs
+        .iter()
+        .filter(|(t, _)| *t == "t0")
+        .map(|(_, j)| j)
+        .collect();
+    run(&["purge", "--tenant", "t0"]);
+    wait_for(100 + purged_jobs.len()).await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let lines = log_lines(&log);
+    assert!(lines.iter().all(|l| l["verified"] == true));
+    assert_eq!(
+        lines.len(),
+        100 + purged_jobs.len(),
+        "nothing twice, nothing invented"
+    );
+    for (t, job) in &jobs {
+        let mine: Vec<&str> = lines
+            .iter()
+            .filter(|l| l["job"] == job.as_str())
+            .map(|l| l["type"].as_str().unwrap())
+            .collect();
+        assert!(
+            matches!(mine.first(), Some(&"job.succeeded") | Some(&"job.rejected")),
+            "{job}: {mine:?}"
+        );
+        if *t == "t0" {
+            assert_eq!(mine.len(), 2, "{job}: {mine:?}");
+            assert_eq!(mine[1], "job.purged", "in order: {mine:?}");
+        } else {
+            assert_eq!(mine.len(), 1, "{job}: {mine:?}");
+        }
+    }
+    let ids: std::collections::HashSet<&str> =
+        lines.iter().map(|l| l["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), lines.len(), "one webhook-id per event");
+}
+
+/// On PostgreSQL: `supervise --until-idle` runs the dispatcher beside its jobs and drains what
+/// they raised before it exits (the claim query with `FOR UPDATE OF d SKIP LOCKED`).
+#[tokio::test(flavor = "multi_thread")]
+async fn supervise_delivers_on_postgres() {
+    let d = Deployment::production().await;
+    let kek = kek_file(d.dir.path());
+    let port = crate::common::free_port();
+    let secrets = d.dir.path().join("secrets.json");
+    let log = d.dir.path().join("received.jsonl");
+    let env = |c: &mut std::process::Command| {
+        c.env("AIRLOCK_WEBHOOK_KEK_FILE", &kek)
+            .env("AIRLOCK_WEBHOOK_ALLOW", "127.0.0.1");
+    };
+    let run = |args: &[&str]| {
+        let mut c = d.cmd();
+        env(&mut c);
+        let out = c.args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap_or_default()
+    };
+    run(&["tenant", "create", "acme"]);
+    let ep = run(&[
+        "webhook",
+        "add",
+        "--tenant",
+        "acme",
+        "--url",
+        &format!("http://127.0.0.1:{port}/ok"),
+    ]);
+    std::fs::write(
+        &secrets,
+        serde_json::json!({"/ok": ep["secret"]}).to_string(),
+    )
+    .unwrap();
+    let _receiver = Kill(
+        Command::new("python3")
+            .args(["-c", RECEIVER, &port.to_string()])
+            .arg(&secrets)
+            .arg(&log)
+            .spawn()
+            .unwrap(),
+    );
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let a = d.submit("acme", &fixture("valid/leads.csv"), &[]);
+    let b = d.submit("acme", &fixture("invalid/binary_content.csv"), &[]);
+    run(&["supervise", "--until-idle", "-c", "2"]);
+    let lines = log_lines(&log);
+    let mut got: Vec<(String, String)> = lines
+        .iter()
+        .map(|l| {
+            (
+                l["job"].as_str().unwrap().to_string(),
+                l["type"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    got.sort();
+    let mut want = vec![
+        (a, "job.succeeded".to_string()),
+        (b, "job.rejected".to_string()),
+    ];
+    want.sort();
+    assert_eq!(got, want, "{lines:#?}");
+    assert!(lines.iter().all(|l| l["verified"] == true));
+}

@@ -166,14 +166,27 @@ impl Dispatcher {
     /// Claim the due deliveries (up to 16) and attempt each, concurrently. Returns how many.
     pub async fn run_once(self: &Arc<Self>) -> Result<usize, JobError> {
         let now = self.store.now().await?;
+        // A job's events reach an endpoint in the order they were raised: a delivery waits
+        // while an earlier event of the same job is still pending for the same endpoint.
+        let lock = if self.store.dialect_name() == "postgres" {
+            " FOR UPDATE OF d SKIP LOCKED"
+        } else {
+            ""
+        };
         let sql = format!(
             "UPDATE airlock_webhook_deliveries SET lease_owner = $1, lease_until = $2
              WHERE (event_id, endpoint_id) IN (
-                 SELECT event_id, endpoint_id FROM airlock_webhook_deliveries
-                 WHERE state = 'pending' AND next_at <= $3 AND (lease_until IS NULL OR lease_until < $3)
-                 ORDER BY next_at LIMIT 16{})
-             RETURNING event_id, endpoint_id, attempts",
-            self.store.dialect().skip_locked
+                 SELECT d.event_id, d.endpoint_id FROM airlock_webhook_deliveries d
+                 JOIN airlock_webhook_events e ON e.id = d.event_id
+                 WHERE d.state = 'pending' AND d.next_at <= $3
+                   AND (d.lease_until IS NULL OR d.lease_until < $3)
+                   AND NOT EXISTS (
+                       SELECT 1 FROM airlock_webhook_deliveries d2
+                       JOIN airlock_webhook_events e2 ON e2.id = d2.event_id
+                       WHERE d2.endpoint_id = d.endpoint_id AND e2.job_id = e.job_id
+                         AND d2.state = 'pending' AND e2.created_at < e.created_at)
+                 ORDER BY d.next_at LIMIT 16{lock})
+             RETURNING event_id, endpoint_id, attempts"
         );
         let rows = sqlx::query(&sql)
             .bind(&self.owner)
