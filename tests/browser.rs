@@ -16,12 +16,21 @@ struct Driver {
     base: String,
     session: String,
     client: reqwest::Client,
+    profile: std::path::PathBuf,
 }
 
 impl Drop for Driver {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // Chromium outlives its driver: end the browser of this profile too.
+        let _ = Command::new("pkill")
+            .args([
+                "-f",
+                "--",
+                &format!("--user-data-dir={}", self.profile.display()),
+            ])
+            .status();
     }
 }
 
@@ -47,6 +56,7 @@ impl Driver {
             base,
             session: String::new(),
             client,
+            profile: profile.to_path_buf(),
         };
         let caps = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
@@ -222,4 +232,10 @@ async fn browser_suite(backend: Backend) {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     assert_eq!(names, vec!["Q3 leads.clean.csv".to_string()]);
+    // Quit the browser (DELETE /session/{id}).
+    let _ = driver
+        .client
+        .delete(format!("{}/session/{}", driver.base, driver.session))
+        .send()
+        .await;
 }
