@@ -296,10 +296,7 @@ impl ObjectStore for FsStore {
         meta: &PutMeta,
         mut written: tokio::sync::watch::Receiver<u64>,
     ) -> Result<u64, StorageError> {
-        written
-            .wait_for(|n| *n >= size)
-            .await
-            .map_err(|_| StorageError::Unavailable("the upload ended early".into()))?;
+        super::written_through(&mut written, size).await?;
         self.put_file(key, path, size, meta).await
     }
 
@@ -310,11 +307,7 @@ impl ObjectStore for FsStore {
         sha256_b64: &str,
         ttl: Duration,
     ) -> Result<super::PresignedPut, StorageError> {
-        if key.kind() != super::Kind::Input || ttl > super::UPLOAD_TTL_CAP {
-            return Err(StorageError::Config(
-                "uploads go to input keys, for at most 15 minutes".into(),
-            ));
-        }
+        super::check_upload_link(key, ttl)?;
         let expires = unix_now() + ttl.as_secs();
         let sig = self.key.sign_put(key.as_str(), expires, size, sha256_b64);
         let enc = |s: &str| {

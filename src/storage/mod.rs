@@ -221,6 +221,28 @@ pub async fn sha256_b64_of(mut r: impl tokio::io::AsyncRead + Unpin) -> std::io:
     Ok(base64::engine::general_purpose::STANDARD.encode(hash.finalize()))
 }
 
+/// Wait until `size` bytes of a growing file are on disk (`put_growing`).
+async fn written_through(
+    written: &mut tokio::sync::watch::Receiver<u64>,
+    size: u64,
+) -> Result<(), StorageError> {
+    written
+        .wait_for(|n| *n >= size)
+        .await
+        .map(|_| ())
+        .map_err(|_| StorageError::Unavailable("the upload ended early".into()))
+}
+
+/// An upload link goes to an input key and lives at most [`UPLOAD_TTL_CAP`].
+fn check_upload_link(key: &ObjectKey, ttl: Duration) -> Result<(), StorageError> {
+    if key.kind() != Kind::Input || ttl > UPLOAD_TTL_CAP {
+        return Err(StorageError::Config(
+            "uploads go to input keys, for at most 15 minutes".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// The longest an upload link may live.
 pub const UPLOAD_TTL_CAP: Duration = Duration::from_secs(15 * 60);
 

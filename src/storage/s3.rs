@@ -413,10 +413,7 @@ impl ObjectStore for S3Store {
                 .await?;
             return Ok(size);
         }
-        written
-            .wait_for(|n| *n >= size)
-            .await
-            .map_err(|_| StorageError::Unavailable("the upload ended early".into()))?;
+        super::written_through(&mut written, size).await?;
         self.put_file(key, path, size, meta).await
     }
 
@@ -427,11 +424,7 @@ impl ObjectStore for S3Store {
         sha256_b64: &str,
         ttl: Duration,
     ) -> Result<super::PresignedPut, StorageError> {
-        if key.kind() != super::Kind::Input || ttl > super::UPLOAD_TTL_CAP {
-            return Err(StorageError::Config(
-                "uploads go to input keys, for at most 15 minutes".into(),
-            ));
-        }
+        super::check_upload_link(key, ttl)?;
         let config =
             PresigningConfig::expires_in(ttl).map_err(|e| StorageError::Config(e.to_string()))?;
         // Every header set here is signed (the SDK hoists none into the query), so the client
