@@ -154,3 +154,11 @@ pub fn webhook_schedule_scale() -> f64 {
         .and_then(|v| v.parse().ok())
         .unwrap_or(1.0)
 }
+
+/// Tests only: the webhook delivery lease in milliseconds (60 s otherwise), so a test that
+/// kills a dispatcher mid-delivery sees the retry in seconds.
+pub const WEBHOOK_LEASE_ENV: &str = "AIRLOCK_TEST_WEBHOOK_LEASE_MS";
+
+pub fn webhook_lease_ms() -> Option<i64> {
+    std::env::var(WEBHOOK_LEASE_ENV).ok()?.parse().ok()
+}

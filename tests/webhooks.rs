@@ -350,46 +350,189 @@ async fn endpoints_and_the_outbox(d: Deployment) {
 }
 
 /// A receiver on loopback that verifies every signature with the `standardwebhooks` package and
-/// logs each request as a JSON line. Its behaviour comes from the path: `/ok` answers 200,
-/// `/flaky` 500 twice per webhook-id and then 200, `/gone` 410, `/hang` sleeps 20 s.
-const RECEIVER: &str = r#"
+/// logs each request as a JSON line (`verified_old` too when the secrets file holds the path's
+/// rotated-out secret under `PATH#old`). Its behaviour comes from the path: `/ok` answers 200,
+/// `/flaky` 500 twice per webhook-id and then 200, `/gone` 410, `/hang` sleeps 20 s, and
+/// `/slow` holds its very first request 30 s (then answers 200 to everything).
+const RECEIVER: &str = r##"
 import json, sys, time, threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from standardwebhooks.webhooks import Webhook
 port, secrets_path, log_path = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 seen = {}
+total = {}
 lock = threading.Lock()
+def verifies(secret, body, headers):
+    if secret is None: return None
+    try:
+        Webhook(secret).verify(body, headers)
+        return True
+    except Exception:
+        return False
 class H(BaseHTTPRequestHandler):
     def log_message(self, *a): pass
     def do_POST(self):
         body = self.rfile.read(int(self.headers.get("content-length", "0"))).decode()
         secrets = json.load(open(secrets_path))
         path = self.path
-        try:
-            Webhook(secrets[path]).verify(body, {k: self.headers[k] for k in ("webhook-id", "webhook-timestamp", "webhook-signature")})
-            ok = True
-        except Exception as e:
-            ok = False
+        headers = {k: self.headers[k] for k in ("webhook-id", "webhook-timestamp", "webhook-signature")}
+        ok = verifies(secrets.get(path), body, headers)
+        old = verifies(secrets.get(path + "#old"), body, headers)
         wid = self.headers["webhook-id"]
         with lock:
             seen[wid] = seen.get(wid, 0) + 1
-            n = seen[wid]
+            total[path] = total.get(path, 0) + 1
+            n, first = seen[wid], total[path] == 1
             event = json.loads(body)
-            open(log_path, "a").write(json.dumps({"path": path, "id": wid, "n": n, "verified": ok, "type": event["type"], "job": event["data"]["job_id"], "body": body}) + "\n")
+            open(log_path, "a").write(json.dumps({"path": path, "id": wid, "n": n, "verified": ok, "verified_old": old, "type": event["type"], "job": event["data"]["job_id"], "body": body}) + "\n")
         if path == "/hang":
             time.sleep(20)
+        if path == "/slow" and first:
+            time.sleep(30)
         status = 200
         if path == "/flaky" and n <= 2: status = 500
         if path == "/gone": status = 410
         self.send_response(status); self.send_header("content-length", "0"); self.end_headers()
 ThreadingHTTPServer(("127.0.0.1", port), H).serve_forever()
-"#;
+"##;
 
 struct Kill(std::process::Child);
 impl Drop for Kill {
     fn drop(&mut self) {
+        // SIGKILL: nothing of the process gets to finish what it was doing.
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+/// A deployment set up for webhooks: a key-encryption key, the loopback allowlist, and the
+/// verifying [`RECEIVER`] on a free port, whose secrets file `add` keeps up to date.
+struct Hooks {
+    d: Deployment,
+    kek: std::path::PathBuf,
+    port: u16,
+    secrets: std::path::PathBuf,
+    log: std::path::PathBuf,
+    _receiver: Kill,
+}
+
+impl Hooks {
+    fn new(d: Deployment) -> Self {
+        let kek = kek_file(d.dir.path());
+        let port = crate::common::free_port();
+        let secrets = d.dir.path().join("secrets.json");
+        let log = d.dir.path().join("received.jsonl");
+        std::fs::write(&secrets, "{}").unwrap();
+        let receiver = Kill(
+            Command::new("python3")
+                .args(["-c", RECEIVER, &port.to_string()])
+                .arg(&secrets)
+                .arg(&log)
+                .spawn()
+                .unwrap(),
+        );
+        Hooks {
+            d,
+            kek,
+            port,
+            secrets,
+            log,
+            _receiver: receiver,
+        }
+    }
+
+    fn cmd(&self) -> Command {
+        let mut c = self.d.cmd();
+        c.env("AIRLOCK_WEBHOOK_KEK_FILE", &self.kek)
+            .env("AIRLOCK_WEBHOOK_ALLOW", "127.0.0.1");
+        c
+    }
+
+    /// Run a command that must succeed; its JSON output (or null).
+    fn ok(&self, args: &[&str]) -> serde_json::Value {
+        let out = self.cmd().args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or_default()
+    }
+
+    /// Point a new endpoint of `tenant` at the receiver's `path`; the receiver learns its secret.
+    fn add(&self, tenant: &str, path: &str) -> serde_json::Value {
+        let ep = self.ok(&[
+            "webhook",
+            "add",
+            "--tenant",
+            tenant,
+            "--url",
+            &format!("http://127.0.0.1:{}{path}", self.port),
+        ]);
+        self.set_secret(path, ep["secret"].as_str().unwrap());
+        ep
+    }
+
+    fn set_secret(&self, path: &str, secret: &str) {
+        let mut map: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(&std::fs::read_to_string(&self.secrets).unwrap()).unwrap();
+        map.insert(path.into(), secret.into());
+        std::fs::write(&self.secrets, serde_json::Value::Object(map).to_string()).unwrap();
+    }
+
+    /// `serve` with a supervisor and the dispatcher, with test-only settings in `env`.
+    fn serve(&self, env: &[(&str, &str)]) -> Kill {
+        Kill(
+            self.cmd()
+                .args([
+                    "serve",
+                    "--supervise",
+                    "2",
+                    "--listen",
+                    &format!("127.0.0.1:{}", crate::common::free_port()),
+                ])
+                .envs(env.iter().copied())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    }
+
+    fn lines(&self) -> Vec<serde_json::Value> {
+        log_lines(&self.log)
+    }
+
+    /// Wait (up to `secs`) until `done` holds for the receiver's log; the log.
+    async fn wait(
+        &self,
+        secs: u64,
+        what: &str,
+        done: impl Fn(&[serde_json::Value]) -> bool,
+    ) -> Vec<serde_json::Value> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+        loop {
+            let lines = self.lines();
+            if done(&lines) {
+                return lines;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{what} within {secs} s: {lines:#?}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn store(&self) -> std::sync::Arc<airlock::jobs::sql::SqlStore> {
+        let url = &self
+            .d
+            .vars
+            .iter()
+            .find(|(k, _)| k == "AIRLOCK_DATABASE_URL")
+            .unwrap()
+            .1;
+        airlock::jobs::open_sql(url, false).await.unwrap()
     }
 }
 
@@ -401,108 +544,43 @@ fn log_lines(path: &std::path::Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
+fn of<'a>(lines: &'a [serde_json::Value], key: &str, value: &str) -> Vec<&'a serde_json::Value> {
+    lines.iter().filter(|l| l[key] == value).collect()
+}
+
 /// Delivery end to end: `serve` (supervisor and dispatcher in one process) sends each final
 /// state to real receivers, signed (verified by the reference library), once per job; a 500
 /// twice is retried with the same webhook-id; 410 disables the endpoint after one attempt; a
 /// hanging receiver is cut off at 15 s; the payload carries no file name or URL.
 #[tokio::test(flavor = "multi_thread")]
 async fn deliveries_to_real_receivers() {
-    let d = Deployment::embedded();
-    let kek = kek_file(d.dir.path());
-    let port = crate::common::free_port();
-    let secrets = d.dir.path().join("secrets.json");
-    std::fs::write(&secrets, "{}").unwrap();
-    let log = d.dir.path().join("received.jsonl");
-    let _receiver = Kill(
-        Command::new("python3")
-            .args(["-c", RECEIVER, &port.to_string()])
-            .arg(&secrets)
-            .arg(&log)
-            .spawn()
-            .unwrap(),
-    );
-    let run = |args: &[&str]| {
-        let out = d
-            .cmd()
-            .args(args)
-            .env("AIRLOCK_WEBHOOK_KEK_FILE", &kek)
-            .env("AIRLOCK_WEBHOOK_ALLOW", "127.0.0.1")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap_or_default()
-    };
-    let mut map = serde_json::Map::new();
+    let h = Hooks::new(Deployment::embedded());
     for t in ["ok", "flaky", "gone", "hang"] {
-        run(&["tenant", "create", t]);
-        let ep = run(&[
-            "webhook",
-            "add",
-            "--tenant",
-            t,
-            "--url",
-            &format!("http://127.0.0.1:{port}/{t}"),
-        ]);
-        map.insert(format!("/{t}"), ep["secret"].clone());
+        h.ok(&["tenant", "create", t]);
+        h.add(t, &format!("/{t}"));
     }
-    std::fs::write(&secrets, serde_json::Value::Object(map).to_string()).unwrap();
     let mut jobs = Vec::new();
     for f in [
         "valid/leads.csv",
         "invalid/binary_content.csv",
         "valid/leads.csv",
     ] {
-        jobs.push(d.submit("ok", &fixture(f), &[]));
+        jobs.push(h.d.submit("ok", &fixture(f), &[]));
     }
-    d.submit("flaky", &fixture("valid/leads.csv"), &[]);
-    d.submit("gone", &fixture("valid/leads.csv"), &[]);
-    d.submit("hang", &fixture("valid/leads.csv"), &[]);
-    let api_port = crate::common::free_port();
-    let _serve = Kill(
-        d.cmd()
-            .args([
-                "serve",
-                "--supervise",
-                "2",
-                "--listen",
-                &format!("127.0.0.1:{api_port}"),
-            ])
-            .env("AIRLOCK_WEBHOOK_KEK_FILE", &kek)
-            .env("AIRLOCK_WEBHOOK_ALLOW", "127.0.0.1")
-            .env("AIRLOCK_TEST_WEBHOOK_SCHEDULE_SCALE", "0.001")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    let done = |lines: &[serde_json::Value]| {
-        let ok = lines.iter().filter(|l| l["path"] == "/ok").count();
-        let flaky = lines.iter().filter(|l| l["path"] == "/flaky").count();
-        let gone = lines.iter().filter(|l| l["path"] == "/gone").count();
-        ok >= 3 && flaky >= 3 && gone >= 1
-    };
-    while !done(&log_lines(&log)) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{:#?}",
-            log_lines(&log)
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    for t in ["flaky", "gone", "hang"] {
+        h.d.submit(t, &fixture("valid/leads.csv"), &[]);
     }
+    let _serve = h.serve(&[("AIRLOCK_TEST_WEBHOOK_SCHEDULE_SCALE", "0.001")]);
+    h.wait(60, "3 to /ok, 3 to /flaky, 1 to /gone", |l| {
+        of(l, "path", "/ok").len() >= 3
+            && of(l, "path", "/flaky").len() >= 3
+            && !of(l, "path", "/gone").is_empty()
+    })
+    .await;
     // The hanging receiver's attempt is cut off at 15 s.
-    let url = &d
-        .vars
-        .iter()
-        .find(|(k, _)| k == "AIRLOCK_DATABASE_URL")
-        .unwrap()
-        .1;
-    let store = airlock::jobs::open_sql(url, false).await.unwrap();
+    let store = h.store().await;
     use sqlx::Row;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     let hang_attempt = loop {
         let row = sqlx::query("SELECT a.error, a.latency_ms FROM airlock_webhook_attempts a JOIN airlock_webhooks w ON w.id = a.endpoint_id WHERE w.tenant = 'hang'")
             .fetch_optional(store.pool())
@@ -512,7 +590,7 @@ async fn deliveries_to_real_receivers() {
             break (r.get::<Option<String>, _>(0), r.get::<i64, _>(1));
         }
         assert!(
-            std::time::Instant::now() < deadline + std::time::Duration::from_secs(20),
+            std::time::Instant::now() < deadline,
             "no attempt on the hanging receiver"
         );
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
@@ -523,11 +601,11 @@ async fn deliveries_to_real_receivers() {
         "{hang_attempt:?}"
     );
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    let lines = log_lines(&log);
+    let lines = h.lines();
     // Every request verified with the reference library.
     assert!(lines.iter().all(|l| l["verified"] == true), "{lines:#?}");
     // One event per job to /ok, each a distinct id, types matching the jobs' ends.
-    let ok: Vec<_> = lines.iter().filter(|l| l["path"] == "/ok").collect();
+    let ok = of(&lines, "path", "/ok");
     assert_eq!(ok.len(), 3, "{ok:#?}");
     let mut got: Vec<(String, String)> = ok
         .iter()
@@ -554,17 +632,116 @@ async fn deliveries_to_real_receivers() {
         );
     }
     // 500, 500, 200: three attempts, one webhook-id.
-    let flaky: Vec<_> = lines.iter().filter(|l| l["path"] == "/flaky").collect();
+    let flaky = of(&lines, "path", "/flaky");
     assert_eq!(flaky.len(), 3, "{flaky:#?}");
     assert!(flaky.iter().all(|l| l["id"] == flaky[0]["id"]));
     // 410: one attempt, and the endpoint is disabled, visibly.
-    assert_eq!(lines.iter().filter(|l| l["path"] == "/gone").count(), 1);
-    let listed = run(&["webhook", "list", "--tenant", "gone"]);
+    assert_eq!(of(&lines, "path", "/gone").len(), 1);
+    let listed = h.ok(&["webhook", "list", "--tenant", "gone"]);
     assert!(listed[0]["disabled_at_ms"].is_i64(), "{listed}");
     assert!(listed[0]["disabled_reason"]
         .as_str()
         .unwrap()
         .contains("410"));
+}
+
+/// A dispatcher killed (SIGKILL) while a receiver holds its request: the delivery stays
+/// pending, and after a restart, once the lease lapses, it is sent again with the same
+/// webhook-id. A restart never resends what was acknowledged. Then rotation on the wire: both
+/// secrets verify while the old one overlaps, only the new one after.
+#[tokio::test(flavor = "multi_thread")]
+async fn killed_dispatcher_retries_and_a_restart_resends_nothing() {
+    let h = Hooks::new(Deployment::embedded());
+    h.ok(&["tenant", "create", "acme"]);
+    let ep = h.add("acme", "/slow");
+    let endpoint = ep["id"].as_str().unwrap().to_string();
+    let old_secret = ep["secret"].as_str().unwrap().to_string();
+    let lease = [("AIRLOCK_TEST_WEBHOOK_LEASE_MS", "3000")];
+    let first = h.d.submit("acme", &fixture("valid/leads.csv"), &[]);
+    let serve = h.serve(&lease);
+    let lines = h.wait(60, "the first request", |l| !l.is_empty()).await;
+    let id = lines[0]["id"].as_str().unwrap().to_string();
+    assert_eq!(lines[0]["job"], first.as_str());
+    drop(serve); // SIGKILL mid-delivery: the receiver is still holding the request.
+
+    let store = h.store().await;
+    use sqlx::Row;
+    let delivery = |event: String| {
+        let pool = store.pool().clone();
+        async move {
+            let r = sqlx::query(
+                "SELECT state, attempts FROM airlock_webhook_deliveries WHERE event_id = $1",
+            )
+            .bind(event)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            (r.get::<String, _>(0), r.get::<i32, _>(1))
+        }
+    };
+    assert_eq!(delivery(id.clone()).await, ("pending".into(), 0));
+
+    // Restarted: the lease lapses, and the same event goes again, under the same id.
+    let serve = h.serve(&lease);
+    let lines = h
+        .wait(30, "the retry", |l| of(l, "id", &id).len() >= 2)
+        .await;
+    assert!(lines.iter().all(|l| l["verified"] == true), "{lines:#?}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while delivery(id.clone()).await.0 != "delivered" {
+        assert!(std::time::Instant::now() < deadline, "never recorded");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    drop(serve);
+
+    // Restarted again: a new job's event arrives; the acknowledged one is not resent, even
+    // after a whole lease has passed.
+    let _serve = h.serve(&lease);
+    let second = h.d.submit("acme", &fixture("valid/leads.csv"), &[]);
+    h.wait(60, "the second job's event", |l| {
+        !of(l, "job", &second).is_empty()
+    })
+    .await;
+    tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+    let lines = h.lines();
+    assert_eq!(of(&lines, "id", &id).len(), 2, "{lines:#?}");
+    assert_eq!(of(&lines, "job", &second).len(), 1, "{lines:#?}");
+
+    // Rotation: during the overlap the header carries both signatures, and each secret
+    // verifies on its own.
+    let rotated = h.ok(&["webhook", "rotate", &endpoint, "--tenant", "acme"]);
+    h.set_secret("/slow", rotated["secret"].as_str().unwrap());
+    h.set_secret("/slow#old", &old_secret);
+    let during = h.d.submit("acme", &fixture("valid/leads.csv"), &[]);
+    let lines = h
+        .wait(60, "an event during the overlap", |l| {
+            !of(l, "job", &during).is_empty()
+        })
+        .await;
+    let l = of(&lines, "job", &during)[0];
+    assert_eq!(
+        (&l["verified"], &l["verified_old"]),
+        (&true.into(), &true.into()),
+        "{l}"
+    );
+    // The overlap ends (as 24 h later): only the new secret signs.
+    sqlx::query("UPDATE airlock_webhooks SET previous_until = 0 WHERE id = $1")
+        .bind(&endpoint)
+        .execute(store.pool())
+        .await
+        .unwrap();
+    let after = h.d.submit("acme", &fixture("valid/leads.csv"), &[]);
+    let lines = h
+        .wait(60, "an event after the overlap", |l| {
+            !of(l, "job", &after).is_empty()
+        })
+        .await;
+    let l = of(&lines, "job", &after)[0];
+    assert_eq!(
+        (&l["verified"], &l["verified_old"]),
+        (&true.into(), &false.into()),
+        "{l}"
+    );
 }
 
 /// SSRF: loopback, private, link-local and metadata destinations are refused unless the
@@ -603,55 +780,142 @@ async fn private_destinations_are_refused_without_the_allowlist() {
     assert!(err.contains("may not reach"), "{err}");
 }
 
+/// Inside a private network and mount namespace: `8.8.8.8` is an address of the loopback
+/// device, a DNS server on 127.0.0.1:53 answers `rebind.example` first with 8.8.8.8 and then
+/// with 127.0.0.1 (TTL 0), and listeners on 8.8.8.8:443 and 127.0.0.1:443 log every
+/// connection. Then it runs the command in argv[2:], killed when this script is.
+const REBINDING_NETWORK: &str = r#"
+import ctypes, json, os, signal, socket, struct, subprocess, sys, threading
+d, cmd = sys.argv[1], sys.argv[2:]
+lock = threading.Lock()
+def note(**k):
+    with lock: open(os.path.join(d, "netns.jsonl"), "a").write(json.dumps(k) + "\n")
+subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+subprocess.run(["ip", "addr", "add", "8.8.8.8/32", "dev", "lo"], check=True)
+open(os.path.join(d, "resolv.conf"), "w").write("nameserver 127.0.0.1\noptions attempts:1 timeout:1\n")
+open(os.path.join(d, "hosts"), "w").write("127.0.0.1 localhost\n")
+for f in ("resolv.conf", "hosts"):
+    subprocess.run(["mount", "--bind", os.path.join(d, f), "/etc/" + f], check=True)
+answered = [0]
+dns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); dns.bind(("127.0.0.1", 53))
+def serve_dns():
+    while True:
+        q, peer = dns.recvfrom(512)
+        i, labels = 12, []
+        while q[i]:
+            labels.append(q[i + 1:i + 1 + q[i]].decode()); i += 1 + q[i]
+        qtype = struct.unpack(">H", q[i + 1:i + 3])[0]
+        known = ".".join(labels).lower() == "rebind.example"
+        answer = b""
+        if known and qtype == 1:
+            answered[0] += 1
+            ip = "8.8.8.8" if answered[0] == 1 else "127.0.0.1"
+            note(dns=ip)
+            answer = b"\xc0\x0c" + struct.pack(">HHIH", 1, 1, 0, 4) + socket.inet_aton(ip)
+        flags = 0x8580 | (0 if known else 3)
+        dns.sendto(q[:2] + struct.pack(">HHHHH", flags, 1, 1 if answer else 0, 0, 0) + q[12:i + 5] + answer, peer)
+def listener(ip):
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind((ip, 443)); s.listen(16)
+    def run():
+        while True:
+            c, _ = s.accept(); note(connection=ip); c.close()
+    return run
+for f in (serve_dns, listener("8.8.8.8"), listener("127.0.0.1")):
+    threading.Thread(target=f, daemon=True).start()
+libc = ctypes.CDLL(None)
+sys.exit(subprocess.Popen(cmd, preexec_fn=lambda: libc.prctl(1, signal.SIGKILL)).wait())
+"#;
+
+/// DNS rebinding: a name that resolves to a public address when checked and to loopback a
+/// moment later. The connection goes to the address that was checked (pinned), never to the
+/// second answer; the next attempt resolves afresh, gets loopback, and is refused before any
+/// connection. Real DNS through the C library, in a private network namespace.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_name_that_rebinds_to_loopback_is_never_reached() {
+    let h = Hooks::new(Deployment::embedded());
+    h.ok(&["tenant", "create", "acme"]);
+    let ep = h.ok(&[
+        "webhook",
+        "add",
+        "--tenant",
+        "acme",
+        "--url",
+        "https://rebind.example/hook",
+    ]);
+    h.d.submit("acme", &fixture("valid/leads.csv"), &[]);
+    let base = h.cmd();
+    let mut c = Command::new("unshare");
+    c.args(["--net", "--mount", "--kill-child", "--", "python3", "-c"])
+        .arg(REBINDING_NETWORK)
+        .arg(h.d.dir.path())
+        .arg(env!("CARGO_BIN_EXE_airlock"))
+        .arg("supervise")
+        .envs(base.get_envs().filter_map(|(k, v)| Some((k, v?))))
+        .env_remove("AIRLOCK_WEBHOOK_ALLOW")
+        .env("AIRLOCK_TEST_WEBHOOK_SCHEDULE_SCALE", "0.001")
+        .current_dir(h.d.dir.path())
+        .stdout(std::process::Stdio::null());
+    let netns = Kill(c.spawn().expect("unshare (util-linux)"));
+    let store = h.store().await;
+    use sqlx::Row;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    let attempts = loop {
+        let rows = sqlx::query(
+            "SELECT attempt, error FROM airlock_webhook_attempts WHERE endpoint_id = $1 ORDER BY attempt",
+        )
+        .bind(ep["id"].as_str().unwrap())
+        .fetch_all(store.pool())
+        .await
+        .unwrap();
+        if rows.len() >= 3 {
+            break rows
+                .iter()
+                .map(|r| r.get::<Option<String>, _>(1).unwrap_or_default())
+                .collect::<Vec<_>>();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "3 attempts: {:?}",
+            std::fs::read_to_string(h.d.dir.path().join("netns.jsonl"))
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    drop(netns);
+    let seen = log_lines(&h.d.dir.path().join("netns.jsonl"));
+    let answers: Vec<&str> = seen.iter().filter_map(|l| l["dns"].as_str()).collect();
+    let connections: Vec<&str> = seen
+        .iter()
+        .filter_map(|l| l["connection"].as_str())
+        .collect();
+    assert_eq!(
+        answers[..3],
+        ["8.8.8.8", "127.0.0.1", "127.0.0.1"],
+        "{seen:?}"
+    );
+    // The first attempt reached the checked address (and failed there: no TLS) ...
+    assert_eq!(connections, ["8.8.8.8"], "{seen:?} {attempts:?}");
+    assert!(!attempts[0].contains("may not reach"), "{attempts:?}");
+    // ... and the later ones were refused on resolving, before connecting.
+    for a in &attempts[1..3] {
+        assert!(
+            a.contains("resolves to 127.0.0.1") && a.contains("may not reach"),
+            "{attempts:?}"
+        );
+    }
+}
+
 /// The mixed batch: 100 jobs from 3 tenants, each tenant with an endpoint. Every job's end
 /// arrives exactly once, signed; after a purge every erased job's `job.purged` arrives once,
 /// after its first event.
 #[tokio::test(flavor = "multi_thread")]
 async fn one_event_per_final_state_in_order_for_a_100_job_batch() {
-    let d = Deployment::embedded();
-    let kek = kek_file(d.dir.path());
-    let port = crate::common::free_port();
-    let secrets = d.dir.path().join("secrets.json");
-    let log = d.dir.path().join("received.jsonl");
-    let run = |args: &[&str]| {
-        let out = d
-            .cmd()
-            .args(args)
-            .env("AIRLOCK_WEBHOOK_KEK_FILE", &kek)
-            .env("AIRLOCK_WEBHOOK_ALLOW", "127.0.0.1")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap_or_default()
-    };
+    let h = Hooks::new(Deployment::embedded());
     let tenants = ["t0", "t1", "t2"];
-    let mut map = serde_json::Map::new();
     for t in tenants {
-        run(&["tenant", "create", t]);
+        h.ok(&["tenant", "create", t]);
         // Each tenant's receiver path is /ok (the receiver answers 200), its secret by path.
-        let ep = run(&[
-            "webhook",
-            "add",
-            "--tenant",
-            t,
-            "--url",
-            &format!("http://127.0.0.1:{port}/ok?{t}"),
-        ]);
-        map.insert(format!("/ok?{t}"), ep["secret"].clone());
+        h.add(t, &format!("/ok?{t}"));
     }
-    std::fs::write(&secrets, serde_json::Value::Object(map).to_string()).unwrap();
-    let _receiver = Kill(
-        Command::new("python3")
-            .args(["-c", RECEIVER, &port.to_string()])
-            .arg(&secrets)
-            .arg(&log)
-            .spawn()
-            .unwrap(),
-    );
     let files = [
         "valid/leads.csv",
         "invalid/binary_content.csv",
@@ -661,53 +925,20 @@ async fn one_event_per_final_state_in_order_for_a_100_job_batch() {
     let mut jobs = Vec::new();
     for i in 0..100 {
         let t = tenants[i % 3];
-        jobs.push((t, d.submit(t, &fixture(files[i % files.len()]), &[])));
+        jobs.push((t, h.d.submit(t, &fixture(files[i % files.len()]), &[])));
     }
-    let api_port = crate::common::free_port();
-    let _serve = Kill(
-        d.cmd()
-            .args([
-                "serve",
-                "--supervise",
-                "2",
-                "--listen",
-                &format!("127.0.0.1:{api_port}"),
-            ])
-            .env("AIRLOCK_WEBHOOK_KEK_FILE", &kek)
-            .env("AIRLOCK_WEBHOOK_ALLOW", "127.0.0.1")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let wait_for = |n: usize| {
-        let log = log.clone();
-        async move {
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
-            loop {
-                let lines = log_lines(&log);
-                if lines.len() >= n {
-                    return lines;
-                }
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "{} of {n} events",
-                    lines.len()
-                );
-                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-            }
-        }
-    };
+    let _serve = h.serve(&[]);
+    let wait_for = |n: usize| h.wait(180, "every event", move |l| l.len() >= n);
     wait_for(100).await;
     let purged_jobs: Vec<&String> = jobs
         .iter()
         .filter(|(t, _)| *t == "t0")
         .map(|(_, j)| j)
         .collect();
-    run(&["purge", "--tenant", "t0"]);
+    h.ok(&["purge", "--tenant", "t0"]);
     wait_for(100 + purged_jobs.len()).await;
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    let lines = log_lines(&log);
+    let lines = h.lines();
     assert!(lines.iter().all(|l| l["verified"] == true));
     assert_eq!(
         lines.len(),
@@ -740,53 +971,15 @@ async fn one_event_per_final_state_in_order_for_a_100_job_batch() {
 /// they raised before it exits (the claim query with `FOR UPDATE OF d SKIP LOCKED`).
 #[tokio::test(flavor = "multi_thread")]
 async fn supervise_delivers_on_postgres() {
-    let d = Deployment::production().await;
-    let kek = kek_file(d.dir.path());
-    let port = crate::common::free_port();
-    let secrets = d.dir.path().join("secrets.json");
-    let log = d.dir.path().join("received.jsonl");
-    let env = |c: &mut std::process::Command| {
-        c.env("AIRLOCK_WEBHOOK_KEK_FILE", &kek)
-            .env("AIRLOCK_WEBHOOK_ALLOW", "127.0.0.1");
-    };
-    let run = |args: &[&str]| {
-        let mut c = d.cmd();
-        env(&mut c);
-        let out = c.args(args).output().unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap_or_default()
-    };
-    run(&["tenant", "create", "acme"]);
-    let ep = run(&[
-        "webhook",
-        "add",
-        "--tenant",
-        "acme",
-        "--url",
-        &format!("http://127.0.0.1:{port}/ok"),
-    ]);
-    std::fs::write(
-        &secrets,
-        serde_json::json!({"/ok": ep["secret"]}).to_string(),
-    )
-    .unwrap();
-    let _receiver = Kill(
-        Command::new("python3")
-            .args(["-c", RECEIVER, &port.to_string()])
-            .arg(&secrets)
-            .arg(&log)
-            .spawn()
-            .unwrap(),
-    );
+    let h = Hooks::new(Deployment::production().await);
+    h.ok(&["tenant", "create", "acme"]);
+    h.add("acme", "/ok");
     std::thread::sleep(std::time::Duration::from_millis(500));
-    let a = d.submit("acme", &fixture("valid/leads.csv"), &[]);
-    let b = d.submit("acme", &fixture("invalid/binary_content.csv"), &[]);
-    run(&["supervise", "--until-idle", "-c", "2"]);
-    let lines = log_lines(&log);
+    let a = h.d.submit("acme", &fixture("valid/leads.csv"), &[]);
+    let b =
+        h.d.submit("acme", &fixture("invalid/binary_content.csv"), &[]);
+    h.ok(&["supervise", "--until-idle", "-c", "2"]);
+    let lines = h.lines();
     let mut got: Vec<(String, String)> = lines
         .iter()
         .map(|l| {

@@ -26,6 +26,14 @@ pub const SCHEDULE_S: [u64; 7] = [5, 300, 1800, 7200, 18_000, 36_000, 36_000];
 pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long a claimed delivery is held.
 const LEASE_MS: i64 = 60_000;
+/// The lease, shortened in tests of a dispatcher killed mid-delivery.
+fn lease_ms() -> i64 {
+    #[cfg(feature = "test-seam")]
+    if let Some(ms) = crate::hostile::webhook_lease_ms() {
+        return ms;
+    }
+    LEASE_MS
+}
 /// An endpoint failing this long is disabled.
 const DISABLE_AFTER_MS: i64 = 5 * 24 * 3600 * 1000;
 /// At most this much of an answer is read (then discarded).
@@ -190,7 +198,7 @@ impl Dispatcher {
         );
         let rows = sqlx::query(&sql)
             .bind(&self.owner)
-            .bind(now + LEASE_MS)
+            .bind(now + lease_ms())
             .bind(now)
             .fetch_all(self.store.pool())
             .await?;
