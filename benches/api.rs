@@ -12,9 +12,14 @@
 //!    against the same files submitted with the CLI (`airlock submit` per file) and drained the
 //!    same way: jobs/s from the first submit to the last job's end.
 //!
+//! 4. **Webhook delay**: during phase 3 the tenant has a webhook endpoint on a receiver in this
+//!    process (loopback, allowlisted), and both `serve` and the draining `supervise` run the
+//!    dispatcher: the delay from each job's final state (the event's `created_at`, the
+//!    database's clock) to the event's arrival at the receiver (this host's clock), p50/p99/max.
+//!
 //! `cargo bench --bench api -- [SIZE_MB] [JOBS] [SECS] [ROUNDS]` (default 200 100 10 3).
 //! Goals (BENCHMARKS.md §8): upload ≥ 0.7× and RSS ≤ 64 MiB; GET ≥ 0.5× healthz; API jobs/s ≥
-//! 0.9× CLI.
+//! 0.9× CLI; webhook p99 delay ≤ 1 s (BENCHMARKS.md §9).
 
 mod common;
 
@@ -108,6 +113,16 @@ async fn main() {
         format!("postgres://postgres@127.0.0.1:5432/test?options=-c%20search_path%3D{schema}"),
     ));
     env.push(("AIRLOCK_LOG".into(), "warn".into()));
+    let kek = work.path().join("webhook.kek");
+    let mut kek_bytes = [0u8; 32];
+    rand::RngCore::fill_bytes(&mut rand::rng(), &mut kek_bytes);
+    std::fs::write(
+        &kek,
+        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, kek_bytes),
+    )
+    .unwrap();
+    env.push(("AIRLOCK_WEBHOOK_KEK_FILE".into(), kek.display().to_string()));
+    env.push(("AIRLOCK_WEBHOOK_ALLOW".into(), "127.0.0.1".into()));
     let airlock = || {
         let mut c = Command::new(BIN);
         c.envs(env.iter().map(|(k, v)| (k, v)));
@@ -238,6 +253,40 @@ async fn main() {
         assert_eq!(r.status(), 200);
     }
 
+    // 4 (during 3). A webhook receiver: each event's id and when it arrived.
+    let arrivals = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(String, i64)>::new()));
+    let hook_port = free_port();
+    let app = {
+        let arrivals = arrivals.clone();
+        axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move |headers: axum::http::HeaderMap| {
+                let arrivals = arrivals.clone();
+                async move {
+                    let at = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .unwrap()
+                        .as_millis() as i64;
+                    let id = headers["webhook-id"].to_str().unwrap().to_string();
+                    arrivals.lock().unwrap().push((id, at));
+                    "ok"
+                }
+            }),
+        )
+    };
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", hook_port))
+        .await
+        .unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    run(airlock().args([
+        "webhook",
+        "add",
+        "--tenant",
+        "acme",
+        "--url",
+        &format!("http://127.0.0.1:{hook_port}/hook"),
+    ]));
+
     // 3. Small jobs end to end.
     let small = work.path().join("small.csv");
     run(Command::new("python3")
@@ -267,6 +316,49 @@ async fn main() {
     drain();
     let over_api = jobs as f64 / t.elapsed().as_secs_f64();
     println!("{jobs} jobs of {} bytes, submit + drain (supervise -c 2): CLI {cli:.1} jobs/s, API {over_api:.1} jobs/s, ratio {:.2} (goal >= 0.9)", body.len(), over_api / cli);
+
+    // 4. Webhook delays: every event of phase 3 (its final state) to its arrival.
+    let db = airlock::jobs::open_sql(
+        &env.iter()
+            .find(|(k, _)| k == "AIRLOCK_DATABASE_URL")
+            .unwrap()
+            .1,
+        false,
+    )
+    .await
+    .unwrap();
+    let events: std::collections::HashMap<String, i64> = {
+        use sqlx::Row;
+        sqlx::query("SELECT id, created_at FROM airlock_webhook_events WHERE type <> 'job.purged'")
+            .fetch_all(db.pool())
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get::<String, _>(0), r.get::<i64, _>(1)))
+            .collect()
+    };
+    let arrived = arrivals.lock().unwrap().clone();
+    let mut delays: Vec<f64> = arrived
+        .iter()
+        .filter_map(|(id, at)| events.get(id).map(|c| (at - c) as f64))
+        .collect();
+    let unique: std::collections::HashSet<&String> = arrived.iter().map(|(id, _)| id).collect();
+    assert_eq!(
+        unique.len(),
+        2 * jobs as usize,
+        "one event per job of phase 3, each delivered"
+    );
+    delays.sort_by(f64::total_cmp);
+    let pct =
+        |p: f64| delays[((delays.len() as f64 * p).ceil() as usize).clamp(1, delays.len()) - 1];
+    println!(
+        "webhooks: {} events at the small-job rate, final state to arrival: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms (goal p99 <= 1000 ms); {} requests",
+        delays.len(),
+        pct(0.5),
+        pct(0.99),
+        delays[delays.len() - 1],
+        arrived.len()
+    );
     drop(serve);
     run(Command::new("psql").args([
         "-q",

@@ -4,7 +4,12 @@
 //! and SQLite (a temp file). Reference in the same run: K workers doing a bare `SELECT 1` round
 //! trip per job, the floor any claim query stands on.
 //!
-//! `cargo bench --bench queue -- [JOBS] [WORKERS]`
+//! The outbox (webhooks issue): on PostgreSQL the drain runs ROUNDS times each way, alternating,
+//! each in a fresh schema: with every tenant subscribed to every event (each completion also
+//! writes its event and delivery rows in the same transaction) and with no endpoint at all (the
+//! outbox statement finds no subscriber and writes nothing). Medians and their ratio.
+//!
+//! `cargo bench --bench queue -- [JOBS] [WORKERS] [ROUNDS]`
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -75,6 +80,15 @@ async fn drain(store: Arc<dyn JobStore>, workers: usize) -> usize {
 
 async fn bench(name: &str, store: Arc<dyn JobStore>, jobs: usize, workers: usize) -> f64 {
     store.migrate().await.unwrap();
+    enqueue_and_drain(name, store, jobs, workers).await
+}
+
+async fn enqueue_and_drain(
+    name: &str,
+    store: Arc<dyn JobStore>,
+    jobs: usize,
+    workers: usize,
+) -> f64 {
     for i in 0..jobs {
         store.submit(&job(i), i as i64).await.unwrap();
     }
@@ -87,6 +101,11 @@ async fn bench(name: &str, store: Arc<dyn JobStore>, jobs: usize, workers: usize
     rate
 }
 
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
 #[tokio::main]
 async fn main() {
     let args: Vec<usize> = std::env::args()
@@ -95,6 +114,7 @@ async fn main() {
         .collect();
     let jobs = args.first().copied().unwrap_or(5000);
     let workers = args.get(1).copied().unwrap_or(8);
+    let rounds = args.get(2).copied().unwrap_or(3).max(1);
     let url = std::env::var("AIRLOCK_TEST_DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
     let schema = format!("bench_{}", uuid::Uuid::new_v4().simple());
@@ -124,6 +144,55 @@ async fn main() {
         .execute(&pool)
         .await
         .ok();
+
+    // The outbox: with every tenant subscribed against none, alternating, fresh schemas.
+    let (mut with, mut without) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        for subscribed in [true, false] {
+            let schema = format!("bench_{}", uuid::Uuid::new_v4().simple());
+            let pg = airlock::jobs::postgres::connect(&url, Some(schema.clone()))
+                .await
+                .expect("PostgreSQL");
+            pg.migrate().await.unwrap();
+            if subscribed {
+                for t in 0..10 {
+                    pg.add_webhook(
+                        uuid::Uuid::new_v4(),
+                        &format!("tenant-{t}"),
+                        "https://hooks.example/airlock",
+                        &airlock::webhooks::EventType::ALL,
+                        "sealed",
+                        0,
+                    )
+                    .await
+                    .unwrap();
+                }
+            }
+            let name = if subscribed { "outbox" } else { "no-outbox" };
+            let rate = enqueue_and_drain(name, Arc::new(pg), jobs, workers).await;
+            if subscribed {
+                let events: i64 = sqlx::query_scalar(&format!(
+                    "SELECT count(*) FROM \"{schema}\".airlock_webhook_deliveries"
+                ))
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+                assert_eq!(events as usize, jobs, "one delivery per completed job");
+                with.push(rate);
+            } else {
+                without.push(rate);
+            }
+            sqlx::query(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
+                .execute(&pool)
+                .await
+                .ok();
+        }
+    }
+    let (w, wo) = (median(with.clone()), median(without.clone()));
+    println!(
+        "postgres outbox: with {with:.0?} jobs/s, without {without:.0?} jobs/s; medians {w:.0} / {wo:.0} = {:.3} (goal >= 0.9)",
+        w / wo
+    );
     let dir = tempfile::tempdir().unwrap();
     let lite = airlock::jobs::sqlite::open(&dir.path().join("bench.db"))
         .await
