@@ -352,8 +352,9 @@ async fn endpoints_and_the_outbox(d: Deployment) {
 /// A receiver on loopback that verifies every signature with the `standardwebhooks` package and
 /// logs each request as a JSON line (`verified_old` too when the secrets file holds the path's
 /// rotated-out secret under `PATH#old`). Its behaviour comes from the path: `/ok` answers 200,
-/// `/flaky` 500 twice per webhook-id and then 200, `/gone` 410, `/hang` sleeps 20 s, and
-/// `/slow` holds its very first request 30 s (then answers 200 to everything).
+/// `/flaky` 500 twice per webhook-id and then 200, `/gone` 410, `/hang` sleeps 20 s, `/slow`
+/// holds its very first request 30 s (then answers 200 to everything), `/busy` answers 503 with
+/// `Retry-After: 2` once per webhook-id and then 200, `/moved` a 302 to `/followed`, `/dead` 500.
 const RECEIVER: &str = r##"
 import json, sys, time, threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -371,6 +372,10 @@ def verifies(secret, body, headers):
         return False
 class H(BaseHTTPRequestHandler):
     def log_message(self, *a): pass
+    def do_GET(self):
+        with lock:
+            open(log_path, "a").write(json.dumps({"path": self.path, "method": "GET"}) + "\n")
+        self.send_response(200); self.send_header("content-length", "0"); self.end_headers()
     def do_POST(self):
         body = self.rfile.read(int(self.headers.get("content-length", "0"))).decode()
         secrets = json.load(open(secrets_path))
@@ -389,10 +394,15 @@ class H(BaseHTTPRequestHandler):
             time.sleep(20)
         if path == "/slow" and first:
             time.sleep(30)
-        status = 200
+        status, extra = 200, {}
         if path == "/flaky" and n <= 2: status = 500
         if path == "/gone": status = 410
-        self.send_response(status); self.send_header("content-length", "0"); self.end_headers()
+        if path == "/busy" and n == 1: status, extra = 503, {"retry-after": "2"}
+        if path == "/moved": status, extra = 302, {"location": "/followed"}
+        if path == "/dead": status = 500
+        self.send_response(status)
+        for k, v in extra.items(): self.send_header(k, v)
+        self.send_header("content-length", "0"); self.end_headers()
 ThreadingHTTPServer(("127.0.0.1", port), H).serve_forever()
 "##;
 
@@ -551,14 +561,34 @@ fn of<'a>(lines: &'a [serde_json::Value], key: &str, value: &str) -> Vec<&'a ser
 /// Delivery end to end: `serve` (supervisor and dispatcher in one process) sends each final
 /// state to real receivers, signed (verified by the reference library), once per job; a 500
 /// twice is retried with the same webhook-id; 410 disables the endpoint after one attempt; a
-/// hanging receiver is cut off at 15 s; the payload carries no file name or URL.
+/// hanging receiver is cut off at 15 s; a 503's `Retry-After` is honoured; a 302 is a failure
+/// and is not followed; an endpoint failing for 5 days is disabled; the payload carries no file
+/// name or URL.
 #[tokio::test(flavor = "multi_thread")]
 async fn deliveries_to_real_receivers() {
     let h = Hooks::new(Deployment::embedded());
-    for t in ["ok", "flaky", "gone", "hang"] {
+    let mut endpoints = std::collections::HashMap::new();
+    for t in ["ok", "flaky", "gone", "hang", "busy", "moved", "dead"] {
         h.ok(&["tenant", "create", t]);
-        h.add(t, &format!("/{t}"));
+        endpoints.insert(
+            t,
+            h.add(t, &format!("/{t}"))["id"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
     }
+    let store = h.store().await;
+    use sqlx::Row;
+    // /dead has been failing for 5 days (as the dispatcher records it): its next failure
+    // disables it.
+    let now = airlock::jobs::JobStore::now(&*store).await.unwrap();
+    sqlx::query("UPDATE airlock_webhooks SET failing_since = $2 WHERE id = $1")
+        .bind(&endpoints["dead"])
+        .bind(now - 5 * 24 * 3600 * 1000 - 1000)
+        .execute(store.pool())
+        .await
+        .unwrap();
     let mut jobs = Vec::new();
     for f in [
         "valid/leads.csv",
@@ -567,19 +597,24 @@ async fn deliveries_to_real_receivers() {
     ] {
         jobs.push(h.d.submit("ok", &fixture(f), &[]));
     }
-    for t in ["flaky", "gone", "hang"] {
+    for t in ["flaky", "gone", "hang", "busy", "moved", "dead"] {
         h.d.submit(t, &fixture("valid/leads.csv"), &[]);
     }
     let _serve = h.serve(&[("AIRLOCK_TEST_WEBHOOK_SCHEDULE_SCALE", "0.001")]);
-    h.wait(60, "3 to /ok, 3 to /flaky, 1 to /gone", |l| {
-        of(l, "path", "/ok").len() >= 3
-            && of(l, "path", "/flaky").len() >= 3
-            && !of(l, "path", "/gone").is_empty()
-    })
+    h.wait(
+        60,
+        "3 to /ok, 3 to /flaky, 1 to /gone, 2 to /busy, 2 to /moved, 1 to /dead",
+        |l| {
+            of(l, "path", "/ok").len() >= 3
+                && of(l, "path", "/flaky").len() >= 3
+                && !of(l, "path", "/gone").is_empty()
+                && of(l, "path", "/busy").len() >= 2
+                && of(l, "path", "/moved").len() >= 2
+                && !of(l, "path", "/dead").is_empty()
+        },
+    )
     .await;
     // The hanging receiver's attempt is cut off at 15 s.
-    let store = h.store().await;
-    use sqlx::Row;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     let hang_attempt = loop {
         let row = sqlx::query("SELECT a.error, a.latency_ms FROM airlock_webhook_attempts a JOIN airlock_webhooks w ON w.id = a.endpoint_id WHERE w.tenant = 'hang'")
@@ -643,6 +678,43 @@ async fn deliveries_to_real_receivers() {
         .as_str()
         .unwrap()
         .contains("410"));
+    // 503 with Retry-After: 2: the retry waits 2 s, not the (scaled) 5 ms of the schedule.
+    let attempts = |endpoint: &str| {
+        let pool = store.pool().clone();
+        let endpoint = endpoint.to_string();
+        async move {
+            sqlx::query("SELECT at, status, error FROM airlock_webhook_attempts WHERE endpoint_id = $1 ORDER BY at, attempt")
+                .bind(endpoint)
+                .fetch_all(&pool)
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| (r.get::<i64, _>(0), r.get::<Option<i32>, _>(1), r.get::<Option<String>, _>(2)))
+                .collect::<Vec<_>>()
+        }
+    };
+    let busy = attempts(&endpoints["busy"]).await;
+    assert_eq!(
+        busy.iter().map(|a| a.1).collect::<Vec<_>>(),
+        [Some(503), Some(200)],
+        "{busy:?}"
+    );
+    assert!(busy[1].0 - busy[0].0 >= 2000, "{busy:?}");
+    assert_eq!(of(&lines, "path", "/busy").len(), 2);
+    // 302: a failure, retried, never followed.
+    let moved = attempts(&endpoints["moved"]).await;
+    assert!(
+        moved.len() >= 2 && moved.iter().all(|a| a.1 == Some(302)),
+        "{moved:?}"
+    );
+    assert!(of(&h.lines(), "path", "/followed").is_empty());
+    // Failing for 5 days: one more failure, then disabled, and the tenant sees why.
+    assert_eq!(of(&lines, "path", "/dead").len(), 1);
+    let listed = h.ok(&["webhook", "list", "--tenant", "dead"]);
+    assert_eq!(
+        listed[0]["disabled_reason"], "failing for 5 days",
+        "{listed}"
+    );
 }
 
 /// A dispatcher killed (SIGKILL) while a receiver holds its request: the delivery stays
