@@ -475,6 +475,7 @@ async fn authenticate(
                 }
             }
             tracing::Span::current().record("tenant", caller.tenant.as_str());
+            crate::jobs::request::set_actor(format!("key:{}", caller.key_id));
             if let Err(wait) = api.limiters.check_key(caller.key_id) {
                 return Err(rate_limited(&rid, wait, "this API key"));
             }
@@ -502,6 +503,7 @@ async fn from_cache(
     rid: String,
 ) -> Result<(Authed, Option<crate::jobs::JobRecord>), ApiError> {
     tracing::Span::current().record("tenant", caller.tenant.as_str());
+    crate::jobs::request::set_actor(format!("key:{}", caller.key_id));
     api.metrics.cache_hit();
     if let Err(wait) = api.limiters.check_key(caller.key_id) {
         return Err(rate_limited(&rid, wait, "this API key"));
@@ -1360,7 +1362,7 @@ async fn artifact_link(
         .await
         .map_err(|e| ApiError::unavailable(&rid, &e))?;
     api.store
-        .record_link(job.id, &job.tenant, job.state, artifact, &rid, now)
+        .record_link(job.id, &job.tenant, job.state, artifact, now)
         .await
         .map_err(|e| ApiError::unavailable(&rid, &e))?;
     let location = HeaderValue::from_str(&url).map_err(|e| ApiError::unavailable(&rid, &e))?;

@@ -26,12 +26,21 @@ pub struct NewEndpoint {
 }
 
 /// An endpoint with its secret: returned once, when it is made or rotated.
-#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+#[derive(serde::Serialize, utoipa::ToSchema)]
 pub struct EndpointWithSecret {
     #[serde(flatten)]
     pub endpoint: Endpoint,
     /// `whsec_…`: shown only now.
     pub secret: String,
+}
+
+impl std::fmt::Debug for EndpointWithSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EndpointWithSecret")
+            .field("endpoint", &self.endpoint)
+            .field("secret", &"whsec_…")
+            .finish()
+    }
 }
 
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]

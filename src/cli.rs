@@ -2,6 +2,7 @@
 //! error, 70 failed.
 
 use std::io::IsTerminal;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -97,6 +98,12 @@ enum Command {
         after_help = "Secrets are stored encrypted under the key-encryption key in --kek-file / AIRLOCK_WEBHOOK_KEK_FILE (or AIRLOCK_WEBHOOK_KEK), 32 bytes, base64.\n\nExamples:\n  head -c 32 /dev/urandom | base64 > /etc/airlock/webhook.kek\n  airlock webhook add --tenant acme --url https://hooks.acme.example/airlock --events job.succeeded,job.rejected\n  airlock webhook list --tenant acme\n  airlock webhook rotate ENDPOINT_ID --tenant acme   # the old secret signs beside the new one for 24 h\n  airlock webhook remove ENDPOINT_ID --tenant acme"
     )]
     Webhook(WebhookCmd),
+    /// The tamper-evident audit trail: verify the chains, export a tenant's, sign checkpoints.
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  airlock audit keygen /etc/airlock/audit.key     # prints the public key; keep the file secret\n  AIRLOCK_AUDIT_KEY_FILE=/etc/airlock/audit.key airlock supervise   # signs chain heads every minute\n  airlock audit verify --public-key PUBKEY        # every chain; exit 1 and where, if tampered\n  airlock audit export --tenant acme > acme-audit.jsonl"
+    )]
+    Audit(AuditCmd),
     /// Serve the tenant API (and the local backend's downloads) over HTTP, 127.0.0.1:8787 by
     /// default; on the embedded default it also runs the jobs.
     #[command(
@@ -138,6 +145,25 @@ struct KekOpts {
     kek: Option<String>,
 }
 
+/// The audit checkpoint key (`serve`, `supervise`, `audit checkpoint`, `audit verify`).
+#[derive(Debug, Args)]
+struct AuditKeyOpts {
+    /// A file holding the Ed25519 key that signs audit checkpoints (make one with `airlock
+    /// audit keygen`); with it, chain heads are signed every minute.
+    #[arg(long, value_name = "FILE", env = "AIRLOCK_AUDIT_KEY_FILE")]
+    audit_key_file: Option<PathBuf>,
+}
+
+impl AuditKeyOpts {
+    fn load(&self) -> Result<Option<crate::audit::AuditKey>, crate::service::CommandError> {
+        self.audit_key_file
+            .as_deref()
+            .map(crate::audit::AuditKey::load)
+            .transpose()
+            .map_err(crate::service::CommandError::Usage)
+    }
+}
+
 /// The webhook dispatcher's settings (`serve`, `supervise`): it runs when a key-encryption key
 /// is given.
 #[derive(Debug, Args)]
@@ -164,6 +190,40 @@ impl WebhookOpts {
             allow: crate::webhooks::Allowlist::parse(&self.allow),
         }))
     }
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCmd {
+    /// Recompute every chain (or one tenant's) and check it against its signed checkpoints;
+    /// prints what it found as JSON, exits 1 when anything is wrong.
+    Verify {
+        #[arg(long)]
+        tenant: Option<String>,
+        /// The checkpoint key's public half, base64 (as `keygen` printed it); or give the key
+        /// file itself with --audit-key-file.
+        #[arg(long, value_name = "BASE64", env = "AIRLOCK_AUDIT_PUBLIC_KEY")]
+        public_key: Option<String>,
+        #[command(flatten)]
+        audit: AuditKeyOpts,
+        #[command(flatten)]
+        service: ServiceOpts,
+    },
+    /// A tenant's chain as JSON lines (one record each), then its signed checkpoints.
+    Export {
+        #[arg(long)]
+        tenant: String,
+        #[command(flatten)]
+        service: ServiceOpts,
+    },
+    /// Sign the head of every chain that grew since its last checkpoint, now.
+    Checkpoint {
+        #[command(flatten)]
+        audit: AuditKeyOpts,
+        #[command(flatten)]
+        service: ServiceOpts,
+    },
+    /// Make a new checkpoint key in FILE (refused if it exists); prints its public key.
+    Keygen { file: PathBuf },
 }
 
 #[derive(Debug, Subcommand)]
@@ -343,6 +403,8 @@ struct SuperviseCli {
     policy_dir: Option<PathBuf>,
     #[command(flatten)]
     webhooks: WebhookOpts,
+    #[command(flatten)]
+    audit: AuditKeyOpts,
 }
 
 #[derive(Debug, Args)]
@@ -461,6 +523,8 @@ struct ServeArgs {
     metrics_token: Option<String>,
     #[command(flatten)]
     webhooks: WebhookOpts,
+    #[command(flatten)]
+    audit: AuditKeyOpts,
 }
 
 #[derive(Debug, Args)]
@@ -529,9 +593,29 @@ fn init_logging() {
     }
 }
 
+/// Who this process acts as in the audit trail, outside any API request.
+fn process_actor(command: &Command) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into());
+    let pid = std::process::id();
+    match command {
+        Command::Serve(_) => format!("serve:{host}:{pid}"),
+        Command::Supervise(_) => format!("supervisor:{host}:{pid}"),
+        Command::Sweep(_) => format!("sweeper:{host}:{pid}"),
+        _ => {
+            let user = std::env::var("USER")
+                .or_else(|_| std::env::var("LOGNAME"))
+                .unwrap_or_else(|_| "root".into());
+            format!("operator:{user}@{host}")
+        }
+    }
+}
+
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
+    crate::jobs::request::set_process_actor(process_actor(&cli.command));
     match cli.command {
         Command::Process(args) => process_command(args),
         Command::Doctor(args) => doctor_command(args),
@@ -571,6 +655,7 @@ pub fn main() -> ExitCode {
                             args.outage_budget_hours.saturating_mul(3600),
                         ),
                         webhooks: args.webhooks.load()?,
+                        audit_key: args.audit.load()?,
                     },
                 )
                 .await?;
@@ -702,6 +787,58 @@ pub fn main() -> ExitCode {
                 crate::service::webhook_rotate(&config, &kek, &tenant, &id).await
             })
         }
+        Command::Audit(AuditCmd::Verify {
+            tenant,
+            public_key,
+            audit,
+            service,
+        }) => {
+            let config = service.config();
+            service_command(None, |_| async move {
+                let key = match (public_key, audit.load()?) {
+                    (Some(p), _) => Some(
+                        crate::audit::checkpoint::PublicKey::parse(&p)
+                            .map_err(crate::service::CommandError::Usage)?,
+                    ),
+                    (None, Some(k)) => Some(k.public()),
+                    (None, None) => None,
+                };
+                crate::service::audit_verify(&config, tenant.as_deref(), key.as_ref()).await
+            })
+        }
+        Command::Audit(AuditCmd::Export { tenant, service }) => {
+            let config = service.config();
+            service_command(None, |_| async move {
+                crate::service::audit_export(&config, &tenant).await
+            })
+        }
+        Command::Audit(AuditCmd::Checkpoint { audit, service }) => {
+            let config = service.config();
+            service_command(None, |_| async move {
+                let key = audit.load()?.ok_or_else(|| {
+                    crate::service::CommandError::Usage(
+                        "no checkpoint key: give --audit-key-file or AIRLOCK_AUDIT_KEY_FILE".into(),
+                    )
+                })?;
+                crate::service::audit_checkpoint(&config, &key).await
+            })
+        }
+        Command::Audit(AuditCmd::Keygen { file }) => {
+            let key = crate::audit::AuditKey::generate();
+            let written = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&file)
+                .and_then(|mut f| std::io::Write::write_all(&mut f, key.to_file_text().as_bytes()));
+            match written {
+                Ok(()) => {
+                    println!("{}", key.public().to_base64());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => usage(format!("writing {}: {e}", file.display())),
+            }
+        }
         Command::Migrate(args) => {
             let config = args.service.config();
             service_command(
@@ -802,6 +939,10 @@ fn serve_command(args: ServeArgs) -> ExitCode {
         Ok(w) => w,
         Err(e) => return usage(e),
     };
+    let audit_key = match args.audit.load() {
+        Ok(k) => k,
+        Err(e) => return usage(e),
+    };
     let embedded = config.database_url.starts_with("sqlite:");
     let concurrency = args
         .supervise
@@ -826,6 +967,7 @@ fn serve_command(args: ServeArgs) -> ExitCode {
                 work_dir: args.work_dir,
                 outage_budget: std::time::Duration::from_secs(24 * 3600),
                 webhooks,
+                audit_key,
             },
         },
     ));

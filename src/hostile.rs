@@ -160,5 +160,8 @@ pub fn webhook_schedule_scale() -> f64 {
 pub const WEBHOOK_LEASE_ENV: &str = "AIRLOCK_TEST_WEBHOOK_LEASE_MS";
 
 pub fn webhook_lease_ms() -> Option<i64> {
-    std::env::var(WEBHOOK_LEASE_ENV).ok()?.parse().ok()
+    std::env::var(crate::hostile::WEBHOOK_LEASE_ENV)
+        .ok()?
+        .parse()
+        .ok()
 }

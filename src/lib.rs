@@ -8,6 +8,7 @@
 
 pub mod api;
 pub mod api_webhooks;
+pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod doctor;

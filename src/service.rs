@@ -319,7 +319,8 @@ pub async fn link(
     tenant: Option<&str>,
 ) -> Result<String, CommandError> {
     let ttl = policies.presign.ttl(ttl).map_err(CommandError::Usage)?;
-    let jobs = open_jobs(config).await?;
+    let registry = open_registry(config).await?;
+    let jobs: Shared = registry.clone();
     let r = find(&jobs, job, tenant).await?;
     if r.state == JobState::Purged {
         return Err(CommandError::Refused(format!(
@@ -344,10 +345,16 @@ pub async fn link(
     })?;
     let key = ObjectKey::parse(key).map_err(failed)?;
     let store = open_store(config).await?;
-    store
+    let link = store
         .presign_get(&key, ttl, &artifact.file_name(&r.file_name))
         .await
-        .map_err(failed)
+        .map_err(failed)?;
+    let now = jobs.now().await.map_err(failed)?;
+    registry
+        .record_link(r.id, &r.tenant, r.state, artifact, now)
+        .await
+        .map_err(failed)?;
+    Ok(link)
 }
 
 pub async fn cancel(
@@ -399,6 +406,25 @@ pub struct SuperviseArgs {
     pub work_dir: Option<PathBuf>,
     pub outage_budget: Duration,
     pub webhooks: Option<Webhooks>,
+    /// Signs audit checkpoints every minute (and once when stopping).
+    pub audit_key: Option<crate::audit::AuditKey>,
+}
+
+/// Start signing audit checkpoints every minute, when a key is given, until `shutdown`.
+fn start_checkpoints(
+    store: &Arc<crate::jobs::sql::SqlStore>,
+    key: Option<crate::audit::AuditKey>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let Some(key) = key else {
+        tracing::info!("audit checkpoints off: no key (AIRLOCK_AUDIT_KEY_FILE)");
+        return None;
+    };
+    Some(tokio::spawn(crate::audit::checkpoint::run_every_minute(
+        store.clone(),
+        key,
+        shutdown,
+    )))
 }
 
 /// Refuse to supervise on a host that cannot run the sandbox.
@@ -471,6 +497,8 @@ pub async fn supervise(
     } else {
         start_dispatcher(&registry, args.webhooks.take(), shutdown.clone())
     };
+    let (stop_checkpoints, checkpoints_stopped) = tokio::sync::watch::channel(false);
+    let checkpoints = start_checkpoints(&registry, args.audit_key.take(), checkpoints_stopped);
     let summary = supervisor.run(shutdown).await;
     if let Some(d) = dispatcher {
         if args.until_idle {
@@ -484,6 +512,11 @@ pub async fn supervise(
         }
         let _ = stop_dispatch.send(true);
         let _ = d.await;
+    }
+    // Last, so the heads signed include everything this run appended.
+    if let Some(c) = checkpoints {
+        let _ = stop_checkpoints.send(true);
+        let _ = c.await;
     }
     drop(work_dir);
     Ok(summary)
@@ -589,6 +622,9 @@ pub async fn serve(
     );
     let shutdown = shutdown_on_signal();
     let dispatcher = start_dispatcher(&store, webhooks, shutdown.clone());
+    let (stop_checkpoints, checkpoints_stopped) = tokio::sync::watch::channel(false);
+    let checkpoints =
+        start_checkpoints(&store, args.supervise.audit_key.take(), checkpoints_stopped);
     let supervisor = (args.supervise.concurrency > 0).then(|| {
         let jobs: Shared = store.clone();
         let supervisor = Arc::new(
@@ -624,6 +660,10 @@ pub async fn serve(
             Ok(_) => {}
             Err(e) => tracing::error!(error = %e, "the supervisor task failed"),
         }
+    }
+    if let Some(c) = checkpoints {
+        let _ = stop_checkpoints.send(true);
+        let _ = c.await;
     }
     drop(work_dir);
     served.map_err(|e| CommandError::Failed(format!("{e:#}")))
@@ -879,4 +919,86 @@ pub async fn key_revoke(config: &ServiceConfig, id: &str) -> Result<String, Comm
         tokio::time::sleep(crate::hotcache::REVOKE_SETTLE).await;
     }
     Ok(json(&revoked))
+}
+
+/// `airlock audit verify`: the report as JSON; `Refused` (exit 1) naming the first problems
+/// when anything is wrong.
+pub async fn audit_verify(
+    config: &ServiceConfig,
+    tenant: Option<&str>,
+    key: Option<&crate::audit::checkpoint::PublicKey>,
+) -> Result<String, CommandError> {
+    let store = open_registry(config).await?;
+    let started = std::time::Instant::now();
+    let report = crate::audit::verify(&store, tenant, key)
+        .await
+        .map_err(failed)?;
+    let secs = started.elapsed().as_secs_f64();
+    tracing::info!(records = report.records, secs, "audit chains verified");
+    if !report.checkpoints_checked {
+        eprintln!(
+            "airlock: checkpoint signatures not checked: give --public-key or --audit-key-file"
+        );
+    }
+    let text = serde_json::to_string_pretty(&report).unwrap_or_default();
+    if report.ok() {
+        return Ok(text);
+    }
+    println!("{text}");
+    let first: Vec<String> = report
+        .problems
+        .iter()
+        .take(5)
+        .map(|p| match p.seq {
+            Some(seq) => format!("{} record {seq}: {}", p.tenant, p.what),
+            None => format!("{}: {}", p.tenant, p.what),
+        })
+        .collect();
+    Err(CommandError::Refused(format!(
+        "the audit trail does not verify ({} problems): {}",
+        report.problems.len(),
+        first.join("; ")
+    )))
+}
+
+/// `airlock audit export`: the tenant's records as JSON lines, then its signed checkpoints.
+pub async fn audit_export(config: &ServiceConfig, tenant: &str) -> Result<String, CommandError> {
+    use std::io::Write;
+    let store = open_registry(config).await?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut after = 0;
+    loop {
+        let page = crate::audit::records(&store, tenant, after, 10_000)
+            .await
+            .map_err(failed)?;
+        let Some(last) = page.last() else { break };
+        after = last.seq;
+        for r in &page {
+            writeln!(out, "{}", json_line(r)).map_err(failed)?;
+        }
+    }
+    for c in crate::audit::checkpoint::checkpoints(&store, tenant)
+        .await
+        .map_err(failed)?
+    {
+        writeln!(out, "{}", json_line(&c)).map_err(failed)?;
+    }
+    out.flush().map_err(failed)?;
+    Ok(String::new())
+}
+
+fn json_line<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).unwrap_or_default()
+}
+
+/// `airlock audit checkpoint`: how many chain heads were signed.
+pub async fn audit_checkpoint(
+    config: &ServiceConfig,
+    key: &crate::audit::AuditKey,
+) -> Result<String, CommandError> {
+    let store = open_registry(config).await?;
+    let n = crate::audit::checkpoint(&store, key)
+        .await
+        .map_err(failed)?;
+    Ok(serde_json::json!({"checkpoints": n, "key_id": key.key_id()}).to_string())
 }

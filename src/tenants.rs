@@ -204,6 +204,7 @@ impl SqlStore {
             last_used_at_ms: None,
             revoked_at_ms: None,
         };
+        let mut tx = self.begin().await?;
         sqlx::query(
             "INSERT INTO airlock_api_keys (id, tenant, name, prefix, sha256, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
         )
@@ -213,8 +214,20 @@ impl SqlStore {
         .bind(&info.prefix)
         .bind(key.sha256())
         .bind(now)
-        .execute(self.pool())
+        .execute(&mut *tx)
         .await?;
+        crate::audit::append(
+            &mut tx,
+            vec![crate::audit::Entry {
+                tenant: tenant.to_string(),
+                at: now,
+                action: crate::audit::Action::KeyCreated {
+                    key_id: info.id.to_string(),
+                },
+            }],
+        )
+        .await?;
+        tx.commit().await?;
         Ok((info, key))
     }
 
@@ -244,22 +257,39 @@ impl SqlStore {
 
     /// Revoke a key; the next request with it is refused. Revoking twice is not an error.
     pub async fn revoke_key(&self, id: Uuid, now: i64) -> Result<KeyInfo, TenantError> {
+        let mut tx = self.begin().await?;
+        let Some(row) =
+            sqlx::query("SELECT tenant, revoked_at FROM airlock_api_keys WHERE id = $1")
+                .bind(id.to_string())
+                .fetch_optional(&mut *tx)
+                .await?
+        else {
+            return Err(TenantError::NoKey(id));
+        };
+        let tenant: String = row.try_get("tenant")?;
+        // Only the first revocation changes anything, and only it is recorded.
         let n = sqlx::query(
-            "UPDATE airlock_api_keys SET revoked_at = COALESCE(revoked_at, $2) WHERE id = $1",
+            "UPDATE airlock_api_keys SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL",
         )
         .bind(id.to_string())
         .bind(now)
-        .execute(self.pool())
+        .execute(&mut *tx)
         .await?
         .rows_affected();
-        if n == 0 {
-            return Err(TenantError::NoKey(id));
-        }
-        let row = sqlx::query("SELECT tenant FROM airlock_api_keys WHERE id = $1")
-            .bind(id.to_string())
-            .fetch_one(self.pool())
+        if n == 1 {
+            crate::audit::append(
+                &mut tx,
+                vec![crate::audit::Entry {
+                    tenant: tenant.clone(),
+                    at: now,
+                    action: crate::audit::Action::KeyRevoked {
+                        key_id: id.to_string(),
+                    },
+                }],
+            )
             .await?;
-        let tenant: String = row.try_get("tenant")?;
+        }
+        tx.commit().await?;
         self.list_keys(&tenant)
             .await?
             .into_iter()
@@ -390,18 +420,23 @@ impl SqlStore {
         tenant: &str,
         state: crate::jobs::JobState,
         artifact: crate::storage::Artifact,
-        request_id: &str,
         now: i64,
     ) -> Result<(), JobError> {
-        sqlx::query("INSERT INTO airlock_audit (job_id, tenant, at, from_state, to_state, detail, request_id) VALUES ($1, $2, $3, $4, $4, $5, $6)")
-            .bind(job.to_string())
-            .bind(tenant)
-            .bind(now)
-            .bind(state.as_str())
-            .bind(format!("link issued: {artifact}"))
-            .bind(request_id)
-            .execute(self.pool())
-            .await?;
+        let mut tx = self.begin().await?;
+        crate::audit::append(
+            &mut tx,
+            vec![crate::audit::Entry {
+                tenant: tenant.to_string(),
+                at: now,
+                action: crate::audit::Action::LinkIssued {
+                    job_id: job.to_string(),
+                    state: state.as_str().to_string(),
+                    artifact: artifact.to_string(),
+                },
+            }],
+        )
+        .await?;
+        tx.commit().await?;
         Ok(())
     }
 

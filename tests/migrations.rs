@@ -45,6 +45,36 @@ async fn index_exists(store: &SqlStore, name: &str) -> bool {
         .is_some()
 }
 
+/// A queued job and its audit row, as a version-1 build wrote them (today's code writes
+/// columns and tables that version 1 lacks).
+async fn write_v1_job(store: &SqlStore) -> uuid::Uuid {
+    let j = new_job();
+    sqlx::query("INSERT INTO airlock_jobs (id, tenant, idempotency_key, state, plan, input_key, input_bytes, file_name, max_attempts, run_after, created_at, vseq) VALUES ($1, $2, $3, 'queued', $4, $5, $6, $7, $8, 1000, 1000, 1)")
+        .bind(j.id.to_string())
+        .bind(&j.tenant)
+        .bind(j.idempotency_key.as_deref())
+        .bind(&j.plan)
+        .bind(&j.input_key)
+        .bind(j.input_bytes)
+        .bind(&j.file_name)
+        .bind(j.max_attempts)
+        .execute(store.pool())
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO airlock_tenants (tenant, last_vseq) VALUES ($1, 1)")
+        .bind(&j.tenant)
+        .execute(store.pool())
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO airlock_audit (job_id, tenant, at, from_state, to_state) VALUES ($1, $2, 1000, NULL, 'queued')")
+        .bind(j.id.to_string())
+        .bind(&j.tenant)
+        .execute(store.pool())
+        .await
+        .unwrap();
+    j.id
+}
+
 async fn upgrade_from_version_1(store: SqlStore) {
     assert_eq!(store.schema_version().await.unwrap(), 0);
     assert!(matches!(
@@ -61,7 +91,7 @@ async fn upgrade_from_version_1(store: SqlStore) {
     assert!(err.to_string().contains("run `airlock migrate`"), "{err}");
     assert!(!index_exists(&store, "airlock_jobs_output_key").await);
     // Data written at version 1 survives the upgrade.
-    let id = store.submit(&new_job(), 1_000).await.unwrap().id();
+    let id = write_v1_job(&store).await;
     store.migrate().await.unwrap();
     assert_eq!(
         store.schema_version().await.unwrap(),
@@ -75,6 +105,10 @@ async fn upgrade_from_version_1(store: SqlStore) {
     assert_eq!(store.find_idempotent("acme", "k1").await.unwrap(), Some(id));
     let c = store.claim("sup", 30_000, 2_000).await.unwrap().unwrap();
     assert_eq!(c.id, id);
+    // The record written at version 1 is in no chain; the claim's is the chain's first.
+    let v = airlock::audit::verify(&store, None, None).await.unwrap();
+    assert!(v.ok(), "{v:?}");
+    assert_eq!((v.unchained, v.records, v.chains), (1, 1, 1));
     // Migrating again is a no-op.
     store.migrate().await.unwrap();
     assert_eq!(
@@ -92,7 +126,7 @@ async fn adopts_an_unversioned_database(store: SqlStore) {
         include_str!("../migrations/sqlite/0001_schema.sql")
     };
     store.pool().execute(v1).await.unwrap();
-    let id = store.submit(&new_job(), 1_000).await.unwrap().id();
+    let id = write_v1_job(&store).await;
     assert_eq!(store.schema_version().await.unwrap(), 0);
     store.migrate().await.unwrap();
     store.check_schema().await.unwrap();

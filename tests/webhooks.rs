@@ -580,12 +580,18 @@ async fn deliveries_to_real_receivers() {
     }
     let store = h.store().await;
     use sqlx::Row;
-    // /dead has been failing for 5 days (as the dispatcher records it): its next failure
-    // disables it.
+    // /dead has been failing for 5 days, its last failure an hour ago (as the dispatcher
+    // records it): its next failure disables it.
     let now = airlock::jobs::JobStore::now(&*store).await.unwrap();
     sqlx::query("UPDATE airlock_webhooks SET failing_since = $2 WHERE id = $1")
         .bind(&endpoints["dead"])
         .bind(now - 5 * 24 * 3600 * 1000 - 1000)
+        .execute(store.pool())
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO airlock_webhook_attempts (endpoint_id, event_id, attempt, at, status, latency_ms, error) VALUES ($1, 'msg_earlier', 8, $2, 500, 3, 'HTTP 500')")
+        .bind(&endpoints["dead"])
+        .bind(now - 3600 * 1000)
         .execute(store.pool())
         .await
         .unwrap();
@@ -845,6 +851,16 @@ async fn private_destinations_are_refused_without_the_allowlist() {
             "{url}"
         );
     }
+    // A literal private address is refused when the endpoint is made, not only at delivery.
+    for url in [
+        "https://169.254.169.254/latest",
+        "https://[fd00:ec2::254]/",
+        "https://10.0.0.1/",
+    ] {
+        let err = airlock::webhooks::check_url(url, &none).unwrap_err();
+        assert!(err.contains("may not reach"), "{url}: {err}");
+    }
+    assert!(airlock::webhooks::check_url("https://127.0.0.1/hook", &allow).is_ok());
     // The allowlist names hosts exactly: another loopback name is still refused.
     let err = resolve(&url::Url::parse("https://localhost/hook").unwrap(), &allow)
         .await
@@ -970,7 +986,9 @@ async fn a_name_that_rebinds_to_loopback_is_never_reached() {
     // ... and the later ones were refused on resolving, before connecting.
     for a in &attempts[1..3] {
         assert!(
-            a.contains("resolves to 127.0.0.1") && a.contains("may not reach"),
+            a.contains("private or reserved")
+                && a.contains("may not reach")
+                && !a.contains("127.0.0.1"),
             "{attempts:?}"
         );
     }

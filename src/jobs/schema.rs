@@ -63,6 +63,12 @@ const STEPS: &[Step] = &[
         postgres: include_str!("../../migrations/postgres/0007_webhooks.sql"),
         sqlite: include_str!("../../migrations/sqlite/0007_webhooks.sql"),
     },
+    Step {
+        version: 8,
+        description: "audit chain",
+        postgres: include_str!("../../migrations/postgres/0008_audit_chain.sql"),
+        sqlite: include_str!("../../migrations/sqlite/0008_audit_chain.sql"),
+    },
 ];
 
 /// The version this binary needs.

@@ -86,25 +86,20 @@ async fn audit(
     to: &str,
     detail: Option<&str>,
 ) -> Result<(), JobError> {
-    // Only a row written for an API request names the column (schema version 4), so the
-    // writes of the CLI, supervisors and the sweeper are the same as before it.
-    let request = crate::jobs::request::current();
-    let sql = if request.is_some() {
-        "INSERT INTO airlock_audit (job_id, tenant, at, from_state, to_state, detail, request_id) VALUES ($1, $2, $3, $4, $5, $6, $7)"
-    } else {
-        "INSERT INTO airlock_audit (job_id, tenant, at, from_state, to_state, detail) VALUES ($1, $2, $3, $4, $5, $6)"
-    };
-    let mut q = sqlx::query(sql)
-        .bind(id)
-        .bind(tenant)
-        .bind(now)
-        .bind(from)
-        .bind(to)
-        .bind(detail);
-    if let Some(r) = request {
-        q = q.bind(r);
-    }
-    q.execute(&mut **tx).await?;
+    crate::audit::append(
+        tx,
+        vec![crate::audit::Entry {
+            tenant: tenant.to_string(),
+            at: now,
+            action: crate::audit::Action::JobState {
+                job_id: id.to_string(),
+                from: from.map(str::to_string),
+                to: to.to_string(),
+                detail: detail.map(str::to_string),
+            },
+        }],
+    )
+    .await?;
     if from != Some(to) {
         if let Some(kind) =
             crate::jobs::JobState::parse(to).and_then(crate::webhooks::EventType::of)
@@ -408,7 +403,7 @@ impl SqlStore {
         Ok(next)
     }
 
-    async fn begin(&self) -> Result<Tx<'static>, JobError> {
+    pub(crate) async fn begin(&self) -> Result<Tx<'static>, JobError> {
         Ok(self.pool.begin_with(self.dialect.begin).await?)
     }
 
@@ -959,38 +954,32 @@ impl JobStore for SqlStore {
             values.join(", ")
         );
         let mut q = sqlx::query(&sql).bind(run_id).bind(reason).bind(now);
+        let mut chained = Vec::with_capacity(marked.len());
         for r in &marked {
-            let tenant = &held[&r.job_id.to_string()].0;
+            let (tenant, state) = &held[&r.job_id.to_string()];
             let body = serde_json::to_string(r).map_err(|e| JobError::Corrupt(e.to_string()))?;
+            let receipt_id = Uuid::new_v4().to_string();
+            chained.push(crate::audit::Entry {
+                tenant: tenant.clone(),
+                at: now,
+                action: crate::audit::Action::Purged {
+                    job_id: r.job_id.to_string(),
+                    from: state.clone(),
+                    reason: reason.to_string(),
+                    receipt_id: receipt_id.clone(),
+                    receipt_sha256: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
+                        body.as_bytes(),
+                    )),
+                },
+            });
             q = q
-                .bind(Uuid::new_v4().to_string())
+                .bind(receipt_id)
                 .bind(r.job_id.to_string())
                 .bind(tenant.clone())
                 .bind(body);
         }
         q.execute(&mut *tx).await?;
-        let values: Vec<String> = (0..marked.len())
-            .map(|i| {
-                let b = 4 + i * 3;
-                format!("(${b}, ${}, $1, ${}, 'purged', $2, $3)", b + 1, b + 2)
-            })
-            .collect();
-        let sql = format!(
-            "INSERT INTO airlock_audit (job_id, tenant, at, from_state, to_state, detail, request_id) VALUES {}",
-            values.join(", ")
-        );
-        let mut q = sqlx::query(&sql)
-            .bind(now)
-            .bind(reason)
-            .bind(crate::jobs::request::current());
-        for r in &marked {
-            let (tenant, state) = &held[&r.job_id.to_string()];
-            q = q
-                .bind(r.job_id.to_string())
-                .bind(tenant.clone())
-                .bind(state.clone());
-        }
-        q.execute(&mut *tx).await?;
+        crate::audit::append(&mut tx, chained).await?;
         for r in &marked {
             outbox(
                 &mut tx,

@@ -36,6 +36,13 @@ fn lease_ms() -> i64 {
 }
 /// An endpoint failing this long is disabled.
 const DISABLE_AFTER_MS: i64 = 5 * 24 * 3600 * 1000;
+/// Failures further apart than this (the schedule's longest gap, 10 h + 10%, and some) are
+/// not one streak.
+const STREAK_GAP_MS: i64 = 12 * 3600 * 1000;
+/// Attempts one dispatcher runs at once.
+const IN_FLIGHT: usize = 16;
+/// Attempts in flight to one endpoint, across all dispatchers.
+const PER_ENDPOINT: i64 = 4;
 /// At most this much of an answer is read (then discarded).
 const ANSWER_CAP: usize = 64 * 1024;
 
@@ -55,6 +62,7 @@ pub fn forbidden(ip: IpAddr) -> bool {
                 || (o[0] == 100 && (o[1] & 0xc0) == 64) // CGNAT 100.64/10
                 || (o[0] == 192 && o[1] == 0 && o[2] == 0) // IETF protocol assignments
                 || (o[0] == 198 && (o[1] & 0xfe) == 18) // benchmarking 198.18/15
+                || (o[0] == 192 && o[1] == 88 && o[2] == 99) // 6to4 relay anycast
                 || o[0] >= 240 // reserved
         }
         IpAddr::V6(v6) => {
@@ -62,6 +70,16 @@ pub fn forbidden(ip: IpAddr) -> bool {
                 return forbidden(IpAddr::V4(v4));
             }
             let s = v6.segments();
+            // 6to4 (2002::/16) carries an IPv4 address in its second and third segments.
+            if s[0] == 0x2002 {
+                let v4 = std::net::Ipv4Addr::new(
+                    (s[1] >> 8) as u8,
+                    s[1] as u8,
+                    (s[2] >> 8) as u8,
+                    s[2] as u8,
+                );
+                return forbidden(IpAddr::V4(v4));
+            }
             v6.is_loopback()
                 || v6.is_unspecified()
                 || v6.is_multicast()
@@ -69,6 +87,11 @@ pub fn forbidden(ip: IpAddr) -> bool {
                 || (s[0] & 0xffc0) == 0xfe80 // link-local
                 || (s[0] == 0x64 && s[1] == 0xff9b) // NAT64 to anywhere
                 || (s[0] == 0x2001 && s[1] == 0x0db8) // documentation
+                || (s[0] == 0x2001 && s[1] == 0) // Teredo 2001::/32
+                || (s[0] & 0xffc0) == 0xfec0 // site-local fec0::/10
+                || (s[0] == 0x100 && s[1] == 0 && s[2] == 0 && s[3] == 0) // discard 100::/64
+                || s[..5] == [0; 5] // IPv4-compatible ::/96
+                || (s[..4] == [0; 4] && s[4] == 0xffff && s[5] == 0) // SIIT ::ffff:0:0/96
         }
     }
 }
@@ -87,9 +110,11 @@ pub async fn resolve(url: &url::Url, allow: &Allowlist) -> Result<SocketAddr, St
         .ok_or_else(|| format!("{host} has no address"))?;
     if !allow.allows(host) {
         if let Some(bad) = addrs.iter().find(|a| forbidden(a.ip())) {
+            // The address goes to the operator's log only: the attempt log is the tenant's,
+            // and must not map the operator's network.
+            tracing::warn!(host, address = %bad.ip(), "webhook destination refused: private or reserved address");
             return Err(format!(
-                "{host} resolves to {} (private or reserved), which webhooks may not reach",
-                bad.ip()
+                "{host} resolves to a private or reserved address, which webhooks may not reach"
             ));
         }
         if url.scheme() != "https" {
@@ -148,31 +173,54 @@ impl Dispatcher {
         }
     }
 
-    /// Deliver until `shutdown` turns true.
+    /// Deliver until `shutdown` turns true; attempts in flight then finish (each is bounded).
+    /// Up to [`IN_FLIGHT`] attempts run at once, and a new one starts as soon as one ends, so a
+    /// slow receiver holds one slot, not the whole dispatcher.
     pub async fn run(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
         tracing::info!(owner = %self.owner, "webhook dispatcher started");
+        let mut tasks = tokio::task::JoinSet::new();
         loop {
             if *shutdown.borrow() {
                 break;
             }
-            let sent = match self.run_once().await {
-                Ok(n) => n,
-                Err(e) => {
-                    tracing::warn!(error = %e, "webhook dispatch failed; retrying");
-                    0
+            while tasks.try_join_next().is_some() {}
+            let room = IN_FLIGHT - tasks.len();
+            let claimed = if room == 0 {
+                0
+            } else {
+                match self.claim(room).await {
+                    Ok(due) => {
+                        let n = due.len();
+                        for d in due {
+                            let me = self.clone();
+                            tasks.spawn(async move {
+                                if let Err(e) = me.attempt(d).await {
+                                    tracing::warn!(error = %e, "recording a webhook attempt failed; the lease will expire and it is retried");
+                                }
+                            });
+                        }
+                        n
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "claiming webhook deliveries failed; retrying");
+                        0
+                    }
                 }
             };
-            if sent == 0 {
+            if claimed == 0 || tasks.len() >= IN_FLIGHT {
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_millis(200)) => {}
                     _ = shutdown.changed() => {}
+                    Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
                 }
             }
         }
+        while tasks.join_next().await.is_some() {}
     }
 
-    /// Claim the due deliveries (up to 16) and attempt each, concurrently. Returns how many.
-    pub async fn run_once(self: &Arc<Self>) -> Result<usize, JobError> {
+    /// Claim up to `room` due deliveries, at most [`PER_ENDPOINT`] per endpoint counting those
+    /// already in flight, so one tenant's slow or busy endpoint cannot take every slot.
+    async fn claim(&self, room: usize) -> Result<Vec<Due>, JobError> {
         let now = self.store.now().await?;
         // A job's events reach an endpoint in the order they were raised: a delivery waits
         // while an earlier event of the same job is still pending for the same endpoint.
@@ -184,26 +232,37 @@ impl Dispatcher {
         let sql = format!(
             "UPDATE airlock_webhook_deliveries SET lease_owner = $1, lease_until = $2
              WHERE (event_id, endpoint_id) IN (
-                 SELECT d.event_id, d.endpoint_id FROM airlock_webhook_deliveries d
-                 JOIN airlock_webhook_events e ON e.id = d.event_id
-                 WHERE d.state = 'pending' AND d.next_at <= $3
-                   AND (d.lease_until IS NULL OR d.lease_until < $3)
-                   AND NOT EXISTS (
-                       SELECT 1 FROM airlock_webhook_deliveries d2
-                       JOIN airlock_webhook_events e2 ON e2.id = d2.event_id
-                       WHERE d2.endpoint_id = d.endpoint_id AND e2.job_id = e.job_id
-                         AND d2.state = 'pending' AND e2.created_at < e.created_at)
-                 ORDER BY d.next_at LIMIT 16{lock})
+               SELECT event_id, endpoint_id FROM (
+                 SELECT c.event_id, c.endpoint_id, c.next_at,
+                        ROW_NUMBER() OVER (PARTITION BY c.endpoint_id ORDER BY c.next_at) + c.busy AS nth
+                 FROM (
+                   SELECT d.event_id, d.endpoint_id, d.next_at,
+                          (SELECT COUNT(*) FROM airlock_webhook_deliveries f
+                           WHERE f.endpoint_id = d.endpoint_id AND f.state = 'pending' AND f.lease_until >= $3) AS busy
+                   FROM airlock_webhook_deliveries d
+                   JOIN airlock_webhook_events e ON e.id = d.event_id
+                   WHERE d.state = 'pending' AND d.next_at <= $3
+                     AND (d.lease_until IS NULL OR d.lease_until < $3)
+                     AND NOT EXISTS (
+                         SELECT 1 FROM airlock_webhook_deliveries d2
+                         JOIN airlock_webhook_events e2 ON e2.id = d2.event_id
+                         WHERE d2.endpoint_id = d.endpoint_id AND e2.job_id = e.job_id
+                           AND d2.state = 'pending' AND e2.created_at < e.created_at)
+                   ORDER BY d.next_at LIMIT 256{lock}) c
+               ) r
+               WHERE r.nth <= $4
+               ORDER BY r.next_at LIMIT $5)
              RETURNING event_id, endpoint_id, attempts"
         );
         let rows = sqlx::query(&sql)
             .bind(&self.owner)
             .bind(now + lease_ms())
             .bind(now)
+            .bind(PER_ENDPOINT)
+            .bind(room as i64)
             .fetch_all(self.store.pool())
             .await?;
-        let due: Vec<Due> = rows
-            .iter()
+        rows.iter()
             .map(|r| {
                 Ok(Due {
                     event_id: r.try_get("event_id")?,
@@ -211,19 +270,8 @@ impl Dispatcher {
                     attempts: r.try_get::<i32, _>("attempts")?,
                 })
             })
-            .collect::<Result<_, sqlx::Error>>()?;
-        let n = due.len();
-        let mut tasks = tokio::task::JoinSet::new();
-        for d in due {
-            let me = self.clone();
-            tasks.spawn(async move {
-                if let Err(e) = me.attempt(d).await {
-                    tracing::warn!(error = %e, "recording a webhook attempt failed; the lease will expire and it is retried");
-                }
-            });
-        }
-        while tasks.join_next().await.is_some() {}
-        Ok(n)
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(Into::into)
     }
 
     async fn attempt(&self, d: Due) -> Result<(), JobError> {
@@ -263,9 +311,17 @@ impl Dispatcher {
         let signature = super::signature_header(&refs, &d.event_id, timestamp, body.as_bytes());
         let url: String = endpoint.try_get("url")?;
         let started = Instant::now();
-        let answer = self
-            .send(&url, &d.event_id, timestamp, &signature, body)
-            .await;
+        // The whole attempt, resolving included, within the limit.
+        let answer = tokio::time::timeout(
+            ATTEMPT_TIMEOUT,
+            self.send(&url, &d.event_id, timestamp, &signature, body),
+        )
+        .await
+        .unwrap_or(Answer::Failed {
+            status: None,
+            retry_after: None,
+            error: "timed out".into(),
+        });
         let latency = started.elapsed().as_millis() as i64;
         self.record(&d, answer, latency).await
     }
@@ -385,9 +441,12 @@ impl Dispatcher {
                 self.finish(d, "failed", None).await
             }
             Answer::Failed { retry_after, .. } => {
-                sqlx::query("UPDATE airlock_webhooks SET failing_since = COALESCE(failing_since, $2) WHERE id = $1")
+                // A streak of failures: it goes on while attempts keep failing no further apart
+                // than the schedule's longest gap; after a quiet spell a failure starts anew.
+                sqlx::query("UPDATE airlock_webhooks SET failing_since = CASE WHEN failing_since IS NOT NULL AND EXISTS (SELECT 1 FROM airlock_webhook_attempts a WHERE a.endpoint_id = $1 AND a.at >= $3 AND a.at < $2) THEN failing_since ELSE $2 END WHERE id = $1")
                     .bind(&d.endpoint_id)
                     .bind(now)
+                    .bind(now - STREAK_GAP_MS)
                     .execute(self.store.pool())
                     .await?;
                 let since: Option<i64> =
@@ -524,10 +583,22 @@ mod tests {
             "::ffff:10.0.0.1",
             "::ffff:127.0.0.1",
             "64:ff9b::a00:1",
+            "::a9fe:a9fe",
+            "2002:a9fe:a9fe::1",
+            "2001::1",
+            "::ffff:0:7f00:1",
+            "fec0::1",
+            "100::1",
+            "192.88.99.1",
         ] {
             assert!(forbidden(bad.parse().unwrap()), "{bad}");
         }
-        for good in ["93.184.216.34", "1.1.1.1", "2606:4700:4700::1111"] {
+        for good in [
+            "93.184.216.34",
+            "1.1.1.1",
+            "2606:4700:4700::1111",
+            "2002:5db8:d822::1",
+        ] {
             assert!(!forbidden(good.parse().unwrap()), "{good}");
         }
     }

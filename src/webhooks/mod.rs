@@ -187,6 +187,17 @@ pub fn check_url(raw: &str, allow: &Allowlist) -> Result<url::Url, String> {
         }
         other => return Err(format!("{raw:?}: scheme {other} is not https")),
     }
+    // A literal address that may not be reached is refused now, not at every delivery.
+    let literal = match u.host() {
+        Some(url::Host::Ipv4(a)) => Some(std::net::IpAddr::V4(a)),
+        Some(url::Host::Ipv6(a)) => Some(std::net::IpAddr::V6(a)),
+        _ => None,
+    };
+    if literal.is_some_and(dispatch::forbidden) && !allow.allows(&host) {
+        return Err(format!(
+            "{raw:?}: a private or reserved address, which webhooks may not reach (an operator can allow a host in AIRLOCK_WEBHOOK_ALLOW)"
+        ));
+    }
     if !u.username().is_empty() || u.password().is_some() {
         return Err(format!("{raw:?}: credentials in the URL are refused"));
     }

@@ -54,6 +54,24 @@ fn endpoint(r: &sqlx::any::AnyRow) -> Result<Endpoint, JobError> {
     })
 }
 
+/// One audit record for an endpoint change, in its transaction.
+async fn record(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    tenant: &str,
+    at: i64,
+    action: crate::audit::Action,
+) -> Result<(), JobError> {
+    crate::audit::append(
+        tx,
+        vec![crate::audit::Entry {
+            tenant: tenant.to_string(),
+            at,
+            action,
+        }],
+    )
+    .await
+}
+
 fn events_column(events: &[EventType]) -> String {
     events
         .iter()
@@ -73,6 +91,7 @@ impl SqlStore {
         sealed: &str,
         now: i64,
     ) -> Result<Endpoint, JobError> {
+        let mut tx = self.begin().await?;
         sqlx::query("INSERT INTO airlock_webhooks (id, tenant, url, events, secret, created_at) VALUES ($1, $2, $3, $4, $5, $6)")
             .bind(id.to_string())
             .bind(tenant)
@@ -80,8 +99,19 @@ impl SqlStore {
             .bind(events_column(events))
             .bind(sealed)
             .bind(now)
-            .execute(self.pool())
+            .execute(&mut *tx)
             .await?;
+        record(
+            &mut tx,
+            tenant,
+            now,
+            crate::audit::Action::WebhookAdded {
+                endpoint_id: id.to_string(),
+                events: events.iter().map(|e| e.as_str().to_string()).collect(),
+            },
+        )
+        .await?;
+        tx.commit().await?;
         self.webhook(tenant, id)
             .await?
             .ok_or_else(|| JobError::Corrupt("the new endpoint is not readable".into()))
@@ -108,7 +138,8 @@ impl SqlStore {
 
     /// Remove the tenant's endpoint and its pending deliveries; false when there is none.
     pub async fn remove_webhook(&self, tenant: &str, id: Uuid) -> Result<bool, JobError> {
-        let mut tx = self.pool().begin().await?;
+        let now = crate::jobs::JobStore::now(self).await?;
+        let mut tx = self.begin().await?;
         let n = sqlx::query("DELETE FROM airlock_webhooks WHERE id = $1 AND tenant = $2")
             .bind(id.to_string())
             .bind(tenant)
@@ -121,6 +152,15 @@ impl SqlStore {
             )
             .bind(id.to_string())
             .execute(&mut *tx)
+            .await?;
+            record(
+                &mut tx,
+                tenant,
+                now,
+                crate::audit::Action::WebhookRemoved {
+                    endpoint_id: id.to_string(),
+                },
+            )
             .await?;
         }
         tx.commit().await?;
@@ -136,6 +176,7 @@ impl SqlStore {
         sealed: &str,
         now: i64,
     ) -> Result<bool, JobError> {
+        let mut tx = self.begin().await?;
         let n = sqlx::query(
             "UPDATE airlock_webhooks SET previous_secret = secret, previous_until = $3, secret = $4 WHERE id = $1 AND tenant = $2",
         )
@@ -143,9 +184,21 @@ impl SqlStore {
         .bind(tenant)
         .bind(now + ROTATION_OVERLAP_MS)
         .bind(sealed)
-        .execute(self.pool())
+        .execute(&mut *tx)
         .await?
         .rows_affected();
+        if n == 1 {
+            record(
+                &mut tx,
+                tenant,
+                now,
+                crate::audit::Action::WebhookRotated {
+                    endpoint_id: id.to_string(),
+                },
+            )
+            .await?;
+        }
+        tx.commit().await?;
         Ok(n == 1)
     }
 
@@ -191,7 +244,8 @@ impl SqlStore {
         let mut tx = self.pool().begin().await?;
         let reset = sqlx::query(
             "UPDATE airlock_webhook_deliveries SET state = 'pending', attempts = 0, next_at = $3, lease_owner = NULL, lease_until = NULL, delivered_at = NULL
-             WHERE endpoint_id = $1 AND event_id IN (SELECT id FROM airlock_webhook_events WHERE tenant = $2 AND created_at >= $4)",
+             WHERE endpoint_id = $1 AND event_id IN (SELECT id FROM airlock_webhook_events WHERE tenant = $2 AND created_at >= $4)
+               AND (lease_until IS NULL OR lease_until < $3)",
         )
         .bind(endpoint.id.to_string())
         .bind(tenant)

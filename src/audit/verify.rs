@@ -1,0 +1,268 @@
+//! `airlock audit verify`: recompute every chain and check it against its signed checkpoints.
+
+use std::collections::HashMap;
+
+use serde::Serialize;
+use sqlx::Row;
+
+use super::checkpoint::{CheckpointBody, PublicKey, CHECKPOINT_TYPE};
+use super::{chain_hash, Body, GENESIS};
+use crate::jobs::sql::SqlStore;
+use crate::jobs::JobError;
+
+/// Something wrong with a chain, and where.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Problem {
+    pub tenant: String,
+    /// The record it concerns, when it is one.
+    pub seq: Option<i64>,
+    pub what: String,
+}
+
+/// What `verify` found.
+#[derive(Debug, Clone, Serialize)]
+pub struct Verified {
+    pub chains: usize,
+    pub records: u64,
+    /// Records written before the chain existed (schema version 8): in no chain.
+    pub unchained: u64,
+    pub checkpoints: usize,
+    /// Whether checkpoint signatures were checked (a public key was given).
+    pub checkpoints_checked: bool,
+    pub problems: Vec<Problem>,
+}
+
+impl Verified {
+    pub fn ok(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+const PAGE: i64 = 20_000;
+
+/// Verify the chains of `tenant` (every tenant when `None`). Without `key`, checkpoints are
+/// still compared with the chains but their signatures are not checked.
+pub async fn verify(
+    store: &SqlStore,
+    tenant: Option<&str>,
+    key: Option<&PublicKey>,
+) -> Result<Verified, JobError> {
+    let tenants: Vec<String> = match tenant {
+        Some(t) => vec![t.to_string()],
+        None => sqlx::query(
+            "SELECT tenant FROM airlock_audit_heads
+             UNION SELECT DISTINCT tenant FROM airlock_audit WHERE seq IS NOT NULL
+             UNION SELECT DISTINCT tenant FROM airlock_audit_checkpoints
+             ORDER BY 1",
+        )
+        .fetch_all(store.pool())
+        .await?
+        .iter()
+        .map(|r| r.try_get::<String, _>(0))
+        .collect::<Result<_, _>>()?,
+    };
+    let unchained: i64 = match tenant {
+        Some(t) => {
+            sqlx::query("SELECT COUNT(*) FROM airlock_audit WHERE seq IS NULL AND tenant = $1")
+                .bind(t)
+                .fetch_one(store.pool())
+                .await?
+                .try_get(0)?
+        }
+        None => sqlx::query("SELECT COUNT(*) FROM airlock_audit WHERE seq IS NULL")
+            .fetch_one(store.pool())
+            .await?
+            .try_get(0)?,
+    };
+    let mut out = Verified {
+        chains: 0,
+        records: 0,
+        unchained: unchained as u64,
+        checkpoints: 0,
+        checkpoints_checked: key.is_some(),
+        problems: Vec::new(),
+    };
+    for t in &tenants {
+        verify_chain(store, t, key, &mut out).await?;
+        out.chains += 1;
+    }
+    Ok(out)
+}
+
+async fn verify_chain(
+    store: &SqlStore,
+    tenant: &str,
+    key: Option<&PublicKey>,
+    out: &mut Verified,
+) -> Result<(), JobError> {
+    let problem = |out: &mut Verified, seq: Option<i64>, what: String| {
+        out.problems.push(Problem {
+            tenant: tenant.to_string(),
+            seq,
+            what,
+        })
+    };
+    // The checkpoints: signed (when there is a key), this tenant's, and what they state.
+    let mut signed: Vec<CheckpointBody> = Vec::new();
+    for (i, c) in super::checkpoint::checkpoints(store, tenant)
+        .await?
+        .into_iter()
+        .enumerate()
+    {
+        out.checkpoints += 1;
+        let n = i + 1;
+        if let Some(k) = key {
+            if !k.verifies(&c.checkpoint, &c.signature) {
+                problem(
+                    out,
+                    None,
+                    format!("checkpoint {n}: the signature does not verify with key {} (forged, edited, or signed with another key)", k.key_id()),
+                );
+                continue;
+            }
+        }
+        match serde_json::from_str::<CheckpointBody>(&c.checkpoint) {
+            Ok(b) if b.tenant == tenant && b.kind == CHECKPOINT_TYPE => signed.push(b),
+            Ok(b) => problem(
+                out,
+                None,
+                format!(
+                    "checkpoint {n}: it is for {:?} ({}), not this chain",
+                    b.tenant, b.kind
+                ),
+            ),
+            Err(e) => problem(out, None, format!("checkpoint {n}: unreadable: {e}")),
+        }
+    }
+    let wanted: HashMap<i64, &str> = signed.iter().map(|c| (c.seq, c.hash.as_str())).collect();
+    let mut at_checkpoint: HashMap<i64, String> = HashMap::new();
+
+    let mut expected = 1i64;
+    let mut prev = GENESIS.to_string();
+    let mut last = 0i64;
+    loop {
+        let rows = sqlx::query(
+            "SELECT seq, job_id, at, actor, to_state, body, prev_hash, hash FROM airlock_audit
+             WHERE tenant = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+        )
+        .bind(tenant)
+        .bind(last)
+        .bind(PAGE)
+        .fetch_all(store.pool())
+        .await?;
+        let n = rows.len();
+        for r in rows {
+            let seq: i64 = r.try_get("seq")?;
+            let body: Option<String> = r.try_get("body")?;
+            let prev_hash: Option<String> = r.try_get("prev_hash")?;
+            let hash: Option<String> = r.try_get("hash")?;
+            let (Some(body), Some(prev_hash), Some(hash)) = (body, prev_hash, hash) else {
+                problem(out, Some(seq), "the body or a hash is missing".into());
+                last = seq;
+                expected = seq + 1;
+                continue;
+            };
+            out.records += 1;
+            if seq > expected {
+                let what = if seq == expected + 1 {
+                    format!("record {expected} is missing (deleted)")
+                } else {
+                    format!("records {expected}–{} are missing (deleted)", seq - 1)
+                };
+                problem(out, Some(expected), what);
+            }
+            if prev_hash != prev {
+                problem(
+                    out,
+                    Some(seq),
+                    "its prev_hash is not the hash of the record before it (a record was removed, reordered, or edited and rehashed)".into(),
+                );
+            }
+            if chain_hash(&prev_hash, &body).as_deref() != Some(hash.as_str()) {
+                problem(
+                    out,
+                    Some(seq),
+                    "its hash does not match its body (the body or the hash was edited)".into(),
+                );
+            }
+            match serde_json::from_str::<Body>(&body) {
+                Ok(b) => {
+                    if b.tenant != tenant || b.seq != seq {
+                        problem(
+                            out,
+                            Some(seq),
+                            format!(
+                                "its body is record {} of {:?} (rows swapped or moved)",
+                                b.seq, b.tenant
+                            ),
+                        );
+                    }
+                    let at: i64 = r.try_get("at")?;
+                    let actor: Option<String> = r.try_get("actor")?;
+                    let job: String = r.try_get("job_id")?;
+                    let to: String = r.try_get("to_state")?;
+                    let (_, want_to, _) = b.action.columns();
+                    if at != b.at
+                        || actor.as_deref() != Some(b.actor.as_str())
+                        || job != b.action.job_id().unwrap_or("")
+                        || to != want_to
+                    {
+                        problem(
+                            out,
+                            Some(seq),
+                            "its columns (time, actor, job or state) differ from its hashed body"
+                                .into(),
+                        );
+                    }
+                }
+                Err(e) => problem(out, Some(seq), format!("its body is not a record: {e}")),
+            }
+            if wanted.contains_key(&seq) {
+                at_checkpoint.insert(seq, hash.clone());
+            }
+            prev = hash;
+            expected = seq + 1;
+            last = seq;
+        }
+        if (n as i64) < PAGE {
+            break;
+        }
+    }
+    // The head row (kept for appends) should agree; a cut tail often leaves it behind.
+    if let Some(h) = sqlx::query("SELECT seq, hash FROM airlock_audit_heads WHERE tenant = $1")
+        .bind(tenant)
+        .fetch_optional(store.pool())
+        .await?
+    {
+        let (seq, hash): (i64, String) = (h.try_get("seq")?, h.try_get("hash")?);
+        if seq != last || (seq > 0 && hash != prev) {
+            problem(
+                out,
+                None,
+                format!("the chain's head says {seq} records, but the chain ends at {last} (its tail was cut off, or the head was edited)"),
+            );
+        }
+    }
+    for c in &signed {
+        match at_checkpoint.get(&c.seq) {
+            None if c.seq > last => problem(
+                out,
+                Some(c.seq),
+                format!(
+                    "a signed checkpoint says the chain had {} records, but it ends at {last} (truncated)",
+                    c.seq
+                ),
+            ),
+            Some(h) if h == &c.hash => {}
+            _ => problem(
+                out,
+                Some(c.seq),
+                format!(
+                    "record {}'s hash differs from the signed checkpoint (the chain was rewritten)",
+                    c.seq
+                ),
+            ),
+        }
+    }
+    Ok(())
+}
