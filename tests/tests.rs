@@ -1,6 +1,7 @@
 //! Integration tests: the real binary, the real worker process, real files.
 
 mod api;
+mod audit;
 mod browser;
 mod common;
 #[cfg(feature = "test-seam")]
