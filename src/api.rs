@@ -584,6 +584,7 @@ fn documented() -> utoipa_axum::router::OpenApiRouter<Arc<Api>> {
         .routes(routes!(get_job, delete_job))
         .routes(routes!(artifact_link))
         .routes(routes!(receipts))
+        .routes(routes!(audit_trail))
         .routes(routes!(create_upload))
         .routes(routes!(complete_upload))
         .routes(routes!(metrics))
@@ -1462,6 +1463,62 @@ async fn delete_job(
         "the job is being erased or its last run is winding down; retry in a minute",
         &rid,
     ))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+struct AuditQuery {
+    /// Records after this one (its `seq`) [default 0: from the start].
+    after: Option<i64>,
+    /// 1-1000 [default 100].
+    limit: Option<i64>,
+}
+
+/// A page of the caller's audit chain, and its latest signed checkpoint.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct AuditPage {
+    pub records: Vec<crate::audit::Exported>,
+    /// `after` for the next page; absent at the end of the chain.
+    pub next_after: Option<i64>,
+    /// The latest signed statement of the chain's head (absent before the first).
+    pub checkpoint: Option<crate::audit::checkpoint::Signed>,
+}
+
+/// `GET /v1/audit`: the caller's own audit chain, in order, paged; each record's canonical
+/// body exactly as hashed, so it can be verified offline with the operator's public key.
+#[utoipa::path(get, path = "/v1/audit", tag = "audit", security(("api_key" = [])),
+    params(AuditQuery),
+    responses((status = 200, body = AuditPage),
+              (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+async fn audit_trail(
+    State(api): State<Arc<Api>>,
+    auth: Authed,
+    Query(q): Query<AuditQuery>,
+) -> Result<Json<AuditPage>, ApiError> {
+    let rid = &auth.request_id;
+    let limit = q.limit.unwrap_or(100);
+    let after = q.after.unwrap_or(0);
+    if !(1..=1000).contains(&limit) || after < 0 {
+        return Err(ApiError::new(
+            ErrorCode::BadRequest,
+            "limit must be 1-1000 and after at least 0",
+            rid,
+        ));
+    }
+    let tenant = &auth.caller.tenant;
+    let records = crate::audit::records(&api.store, tenant, after, limit)
+        .await
+        .map_err(|e| ApiError::unavailable(rid, &e))?;
+    let checkpoint = crate::audit::checkpoint::latest(&api.store, tenant)
+        .await
+        .map_err(|e| ApiError::unavailable(rid, &e))?;
+    let next_after = (records.len() as i64 == limit)
+        .then(|| records.last().map(|r| r.seq))
+        .flatten();
+    Ok(Json(AuditPage {
+        records,
+        next_after,
+        checkpoint,
+    }))
 }
 
 /// `GET /v1/receipts`: the caller's deletion receipts, oldest first.

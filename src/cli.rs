@@ -900,7 +900,10 @@ where
     };
     match rt.block_on(f(policies)) {
         Ok(out) => {
-            println!("{out}");
+            // A command that streamed its own output (an export) returns nothing more.
+            if !out.is_empty() {
+                println!("{out}");
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {

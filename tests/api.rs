@@ -910,6 +910,7 @@ async fn the_openapi_document_matches_the_routes() {
         "DELETE /v1/jobs/{id}",
         "GET /v1/jobs/{id}/{artifact}",
         "GET /v1/receipts",
+        "GET /v1/audit",
         "POST /v1/uploads",
         "POST /v1/uploads/{id}/complete",
         "GET /v1/webhooks",

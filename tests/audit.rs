@@ -352,3 +352,275 @@ async fn seven_tamperings_are_found_on_sqlite() {
 async fn seven_tamperings_are_found_on_postgres() {
     tamperings(Backend::Postgres).await;
 }
+
+/// The README's offline checker for an export, as written.
+fn readme_checker() -> String {
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(repo.join("README.md")).unwrap();
+    let start = readme
+        .find("An export can be checked offline")
+        .expect("the README's export checker");
+    readme[start..]
+        .split("```python\n")
+        .nth(1)
+        .and_then(|b| b.split("\n```").next())
+        .expect("a python block")
+        .to_string()
+}
+
+fn check_offline(export: &std::path::Path, public: &str) -> std::process::Output {
+    std::process::Command::new("python3")
+        .args(["-c", &readme_checker()])
+        .arg(export)
+        .arg(public)
+        .output()
+        .unwrap()
+}
+
+/// Through the binary: `serve` with a checkpoint key records each API action with its key and
+/// request id, the CLI's with the operator; `audit verify` passes; `audit export` and
+/// `GET /v1/audit` hold the caller's chain only, and the README's checker verifies an export
+/// with the public key alone (and refuses an altered one).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_trail_through_the_cli_and_the_api() {
+    let d = crate::service::Deployment::embedded();
+    let key_file = d.dir.path().join("audit.key");
+    let out = d
+        .cmd()
+        .args(["audit", "keygen"])
+        .arg(&key_file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let public = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let again = d
+        .cmd()
+        .args(["audit", "keygen"])
+        .arg(&key_file)
+        .output()
+        .unwrap();
+    assert_eq!(
+        again.status.code(),
+        Some(2),
+        "an existing key file is never replaced"
+    );
+    let ok = |args: &[&str]| {
+        let out = d.run(args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    };
+    ok(&["tenant", "create", "acme"]);
+    ok(&["tenant", "create", "globex"]);
+    let key = |tenant: &str| -> serde_json::Value {
+        serde_json::from_slice(&ok(&["key", "create", "--tenant", tenant])).unwrap()
+    };
+    let (first, acme, globex) = (key("acme"), key("acme"), key("globex"));
+    let port = crate::common::free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut serve = d
+        .cmd()
+        .args([
+            "serve",
+            "--supervise",
+            "1",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .env("AIRLOCK_AUDIT_KEY_FILE", &key_file)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let mut up = false;
+    for _ in 0..200 {
+        if client.get(format!("{base}/healthz")).send().await.is_ok() {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(up, "serve never answered");
+    let bearer = |k: &serde_json::Value| format!("Bearer {}", k["key"].as_str().unwrap());
+    let r = client
+        .post(format!("{base}/v1/jobs"))
+        .header("authorization", bearer(&first))
+        .header("x-request-id", "audit-submit-1")
+        .header("content-type", "text/csv")
+        .body(std::fs::read(crate::common::fixture("valid/leads.csv")).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let job = r.json::<serde_json::Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let v: serde_json::Value = client
+            .get(format!("{base}/v1/jobs/{job}"))
+            .header("authorization", bearer(&first))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if v["state"] == "succeeded" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{v}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let r = client
+        .get(format!("{base}/v1/jobs/{job}/output"))
+        .header("authorization", bearer(&first))
+        .header("x-request-id", "audit-link-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    ok(&["link", &job]);
+    ok(&["key", "revoke", first["id"].as_str().unwrap()]);
+    // SIGTERM: serve stops and signs the heads a last time.
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", &serve.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    assert!(serve.wait().unwrap().success());
+
+    let out = d.run(&["audit", "verify", "--public-key", &public]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["problems"], serde_json::json!([]), "{v}");
+    assert_eq!(v["checkpoints_checked"], true);
+    assert!(v["checkpoints"].as_u64().unwrap() >= 2, "{v}");
+
+    // The export: acme's records only, each the way it was done.
+    let export = d.dir.path().join("acme.jsonl");
+    std::fs::write(&export, ok(&["audit", "export", "--tenant", "acme"])).unwrap();
+    let text = std::fs::read_to_string(&export).unwrap();
+    let bodies: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter_map(|l| l["body"].as_str().map(|b| serde_json::from_str(b).unwrap()))
+        .collect();
+    assert!(bodies.iter().all(|b| b["tenant"] == "acme"), "{bodies:#?}");
+    let one = |action: &str, pred: &dyn Fn(&serde_json::Value) -> bool| {
+        let found: Vec<&serde_json::Value> = bodies
+            .iter()
+            .filter(|b| b["action"] == action && pred(b))
+            .collect();
+        assert_eq!(found.len(), 1, "{action}: {bodies:#?}");
+        found[0].clone()
+    };
+    let api_actor = format!("key:{}", first["id"].as_str().unwrap());
+    let queued = one("job.state", &|b| b["to"] == "queued");
+    assert_eq!(
+        (&queued["actor"], &queued["request_id"]),
+        (&api_actor.clone().into(), &"audit-submit-1".into())
+    );
+    let running = one("job.state", &|b| b["to"] == "running");
+    assert!(
+        running["actor"].as_str().unwrap().starts_with("serve:"),
+        "{running}"
+    );
+    let api_link = one("link.issued", &|b| b["request_id"] == "audit-link-1");
+    assert_eq!(api_link["actor"], api_actor.as_str());
+    let cli_link = one("link.issued", &|b| b["request_id"].is_null());
+    assert!(
+        cli_link["actor"].as_str().unwrap().starts_with("operator:"),
+        "{cli_link}"
+    );
+    assert_eq!(cli_link["artifact"], "output");
+    one("key.created", &|b| b["key_id"] == first["id"]);
+    let revoked = one("key.revoked", &|b| b["key_id"] == first["id"]);
+    assert!(revoked["actor"].as_str().unwrap().starts_with("operator:"));
+    // The README's checker, with the public key alone.
+    let checked = check_offline(&export, &public);
+    assert!(
+        checked.status.success(),
+        "{}",
+        String::from_utf8_lossy(&checked.stderr)
+    );
+    assert!(String::from_utf8_lossy(&checked.stdout).starts_with("ok: "));
+    let altered = d.dir.path().join("altered.jsonl");
+    std::fs::write(&altered, text.replacen("audit-link-1", "audit-link-2", 1)).unwrap();
+    assert!(!check_offline(&altered, &public).status.success());
+
+    // GET /v1/audit: the caller's chain, paged; never another tenant's.
+    let serve_again = d
+        .cmd()
+        .args([
+            "serve",
+            "--supervise",
+            "0",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    struct Stop(std::process::Child);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _serve = Stop(serve_again);
+    let page = |k: serde_json::Value, query: &'static str| {
+        let client = client.clone();
+        let base = base.clone();
+        async move {
+            for _ in 0..200 {
+                if let Ok(r) = client
+                    .get(format!("{base}/v1/audit{query}"))
+                    .header("authorization", bearer(&k))
+                    .send()
+                    .await
+                {
+                    assert_eq!(r.status(), 200);
+                    return r.json::<serde_json::Value>().await.unwrap();
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            panic!("serve never answered");
+        }
+    };
+    let all = page(acme.clone(), "?limit=1000").await;
+    let records = all["records"].as_array().unwrap();
+    assert_eq!(records.len(), bodies.len());
+    assert!(all["next_after"].is_null());
+    assert!(all["checkpoint"]["signature"].is_string());
+    let two = page(acme.clone(), "?limit=2&after=1").await;
+    let seqs: Vec<i64> = two["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["seq"].as_i64().unwrap())
+        .collect();
+    assert_eq!((seqs, two["next_after"].as_i64()), (vec![2, 3], Some(3)));
+    let theirs = page(globex.clone(), "?limit=1000").await;
+    let text = theirs.to_string();
+    assert!(!text.contains("acme") && !text.contains(&job), "{text}");
+    assert_eq!(theirs["records"].as_array().unwrap().len(), 1, "{text}");
+}

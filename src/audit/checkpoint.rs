@@ -185,6 +185,23 @@ pub async fn checkpoints(store: &SqlStore, tenant: &str) -> Result<Vec<Signed>, 
         .collect()
 }
 
+/// The tenant's latest checkpoint.
+pub async fn latest(store: &SqlStore, tenant: &str) -> Result<Option<Signed>, JobError> {
+    let row = sqlx::query(
+        "SELECT body, signature FROM airlock_audit_checkpoints WHERE tenant = $1 ORDER BY id DESC LIMIT 1",
+    )
+    .bind(tenant)
+    .fetch_optional(store.pool())
+    .await?;
+    row.map(|r| {
+        Ok(Signed {
+            checkpoint: r.try_get("body")?,
+            signature: r.try_get("signature")?,
+        })
+    })
+    .transpose()
+}
+
 /// Every minute, until `shutdown`: [`checkpoint`]. Failures are logged and retried.
 pub async fn run_every_minute(
     store: std::sync::Arc<SqlStore>,
