@@ -340,7 +340,15 @@ async fn main() {
     }
     println!("chaos: {} jobs submitted from 3 tenants", submitted.len());
 
+    // Supervisors sign audit checkpoints (every minute, and when stopped cleanly).
+    let audit_key = airlock::audit::AuditKey::generate();
+    let audit_key_file = base.path().join("audit.key");
+    std::fs::write(&audit_key_file, audit_key.to_file_text().as_bytes()).unwrap();
     let env = vec![
+        (
+            "AIRLOCK_AUDIT_KEY_FILE".to_string(),
+            audit_key_file.display().to_string(),
+        ),
         ("AIRLOCK_DATABASE_URL".to_string(), db_url.clone()),
         (
             "AIRLOCK_STORAGE_URL".into(),
@@ -523,6 +531,21 @@ async fn main() {
                 ));
             }
         }
+    }
+    // The audit trail survived the kills and outages: every chain verifies, checkpoints too.
+    let registry = airlock::jobs::open_sql(&db_url, false).await.unwrap();
+    let audit = airlock::audit::verify(&registry, None, Some(&audit_key.public()))
+        .await
+        .unwrap();
+    println!(
+        "chaos: audit verify: {} chains, {} records, {} checkpoints, {} problems",
+        audit.chains,
+        audit.records,
+        audit.checkpoints,
+        audit.problems.len()
+    );
+    for p in audit.problems.iter().take(10) {
+        problems.push(format!("audit: {p:?}"));
     }
     let failed = states.get("failed").copied().unwrap_or(0);
     println!(

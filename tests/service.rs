@@ -327,6 +327,17 @@ async fn mixed_batch(d: Deployment) {
             assert_eq!(&got, out.as_ref().unwrap(), "{}", file.display());
         }
     }
+    // The audit trail of the whole batch verifies, and holds every job's every transition.
+    let out = d.run(&["audit", "verify"]);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["chains"], 3, "{v}");
+    assert!(v["records"].as_u64().unwrap() >= 300, "{v}");
 }
 
 async fn crash_recovery(d: Deployment) {
