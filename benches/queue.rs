@@ -9,6 +9,10 @@
 //! writes its event and delivery rows in the same transaction) and with no endpoint at all (the
 //! outbox statement finds no subscriber and writes nothing). Medians and their ratio.
 //!
+//! The audit chain (audit issue): the same, alternating, with each audit record chained (its
+//! tenant's head locked, the body canonicalized and hashed) and unchained (the version-7 row,
+//! `airlock::audit::set_chained_for_benchmarks(false)`). Medians and their ratio.
+//!
 //! `cargo bench --bench queue -- [JOBS] [WORKERS] [ROUNDS]`
 
 use std::sync::Arc;
@@ -192,6 +196,44 @@ async fn main() {
     println!(
         "postgres outbox: with {with:.0?} jobs/s, without {without:.0?} jobs/s; medians {w:.0} / {wo:.0} = {:.3} (goal >= 0.9)",
         w / wo
+    );
+
+    // The audit chain: chained against unchained records, alternating, fresh schemas.
+    let (mut chained, mut plain) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        for on in [true, false] {
+            airlock::audit::set_chained_for_benchmarks(on);
+            let schema = format!("bench_{}", uuid::Uuid::new_v4().simple());
+            let pg = airlock::jobs::postgres::connect(&url, Some(schema.clone()))
+                .await
+                .expect("PostgreSQL");
+            pg.migrate().await.unwrap();
+            let name = if on { "chained" } else { "unchained" };
+            let rate = enqueue_and_drain(name, Arc::new(pg), jobs, workers).await;
+            let records: i64 = sqlx::query_scalar(&format!(
+                "SELECT count(*) FROM \"{schema}\".airlock_audit WHERE seq IS NOT NULL"
+            ))
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            // submit, claim and complete: three chained records per job, or none.
+            assert_eq!(records as usize, if on { 3 * jobs } else { 0 });
+            if on {
+                chained.push(rate);
+            } else {
+                plain.push(rate);
+            }
+            sqlx::query(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
+                .execute(&pool)
+                .await
+                .ok();
+        }
+    }
+    airlock::audit::set_chained_for_benchmarks(true);
+    let (c, p) = (median(chained.clone()), median(plain.clone()));
+    println!(
+        "postgres audit chain: chained {chained:.0?} jobs/s, unchained {plain:.0?} jobs/s; medians {c:.0} / {p:.0} = {:.3} (goal >= 0.85)",
+        c / p
     );
     let dir = tempfile::tempdir().unwrap();
     let lite = airlock::jobs::sqlite::open(&dir.path().join("bench.db"))

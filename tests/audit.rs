@@ -624,3 +624,134 @@ async fn the_trail_through_the_cli_and_the_api() {
     assert!(!text.contains("acme") && !text.contains(&job), "{text}");
     assert_eq!(theirs["records"].as_array().unwrap().len(), 1, "{text}");
 }
+
+/// The tables that hold a tenant's data, and how a row names its tenant.
+const TENANT_TABLES: [(&str, &str); 12] = [
+    ("airlock_jobs", "tenant"),
+    ("airlock_tenants", "tenant"),
+    ("airlock_receipts", "tenant"),
+    ("airlock_audit", "tenant"),
+    ("airlock_audit_heads", "tenant"),
+    ("airlock_audit_checkpoints", "tenant"),
+    ("airlock_api_keys", "tenant"),
+    ("airlock_uploads", "tenant"),
+    ("airlock_webhooks", "tenant"),
+    ("airlock_webhook_events", "tenant"),
+    (
+        "airlock_webhook_deliveries",
+        "(SELECT w.tenant FROM airlock_webhooks w WHERE w.id = endpoint_id)",
+    ),
+    (
+        "airlock_webhook_attempts",
+        "(SELECT w.tenant FROM airlock_webhooks w WHERE w.id = endpoint_id)",
+    ),
+];
+
+/// PostgreSQL row-level security, by raw SQL through the tenant role with the application's
+/// `WHERE tenant = …` deliberately left out: with no tenant set a query sees no rows of any
+/// tenant table; with globex set it sees globex's rows only, cannot write a row of acme's, and
+/// cannot change acme's; the service role sees both.
+#[tokio::test(flavor = "multi_thread")]
+async fn row_level_security_on_postgres() {
+    let (store, _) = fresh(&Backend::Postgres).await;
+    let key = AuditKey::generate();
+    populate(&store, &key).await;
+    // Rows of both tenants in every table: an upload, endpoints, events, deliveries, attempts.
+    for (i, tenant) in ["acme", "globex"].iter().enumerate() {
+        store.create_key(tenant, "pipeline", 90).await.unwrap();
+        let ep = uuid::Uuid::new_v4();
+        store
+            .add_webhook(
+                ep,
+                tenant,
+                "https://hooks.example/x",
+                &airlock::webhooks::EventType::ALL,
+                "sealed",
+                90,
+            )
+            .await
+            .unwrap();
+        let event = format!("msg_{tenant}");
+        sqlx::query("INSERT INTO airlock_webhook_events (id, tenant, job_id, type, created_at, state) VALUES ($1, $2, 'j', 'job.succeeded', 1, 'succeeded')")
+            .bind(&event).bind(tenant).execute(store.pool()).await.unwrap();
+        sqlx::query("INSERT INTO airlock_webhook_deliveries (event_id, endpoint_id, state, attempts, next_at) VALUES ($1, $2, 'pending', 0, 1)")
+            .bind(&event).bind(ep.to_string()).execute(store.pool()).await.unwrap();
+        sqlx::query("INSERT INTO airlock_webhook_attempts (endpoint_id, event_id, attempt, at, status, latency_ms) VALUES ($1, $2, 1, 1, 500, 3)")
+            .bind(ep.to_string()).bind(&event).execute(store.pool()).await.unwrap();
+        sqlx::query("INSERT INTO airlock_uploads (id, tenant, object_key, bytes, sha256, file_name, plan, created_at, expires_at) VALUES ($1, $2, $3, 1, 'x', 'f.csv', 'default', 1, 2)")
+            .bind(uuid::Uuid::new_v4().to_string())
+            .bind(tenant)
+            .bind(format!("in/{i}"))
+            .execute(store.pool())
+            .await
+            .unwrap();
+        sqlx::query("INSERT INTO airlock_receipts (id, job_id, tenant, run_id, reason, at, body) VALUES ($1, 'j', $2, 'r', 'erasure', 1, '{}')")
+            .bind(uuid::Uuid::new_v4().to_string()).bind(tenant).execute(store.pool()).await.unwrap();
+    }
+    airlock::audit::checkpoint(&store, &key).await.unwrap();
+    let count = |sql: String| {
+        let pool = store.pool().clone();
+        async move {
+            let mut tx = pool.begin().await.unwrap();
+            let n = async {
+                for s in sql.split(';').filter(|s| !s.trim().is_empty()) {
+                    let rows = sqlx::query(s).fetch_all(&mut *tx).await?;
+                    if let Some(r) = rows.first() {
+                        if let Ok(n) = r.try_get::<i64, _>(0) {
+                            return Ok(n);
+                        }
+                    }
+                }
+                Ok::<i64, sqlx::Error>(-1)
+            }
+            .await;
+            tx.rollback().await.unwrap();
+            n
+        }
+    };
+    for (table, tenant) in TENANT_TABLES {
+        // The owner (as migrate ran) sees both tenants: the rows exist.
+        for t in ["acme", "globex"] {
+            let n = count(format!(
+                "SELECT count(*) FROM {table} WHERE {tenant} = '{t}'"
+            ))
+            .await
+            .unwrap();
+            assert!(n > 0, "{table} has rows of {t}");
+        }
+        // The tenant role with no tenant set: nothing.
+        let n = count(format!(
+            "SET LOCAL ROLE airlock_tenant; SELECT count(*) FROM {table}"
+        ))
+        .await
+        .unwrap();
+        assert_eq!(n, 0, "{table} with no tenant set");
+        // With globex set, no WHERE: globex's rows, never acme's.
+        let scoped =
+            "SET LOCAL ROLE airlock_tenant; SELECT set_config('airlock.tenant', 'globex', true);";
+        let theirs = count(format!(
+            "{scoped} SELECT count(*) FROM {table} WHERE {tenant} IS DISTINCT FROM 'globex'"
+        ))
+        .await
+        .unwrap();
+        assert_eq!(theirs, 0, "{table}: globex sees another tenant's rows");
+        let own = count(format!("{scoped} SELECT count(*) FROM {table}"))
+            .await
+            .unwrap();
+        assert!(own > 0, "{table}: globex sees its own rows");
+        // The service role sees every tenant.
+        let all = count(format!(
+            "SET LOCAL ROLE airlock_service; SELECT count(*) FROM {table} WHERE {tenant} = 'acme'"
+        ))
+        .await
+        .unwrap();
+        assert!(all > 0, "{table}: the service role sees acme");
+    }
+    // Writes: globex can neither add a row of acme's nor change acme's.
+    let scoped =
+        "SET LOCAL ROLE airlock_tenant; SELECT set_config('airlock.tenant', 'globex', true);";
+    let err = count(format!("{scoped} INSERT INTO airlock_api_keys (id, tenant, name, prefix, sha256, created_at) VALUES ('k', 'acme', 'n', 'p', 's', 1)")).await.unwrap_err();
+    assert!(err.to_string().contains("row-level security"), "{err}");
+    let changed = count(format!("{scoped} WITH u AS (UPDATE airlock_jobs SET plan = 'x' WHERE tenant = 'acme' RETURNING 1) SELECT count(*) FROM u")).await.unwrap();
+    assert_eq!(changed, 0);
+}

@@ -9,8 +9,8 @@
 //! DELETE of them on both backends.
 //!
 //! Hashes alone cannot show that the tail was cut off or that a whole chain was rewritten:
-//! [`checkpoint`] signs each chain's head with the operator's Ed25519 key (every minute from
-//! `supervise` and `serve`), and [`verify`] checks every record and every checkpoint.
+//! [`checkpoint()`] signs each chain's head with the operator's Ed25519 key (every minute from
+//! `supervise` and `serve`), and [`verify()`] checks every record and every checkpoint.
 
 pub mod checkpoint;
 pub mod verify;
@@ -156,6 +156,17 @@ pub fn chain_hash(prev: &str, body: &str) -> Option<String> {
     Some(hex::encode(h.finalize()))
 }
 
+/// Whether records are chained (always, except in a benchmark's reference run).
+static CHAINED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Benchmarks only: write audit records as schema version 7 did (the same row, with no seq,
+/// body or hashes, and no head to lock), to measure what the chain costs. Never called by the
+/// service.
+#[doc(hidden)]
+pub fn set_chained_for_benchmarks(on: bool) {
+    CHAINED.store(on, std::sync::atomic::Ordering::SeqCst);
+}
+
 /// One record to append: the time, tenant, actor and request are filled in by [`append`].
 #[derive(Debug, Clone)]
 pub struct Entry {
@@ -168,12 +179,25 @@ pub struct Entry {
 /// locked until `tx` ends, so the appends of one tenant are serialized and those of different
 /// tenants never wait on each other; heads are taken in tenant order, so two transactions that
 /// touch several chains cannot deadlock.
-pub(crate) async fn append(
-    tx: &mut Transaction<'_, Any>,
-    entries: Vec<Entry>,
-) -> Result<(), JobError> {
+pub async fn append(tx: &mut Transaction<'_, Any>, entries: Vec<Entry>) -> Result<(), JobError> {
     let actor = crate::jobs::request::actor();
     let request = crate::jobs::request::current();
+    if !CHAINED.load(std::sync::atomic::Ordering::Relaxed) {
+        for e in entries {
+            let (from, to, detail) = e.action.columns();
+            sqlx::query("INSERT INTO airlock_audit (job_id, tenant, at, from_state, to_state, detail, request_id) VALUES ($1, $2, $3, $4, $5, $6, $7)")
+                .bind(e.action.job_id().unwrap_or("").to_string())
+                .bind(&e.tenant)
+                .bind(e.at)
+                .bind(from)
+                .bind(to)
+                .bind(detail)
+                .bind(request.clone())
+                .execute(&mut **tx)
+                .await?;
+        }
+        return Ok(());
+    }
     let mut by_tenant: std::collections::BTreeMap<String, Vec<Entry>> = Default::default();
     for e in entries {
         by_tenant.entry(e.tenant.clone()).or_default().push(e);

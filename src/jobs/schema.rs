@@ -69,6 +69,12 @@ const STEPS: &[Step] = &[
         postgres: include_str!("../../migrations/postgres/0008_audit_chain.sql"),
         sqlite: include_str!("../../migrations/sqlite/0008_audit_chain.sql"),
     },
+    Step {
+        version: 9,
+        description: "row level security",
+        postgres: include_str!("../../migrations/postgres/0009_row_level_security.sql"),
+        sqlite: include_str!("../../migrations/sqlite/0009_row_level_security.sql"),
+    },
 ];
 
 /// The version this binary needs.

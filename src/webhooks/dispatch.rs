@@ -174,7 +174,7 @@ impl Dispatcher {
     }
 
     /// Deliver until `shutdown` turns true; attempts in flight then finish (each is bounded).
-    /// Up to [`IN_FLIGHT`] attempts run at once, and a new one starts as soon as one ends, so a
+    /// Up to `IN_FLIGHT` attempts run at once, and a new one starts as soon as one ends, so a
     /// slow receiver holds one slot, not the whole dispatcher.
     pub async fn run(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
         tracing::info!(owner = %self.owner, "webhook dispatcher started");
@@ -218,7 +218,7 @@ impl Dispatcher {
         while tasks.join_next().await.is_some() {}
     }
 
-    /// Claim up to `room` due deliveries, at most [`PER_ENDPOINT`] per endpoint counting those
+    /// Claim up to `room` due deliveries, at most `PER_ENDPOINT` per endpoint counting those
     /// already in flight, so one tenant's slow or busy endpoint cannot take every slot.
     async fn claim(&self, room: usize) -> Result<Vec<Due>, JobError> {
         let now = self.store.now().await?;
