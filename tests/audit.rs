@@ -239,7 +239,8 @@ async fn tamperings(backend: Backend) {
     let v = airlock::audit::verify(&store, None, Some(&public))
         .await
         .unwrap();
-    assert!(found(&v, Some(3), "rows swapped"), "{v:#?}");
+    assert!(found(&v, Some(3), "prev_hash is not the hash"), "{v:#?}");
+    assert!(found(&v, Some(4), "prev_hash is not the hash"), "{v:#?}");
 
     // 4. The tail cut off, and the head row made to match: only the checkpoint knows.
     let (store, _dir) = fresh(&backend).await;

@@ -1,6 +1,7 @@
 -- Version 8: the tamper-evident audit trail. Each tenant's records form a hash chain: a record
 -- carries its place in the chain (seq), who acted (actor), its canonical JSON body (RFC 8785),
--- the previous record's hash and its own, SHA-256(previous hash || body). Records written
+-- the previous record's hash and its own, SHA-256(previous hash || body), computed where the
+-- head is advanced (on PostgreSQL in the same statement, so an append is one round trip). Records written
 -- before this version have no seq and are in no chain. The head of each chain is kept per
 -- tenant, so appends of different tenants never wait on one row. Checkpoints are signed
 -- statements of a chain's head (Ed25519, the operator's key). Records and checkpoints are
@@ -14,6 +15,7 @@ CREATE UNIQUE INDEX airlock_audit_chain ON airlock_audit (tenant, seq) WHERE seq
 CREATE TABLE airlock_audit_heads (
     tenant TEXT PRIMARY KEY,
     seq BIGINT NOT NULL,
+    prev_hash TEXT NOT NULL,
     hash TEXT NOT NULL
 );
 CREATE TABLE airlock_audit_checkpoints (

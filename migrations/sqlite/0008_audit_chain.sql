@@ -9,6 +9,7 @@ CREATE UNIQUE INDEX airlock_audit_chain ON airlock_audit (tenant, seq) WHERE seq
 CREATE TABLE airlock_audit_heads (
     tenant TEXT PRIMARY KEY,
     seq BIGINT NOT NULL,
+    prev_hash TEXT NOT NULL,
     hash TEXT NOT NULL
 );
 CREATE TABLE airlock_audit_checkpoints (

@@ -2,9 +2,10 @@
 //!
 //! Every job state change, issued download link, key creation and revocation, webhook endpoint
 //! change and purge (with its deletion receipt) is a record in its tenant's **hash chain**: the
-//! record's body is canonical JSON (RFC 8785) naming the tenant, its place in the chain (`seq`,
-//! from 1), the time, the actor and request, and the action; its hash is
-//! `SHA-256(previous hash || body)`, the first record's previous hash 32 zero bytes. Records
+//! record's body is canonical JSON (RFC 8785) naming the tenant, the time, the actor and
+//! request, and the action; its hash is `SHA-256(previous hash || body)`, the first record's
+//! previous hash 32 zero bytes, and its place in the chain (`seq`, from 1) is where the links
+//! put it. Records
 //! are written in the transaction of the change they describe, and triggers refuse UPDATE and
 //! DELETE of them on both backends.
 //!
@@ -128,7 +129,6 @@ pub struct Body {
     /// The body's format version.
     pub v: u32,
     pub tenant: String,
-    pub seq: i64,
     /// Milliseconds since the epoch, the database's clock.
     pub at: i64,
     /// `key:<id>` for an API request, `operator:<user>@<host>`, `supervisor:<host>:<pid>`,
@@ -202,9 +202,55 @@ pub async fn append(tx: &mut Transaction<'_, Any>, entries: Vec<Entry>) -> Resul
     for e in entries {
         by_tenant.entry(e.tenant.clone()).or_default().push(e);
     }
+    let postgres = tx.backend_name() == "PostgreSQL";
     for (tenant, entries) in by_tenant {
+        let bodies: Vec<String> = entries
+            .iter()
+            .map(|e| {
+                Body {
+                    v: 1,
+                    tenant: tenant.clone(),
+                    at: e.at,
+                    actor: actor.clone(),
+                    request_id: request.clone(),
+                    action: e.action.clone(),
+                }
+                .canonical()
+            })
+            .collect::<Result<_, _>>()?;
+        if postgres && entries.len() == 1 {
+            // One round trip: advance the head (hashing there) and insert the record from it.
+            let (from, to, detail) = entries[0].action.columns();
+            let first = chain_hash(GENESIS, &bodies[0])
+                .ok_or_else(|| JobError::Corrupt("genesis".into()))?;
+            sqlx::query(
+                "WITH h AS (
+                   INSERT INTO airlock_audit_heads (tenant, seq, prev_hash, hash) VALUES ($1, 1, $2, $3)
+                   ON CONFLICT (tenant) DO UPDATE SET seq = airlock_audit_heads.seq + 1,
+                       prev_hash = airlock_audit_heads.hash,
+                       hash = encode(sha256(decode(airlock_audit_heads.hash, 'hex') || convert_to($4, 'UTF8')), 'hex')
+                   RETURNING seq, prev_hash, hash)
+                 INSERT INTO airlock_audit (job_id, tenant, at, from_state, to_state, detail, request_id, seq, actor, body, prev_hash, hash)
+                 SELECT $5, $1, $6, $7, $8, $9, $10, h.seq, $11, $4, h.prev_hash, h.hash FROM h",
+            )
+            .bind(&tenant)
+            .bind(GENESIS)
+            .bind(first)
+            .bind(&bodies[0])
+            .bind(entries[0].action.job_id().unwrap_or("").to_string())
+            .bind(entries[0].at)
+            .bind(from)
+            .bind(to)
+            .bind(detail)
+            .bind(request.clone())
+            .bind(&actor)
+            .execute(&mut **tx)
+            .await?;
+            continue;
+        }
+        // Several records (a purge batch), or SQLite: lock the head, link here, write back.
         let head = sqlx::query(
-            "INSERT INTO airlock_audit_heads (tenant, seq, hash) VALUES ($1, 0, $2)
+            "INSERT INTO airlock_audit_heads (tenant, seq, prev_hash, hash) VALUES ($1, 0, $2, $2)
              ON CONFLICT (tenant) DO UPDATE SET seq = airlock_audit_heads.seq
              RETURNING seq, hash",
         )
@@ -214,43 +260,25 @@ pub async fn append(tx: &mut Transaction<'_, Any>, entries: Vec<Entry>) -> Resul
         .await?;
         let mut seq: i64 = head.try_get("seq")?;
         let mut prev: String = head.try_get("hash")?;
-        for chunk in entries.chunks(200) {
-            let mut rows = Vec::with_capacity(chunk.len());
-            for e in chunk {
+        let mut before = prev.clone();
+        let linked: Vec<(&Entry, String, i64, String, String)> = entries
+            .iter()
+            .zip(bodies)
+            .map(|(e, body)| {
                 seq += 1;
-                let body = Body {
-                    v: 1,
-                    tenant: tenant.clone(),
-                    seq,
-                    at: e.at,
-                    actor: actor.clone(),
-                    request_id: request.clone(),
-                    action: e.action.clone(),
-                }
-                .canonical()?;
                 let hash = chain_hash(&prev, &body)
                     .ok_or_else(|| JobError::Corrupt(format!("{tenant}: bad chain head")))?;
-                rows.push((e, seq, body, prev.clone(), hash.clone()));
-                prev = hash;
-            }
-            let values: Vec<String> = (0..rows.len())
+                let row = (e, body, seq, prev.clone(), hash.clone());
+                before = std::mem::replace(&mut prev, hash);
+                Ok(row)
+            })
+            .collect::<Result<_, JobError>>()?;
+        for chunk in linked.chunks(200) {
+            let values: Vec<String> = (0..chunk.len())
                 .map(|i| {
                     let b = i * 12;
-                    format!(
-                        "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
-                        b + 1,
-                        b + 2,
-                        b + 3,
-                        b + 4,
-                        b + 5,
-                        b + 6,
-                        b + 7,
-                        b + 8,
-                        b + 9,
-                        b + 10,
-                        b + 11,
-                        b + 12
-                    )
+                    let n: Vec<String> = (1..=12).map(|k| format!("${}", b + k)).collect();
+                    format!("({})", n.join(", "))
                 })
                 .collect();
             let sql = format!(
@@ -258,7 +286,7 @@ pub async fn append(tx: &mut Transaction<'_, Any>, entries: Vec<Entry>) -> Resul
                 values.join(", ")
             );
             let mut q = sqlx::query(&sql);
-            for (e, seq, body, prev, hash) in rows {
+            for (e, body, seq, prev, hash) in chunk {
                 let (from, to, detail) = e.action.columns();
                 q = q
                     .bind(e.action.job_id().unwrap_or("").to_string())
@@ -268,20 +296,23 @@ pub async fn append(tx: &mut Transaction<'_, Any>, entries: Vec<Entry>) -> Resul
                     .bind(to)
                     .bind(detail)
                     .bind(request.clone())
-                    .bind(seq)
+                    .bind(*seq)
                     .bind(actor.clone())
-                    .bind(body)
-                    .bind(prev)
-                    .bind(hash);
+                    .bind(body.clone())
+                    .bind(prev.clone())
+                    .bind(hash.clone());
             }
             q.execute(&mut **tx).await?;
         }
-        sqlx::query("UPDATE airlock_audit_heads SET seq = $2, hash = $3 WHERE tenant = $1")
-            .bind(&tenant)
-            .bind(seq)
-            .bind(&prev)
-            .execute(&mut **tx)
-            .await?;
+        sqlx::query(
+            "UPDATE airlock_audit_heads SET seq = $2, prev_hash = $3, hash = $4 WHERE tenant = $1",
+        )
+        .bind(&tenant)
+        .bind(seq)
+        .bind(&before)
+        .bind(&prev)
+        .execute(&mut **tx)
+        .await?;
     }
     Ok(())
 }
@@ -333,7 +364,6 @@ mod tests {
         let body = Body {
             v: 1,
             tenant: "acme".into(),
-            seq: 1,
             at: 1_700_000_000_000,
             actor: "operator:root@host".into(),
             request_id: None,
@@ -348,7 +378,7 @@ mod tests {
         // Keys sorted, no whitespace, non-ASCII kept as is.
         assert_eq!(
             text,
-            r#"{"action":"job.state","actor":"operator:root@host","at":1700000000000,"detail":"é \"x\"","from":null,"job_id":"j","request_id":null,"seq":1,"tenant":"acme","to":"queued","v":1}"#
+            r#"{"action":"job.state","actor":"operator:root@host","at":1700000000000,"detail":"é \"x\"","from":null,"job_id":"j","request_id":null,"tenant":"acme","to":"queued","v":1}"#
         );
         let back: Body = serde_json::from_str(&text).unwrap();
         assert_eq!(back, body);

@@ -86,6 +86,15 @@ async fn audit(
     to: &str,
     detail: Option<&str>,
 ) -> Result<(), JobError> {
+    // The webhook outbox first, and the chain last: the chain's head row stays locked from the
+    // append to the commit, so the append comes as late as it can.
+    if from != Some(to) {
+        if let Some(kind) =
+            crate::jobs::JobState::parse(to).and_then(crate::webhooks::EventType::of)
+        {
+            outbox(tx, id, kind, now).await?;
+        }
+    }
     crate::audit::append(
         tx,
         vec![crate::audit::Entry {
@@ -100,13 +109,6 @@ async fn audit(
         }],
     )
     .await?;
-    if from != Some(to) {
-        if let Some(kind) =
-            crate::jobs::JobState::parse(to).and_then(crate::webhooks::EventType::of)
-        {
-            outbox(tx, id, kind, now).await?;
-        }
-    }
     Ok(())
 }
 
