@@ -342,6 +342,39 @@ async fn tamperings(backend: Backend) {
     assert!(found(&v, Some(n), "chain was rewritten"), "{v:#?}");
     // globex's chain is untouched throughout and never reported.
     assert!(v.problems.iter().all(|p| p.tenant == "acme"));
+
+    // And four more, each of a part verify also checks.
+    let (store, _dir) = fresh(&backend).await;
+    populate(&store, &key).await;
+    untrigger(&store, &backend).await;
+    // A genuine checkpoint copied with a huge seq column (which would stop new checkpoints).
+    exec(&store, "INSERT INTO airlock_audit_checkpoints (tenant, at, seq, body, signature) SELECT tenant, at, 9000000000, body, signature FROM airlock_audit_checkpoints WHERE tenant = 'acme'").await;
+    // The head row deleted (appends to the chain would fail).
+    exec(
+        &store,
+        "DELETE FROM airlock_audit_heads WHERE tenant = 'acme'",
+    )
+    .await;
+    // A record slipped in outside the chain, after it began.
+    exec(&store, "INSERT INTO airlock_audit (job_id, tenant, at, from_state, to_state) VALUES ('j', 'acme', 1, NULL, 'succeeded')").await;
+    // A column the history is read from, edited without touching the body.
+    exec(
+        &store,
+        "UPDATE airlock_audit SET detail = 'edited' WHERE tenant = 'acme' AND seq = 2",
+    )
+    .await;
+    let v = airlock::audit::verify(&store, None, Some(&public))
+        .await
+        .unwrap();
+    assert!(
+        v.problems
+            .iter()
+            .any(|p| p.what.contains("its seq column says 9000000000")),
+        "{v:#?}"
+    );
+    assert!(found(&v, None, "no head row"), "{v:#?}");
+    assert!(found(&v, None, "outside the chain"), "{v:#?}");
+    assert!(found(&v, Some(2), "columns"), "{v:#?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -755,4 +788,7 @@ async fn row_level_security_on_postgres() {
     assert!(err.to_string().contains("row-level security"), "{err}");
     let changed = count(format!("{scoped} WITH u AS (UPDATE airlock_jobs SET plan = 'x' WHERE tenant = 'acme' RETURNING 1) SELECT count(*) FROM u")).await.unwrap();
     assert_eq!(changed, 0);
+    // Nor route acme's event to its own endpoint.
+    let err = count(format!("{scoped} INSERT INTO airlock_webhook_deliveries (event_id, endpoint_id, state, attempts, next_at) SELECT 'msg_acme', w.id, 'pending', 0, 1 FROM airlock_webhooks w LIMIT 1")).await.unwrap_err();
+    assert!(err.to_string().contains("row-level security"), "{err}");
 }

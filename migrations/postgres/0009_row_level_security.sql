@@ -4,7 +4,7 @@
 -- Tenant-scoped work (the API, tenant-scoped commands) runs as `airlock_tenant`; supervisors
 -- and the sweeper run as `airlock_service`, which may see every tenant (BYPASSRLS). The role
 -- that runs `airlock migrate` owns the tables and is made a member of both. Creating the roles
--- needs a superuser or CREATEROLE; without it this migration stops and says so (README,
+-- needs a superuser (a BYPASSRLS role does); without it this migration stops and says so (README,
 -- "Row-level security", has the two statements to run first).
 DO $$
 BEGIN
@@ -31,7 +31,7 @@ BEGIN
     EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA %I TO airlock_tenant, airlock_service', current_schema());
     EXECUTE format('GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA %I TO airlock_tenant, airlock_service', current_schema());
 EXCEPTION WHEN insufficient_privilege THEN
-    RAISE EXCEPTION 'airlock: creating the roles airlock_tenant and airlock_service needs a superuser or CREATEROLE; create them first (README, "Row-level security") and run airlock migrate again';
+    RAISE EXCEPTION 'airlock: creating the roles airlock_tenant and airlock_service needs a superuser (BYPASSRLS does); create them first (README, "Row-level security") and run airlock migrate again';
 END
 $$;
 
@@ -81,7 +81,9 @@ CREATE POLICY airlock_own_rows ON airlock_webhook_deliveries
     USING (EXISTS (SELECT 1 FROM airlock_webhooks w WHERE w.id = endpoint_id
                    AND w.tenant = current_setting('airlock.tenant', true)))
     WITH CHECK (EXISTS (SELECT 1 FROM airlock_webhooks w WHERE w.id = endpoint_id
-                   AND w.tenant = current_setting('airlock.tenant', true)));
+                   AND w.tenant = current_setting('airlock.tenant', true))
+                AND EXISTS (SELECT 1 FROM airlock_webhook_events e WHERE e.id = event_id
+                   AND e.tenant = current_setting('airlock.tenant', true)));
 ALTER TABLE airlock_webhook_attempts ENABLE ROW LEVEL SECURITY;
 CREATE POLICY airlock_own_rows ON airlock_webhook_attempts
     USING (EXISTS (SELECT 1 FROM airlock_webhooks w WHERE w.id = endpoint_id

@@ -177,8 +177,9 @@ pub struct Entry {
 
 /// Append `entries` to their tenants' chains inside `tx`, in order. Each chain's head row is
 /// locked until `tx` ends, so the appends of one tenant are serialized and those of different
-/// tenants never wait on each other; heads are taken in tenant order, so two transactions that
-/// touch several chains cannot deadlock.
+/// tenants never wait on each other. A transaction that appends to several chains (a purge
+/// batch, a reap) can meet another that takes the same heads in another order; PostgreSQL then
+/// aborts one of them, which is retried like any failed transaction.
 pub async fn append(tx: &mut Transaction<'_, Any>, entries: Vec<Entry>) -> Result<(), JobError> {
     let actor = crate::jobs::request::actor();
     let request = crate::jobs::request::current();

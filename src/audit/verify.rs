@@ -104,11 +104,18 @@ async fn verify_chain(
     };
     // The checkpoints: signed (when there is a key), this tenant's, and what they state.
     let mut signed: Vec<CheckpointBody> = Vec::new();
-    for (i, c) in super::checkpoint::checkpoints(store, tenant)
-        .await?
-        .into_iter()
-        .enumerate()
-    {
+    let rows = sqlx::query(
+        "SELECT seq, body, signature FROM airlock_audit_checkpoints WHERE tenant = $1 ORDER BY id",
+    )
+    .bind(tenant)
+    .fetch_all(store.pool())
+    .await?;
+    for (i, r) in rows.iter().enumerate() {
+        let c = super::checkpoint::Signed {
+            checkpoint: r.try_get("body")?,
+            signature: r.try_get("signature")?,
+        };
+        let column: i64 = r.try_get("seq")?;
         out.checkpoints += 1;
         let n = i + 1;
         if let Some(k) = key {
@@ -122,6 +129,15 @@ async fn verify_chain(
             }
         }
         match serde_json::from_str::<CheckpointBody>(&c.checkpoint) {
+            // The column decides what is signed next: it must say what the signature covers.
+            Ok(b) if b.tenant == tenant && b.kind == CHECKPOINT_TYPE && b.seq != column => problem(
+                out,
+                Some(b.seq),
+                format!(
+                    "checkpoint {n}: its seq column says {column}, its signed body {}",
+                    b.seq
+                ),
+            ),
             Ok(b) if b.tenant == tenant && b.kind == CHECKPOINT_TYPE => signed.push(b),
             Ok(b) => problem(
                 out,
@@ -134,16 +150,44 @@ async fn verify_chain(
             Err(e) => problem(out, None, format!("checkpoint {n}: unreadable: {e}")),
         }
     }
-    let wanted: HashMap<i64, &str> = signed.iter().map(|c| (c.seq, c.hash.as_str())).collect();
+    // The head row (kept for appends), read before the records: on a running system, records
+    // appended meanwhile lie beyond it, and it must still match the record it names.
+    let head: Option<(i64, String)> =
+        sqlx::query("SELECT seq, hash FROM airlock_audit_heads WHERE tenant = $1")
+            .bind(tenant)
+            .fetch_optional(store.pool())
+            .await?
+            .map(|h| Ok::<_, sqlx::Error>((h.try_get("seq")?, h.try_get("hash")?)))
+            .transpose()?;
+    let mut wanted: HashMap<i64, &str> = signed.iter().map(|c| (c.seq, c.hash.as_str())).collect();
+    if let Some((seq, hash)) = &head {
+        wanted.entry(*seq).or_insert(hash.as_str());
+    }
     let mut at_checkpoint: HashMap<i64, String> = HashMap::new();
+    // Records no chain holds: a seq below 1, or none at all after the chain began.
+    let stray: i64 = sqlx::query(
+        "SELECT COUNT(*) FROM airlock_audit WHERE tenant = $1 AND (seq < 1 OR (seq IS NULL
+           AND id > (SELECT MIN(c.id) FROM airlock_audit c WHERE c.tenant = $1 AND c.seq IS NOT NULL)))",
+    )
+    .bind(tenant)
+    .fetch_one(store.pool())
+    .await?
+    .try_get(0)?;
+    if stray > 0 {
+        problem(
+            out,
+            None,
+            format!("{stray} records outside the chain (a seq below 1, or none though written after the chain began): inserted"),
+        );
+    }
 
     let mut expected = 1i64;
     let mut prev = GENESIS.to_string();
     let mut last = 0i64;
     loop {
         let rows = sqlx::query(
-            "SELECT seq, job_id, at, actor, to_state, body, prev_hash, hash FROM airlock_audit
-             WHERE tenant = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+            "SELECT seq, job_id, at, actor, request_id, from_state, to_state, detail, body, prev_hash, hash
+             FROM airlock_audit WHERE tenant = $1 AND seq > $2 ORDER BY seq LIMIT $3",
         )
         .bind(tenant)
         .bind(last)
@@ -198,16 +242,22 @@ async fn verify_chain(
                     let actor: Option<String> = r.try_get("actor")?;
                     let job: String = r.try_get("job_id")?;
                     let to: String = r.try_get("to_state")?;
-                    let (_, want_to, _) = b.action.columns();
+                    let from: Option<String> = r.try_get("from_state")?;
+                    let detail: Option<String> = r.try_get("detail")?;
+                    let request: Option<String> = r.try_get("request_id")?;
+                    let (want_from, want_to, want_detail) = b.action.columns();
                     if at != b.at
                         || actor.as_deref() != Some(b.actor.as_str())
                         || job != b.action.job_id().unwrap_or("")
                         || to != want_to
+                        || from != want_from
+                        || detail != want_detail
+                        || request != b.request_id
                     {
                         problem(
                             out,
                             Some(seq),
-                            "its columns (time, actor, job or state) differ from its hashed body"
+                            "its columns (time, actor, request, job, states or detail) differ from its hashed body"
                                 .into(),
                         );
                     }
@@ -225,20 +275,18 @@ async fn verify_chain(
             break;
         }
     }
-    // The head row (kept for appends) should agree; a cut tail often leaves it behind.
-    if let Some(h) = sqlx::query("SELECT seq, hash FROM airlock_audit_heads WHERE tenant = $1")
-        .bind(tenant)
-        .fetch_optional(store.pool())
-        .await?
-    {
-        let (seq, hash): (i64, String) = (h.try_get("seq")?, h.try_get("hash")?);
-        if seq != last || (seq > 0 && hash != prev) {
-            problem(
-                out,
-                None,
-                format!("the chain's head says {seq} records, but the chain ends at {last} (its tail was cut off, or the head was edited)"),
-            );
-        }
+    match &head {
+        None if last > 0 => problem(
+            out,
+            None,
+            "the chain has records but no head row (it was deleted; appends to this chain fail until it is restored)".into(),
+        ),
+        Some((seq, hash)) if *seq > 0 && at_checkpoint.get(seq) != Some(hash) => problem(
+            out,
+            None,
+            format!("the chain's head says {seq} records ending in {hash:.12}…, but the chain does not (its tail was cut off, or the head was edited)"),
+        ),
+        _ => {}
     }
     for c in &signed {
         match at_checkpoint.get(&c.seq) {
