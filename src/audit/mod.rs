@@ -83,7 +83,7 @@ impl Action {
     }
 
     /// The columns a job's history is read from (`from_state`, `to_state`, `detail`).
-    fn columns(&self) -> (Option<String>, String, Option<String>) {
+    pub(crate) fn columns(&self) -> (Option<String>, String, Option<String>) {
         match self {
             Action::JobState {
                 from, to, detail, ..
