@@ -40,25 +40,6 @@ fn the_api_walk_through_runs_as_written() {
         "submit-poll-download and the direct upload"
     );
 
-    let dir = tempfile::tempdir().unwrap();
-    std::os::unix::fs::symlink(repo.join("fixtures"), dir.path().join("fixtures")).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let base = format!("http://127.0.0.1:{port}");
-    let mut serve = airlock()
-        .arg("serve")
-        .current_dir(dir.path())
-        .env_remove("AIRLOCK_DATABASE_URL")
-        .env_remove("AIRLOCK_STORAGE_URL")
-        .env("AIRLOCK_LISTEN", format!("127.0.0.1:{port}"))
-        .env("AIRLOCK_PUBLIC_URL", &base)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
     struct Kill(std::process::Child);
     impl Drop for Kill {
         fn drop(&mut self) {
@@ -66,23 +47,52 @@ fn the_api_walk_through_runs_as_written() {
             let _ = self.0.wait();
         }
     }
-    let stdout = serve.stdout.take().unwrap();
-    let serve = Kill(serve);
-    // The key is printed before the server listens.
-    let key = std::io::BufReader::new(stdout)
-        .lines()
-        .map_while(Result::ok)
-        .find_map(|l| {
-            l.split_whitespace()
-                .find(|w| w.starts_with("al_live_"))
-                .map(String::from)
-        })
-        .expect("the first start prints a key");
-    let ready = (0..2400).any(|_| {
-        std::thread::sleep(Duration::from_millis(25));
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-    });
-    assert!(ready, "serve never listened");
+    // A free port can be taken by another test between asking and binding: then serve exits,
+    // and the quickstart is started afresh (a new directory, a new port), up to three times.
+    let mut started = None;
+    for _ in 0..3 {
+        let dir = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(repo.join("fixtures"), dir.path().join("fixtures")).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let base = format!("http://127.0.0.1:{port}");
+        let mut child = airlock()
+            .arg("serve")
+            .current_dir(dir.path())
+            .env_remove("AIRLOCK_DATABASE_URL")
+            .env_remove("AIRLOCK_STORAGE_URL")
+            .env("AIRLOCK_LISTEN", format!("127.0.0.1:{port}"))
+            .env("AIRLOCK_PUBLIC_URL", &base)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut serve = Kill(child);
+        // The key is printed before the server listens.
+        let key = std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .find_map(|l| {
+                l.split_whitespace()
+                    .find(|w| w.starts_with("al_live_"))
+                    .map(String::from)
+            })
+            .expect("the first start prints a key");
+        let ready = (0..2400).any(|_| {
+            std::thread::sleep(Duration::from_millis(25));
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+                || matches!(serve.0.try_wait(), Ok(Some(_)))
+        });
+        if ready && matches!(serve.0.try_wait(), Ok(None)) {
+            started = Some((dir, base, key, serve));
+            break;
+        }
+    }
+    let (dir, base, key, serve) = started.expect("serve never listened");
 
     let run = |block: &str| {
         let out = std::process::Command::new("bash")
