@@ -105,6 +105,18 @@ async fn untrigger(store: &SqlStore, backend: &Backend) {
     }
 }
 
+/// A fresh, populated store with its append-only triggers out of the way, ready to tamper
+/// with; acme's chain length.
+async fn to_tamper(
+    backend: &Backend,
+    key: &AuditKey,
+) -> (SqlStore, Option<tempfile::TempDir>, i64) {
+    let (store, dir) = fresh(backend).await;
+    let n = populate(&store, key).await;
+    untrigger(&store, backend).await;
+    (store, dir, n)
+}
+
 async fn exec(store: &SqlStore, sql: &str) {
     sqlx::query(sql).execute(store.pool()).await.unwrap();
 }
@@ -189,9 +201,7 @@ async fn tamperings(backend: Backend) {
     }
 
     // 1. An edited body.
-    let (store, _dir) = fresh(&backend).await;
-    populate(&store, &key).await;
-    untrigger(&store, &backend).await;
+    let (store, _dir, _) = to_tamper(&backend, &key).await;
     let (body, _, _) = row(&store, 3).await;
     sqlx::query("UPDATE airlock_audit SET body = $1 WHERE tenant = 'acme' AND seq = 3")
         .bind(edited(&body))
@@ -204,9 +214,7 @@ async fn tamperings(backend: Backend) {
     assert!(found(&v, Some(3), "hash does not match its body"), "{v:#?}");
 
     // 2. A deleted record.
-    let (store, _dir) = fresh(&backend).await;
-    populate(&store, &key).await;
-    untrigger(&store, &backend).await;
+    let (store, _dir, _) = to_tamper(&backend, &key).await;
     exec(
         &store,
         "DELETE FROM airlock_audit WHERE tenant = 'acme' AND seq = 3",
@@ -218,9 +226,7 @@ async fn tamperings(backend: Backend) {
     assert!(found(&v, Some(3), "record 3 is missing"), "{v:#?}");
 
     // 3. Two records swapped.
-    let (store, _dir) = fresh(&backend).await;
-    populate(&store, &key).await;
-    untrigger(&store, &backend).await;
+    let (store, _dir, _) = to_tamper(&backend, &key).await;
     exec(
         &store,
         "UPDATE airlock_audit SET seq = -3 WHERE tenant = 'acme' AND seq = 3",
@@ -243,9 +249,7 @@ async fn tamperings(backend: Backend) {
     assert!(found(&v, Some(4), "prev_hash is not the hash"), "{v:#?}");
 
     // 4. The tail cut off, and the head row made to match: only the checkpoint knows.
-    let (store, _dir) = fresh(&backend).await;
-    let n = populate(&store, &key).await;
-    untrigger(&store, &backend).await;
+    let (store, _dir, n) = to_tamper(&backend, &key).await;
     let (_, _, hash) = row(&store, n - 1).await;
     sqlx::query("DELETE FROM airlock_audit WHERE tenant = 'acme' AND seq = $1")
         .bind(n)
@@ -265,9 +269,7 @@ async fn tamperings(backend: Backend) {
     assert!(found(&v, Some(n), "truncated"), "{v:#?}");
 
     // 5. A forged checkpoint: signed with another key, and an edited genuine one.
-    let (store, _dir) = fresh(&backend).await;
-    populate(&store, &key).await;
-    untrigger(&store, &backend).await;
+    let (store, _dir, _) = to_tamper(&backend, &key).await;
     let forger = AuditKey::generate();
     store.submit(&job("acme"), 80).await.unwrap();
     assert_eq!(
@@ -299,9 +301,7 @@ async fn tamperings(backend: Backend) {
     assert!(found(&v, None, "signature does not verify"), "{v:#?}");
 
     // 6. An edited record whose hash was recomputed: the next record no longer links.
-    let (store, _dir) = fresh(&backend).await;
-    populate(&store, &key).await;
-    untrigger(&store, &backend).await;
+    let (store, _dir, _) = to_tamper(&backend, &key).await;
     let (body, prev, _) = row(&store, 3).await;
     let body = edited(&body);
     set_row(&store, 3, &body, &prev, &rehash(&prev, &body)).await;
@@ -313,9 +313,7 @@ async fn tamperings(backend: Backend) {
 
     // 7. The whole chain rewritten from record 3 on, head included: every hash links, and
     // only the signed checkpoint shows it.
-    let (store, _dir) = fresh(&backend).await;
-    let n = populate(&store, &key).await;
-    untrigger(&store, &backend).await;
+    let (store, _dir, n) = to_tamper(&backend, &key).await;
     let (_, mut prev, _) = row(&store, 3).await;
     for seq in 3..=n {
         let (body, _, _) = row(&store, seq).await;
@@ -344,9 +342,7 @@ async fn tamperings(backend: Backend) {
     assert!(v.problems.iter().all(|p| p.tenant == "acme"));
 
     // And four more, each of a part verify also checks.
-    let (store, _dir) = fresh(&backend).await;
-    populate(&store, &key).await;
-    untrigger(&store, &backend).await;
+    let (store, _dir, _) = to_tamper(&backend, &key).await;
     // A genuine checkpoint copied with a huge seq column (which would stop new checkpoints).
     exec(&store, "INSERT INTO airlock_audit_checkpoints (tenant, at, seq, body, signature) SELECT tenant, at, 9000000000, body, signature FROM airlock_audit_checkpoints WHERE tenant = 'acme'").await;
     // The head row deleted (appends to the chain would fail).
