@@ -108,10 +108,13 @@ async fn main() {
         .await
         .expect("PostgreSQL");
     bench("postgres", &pg, records).await;
-    sqlx::query(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
-        .execute(pg.pool())
-        .await
-        .ok();
+    sqlx::Executor::execute(
+        pg.pool(),
+        // As the owner: the store's connections work as `airlock_service`.
+        format!("RESET ROLE; DROP SCHEMA \"{schema}\" CASCADE").as_str(),
+    )
+    .await
+    .ok();
     let dir = tempfile::tempdir().unwrap();
     let lite = airlock::jobs::sqlite::open(&dir.path().join("bench.db"))
         .await

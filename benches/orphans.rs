@@ -115,7 +115,7 @@ async fn main() {
         .unwrap_or_else(|e| panic!("PostgreSQL at {url} is required: {e}"));
     run("postgres", pg.clone(), n, pages).await;
     pg.pool()
-        .execute(format!("DROP SCHEMA {schema} CASCADE").as_str())
+        .execute(format!("RESET ROLE; DROP SCHEMA {schema} CASCADE").as_str())
         .await
         .unwrap();
     let dir = tempfile::tempdir().unwrap();

@@ -9,9 +9,13 @@
 //! writes its event and delivery rows in the same transaction) and with no endpoint at all (the
 //! outbox statement finds no subscriber and writes nothing). Medians and their ratio.
 //!
-//! The audit chain (audit issue): the same, alternating, with each audit record chained (its
-//! tenant's head locked, the body canonicalized and hashed) and unchained (the version-7 row,
-//! `airlock::audit::set_chained_for_benchmarks(false)`). Medians and their ratio.
+//! The audit chain and row-level security (audit issue): the same, alternating, with both on
+//! and both off. On: each audit record chained (its tenant's head locked, the body
+//! canonicalized and hashed), row-level security enabled on every tenant table, each submit made
+//! as its tenant (`airlock_tenant`, as the API does) and claims and completions as
+//! `airlock_service`, as supervisors do. Off: unchained records (the version-7 row,
+//! `airlock::audit::set_chained_for_benchmarks(false)`), row-level security disabled on every
+//! table, submits as the service role. Medians and their ratio.
 //!
 //! `cargo bench --bench queue -- [JOBS] [WORKERS] [ROUNDS]`
 
@@ -84,17 +88,23 @@ async fn drain(store: Arc<dyn JobStore>, workers: usize) -> usize {
 
 async fn bench(name: &str, store: Arc<dyn JobStore>, jobs: usize, workers: usize) -> f64 {
     store.migrate().await.unwrap();
-    enqueue_and_drain(name, store, jobs, workers).await
+    enqueue_and_drain(name, store, jobs, workers, false).await
 }
 
+/// Enqueue `jobs` (each as its tenant when `as_tenant`), then time the drain.
 async fn enqueue_and_drain(
     name: &str,
     store: Arc<dyn JobStore>,
     jobs: usize,
     workers: usize,
+    as_tenant: bool,
 ) -> f64 {
     for i in 0..jobs {
-        store.submit(&job(i), i as i64).await.unwrap();
+        let j = job(i);
+        let tenant = as_tenant.then(|| j.tenant.clone());
+        airlock::jobs::request::maybe_as_tenant(tenant, store.submit(&j, i as i64))
+            .await
+            .unwrap();
     }
     let started = Instant::now();
     let n = drain(store, workers).await;
@@ -103,6 +113,18 @@ async fn enqueue_and_drain(
     let rate = n as f64 / secs;
     println!("{name:<10} {n} jobs, {workers} workers: {secs:.2} s = {rate:.0} jobs/s (claim + complete, each with its audit row)");
     rate
+}
+
+/// Run `sql` as the login role, which owns the tables (the store's connections work as
+/// `airlock_service`).
+async fn as_owner(pool: &sqlx::AnyPool, sql: &str) {
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query("SET LOCAL ROLE NONE")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query(sql).execute(&mut *tx).await.unwrap();
+    tx.commit().await.unwrap();
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -144,10 +166,13 @@ async fn main() {
     println!("reference  SELECT 1 round trips, {workers} workers: {floor:.0} /s");
     let rate = bench("postgres", Arc::new(pg), jobs, workers).await;
     println!("postgres claim+complete / SELECT 1: {:.3}", rate / floor);
-    sqlx::query(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
-        .execute(&pool)
-        .await
-        .ok();
+    sqlx::Executor::execute(
+        &pool,
+        // As the owner: the store's connections work as `airlock_service`.
+        format!("RESET ROLE; DROP SCHEMA \"{schema}\" CASCADE").as_str(),
+    )
+    .await
+    .ok();
 
     // The outbox: with every tenant subscribed against none, alternating, fresh schemas.
     let (mut with, mut without) = (Vec::new(), Vec::new());
@@ -173,7 +198,7 @@ async fn main() {
                 }
             }
             let name = if subscribed { "outbox" } else { "no-outbox" };
-            let rate = enqueue_and_drain(name, Arc::new(pg), jobs, workers).await;
+            let rate = enqueue_and_drain(name, Arc::new(pg), jobs, workers, false).await;
             if subscribed {
                 let events: i64 = sqlx::query_scalar(&format!(
                     "SELECT count(*) FROM \"{schema}\".airlock_webhook_deliveries"
@@ -186,10 +211,13 @@ async fn main() {
             } else {
                 without.push(rate);
             }
-            sqlx::query(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
-                .execute(&pool)
-                .await
-                .ok();
+            sqlx::Executor::execute(
+                &pool,
+                // As the owner: the store's connections work as `airlock_service`.
+                format!("RESET ROLE; DROP SCHEMA \"{schema}\" CASCADE").as_str(),
+            )
+            .await
+            .ok();
         }
     }
     let (w, wo) = (median(with.clone()), median(without.clone()));
@@ -208,8 +236,22 @@ async fn main() {
                 .await
                 .expect("PostgreSQL");
             pg.migrate().await.unwrap();
-            let name = if on { "chained" } else { "unchained" };
-            let rate = enqueue_and_drain(name, Arc::new(pg), jobs, workers).await;
+            if !on {
+                as_owner(&pool, &format!("DO $$ DECLARE t TEXT; BEGIN FOR t IN SELECT tablename FROM pg_tables WHERE schemaname = '{schema}' AND rowsecurity LOOP EXECUTE format('ALTER TABLE %I.%I DISABLE ROW LEVEL SECURITY', '{schema}', t); END LOOP; END $$")).await;
+            }
+            let secured: i64 = sqlx::query_scalar(&format!(
+                "SELECT count(*) FROM pg_tables WHERE schemaname = '{schema}' AND rowsecurity"
+            ))
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            assert_eq!(
+                secured,
+                if on { 12 } else { 0 },
+                "tables under row-level security"
+            );
+            let name = if on { "both on" } else { "both off" };
+            let rate = enqueue_and_drain(name, Arc::new(pg), jobs, workers, on).await;
             let records: i64 = sqlx::query_scalar(&format!(
                 "SELECT count(*) FROM \"{schema}\".airlock_audit WHERE seq IS NOT NULL"
             ))
@@ -223,16 +265,13 @@ async fn main() {
             } else {
                 plain.push(rate);
             }
-            sqlx::query(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
-                .execute(&pool)
-                .await
-                .ok();
+            as_owner(&pool, &format!("DROP SCHEMA \"{schema}\" CASCADE")).await;
         }
     }
     airlock::audit::set_chained_for_benchmarks(true);
     let (c, p) = (median(chained.clone()), median(plain.clone()));
     println!(
-        "postgres audit chain: chained {chained:.0?} jobs/s, unchained {plain:.0?} jobs/s; medians {c:.0} / {p:.0} = {:.3} (goal >= 0.85)",
+        "postgres audit chain + row-level security: both on {chained:.0?} jobs/s, both off {plain:.0?} jobs/s; medians {c:.0} / {p:.0} = {:.3} (goal >= 0.85)",
         c / p
     );
     let dir = tempfile::tempdir().unwrap();

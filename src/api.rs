@@ -437,8 +437,10 @@ impl FromRequestParts<Arc<Api>> for Authed {
     }
 }
 
-/// Check the request's key (and, in the same database round trip, read `job` if it is the
-/// key's tenant's).
+/// Check the request's key, scope the rest of the request to its tenant (on PostgreSQL every
+/// later transaction runs as `airlock_tenant`, under row-level security), and read `job` if it
+/// is that tenant's. The key lookup itself is the one tenant-data query made as the service
+/// role: it is how the tenant is learned.
 async fn authenticate(
     parts: &Parts,
     api: &Api,
@@ -466,30 +468,41 @@ async fn authenticate(
     }
     let generation = api.cache.as_ref().map(|c| c.generation());
     let read_at = std::time::Instant::now();
-    match api.store.authenticate_for(&presented, job).await {
-        Ok(Some((caller, record))) => {
-            if let (Some(cache), Some(generation)) = (&api.cache, generation) {
-                cache.put_key(&hash, &caller, generation);
-                if let Some(j) = &record {
-                    cache.put_job(j, read_at);
-                }
-            }
-            tracing::Span::current().record("tenant", caller.tenant.as_str());
-            crate::jobs::request::set_actor(format!("key:{}", caller.key_id));
-            if let Err(wait) = api.limiters.check_key(caller.key_id) {
-                return Err(rate_limited(&rid, wait, "this API key"));
-            }
-            Ok((
-                Authed {
-                    caller,
-                    request_id: rid,
-                },
-                record,
-            ))
-        }
-        Ok(None) => Err(ApiError::unauthenticated(&rid)),
-        Err(e) => Err(ApiError::unavailable(&rid, &e)),
+    let caller = match api.store.authenticate(&presented).await {
+        Ok(Some(caller)) => caller,
+        Ok(None) => return Err(ApiError::unauthenticated(&rid)),
+        Err(e) => return Err(ApiError::unavailable(&rid, &e)),
+    };
+    if let (Some(cache), Some(generation)) = (&api.cache, generation) {
+        cache.put_key(&hash, &caller, generation);
     }
+    let authed = scope_to(api, caller, rid)?;
+    let record = match job {
+        None => None,
+        Some(id) => match api.store.job_of(&authed.caller.tenant, id).await {
+            Ok(j) => j,
+            Err(e) => return Err(ApiError::unavailable(&authed.request_id, &e)),
+        },
+    };
+    if let (Some(cache), Some(j)) = (&api.cache, &record) {
+        cache.put_job(j, read_at);
+    }
+    Ok((authed, record))
+}
+
+/// The request is `caller`'s from here on: its tenant scopes the store's transactions, its key
+/// is the audit trail's actor, and its key's rate limit applies.
+fn scope_to(api: &Api, caller: Caller, rid: String) -> Result<Authed, ApiError> {
+    tracing::Span::current().record("tenant", caller.tenant.as_str());
+    crate::jobs::request::set_tenant(caller.tenant.clone());
+    crate::jobs::request::set_actor(format!("key:{}", caller.key_id));
+    if let Err(wait) = api.limiters.check_key(caller.key_id) {
+        return Err(rate_limited(&rid, wait, "this API key"));
+    }
+    Ok(Authed {
+        caller,
+        request_id: rid,
+    })
 }
 
 /// [`authenticate`] for a key the cache holds: no database round trip unless the job is not
@@ -502,12 +515,9 @@ async fn from_cache(
     job: Option<Uuid>,
     rid: String,
 ) -> Result<(Authed, Option<crate::jobs::JobRecord>), ApiError> {
-    tracing::Span::current().record("tenant", caller.tenant.as_str());
-    crate::jobs::request::set_actor(format!("key:{}", caller.key_id));
     api.metrics.cache_hit();
-    if let Err(wait) = api.limiters.check_key(caller.key_id) {
-        return Err(rate_limited(&rid, wait, "this API key"));
-    }
+    let authed = scope_to(api, caller, rid)?;
+    let caller = &authed.caller;
     if write_last_use {
         let store = api.store.clone();
         let id = caller.key_id;
@@ -530,17 +540,11 @@ async fn from_cache(
                     Some(j)
                 }
                 Ok(None) => None,
-                Err(e) => return Err(ApiError::unavailable(&rid, &e)),
+                Err(e) => return Err(ApiError::unavailable(&authed.request_id, &e)),
             },
         },
     };
-    Ok((
-        Authed {
-            caller,
-            request_id: rid,
-        },
-        record,
-    ))
+    Ok((authed, record))
 }
 
 /// The OpenAPI document's frame: title, the Bearer scheme, and the shared schemas.

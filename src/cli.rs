@@ -622,21 +622,23 @@ pub fn main() -> ExitCode {
         Command::Serve(args) => serve_command(args),
         Command::Submit(args) => {
             let config = args.service.config();
-            service_command(args.policy_dir.clone(), |p| async move {
-                let id = crate::service::submit(
-                    &config,
-                    &p,
-                    crate::service::SubmitArgs {
-                        tenant: &args.tenant,
-                        idempotency_key: args.idempotency_key.as_deref(),
-                        plan: &args.plan,
-                        file: &args.file,
-                        follow_symlinks: args.follow_symlinks,
-                        file_name: None,
-                    },
-                )
-                .await?;
-                Ok(id.to_string())
+            service_command(args.policy_dir.clone(), |p| {
+                crate::jobs::request::maybe_as_tenant(Some(args.tenant.clone()), async move {
+                    let id = crate::service::submit(
+                        &config,
+                        &p,
+                        crate::service::SubmitArgs {
+                            tenant: &args.tenant,
+                            idempotency_key: args.idempotency_key.as_deref(),
+                            plan: &args.plan,
+                            file: &args.file,
+                            follow_symlinks: args.follow_symlinks,
+                            file_name: None,
+                        },
+                    )
+                    .await?;
+                    Ok(id.to_string())
+                })
             })
         }
         Command::Supervise(args) => {
@@ -664,33 +666,40 @@ pub fn main() -> ExitCode {
         }
         Command::Status(args) => {
             let config = args.service.config();
-            service_command(None, |_| async move {
-                let v = crate::service::status(&config, &args.job, args.tenant.as_deref()).await?;
-                Ok(serde_json::to_string_pretty(&v).unwrap_or_default())
+            service_command(None, |_| {
+                crate::jobs::request::maybe_as_tenant(args.tenant.clone(), async move {
+                    let v =
+                        crate::service::status(&config, &args.job, args.tenant.as_deref()).await?;
+                    Ok(serde_json::to_string_pretty(&v).unwrap_or_default())
+                })
             })
         }
         Command::Link(args) => {
             let config = args.service.config();
-            service_command(args.policy_dir.clone(), |p| async move {
-                crate::service::link(
-                    &config,
-                    &p,
-                    &args.job,
-                    &args.artifact,
-                    args.ttl,
-                    args.tenant.as_deref(),
-                )
-                .await
+            service_command(args.policy_dir.clone(), |p| {
+                crate::jobs::request::maybe_as_tenant(args.tenant.clone(), async move {
+                    crate::service::link(
+                        &config,
+                        &p,
+                        &args.job,
+                        &args.artifact,
+                        args.ttl,
+                        args.tenant.as_deref(),
+                    )
+                    .await
+                })
             })
         }
         Command::Cancel(args) => {
             let config = args.service.config();
-            service_command(None, |_| async move {
-                Ok(
-                    crate::service::cancel(&config, &args.job, args.tenant.as_deref())
-                        .await?
-                        .to_string(),
-                )
+            service_command(None, |_| {
+                crate::jobs::request::maybe_as_tenant(args.tenant.clone(), async move {
+                    Ok(
+                        crate::service::cancel(&config, &args.job, args.tenant.as_deref())
+                            .await?
+                            .to_string(),
+                    )
+                })
             })
         }
         Command::Sweep(args) => sweep_command(
@@ -707,8 +716,10 @@ pub fn main() -> ExitCode {
         ),
         Command::Receipts(args) => {
             let config = args.service.config();
-            service_command(None, |_| async move {
-                crate::service::receipts(&config, &args.tenant).await
+            service_command(None, |_| {
+                crate::jobs::request::maybe_as_tenant(Some(args.tenant.clone()), async move {
+                    crate::service::receipts(&config, &args.tenant).await
+                })
             })
         }
         Command::Tenant(TenantCmd::Create {
@@ -718,8 +729,10 @@ pub fn main() -> ExitCode {
             service,
         }) => {
             let config = service.config();
-            service_command(policy_dir, |p| async move {
-                crate::service::tenant_create(&config, &p, &name, &plan).await
+            service_command(policy_dir, |p| {
+                crate::jobs::request::maybe_as_tenant(Some(name.clone()), async move {
+                    crate::service::tenant_create(&config, &p, &name, &plan).await
+                })
             })
         }
         Command::Key(KeyCmd::Create {
@@ -728,14 +741,18 @@ pub fn main() -> ExitCode {
             service,
         }) => {
             let config = service.config();
-            service_command(None, |_| async move {
-                crate::service::key_create(&config, &tenant, &name).await
+            service_command(None, |_| {
+                crate::jobs::request::maybe_as_tenant(Some(tenant.clone()), async move {
+                    crate::service::key_create(&config, &tenant, &name).await
+                })
             })
         }
         Command::Key(KeyCmd::List { tenant, service }) => {
             let config = service.config();
-            service_command(None, |_| async move {
-                crate::service::key_list(&config, &tenant).await
+            service_command(None, |_| {
+                crate::jobs::request::maybe_as_tenant(Some(tenant.clone()), async move {
+                    crate::service::key_list(&config, &tenant).await
+                })
             })
         }
         Command::Key(KeyCmd::Revoke { id, service }) => {
@@ -753,16 +770,21 @@ pub fn main() -> ExitCode {
             service,
         }) => {
             let config = service.config();
-            service_command(None, |_| async move {
-                let kek = crate::service::load_kek(kek.kek_file.as_deref(), kek.kek.as_deref())?;
-                let allow = crate::webhooks::Allowlist::parse(&allow);
-                crate::service::webhook_add(&config, &kek, &allow, &tenant, &url, &events).await
+            service_command(None, |_| {
+                crate::jobs::request::maybe_as_tenant(Some(tenant.clone()), async move {
+                    let kek =
+                        crate::service::load_kek(kek.kek_file.as_deref(), kek.kek.as_deref())?;
+                    let allow = crate::webhooks::Allowlist::parse(&allow);
+                    crate::service::webhook_add(&config, &kek, &allow, &tenant, &url, &events).await
+                })
             })
         }
         Command::Webhook(WebhookCmd::List { tenant, service }) => {
             let config = service.config();
-            service_command(None, |_| async move {
-                crate::service::webhook_list(&config, &tenant).await
+            service_command(None, |_| {
+                crate::jobs::request::maybe_as_tenant(Some(tenant.clone()), async move {
+                    crate::service::webhook_list(&config, &tenant).await
+                })
             })
         }
         Command::Webhook(WebhookCmd::Remove {
@@ -771,8 +793,10 @@ pub fn main() -> ExitCode {
             service,
         }) => {
             let config = service.config();
-            service_command(None, |_| async move {
-                crate::service::webhook_remove(&config, &tenant, &id).await
+            service_command(None, |_| {
+                crate::jobs::request::maybe_as_tenant(Some(tenant.clone()), async move {
+                    crate::service::webhook_remove(&config, &tenant, &id).await
+                })
             })
         }
         Command::Webhook(WebhookCmd::Rotate {
@@ -782,9 +806,12 @@ pub fn main() -> ExitCode {
             service,
         }) => {
             let config = service.config();
-            service_command(None, |_| async move {
-                let kek = crate::service::load_kek(kek.kek_file.as_deref(), kek.kek.as_deref())?;
-                crate::service::webhook_rotate(&config, &kek, &tenant, &id).await
+            service_command(None, |_| {
+                crate::jobs::request::maybe_as_tenant(Some(tenant.clone()), async move {
+                    let kek =
+                        crate::service::load_kek(kek.kek_file.as_deref(), kek.kek.as_deref())?;
+                    crate::service::webhook_rotate(&config, &kek, &tenant, &id).await
+                })
             })
         }
         Command::Audit(AuditCmd::Verify {
@@ -808,8 +835,10 @@ pub fn main() -> ExitCode {
         }
         Command::Audit(AuditCmd::Export { tenant, service }) => {
             let config = service.config();
-            service_command(None, |_| async move {
-                crate::service::audit_export(&config, &tenant).await
+            service_command(None, |_| {
+                crate::jobs::request::maybe_as_tenant(Some(tenant.clone()), async move {
+                    crate::service::audit_export(&config, &tenant).await
+                })
             })
         }
         Command::Audit(AuditCmd::Checkpoint { audit, service }) => {
@@ -870,11 +899,13 @@ fn sweep_command(
 ) -> ExitCode {
     let failed = std::sync::atomic::AtomicBool::new(false);
     let failed_ref = &failed;
-    let code = service_command(policy_dir, |p| async move {
-        let (json, any_failed) =
-            crate::service::sweep(&config, &p, tenant.as_deref(), dry_run).await?;
-        failed_ref.store(any_failed, std::sync::atomic::Ordering::Relaxed);
-        Ok(json)
+    let code = service_command(policy_dir, |p| {
+        crate::jobs::request::maybe_as_tenant(tenant.clone(), async move {
+            let (json, any_failed) =
+                crate::service::sweep(&config, &p, tenant.as_deref(), dry_run).await?;
+            failed_ref.store(any_failed, std::sync::atomic::Ordering::Relaxed);
+            Ok(json)
+        })
     });
     if failed.load(std::sync::atomic::Ordering::Relaxed) {
         ExitCode::from(1)

@@ -165,3 +165,12 @@ pub fn webhook_lease_ms() -> Option<i64> {
         .parse()
         .ok()
 }
+
+/// Tests only: when set, the store's tenant-scoped job reads (`job_of`, `jobs_of`) leave out
+/// their `WHERE tenant = …`, so a test can show that row-level security alone keeps another
+/// tenant's jobs out of a response on PostgreSQL (and that on SQLite the filter is all there is).
+pub const DROP_TENANT_FILTER_ENV: &str = "AIRLOCK_TEST_DROP_TENANT_FILTER";
+
+pub fn tenant_filter_dropped() -> bool {
+    std::env::var_os(crate::hostile::DROP_TENANT_FILTER_ENV).is_some()
+}

@@ -127,13 +127,14 @@ impl SqlStore {
     ) -> Result<(), TenantError> {
         // A tenant that submitted through the CLI before registration has a row without a
         // creation time: registering it keeps its queue position.
+        let mut tx = self.begin().await?;
         let existing = sqlx::query("SELECT created_at FROM airlock_tenants WHERE tenant = $1")
             .bind(tenant)
-            .fetch_optional(self.pool())
+            .fetch_optional(&mut *tx)
             .await?;
         match existing {
             Some(row) if row.try_get::<Option<i64>, _>("created_at")?.is_some() => {
-                Err(TenantError::Exists(tenant.to_string()))
+                return Err(TenantError::Exists(tenant.to_string()));
             }
             Some(_) => {
                 sqlx::query(
@@ -142,9 +143,8 @@ impl SqlStore {
                 .bind(tenant)
                 .bind(plan)
                 .bind(now)
-                .execute(self.pool())
+                .execute(&mut *tx)
                 .await?;
-                Ok(())
             }
             None => {
                 sqlx::query(
@@ -153,7 +153,7 @@ impl SqlStore {
                 .bind(tenant)
                 .bind(plan)
                 .bind(now)
-                .execute(self.pool())
+                .execute(&mut *tx)
                 .await
                 .map_err(|e| match e {
                     sqlx::Error::Database(d) if d.is_unique_violation() => {
@@ -161,9 +161,10 @@ impl SqlStore {
                     }
                     e => e.into(),
                 })?;
-                Ok(())
             }
         }
+        tx.commit().await?;
+        Ok(())
     }
 
     /// A registered tenant.
@@ -172,7 +173,7 @@ impl SqlStore {
             "SELECT tenant, plan, created_at FROM airlock_tenants WHERE tenant = $1 AND created_at IS NOT NULL",
         )
         .bind(tenant)
-        .fetch_optional(self.pool())
+        .fetch_optional(&mut *self.reader().await?)
         .await?;
         row.map(|r| {
             Ok(Tenant {
@@ -236,7 +237,7 @@ impl SqlStore {
             "SELECT id, tenant, name, prefix, created_at, last_used_at, revoked_at FROM airlock_api_keys WHERE tenant = $1 ORDER BY created_at, id",
         )
         .bind(tenant)
-        .fetch_all(self.pool())
+        .fetch_all(&mut *self.reader().await?)
         .await?;
         rows.iter()
             .map(|r| {
@@ -300,36 +301,22 @@ impl SqlStore {
     /// The caller a presented key identifies: `None` for an unknown or revoked key. The stored
     /// hash is compared in constant time. The last use is recorded at most once a minute (so
     /// requests do not each cost a write), with the database's time, taken only for a known key.
+    ///
+    /// The lookup runs as the process's role (on PostgreSQL `airlock_service`), never inside a
+    /// tenant scope: it is how a request learns its tenant. It reads the keys table only.
     pub async fn authenticate(&self, key: &ApiKey) -> Result<Option<Caller>, TenantError> {
-        Ok(self.authenticate_for(key, None).await?.map(|(c, _)| c))
-    }
-
-    /// Authenticate `key` and, in the same round trip, read the job `job` if it is the key's
-    /// tenant's (another tenant's job reads as none). One query with the database's clock; the
-    /// key's last use is written at most once a minute.
-    pub async fn authenticate_for(
-        &self,
-        key: &ApiKey,
-        job: Option<Uuid>,
-    ) -> Result<Option<(Caller, Option<crate::jobs::JobRecord>)>, TenantError> {
         let hash = key.sha256();
         let sql = format!(
-            "SELECT k.id AS key_id, k.tenant AS key_tenant, k.sha256 AS key_sha256, \
-             k.revoked_at AS key_revoked_at, k.last_used_at AS key_last_used_at, {} AS key_now{} \
-             FROM airlock_api_keys k{} WHERE k.sha256 = $1",
+            "SELECT id AS key_id, tenant AS key_tenant, sha256 AS key_sha256, \
+             revoked_at AS key_revoked_at, last_used_at AS key_last_used_at, {} AS key_now \
+             FROM airlock_api_keys WHERE sha256 = $1",
             self.dialect().now_expr,
-            if job.is_some() { ", j.*" } else { "" },
-            if job.is_some() {
-                " LEFT JOIN airlock_jobs j ON j.id = $2 AND j.tenant = k.tenant"
-            } else {
-                ""
-            },
         );
-        let mut q = sqlx::query(&sql).bind(&hash);
-        if let Some(id) = job {
-            q = q.bind(id.to_string());
-        }
-        let Some(row) = q.fetch_optional(self.pool()).await? else {
+        let Some(row) = sqlx::query(&sql)
+            .bind(&hash)
+            .fetch_optional(self.pool())
+            .await?
+        else {
             return Ok(None);
         };
         let stored: String = row.try_get("key_sha256")?;
@@ -347,20 +334,11 @@ impl SqlStore {
                 .execute(self.pool())
                 .await?;
         }
-        let record = match job {
-            Some(_) if row.try_get::<Option<String>, _>("id")?.is_some() => {
-                Some(crate::jobs::sql::record(&row)?)
-            }
-            _ => None,
-        };
-        Ok(Some((
-            Caller {
-                key_id: Uuid::parse_str(&id)
-                    .map_err(|e| JobError::Corrupt(format!("key id {id:?}: {e}")))?,
-                tenant: row.try_get("key_tenant")?,
-            },
-            record,
-        )))
+        Ok(Some(Caller {
+            key_id: Uuid::parse_str(&id)
+                .map_err(|e| JobError::Corrupt(format!("key id {id:?}: {e}")))?,
+            tenant: row.try_get("key_tenant")?,
+        }))
     }
 }
 
@@ -387,6 +365,17 @@ mod tests {
             assert!(ApiKey::parse(bad).is_none(), "{bad}");
         }
     }
+}
+
+/// The job-read filter on the tenant parameter `param`. With the `test-seam` feature and
+/// [`crate::hostile::DROP_TENANT_FILTER_ENV`] set, a condition that holds for every row instead
+/// (the parameter stays, so the statement binds the same values).
+fn tenant_is(param: &str) -> String {
+    #[cfg(feature = "test-seam")]
+    if crate::hostile::tenant_filter_dropped() {
+        return format!("CAST({param} AS TEXT) IS NOT NULL");
+    }
+    format!("tenant = {param}")
 }
 
 /// Where a listing continues: after the job created at `created_at` with id `id` (newest first).
@@ -446,10 +435,14 @@ impl SqlStore {
         tenant: &str,
         id: Uuid,
     ) -> Result<Option<crate::jobs::JobRecord>, JobError> {
-        let row = sqlx::query("SELECT * FROM airlock_jobs WHERE id = $1 AND tenant = $2")
+        let sql = format!(
+            "SELECT * FROM airlock_jobs WHERE id = $1 AND {}",
+            tenant_is("$2")
+        );
+        let row = sqlx::query(&sql)
             .bind(id.to_string())
             .bind(tenant)
-            .fetch_optional(self.pool())
+            .fetch_optional(&mut *self.reader().await?)
             .await?;
         row.as_ref().map(crate::jobs::sql::record).transpose()
     }
@@ -474,6 +467,7 @@ impl SqlStore {
 
     /// Record an upload link's promise.
     pub async fn create_upload(&self, u: &Upload) -> Result<(), JobError> {
+        let mut tx = self.begin().await?;
         sqlx::query("INSERT INTO airlock_uploads (id, tenant, object_key, bytes, sha256, file_name, plan, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)")
             .bind(u.id.to_string())
             .bind(&u.tenant)
@@ -484,8 +478,9 @@ impl SqlStore {
             .bind(&u.plan)
             .bind(u.created_at)
             .bind(u.expires_at)
-            .execute(self.pool())
+            .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -493,7 +488,7 @@ impl SqlStore {
     pub async fn upload(&self, id: Uuid) -> Result<Option<Upload>, JobError> {
         let row = sqlx::query("SELECT * FROM airlock_uploads WHERE id = $1")
             .bind(id.to_string())
-            .fetch_optional(self.pool())
+            .fetch_optional(&mut *self.reader().await?)
             .await?;
         row.map(|r| {
             let id: String = r.try_get("id")?;
@@ -515,13 +510,15 @@ impl SqlStore {
 
     /// Mark an upload completed (its job exists).
     pub async fn complete_upload(&self, id: Uuid, now: i64) -> Result<(), JobError> {
+        let mut tx = self.begin().await?;
         sqlx::query(
             "UPDATE airlock_uploads SET completed_at = $1 WHERE id = $2 AND completed_at IS NULL",
         )
         .bind(now)
         .bind(id.to_string())
-        .execute(self.pool())
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -545,7 +542,7 @@ impl SqlStore {
         limit: i64,
         after: Option<&Cursor>,
     ) -> Result<Vec<crate::jobs::JobRecord>, JobError> {
-        let mut sql = String::from("SELECT * FROM airlock_jobs WHERE tenant = $1");
+        let mut sql = format!("SELECT * FROM airlock_jobs WHERE {}", tenant_is("$1"));
         let mut n = 2;
         if state.is_some() {
             sql.push_str(&format!(" AND state = ${n}"));
@@ -566,7 +563,7 @@ impl SqlStore {
         if let Some(c) = after {
             q = q.bind(c.created_at).bind(c.id.to_string());
         }
-        let rows = q.bind(limit).fetch_all(self.pool()).await?;
+        let rows = q.bind(limit).fetch_all(&mut *self.reader().await?).await?;
         rows.iter().map(crate::jobs::sql::record).collect()
     }
 }

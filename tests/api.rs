@@ -57,10 +57,17 @@ impl Server {
 
     /// A server on `backend` with these `serve` flags (its database already migrated).
     pub(crate) async fn on(backend: Backend, flags: &[&str]) -> Self {
-        let d = match backend {
+        Self::on_env(backend, flags, &[]).await
+    }
+
+    /// [`Server::on`], with these variables in `serve`'s environment (and every command's).
+    pub(crate) async fn on_env(backend: Backend, flags: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut d = match backend {
             Backend::Embedded => Deployment::embedded(),
             Backend::Production => Deployment::production().await,
         };
+        d.vars
+            .extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -150,6 +157,55 @@ async fn the_tenant_comes_from_the_key_and_other_tenants_jobs_do_not_exist() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_tenant_comes_from_the_key_and_other_tenants_jobs_do_not_exist_on_postgres_and_s3() {
     cross_tenant_suite(Backend::Production).await;
+}
+
+/// Row-level security on its own: with the application's `WHERE tenant = …` taken out of the
+/// job reads (a test-only switch), tenant B's key still never sees tenant A's job on PostgreSQL,
+/// by id or in a listing. On SQLite, which has no row-level security, the same switch does leak
+/// A's job, which shows the switch really removes the filter.
+#[tokio::test(flavor = "multi_thread")]
+async fn row_level_security_alone_keeps_other_tenants_jobs_out() {
+    for backend in [Backend::Production, Backend::Embedded] {
+        let s = Server::on_env(
+            backend,
+            &["--supervise", "0"],
+            &[("AIRLOCK_TEST_DROP_TENANT_FILTER", "1")],
+        )
+        .await;
+        s.ok(&["tenant", "create", "acme"]);
+        s.ok(&["tenant", "create", "globex"]);
+        let (globex, _) = s.key("globex");
+        let a_job = s.ok(&[
+            "submit",
+            "--tenant",
+            "acme",
+            fixture("valid/leads.csv").to_str().unwrap(),
+        ]);
+        let g_job = s.ok(&[
+            "submit",
+            "--tenant",
+            "globex",
+            fixture("valid/leads.csv").to_str().unwrap(),
+        ]);
+        let (status, _, _) = s.get(&format!("/v1/jobs/{a_job}"), Some(&globex)).await;
+        let (_, _, list) = s.get("/v1/jobs", Some(&globex)).await;
+        let listed: Vec<&str> = list["jobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|j| j["id"].as_str().unwrap())
+            .collect();
+        match backend {
+            Backend::Production => {
+                assert_eq!(status, 404, "row-level security let globex read acme's job");
+                assert_eq!(listed, vec![g_job.as_str()]);
+            }
+            Backend::Embedded => {
+                assert_eq!(status, 200, "the switch did not remove the filter");
+                assert!(listed.contains(&a_job.as_str()), "{list}");
+            }
+        }
+    }
 }
 
 async fn cross_tenant_suite(backend: Backend) {

@@ -95,14 +95,18 @@ async fn untrigger(store: &SqlStore, backend: &Backend) {
             "DROP TRIGGER airlock_audit_checkpoints_no_update",
             "DROP TRIGGER airlock_audit_checkpoints_no_delete",
         ],
+        // As the tables' owner (the pool works as `airlock_service`, which may not alter them).
         Backend::Postgres => &[
+            "SET LOCAL ROLE NONE",
             "ALTER TABLE airlock_audit DISABLE TRIGGER USER",
             "ALTER TABLE airlock_audit_checkpoints DISABLE TRIGGER USER",
         ],
     };
+    let mut tx = store.pool().begin().await.unwrap();
     for s in statements {
-        sqlx::query(s).execute(store.pool()).await.unwrap();
+        sqlx::query(s).execute(&mut *tx).await.unwrap();
     }
+    tx.commit().await.unwrap();
 }
 
 /// A fresh, populated store with its append-only triggers out of the way, ready to tamper
@@ -192,8 +196,20 @@ async fn tamperings(backend: Backend) {
         assert!(err.contains("append-only"), "{sql}: {err}");
     }
     if let Backend::Postgres = backend {
+        // The service role may not truncate at all; the owner is stopped by the trigger.
         let err = sqlx::query("TRUNCATE airlock_audit")
             .execute(store.pool())
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("permission denied"), "{err}");
+        let mut tx = store.pool().begin().await.unwrap();
+        sqlx::query("SET LOCAL ROLE NONE")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        let err = sqlx::query("TRUNCATE airlock_audit")
+            .execute(&mut *tx)
             .await
             .unwrap_err()
             .to_string();
@@ -777,6 +793,26 @@ async fn row_level_security_on_postgres() {
         .unwrap();
         assert!(all > 0, "{table}: the service role sees acme");
     }
+    // The store itself: its pool works as the service role, and inside a tenant scope (an API
+    // request, a tenant-scoped command) as the tenant role, so methods that take no tenant at
+    // all (`get`) see that tenant's rows only.
+    let user: String = sqlx::query("SELECT CAST(current_user AS TEXT) AS u")
+        .fetch_one(store.pool())
+        .await
+        .unwrap()
+        .get("u");
+    assert_eq!(user, "airlock_service");
+    let acme_job: String = sqlx::query("SELECT id FROM airlock_jobs WHERE tenant = 'acme' LIMIT 1")
+        .fetch_one(store.pool())
+        .await
+        .unwrap()
+        .get("id");
+    let acme_job = uuid::Uuid::parse_str(&acme_job).unwrap();
+    assert!(store.get(acme_job).await.unwrap().is_some());
+    let as_globex = airlock::jobs::request::as_tenant("globex".into(), store.get(acme_job));
+    assert!(as_globex.await.unwrap().is_none(), "globex read acme's job");
+    let as_acme = airlock::jobs::request::as_tenant("acme".into(), store.get(acme_job));
+    assert!(as_acme.await.unwrap().is_some());
     // Writes: globex can neither add a row of acme's nor change acme's.
     let scoped =
         "SET LOCAL ROLE airlock_tenant; SELECT set_config('airlock.tenant', 'globex', true);";

@@ -173,7 +173,7 @@ pub async fn checkpoints(store: &SqlStore, tenant: &str) -> Result<Vec<Signed>, 
         "SELECT body, signature FROM airlock_audit_checkpoints WHERE tenant = $1 ORDER BY id",
     )
     .bind(tenant)
-    .fetch_all(store.pool())
+    .fetch_all(&mut *store.reader().await?)
     .await?;
     rows.iter()
         .map(|r| {
@@ -191,7 +191,7 @@ pub async fn latest(store: &SqlStore, tenant: &str) -> Result<Option<Signed>, Jo
         "SELECT body, signature FROM airlock_audit_checkpoints WHERE tenant = $1 ORDER BY id DESC LIMIT 1",
     )
     .bind(tenant)
-    .fetch_optional(store.pool())
+    .fetch_optional(&mut *store.reader().await?)
     .await?;
     row.map(|r| {
         Ok(Signed {

@@ -342,7 +342,7 @@ pub async fn records(
     .bind(tenant)
     .bind(after)
     .bind(limit)
-    .fetch_all(store.pool())
+    .fetch_all(&mut *store.reader().await?)
     .await?;
     rows.iter()
         .map(|r| {

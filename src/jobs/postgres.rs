@@ -17,10 +17,27 @@ macro_rules! pick {
 }
 use super::JobError;
 
+/// Every connection works as `airlock_service` (migration 9: it may see every tenant), once
+/// that role exists, the login may take it and it has been granted the tables (a database not
+/// yet at version 9 keeps working as the login, for `airlock migrate` to upgrade it);
+/// tenant-scoped work narrows each transaction to `airlock_tenant` (`Dialect::tenant_scope`).
+/// `airlock migrate` resets this on its own connection, which owns the tables, and closes it
+/// afterwards.
+const SERVICE_ROLE: &str = "DO $$ BEGIN
+    IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'airlock_service') THEN
+        IF pg_has_role(session_user, 'airlock_service', 'MEMBER')
+           AND to_regclass('airlock_jobs') IS NOT NULL THEN
+            IF has_table_privilege('airlock_service', 'airlock_jobs', 'SELECT') THEN
+                SET ROLE airlock_service;
+            END IF;
+        END IF;
+    END IF;
+END $$";
+
 pub static DIALECT: Dialect = Dialect {
     name: "postgres",
     migrations_table: "SELECT 1 AS x WHERE to_regclass('_sqlx_migrations') IS NOT NULL",
-    migration_session: Some(("SET lock_timeout = '10s'", "RESET lock_timeout")),
+    migration_session: Some(("RESET ROLE; SET lock_timeout = '10s'", "RESET lock_timeout")),
     now: "SELECT CAST(FLOOR(EXTRACT(EPOCH FROM clock_timestamp()) * 1000) AS BIGINT) AS now",
     now_expr: "CAST(FLOOR(EXTRACT(EPOCH FROM clock_timestamp()) * 1000) AS BIGINT)",
     claim_pick: pick!(),
@@ -32,10 +49,17 @@ pub static DIALECT: Dialect = Dialect {
          WHERE state = 'running' AND lease_expires_at < $1
          ORDER BY tenant LIMIT 100 FOR UPDATE SKIP LOCKED",
     begin: "BEGIN",
+    tenant_scope: Some(
+        "SELECT set_config('role', 'airlock_tenant', true), set_config('airlock.tenant', $1, true)",
+    ),
+    queue_front: "SELECT airlock_queue_front() AS v",
     summary_output_bytes: "CAST(CAST(summary AS jsonb) #>> '{output,bytes}' AS BIGINT)",
-    on_connect: |schema| match schema {
-        Some(s) => format!("CREATE SCHEMA IF NOT EXISTS \"{s}\"; SET search_path TO \"{s}\""),
-        None => String::new(),
+    on_connect: |schema| {
+        let schema = match schema {
+            Some(s) => format!("CREATE SCHEMA IF NOT EXISTS \"{s}\"; SET search_path TO \"{s}\"; "),
+            None => String::new(),
+        };
+        format!("{schema}{SERVICE_ROLE}")
     },
 };
 

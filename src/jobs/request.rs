@@ -4,13 +4,20 @@
 //! the request's key is checked, [`set_actor`] names it as the actor; outside any request the
 //! actor is the process's own ([`set_process_actor`]: the operator's CLI, a supervisor, the
 //! sweeper).
+//!
+//! A request also carries its **tenant** once the key is checked ([`set_tenant`]), and an
+//! operator's tenant-scoped command runs inside [`as_tenant`]. Every transaction the job store
+//! opens meanwhile runs, on PostgreSQL, as the role `airlock_tenant` with `airlock.tenant` set
+//! (`SqlStore::begin`), so row-level security admits that tenant's rows only, whatever a query's
+//! own `WHERE` says. Outside both, work runs as the process's role (`airlock_service`).
 
 use std::future::Future;
 use std::sync::{Arc, OnceLock};
 
 struct Request {
-    id: String,
+    id: Option<String>,
     actor: OnceLock<String>,
+    tenant: OnceLock<String>,
 }
 
 tokio::task_local! {
@@ -22,15 +29,46 @@ static PROCESS_ACTOR: OnceLock<String> = OnceLock::new();
 /// Run `f` with `id` as the current request.
 pub async fn scope<F: Future>(id: String, f: F) -> F::Output {
     let request = Arc::new(Request {
-        id,
+        id: Some(id),
         actor: OnceLock::new(),
+        tenant: OnceLock::new(),
     });
     REQUEST.scope(request, f).await
 }
 
+/// Run `f` as `tenant` (an operator's tenant-scoped command): no request id, the process's
+/// actor, and the store's transactions scoped to the tenant.
+pub async fn as_tenant<F: Future>(tenant: String, f: F) -> F::Output {
+    let request = Arc::new(Request {
+        id: None,
+        actor: OnceLock::new(),
+        tenant: OnceLock::from(tenant),
+    });
+    REQUEST.scope(request, f).await
+}
+
+/// [`as_tenant`] when there is a tenant, else `f` as it is.
+pub async fn maybe_as_tenant<F: Future>(tenant: Option<String>, f: F) -> F::Output {
+    match tenant {
+        Some(t) => as_tenant(t, f).await,
+        None => f.await,
+    }
+}
+
 /// The current request's id, outside any request `None`.
 pub fn current() -> Option<String> {
-    REQUEST.try_with(|r| r.id.clone()).ok()
+    REQUEST.try_with(|r| r.id.clone()).ok().flatten()
+}
+
+/// Scope the rest of the current request to `tenant` (its key's). Set once: a later call is
+/// ignored, so nothing in a request can widen or switch its tenant.
+pub fn set_tenant(tenant: String) {
+    let _ = REQUEST.try_with(|r| r.tenant.set(tenant));
+}
+
+/// The tenant the current request or command is scoped to, if any.
+pub fn tenant() -> Option<String> {
+    REQUEST.try_with(|r| r.tenant.get().cloned()).ok().flatten()
 }
 
 /// Name the current request's actor (its API key), once its key is checked.

@@ -75,6 +75,12 @@ const STEPS: &[Step] = &[
         postgres: include_str!("../../migrations/postgres/0009_row_level_security.sql"),
         sqlite: include_str!("../../migrations/sqlite/0009_row_level_security.sql"),
     },
+    Step {
+        version: 10,
+        description: "tenant role queue front",
+        postgres: include_str!("../../migrations/postgres/0010_tenant_role_queue_front.sql"),
+        sqlite: include_str!("../../migrations/sqlite/0010_tenant_role_queue_front.sql"),
+    },
 ];
 
 /// The version this binary needs.

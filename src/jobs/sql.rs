@@ -61,6 +61,14 @@ pub struct Dialect {
     pub reap_select: &'static str,
     /// How write transactions begin.
     pub begin: &'static str,
+    /// Run first in every transaction of a tenant-scoped request or command, `$1` = the tenant:
+    /// on PostgreSQL the role `airlock_tenant` and the `airlock.tenant` setting its row-level
+    /// security policies compare with, both for this transaction only. SQLite has no roles.
+    pub tenant_scope: Option<&'static str>,
+    /// The position at the queue's front, for a new job's fair-queuing position: on PostgreSQL
+    /// a `SECURITY DEFINER` function (migration 10), since a tenant's transaction sees only its
+    /// own jobs.
+    pub queue_front: &'static str,
     /// Run after each new connection (schema, pragmas).
     pub on_connect: fn(Option<&str>) -> String,
     /// The clean output's byte count from a row's `summary` JSON text, as a BIGINT (NULL when
@@ -76,6 +84,33 @@ pub struct SqlStore {
 }
 
 type Tx<'a> = Transaction<'a, Any>;
+
+/// A connection to read with: in a tenant-scoped request or command on PostgreSQL, a
+/// transaction as the tenant (dropped, not committed: sqlx rolls it back on the connection's
+/// next use); otherwise a pooled connection as the process's role.
+pub(crate) enum Reader {
+    Scoped(Tx<'static>),
+    Pooled(sqlx::pool::PoolConnection<Any>),
+}
+
+impl std::ops::Deref for Reader {
+    type Target = sqlx::AnyConnection;
+    fn deref(&self) -> &Self::Target {
+        match self {
+            Reader::Scoped(tx) => tx,
+            Reader::Pooled(c) => c,
+        }
+    }
+}
+
+impl std::ops::DerefMut for Reader {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        match self {
+            Reader::Scoped(tx) => &mut *tx,
+            Reader::Pooled(c) => &mut *c,
+        }
+    }
+}
 
 async fn audit(
     tx: &mut Tx<'_>,
@@ -270,6 +305,9 @@ impl SqlStore {
         if let Some((_, reset)) = self.dialect.migration_session {
             conn.execute(reset).await?;
         }
+        // This connection owns the tables (the session setup's role was reset); it goes, so
+        // that every pooled connection works under the service role.
+        let _ = conn.close().await;
         Ok(ran?)
     }
 
@@ -381,7 +419,7 @@ impl SqlStore {
             .fetch_one(&mut **tx)
             .await?
             .try_get("last_vseq")?;
-        let front: i64 = sqlx::query("SELECT CAST(COALESCE(MIN(vseq), 0) AS BIGINT) AS v FROM airlock_jobs WHERE state = 'queued'")
+        let front: i64 = sqlx::query(self.dialect.queue_front)
             .fetch_one(&mut **tx)
             .await?
             .try_get("v")?;
@@ -405,8 +443,28 @@ impl SqlStore {
         Ok(next)
     }
 
+    /// A write transaction; in a tenant-scoped request or command, as that tenant
+    /// ([`crate::jobs::request::tenant`]).
     pub(crate) async fn begin(&self) -> Result<Tx<'static>, JobError> {
-        Ok(self.pool.begin_with(self.dialect.begin).await?)
+        let mut tx = self.pool.begin_with(self.dialect.begin).await?;
+        if let (Some(scope), Some(tenant)) =
+            (self.dialect.tenant_scope, crate::jobs::request::tenant())
+        {
+            sqlx::query(scope).bind(tenant).execute(&mut *tx).await?;
+        }
+        Ok(tx)
+    }
+
+    /// A connection for reads ([`Reader`]).
+    pub(crate) async fn reader(&self) -> Result<Reader, JobError> {
+        match (self.dialect.tenant_scope, crate::jobs::request::tenant()) {
+            (Some(scope), Some(tenant)) => {
+                let mut tx = self.pool.begin().await?;
+                sqlx::query(scope).bind(tenant).execute(&mut *tx).await?;
+                Ok(Reader::Scoped(tx))
+            }
+            _ => Ok(Reader::Pooled(self.pool.acquire().await?)),
+        }
     }
 
     /// Fenced transition out of `running`: the job's tenant, or `StaleFence`.
@@ -455,7 +513,7 @@ impl JobStore for SqlStore {
             sqlx::query("SELECT id FROM airlock_jobs WHERE tenant = $1 AND idempotency_key = $2")
                 .bind(tenant)
                 .bind(key)
-                .fetch_optional(&self.pool)
+                .fetch_optional(&mut *self.reader().await?)
                 .await?;
         row.map(|r| {
             let id: String = r.try_get("id")?;
@@ -810,7 +868,7 @@ impl JobStore for SqlStore {
     async fn get(&self, id: Uuid) -> Result<Option<JobRecord>, JobError> {
         let row = sqlx::query("SELECT * FROM airlock_jobs WHERE id = $1")
             .bind(id.to_string())
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *self.reader().await?)
             .await?;
         row.as_ref().map(record).transpose()
     }
@@ -860,7 +918,7 @@ impl JobStore for SqlStore {
             "SELECT COUNT(*) AS n, CAST(COALESCE(SUM(input_bytes + CASE WHEN output_key IS NULL THEN 0 ELSE COALESCE({output}, 0) END), 0) AS BIGINT) AS bytes, MIN(finished_at) AS oldest FROM airlock_jobs WHERE {clause}"
         );
         let row = bind_scope(sqlx::query(&sql), &args)
-            .fetch_one(&self.pool)
+            .fetch_one(&mut *self.reader().await?)
             .await?;
         Ok(SweepPreview {
             jobs: row.try_get("n")?,
@@ -870,6 +928,7 @@ impl JobStore for SqlStore {
     }
 
     async fn release_sweep(&self, ids: &[Uuid], owner: &str) -> Result<(), JobError> {
+        let mut tx = self.begin().await?;
         for chunk in ids.chunks(500) {
             let list = (2..2 + chunk.len())
                 .map(|i| format!("${i}"))
@@ -882,8 +941,9 @@ impl JobStore for SqlStore {
             for id in chunk {
                 q = q.bind(id.to_string());
             }
-            q.execute(&self.pool).await?;
+            q.execute(&mut *tx).await?;
         }
+        tx.commit().await?;
         Ok(())
     }
 
@@ -1013,7 +1073,7 @@ impl JobStore for SqlStore {
             for k in chunk {
                 q = q.bind(k.clone());
             }
-            for row in q.fetch_all(&self.pool).await? {
+            for row in q.fetch_all(&mut *self.reader().await?).await? {
                 found.insert(row.try_get::<String, _>("k")?);
             }
         }
@@ -1024,7 +1084,7 @@ impl JobStore for SqlStore {
         let rows =
             sqlx::query("SELECT body FROM airlock_receipts WHERE tenant = $1 ORDER BY at, id")
                 .bind(tenant)
-                .fetch_all(&self.pool)
+                .fetch_all(&mut *self.reader().await?)
                 .await?;
         rows.iter()
             .map(|r| {
@@ -1080,7 +1140,7 @@ impl JobStore for SqlStore {
         )
         .bind(tenant)
         .bind(now)
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *self.reader().await?)
         .await?
         .try_get("n")?)
     }
@@ -1093,7 +1153,7 @@ impl JobStore for SqlStore {
             "SELECT from_state, to_state, detail FROM airlock_audit WHERE job_id = $1 ORDER BY id",
         )
         .bind(id.to_string())
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.reader().await?)
         .await?;
         rows.iter()
             .map(|r| {

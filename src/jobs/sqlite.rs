@@ -24,6 +24,8 @@ pub static DIALECT: Dialect = Dialect {
     reap_select: "SELECT id, tenant, attempts, max_attempts FROM airlock_jobs
          WHERE state = 'running' AND lease_expires_at < $1 ORDER BY tenant LIMIT 100",
     begin: "BEGIN IMMEDIATE",
+    tenant_scope: None,
+    queue_front: "SELECT CAST(COALESCE(MIN(vseq), 0) AS BIGINT) AS v FROM airlock_jobs WHERE state = 'queued'",
     summary_output_bytes: "CAST(json_extract(summary, '$.output.bytes') AS INTEGER)",
     on_connect: |_| {
         "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 10000; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;".to_string()

@@ -122,7 +122,7 @@ impl SqlStore {
         let row = sqlx::query("SELECT * FROM airlock_webhooks WHERE id = $1 AND tenant = $2")
             .bind(id.to_string())
             .bind(tenant)
-            .fetch_optional(self.pool())
+            .fetch_optional(&mut *self.reader().await?)
             .await?;
         row.as_ref().map(endpoint).transpose()
     }
@@ -131,7 +131,7 @@ impl SqlStore {
         let rows =
             sqlx::query("SELECT * FROM airlock_webhooks WHERE tenant = $1 ORDER BY created_at, id")
                 .bind(tenant)
-                .fetch_all(self.pool())
+                .fetch_all(&mut *self.reader().await?)
                 .await?;
         rows.iter().map(endpoint).collect()
     }
@@ -213,7 +213,7 @@ impl SqlStore {
         )
         .bind(endpoint.to_string())
         .bind(limit)
-        .fetch_all(self.pool())
+        .fetch_all(&mut *self.reader().await?)
         .await?;
         rows.iter()
             .map(|r| {
@@ -241,7 +241,7 @@ impl SqlStore {
     ) -> Result<u64, JobError> {
         let types: Vec<&str> = endpoint.events.iter().map(|e| e.as_str()).collect();
         let kinds = format!(",{},", types.join(","));
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.begin().await?;
         let reset = sqlx::query(
             "UPDATE airlock_webhook_deliveries SET state = 'pending', attempts = 0, next_at = $3, lease_owner = NULL, lease_until = NULL, delivered_at = NULL
              WHERE endpoint_id = $1 AND event_id IN (SELECT id FROM airlock_webhook_events WHERE tenant = $2 AND created_at >= $4)
