@@ -494,7 +494,14 @@ async fn authenticate(
 /// is the audit trail's actor, and its key's rate limit applies.
 fn scope_to(api: &Api, caller: Caller, rid: String) -> Result<Authed, ApiError> {
     tracing::Span::current().record("tenant", caller.tenant.as_str());
-    crate::jobs::request::set_tenant(caller.tenant.clone());
+    if !crate::jobs::request::set_tenant(caller.tenant.clone()) {
+        // Outside a request scope (`serve::app` gives every request one) the store would run
+        // unscoped: refused rather than served without row-level security.
+        return Err(ApiError::unavailable(
+            &rid,
+            &"a tenant request ran outside a request scope",
+        ));
+    }
     crate::jobs::request::set_actor(format!("key:{}", caller.key_id));
     if let Err(wait) = api.limiters.check_key(caller.key_id) {
         return Err(rate_limited(&rid, wait, "this API key"));
@@ -682,8 +689,9 @@ async fn get_job(
     Path(id): Path<String>,
     parts: Parts,
 ) -> Result<Json<JobView>, ApiError> {
-    // The hot read: key and job in one round trip. A malformed id is a random id's 404, after
-    // the key is checked like anywhere else.
+    // The hot read: key and job from the cache when it holds them; otherwise the key, then the
+    // job under the tenant's scope. A malformed id is a random id's 404, after the key is
+    // checked like anywhere else.
     let parsed = Uuid::parse_str(&id).ok();
     let (auth, job) = authenticate(&parts, &api, Some(parsed.unwrap_or_default())).await?;
     match (parsed, job) {

@@ -703,9 +703,11 @@ async fn row_level_security_on_postgres() {
     let key = AuditKey::generate();
     populate(&store, &key).await;
     // Rows of both tenants in every table: an upload, endpoints, events, deliveries, attempts.
+    let mut endpoints = Vec::new();
     for (i, tenant) in ["acme", "globex"].iter().enumerate() {
         store.create_key(tenant, "pipeline", 90).await.unwrap();
         let ep = uuid::Uuid::new_v4();
+        endpoints.push(ep);
         store
             .add_webhook(
                 ep,
@@ -823,4 +825,74 @@ async fn row_level_security_on_postgres() {
     // Nor route acme's event to its own endpoint.
     let err = count(format!("{scoped} INSERT INTO airlock_webhook_deliveries (event_id, endpoint_id, state, attempts, next_at) SELECT 'msg_acme', w.id, 'pending', 0, 1 FROM airlock_webhooks w LIMIT 1")).await.unwrap_err();
     assert!(err.to_string().contains("row-level security"), "{err}");
+
+    // What the tenant role may not do at all: read the migrations table, or change or delete
+    // audit records (before any trigger is reached); the service role may only read it.
+    for sql in [
+        "SELECT count(*) FROM _sqlx_migrations",
+        "WITH d AS (DELETE FROM airlock_audit RETURNING 1) SELECT count(*) FROM d",
+        "WITH u AS (UPDATE airlock_audit_checkpoints SET seq = 1 RETURNING 1) SELECT count(*) FROM u",
+    ] {
+        let err = count(format!("{scoped} {sql}")).await.unwrap_err();
+        assert!(err.to_string().contains("permission denied"), "{sql}: {err}");
+    }
+    let err = count("DELETE FROM _sqlx_migrations".into())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("permission denied"), "{err}");
+    // The queue front, read through the definer function, cannot be fed a temporary table.
+    let front = count(format!("{scoped} SELECT airlock_queue_front()"))
+        .await
+        .unwrap();
+    let spoofed = count(format!(
+        "{scoped} CREATE TEMP TABLE airlock_jobs (vseq BIGINT, state TEXT); \
+         INSERT INTO airlock_jobs VALUES (-999999, 'queued'); SELECT airlock_queue_front()"
+    ))
+    .await
+    .unwrap();
+    assert_eq!(spoofed, front);
+    // Removing an endpoint as its tenant also removes its pending deliveries (they are
+    // deleted while the endpoint, which their policy goes through, still exists).
+    let globex_ep = endpoints[1];
+    let removed = airlock::jobs::request::as_tenant(
+        "globex".into(),
+        store.remove_webhook("globex", globex_ep),
+    );
+    assert!(removed.await.unwrap());
+    let left = count(format!(
+        "SELECT count(*) FROM airlock_webhook_deliveries WHERE endpoint_id = '{globex_ep}' AND state = 'pending'"
+    ))
+    .await
+    .unwrap();
+    assert_eq!(left, 0, "the removed endpoint's pending deliveries");
+
+    // A database login that may not take both roles is refused, saying what to grant, rather
+    // than left working as itself.
+    let outsider = "airlock_outsider";
+    let schema: String = sqlx::query("SELECT CAST(current_schema() AS TEXT) AS s")
+        .fetch_one(store.pool())
+        .await
+        .unwrap()
+        .get("s");
+    let mut tx = store.pool().begin().await.unwrap();
+    for sql in [
+        "SET LOCAL ROLE NONE".to_string(),
+        format!("DO $$ BEGIN CREATE ROLE {outsider} LOGIN; EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$"),
+        format!("DO $$ BEGIN EXECUTE format('GRANT CREATE ON DATABASE %I TO {outsider}', current_database()); END $$"),
+        format!("GRANT USAGE ON SCHEMA \"{schema}\" TO {outsider}"),
+    ] {
+        sqlx::query(&sql).execute(&mut *tx).await.unwrap();
+    }
+    tx.commit().await.unwrap();
+    let url = crate::jobs::pg_url().replacen("postgres@", &format!("{outsider}@"), 1);
+    let err = format!(
+        "{:?}",
+        airlock::jobs::postgres::connect(&url, Some(schema))
+            .await
+            .unwrap_err()
+    );
+    assert!(
+        err.contains("is not a member of airlock_service and airlock_tenant"),
+        "{err}"
+    );
 }

@@ -8,7 +8,9 @@ use sqlx::Row;
 use super::checkpoint::{CheckpointBody, PublicKey, CHECKPOINT_TYPE};
 use std::borrow::Cow;
 
-use super::{chain_hash, GENESIS};
+use sha2::{Digest, Sha256};
+
+use super::GENESIS;
 use crate::jobs::sql::SqlStore;
 use crate::jobs::JobError;
 
@@ -75,31 +77,101 @@ struct Fields<'a> {
     reason: Option<Cow<'a, str>>,
 }
 
+/// `from_state`, `to_state` and `detail` as a body says they must be.
+type Columns<'a> = (Option<&'a str>, &'a str, Option<Cow<'a, str>>);
+
 impl Fields<'_> {
     /// What `from_state`, `to_state` and `detail` must hold, as [`super::Action`] writes them
     /// (a unit test holds the two to each other); `None` for an unknown action.
-    fn columns(&self) -> Option<(Option<String>, String, Option<String>)> {
-        let s = |c: &Option<Cow<'_, str>>| c.as_deref().map(str::to_string);
-        let action = self.action.to_string();
+    fn columns(&self) -> Option<Columns<'_>> {
         Some(match &*self.action {
             "job.state" => (
-                s(&self.from),
-                self.to.as_deref()?.to_string(),
-                s(&self.detail),
+                self.from.as_deref(),
+                self.to.as_deref()?,
+                borrowed(&self.detail),
             ),
             "link.issued" => (
-                s(&self.state),
-                self.state.as_deref()?.to_string(),
-                Some(format!("link issued: {}", self.artifact.as_deref()?)),
+                self.state.as_deref(),
+                self.state.as_deref()?,
+                Some(Cow::Owned(format!(
+                    "link issued: {}",
+                    self.artifact.as_deref()?
+                ))),
             ),
-            "job.purged" => (s(&self.from), "purged".into(), s(&self.reason)),
-            "key.created" | "key.revoked" => (None, action, s(&self.key_id)),
+            "job.purged" => (self.from.as_deref(), "purged", borrowed(&self.reason)),
+            "key.created" | "key.revoked" => (None, &*self.action, borrowed(&self.key_id)),
             "webhook.added" | "webhook.removed" | "webhook.rotated" => {
-                (None, action, s(&self.endpoint_id))
+                (None, &*self.action, borrowed(&self.endpoint_id))
             }
             _ => return None,
         })
     }
+}
+
+fn borrowed<'a>(c: &'a Option<Cow<'_, str>>) -> Option<Cow<'a, str>> {
+    c.as_deref().map(Cow::Borrowed)
+}
+
+/// A page of records, from whichever driver read it.
+enum Page {
+    Any(Vec<sqlx::any::AnyRow>),
+    Native(Vec<sqlx::postgres::PgRow>),
+}
+
+impl Page {
+    fn records(&self) -> Result<Vec<Rec<'_>>, sqlx::Error> {
+        match self {
+            Page::Any(rows) => rows.iter().map(Rec::of).collect(),
+            Page::Native(rows) => rows.iter().map(Rec::of).collect(),
+        }
+    }
+}
+
+/// One record's columns, borrowed from its row.
+#[derive(Clone, Copy)]
+struct Rec<'r> {
+    seq: i64,
+    job: &'r str,
+    at: i64,
+    actor: Option<&'r str>,
+    request: Option<&'r str>,
+    from: Option<&'r str>,
+    to: &'r str,
+    detail: Option<&'r str>,
+    body: Option<&'r str>,
+    prev_hash: Option<&'r str>,
+    hash: Option<&'r str>,
+}
+
+impl<'r> Rec<'r> {
+    /// By position, as the page query selects them.
+    fn of<R: Row>(r: &'r R) -> Result<Self, sqlx::Error>
+    where
+        usize: sqlx::ColumnIndex<R>,
+        i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+        &'r str: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    {
+        Ok(Rec {
+            seq: r.try_get(0)?,
+            job: r.try_get(1)?,
+            at: r.try_get(2)?,
+            actor: r.try_get(3)?,
+            request: r.try_get(4)?,
+            from: r.try_get(5)?,
+            to: r.try_get(6)?,
+            detail: r.try_get(7)?,
+            body: r.try_get(8)?,
+            prev_hash: r.try_get(9)?,
+            hash: r.try_get(10)?,
+        })
+    }
+}
+
+/// A hash column as its 32 bytes (`None` when it is not 64 hex digits).
+fn raw(hex_hash: &str) -> Option<[u8; 32]> {
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(hex_hash, &mut out).ok()?;
+    Some(out)
 }
 
 /// Verify the chains of `tenant` (every tenant when `None`). Without `key`, checkpoints are
@@ -144,9 +216,39 @@ pub async fn verify(
         checkpoints_checked: key.is_some(),
         problems: Vec::new(),
     };
-    for t in &tenants {
-        verify_chain(store, t, key, &mut out).await?;
-        out.chains += 1;
+    // Chains are independent: several are checked at once (a chain itself is sequential),
+    // and their findings are merged in tenant order.
+    let width = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(1, 8));
+    let mut running = std::collections::VecDeque::new();
+    let mut tenants = tenants.into_iter();
+    loop {
+        while running.len() < width {
+            let Some(t) = tenants.next() else { break };
+            let (store, key) = (store.clone(), key.copied());
+            running.push_back(tokio::spawn(async move {
+                let mut part = Verified {
+                    chains: 1,
+                    records: 0,
+                    unchained: 0,
+                    checkpoints: 0,
+                    checkpoints_checked: key.is_some(),
+                    problems: Vec::new(),
+                };
+                verify_chain(&store, &t, key.as_ref(), &mut part)
+                    .await
+                    .map(|()| part)
+            }));
+        }
+        let Some(next) = running.pop_front() else {
+            break;
+        };
+        let part = next
+            .await
+            .map_err(|e| JobError::Corrupt(format!("verifying a chain: {e}")))??;
+        out.chains += part.chains;
+        out.records += part.records;
+        out.checkpoints += part.checkpoints;
+        out.problems.extend(part.problems);
     }
     Ok(out)
 }
@@ -244,42 +346,51 @@ async fn verify_chain(
     }
 
     let mut expected = 1i64;
-    let mut prev = GENESIS.to_string();
+    let mut prev: [u8; 32] = raw(GENESIS).expect("the genesis hash is 64 hex digits");
     let mut last = 0i64;
     // One page after another, the next one read while this one is checked.
     let page = |after: i64| {
-        let pool = store.pool().clone();
+        let any = store.pool().clone();
+        let native = store.native_postgres().cloned();
         let tenant = tenant.to_string();
         tokio::spawn(async move {
-            sqlx::query(
-                "SELECT seq, job_id, at, actor, request_id, from_state, to_state, detail, body, prev_hash, hash
-                 FROM airlock_audit WHERE tenant = $1 AND seq > $2 ORDER BY seq LIMIT $3",
-            )
-            .bind(tenant)
-            .bind(after)
-            .bind(PAGE)
-            .fetch_all(&pool)
-            .await
+            let q = "SELECT seq, job_id, at, actor, request_id, from_state, to_state, detail, body, prev_hash, hash
+                 FROM airlock_audit WHERE tenant = $1 AND seq > $2 ORDER BY seq LIMIT $3";
+            Ok::<_, sqlx::Error>(match native {
+                Some(pg) => Page::Native(
+                    sqlx::query(q)
+                        .bind(tenant)
+                        .bind(after)
+                        .bind(PAGE)
+                        .fetch_all(&pg)
+                        .await?,
+                ),
+                None => Page::Any(
+                    sqlx::query(q)
+                        .bind(tenant)
+                        .bind(after)
+                        .bind(PAGE)
+                        .fetch_all(&any)
+                        .await?,
+                ),
+            })
         })
     };
     let mut next = page(0);
     loop {
-        let rows = next
+        let fetched = next
             .await
             .map_err(|e| JobError::Corrupt(format!("reading the chain: {e}")))??;
+        let rows = fetched.records()?;
         let n = rows.len();
         if n as i64 == PAGE {
-            let tail: i64 = rows[n - 1].try_get("seq")?;
-            next = page(tail);
+            next = page(rows[n - 1].seq);
         } else {
-            next = tokio::spawn(async { Ok(Vec::new()) });
+            next = tokio::spawn(async { Ok(Page::Any(Vec::new())) });
         }
-        for r in rows {
-            let seq: i64 = r.try_get("seq")?;
-            let body: Option<String> = r.try_get("body")?;
-            let prev_hash: Option<String> = r.try_get("prev_hash")?;
-            let hash: Option<String> = r.try_get("hash")?;
-            let (Some(body), Some(prev_hash), Some(hash)) = (body, prev_hash, hash) else {
+        for r in &rows {
+            let seq = r.seq;
+            let (Some(body), Some(prev_hash), Some(hash)) = (r.body, r.prev_hash, r.hash) else {
                 problem(out, Some(seq), "the body or a hash is missing".into());
                 last = seq;
                 expected = seq + 1;
@@ -294,27 +405,37 @@ async fn verify_chain(
                 };
                 problem(out, Some(expected), what);
             }
-            if prev_hash != prev {
+            let stated = raw(prev_hash);
+            if stated != Some(prev) {
                 problem(
                     out,
                     Some(seq),
                     "its prev_hash is not the hash of the record before it (a record was removed, reordered, or edited and rehashed)".into(),
                 );
             }
-            if chain_hash(&prev_hash, &body).as_deref() != Some(hash.as_str()) {
+            let computed = stated.map(|p| {
+                let mut h = Sha256::new();
+                h.update(p);
+                h.update(body.as_bytes());
+                <[u8; 32]>::from(h.finalize())
+            });
+            let own = raw(hash);
+            if computed.is_none() || computed != own {
                 problem(
                     out,
                     Some(seq),
                     "its hash does not match its body (the body or the hash was edited)".into(),
                 );
             }
-            match serde_json::from_str::<Fields>(&body)
+            match serde_json::from_str::<Fields>(body)
                 .map_err(|e| e.to_string())
                 .and_then(|b| {
-                    let columns = b.columns().ok_or("an unknown action")?;
-                    Ok((b, columns))
+                    b.columns().ok_or("an unknown action")?;
+                    Ok(b)
                 }) {
-                Ok((b, (want_from, want_to, want_detail))) => {
+                Ok(b) => {
+                    let (want_from, want_to, want_detail) =
+                        b.columns().expect("checked just above");
                     if b.tenant != tenant {
                         problem(
                             out,
@@ -322,20 +443,23 @@ async fn verify_chain(
                             format!("its body is a record of {:?} (moved)", b.tenant),
                         );
                     }
-                    let at: i64 = r.try_get("at")?;
-                    let actor: Option<String> = r.try_get("actor")?;
-                    let job: String = r.try_get("job_id")?;
-                    let to: String = r.try_get("to_state")?;
-                    let from: Option<String> = r.try_get("from_state")?;
-                    let detail: Option<String> = r.try_get("detail")?;
-                    let request: Option<String> = r.try_get("request_id")?;
+                    let Rec {
+                        at,
+                        actor,
+                        job,
+                        to,
+                        from,
+                        detail,
+                        request,
+                        ..
+                    } = *r;
                     if at != b.at
-                        || actor.as_deref() != Some(&*b.actor)
+                        || actor != Some(&*b.actor)
                         || job != b.job_id.as_deref().unwrap_or("")
                         || to != want_to
                         || from != want_from
-                        || detail != want_detail
-                        || request.as_deref() != b.request_id.as_deref()
+                        || detail != want_detail.as_deref()
+                        || request != b.request_id.as_deref()
                     {
                         problem(
                             out,
@@ -348,9 +472,11 @@ async fn verify_chain(
                 Err(e) => problem(out, Some(seq), format!("its body is not a record: {e}")),
             }
             if wanted.contains_key(&seq) {
-                at_checkpoint.insert(seq, hash.clone());
+                at_checkpoint.insert(seq, hash.to_string());
             }
-            prev = hash;
+            // A hash column that is not hex breaks the chain here: the next record's prev_hash
+            // cannot match it.
+            prev = own.unwrap_or([0xff; 32]);
             expected = seq + 1;
             last = seq;
         }
@@ -449,7 +575,12 @@ mod tests {
             .canonical()
             .unwrap();
             let f: Fields = serde_json::from_str(&body).unwrap();
-            assert_eq!(f.columns(), Some(action.columns()), "{body}");
+            let (from, to, detail) = action.columns();
+            assert_eq!(
+                f.columns(),
+                Some((from.as_deref(), to.as_str(), detail.map(Into::into))),
+                "{body}"
+            );
             assert_eq!(f.job_id.as_deref(), action.job_id(), "{body}");
             assert_eq!(f.request_id.as_deref(), Some("x\"y é"));
         }

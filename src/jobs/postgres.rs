@@ -17,19 +17,23 @@ macro_rules! pick {
 }
 use super::JobError;
 
-/// Every connection works as `airlock_service` (migration 9: it may see every tenant), once
-/// that role exists, the login may take it and it has been granted the tables (a database not
-/// yet at version 9 keeps working as the login, for `airlock migrate` to upgrade it);
+/// Every connection works as `airlock_service` (migration 9: it may see every tenant) once that
+/// role has been granted the tables (a database not yet at version 9 keeps working as the
+/// login, for `airlock migrate` to upgrade it); a login that may not take both roles is refused
+/// with what to grant, rather than left working as itself;
 /// tenant-scoped work narrows each transaction to `airlock_tenant` (`Dialect::tenant_scope`).
 /// `airlock migrate` resets this on its own connection, which owns the tables, and closes it
 /// afterwards.
 const SERVICE_ROLE: &str = "DO $$ BEGIN
-    IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'airlock_service') THEN
-        IF pg_has_role(session_user, 'airlock_service', 'MEMBER')
-           AND to_regclass('airlock_jobs') IS NOT NULL THEN
-            IF has_table_privilege('airlock_service', 'airlock_jobs', 'SELECT') THEN
-                SET ROLE airlock_service;
+    IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'airlock_service')
+       AND EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'airlock_tenant')
+       AND to_regclass('airlock_jobs') IS NOT NULL THEN
+        IF has_table_privilege('airlock_service', 'airlock_jobs', 'SELECT') THEN
+            IF NOT pg_has_role(session_user, 'airlock_service', 'MEMBER')
+               OR NOT pg_has_role(session_user, 'airlock_tenant', 'MEMBER') THEN
+                RAISE EXCEPTION 'airlock: the database login % is not a member of airlock_service and airlock_tenant, so it can neither work as the service nor narrow a request to its tenant; run GRANT airlock_tenant, airlock_service TO % (README, \"Row-level security\")', session_user, session_user;
             END IF;
+            SET ROLE airlock_service;
         END IF;
     END IF;
 END $$";

@@ -60,10 +60,15 @@ pub fn current() -> Option<String> {
     REQUEST.try_with(|r| r.id.clone()).ok().flatten()
 }
 
-/// Scope the rest of the current request to `tenant` (its key's). Set once: a later call is
-/// ignored, so nothing in a request can widen or switch its tenant.
-pub fn set_tenant(tenant: String) {
-    let _ = REQUEST.try_with(|r| r.tenant.set(tenant));
+/// Scope the rest of the current request to `tenant` (its key's). Set once: a later call
+/// changes nothing, so nothing in a request can widen or switch its tenant. Returns whether the
+/// request is now scoped to `tenant`: false outside any request (the caller must refuse to go
+/// on, or the store would work unscoped) or when it is already another tenant's.
+#[must_use]
+pub fn set_tenant(tenant: String) -> bool {
+    REQUEST
+        .try_with(|r| r.tenant.get_or_init(|| tenant.clone()) == &tenant)
+        .unwrap_or(false)
 }
 
 /// The tenant the current request or command is scoped to, if any.

@@ -81,6 +81,9 @@ pub struct Dialect {
 pub struct SqlStore {
     pool: AnyPool,
     dialect: &'static Dialect,
+    /// On PostgreSQL, a small pool on the native driver (opened on first use) for bulk reads,
+    /// which skip the `Any` driver's copy of every value: `airlock audit verify`.
+    native: Option<sqlx::PgPool>,
 }
 
 type Tx<'a> = Transaction<'a, Any>;
@@ -263,6 +266,35 @@ impl SqlStore {
     ) -> Result<Self, JobError> {
         sqlx::any::install_default_drivers();
         let setup = (dialect.on_connect)(schema.as_deref());
+        if !setup.is_empty() {
+            // Once by hand first: a pool retries a failing setup until its acquire timeout and
+            // then reports only the timeout; here its own error (a login refused its roles, a
+            // schema it may not create) reaches the operator at once.
+            use sqlx::Connection;
+            let mut probe = sqlx::AnyConnection::connect(url).await?;
+            probe.execute(setup.as_str()).await?;
+            probe.close().await?;
+        }
+        let native = match dialect.name {
+            "postgres" => {
+                let setup = setup.clone();
+                Some(
+                    sqlx::postgres::PgPoolOptions::new()
+                        .max_connections(4)
+                        .after_connect(move |conn, _| {
+                            let setup = setup.clone();
+                            Box::pin(async move {
+                                if !setup.is_empty() {
+                                    conn.execute(setup.as_str()).await?;
+                                }
+                                Ok(())
+                            })
+                        })
+                        .connect_lazy(url)?,
+                )
+            }
+            _ => None,
+        };
         let pool = AnyPoolOptions::new()
             .max_connections(max_connections)
             .after_connect(move |conn, _| {
@@ -276,11 +308,20 @@ impl SqlStore {
             })
             .connect(url)
             .await?;
-        Ok(SqlStore { pool, dialect })
+        Ok(SqlStore {
+            pool,
+            dialect,
+            native,
+        })
     }
 
     pub fn pool(&self) -> &AnyPool {
         &self.pool
+    }
+
+    /// The native PostgreSQL pool for bulk reads (`None` on SQLite).
+    pub fn native_postgres(&self) -> Option<&sqlx::PgPool> {
+        self.native.as_ref()
     }
 
     /// "postgres" or "sqlite".
@@ -302,13 +343,15 @@ impl SqlStore {
         }
         // `run_direct`: `run(&mut *conn)` is not general enough inside an `async_trait` future.
         let ran = migrator.run_direct(&mut *conn).await;
-        if let Some((_, reset)) = self.dialect.migration_session {
-            conn.execute(reset).await?;
-        }
+        let reset = match self.dialect.migration_session {
+            Some((_, reset)) => conn.execute(reset).await.map(|_| ()),
+            None => Ok(()),
+        };
         // This connection owns the tables (the session setup's role was reset); it goes, so
         // that every pooled connection works under the service role.
         let _ = conn.close().await;
-        Ok(ran?)
+        ran?;
+        Ok(reset?)
     }
 
     /// The highest migration applied (0 for an empty database). A migration recorded as failed

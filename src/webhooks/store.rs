@@ -140,6 +140,15 @@ impl SqlStore {
     pub async fn remove_webhook(&self, tenant: &str, id: Uuid) -> Result<bool, JobError> {
         let now = crate::jobs::JobStore::now(self).await?;
         let mut tx = self.begin().await?;
+        // Deliveries first: row-level security shows a tenant only the deliveries of endpoints
+        // that exist, so once the endpoint is gone its deliveries are out of reach.
+        sqlx::query(
+            "DELETE FROM airlock_webhook_deliveries WHERE state = 'pending' AND endpoint_id IN (SELECT id FROM airlock_webhooks WHERE id = $1 AND tenant = $2)",
+        )
+        .bind(id.to_string())
+        .bind(tenant)
+        .execute(&mut *tx)
+        .await?;
         let n = sqlx::query("DELETE FROM airlock_webhooks WHERE id = $1 AND tenant = $2")
             .bind(id.to_string())
             .bind(tenant)
@@ -147,12 +156,6 @@ impl SqlStore {
             .await?
             .rows_affected();
         if n == 1 {
-            sqlx::query(
-                "DELETE FROM airlock_webhook_deliveries WHERE endpoint_id = $1 AND state = 'pending'",
-            )
-            .bind(id.to_string())
-            .execute(&mut *tx)
-            .await?;
             record(
                 &mut tx,
                 tenant,
