@@ -109,9 +109,11 @@ async fn keys_are_shown_once_stored_hashed_listed_without_secrets_and_revocable(
     assert_eq!(list[0]["prefix"].as_str(), Some(&key[..12]));
     assert!(list[0]["revoked_at_ms"].is_null());
 
-    // Stored only as its hash: the database file does not hold the key.
-    let store = airlock::jobs::sqlite::open(&r.db()).await.unwrap();
-    drop(store.pool().acquire().await.unwrap());
+    // Stored only as its hash: the database file does not hold the key. Read before this
+    // process opens the database: closing any descriptor of a file drops every POSIX lock this
+    // process holds on it, SQLite's included, and a `key revoke` process could then take this
+    // process's connections for gone, checkpoint and reset the WAL under them (its commit then
+    // lost to them).
     let bytes = std::fs::read(r.db()).unwrap();
     let wal = std::fs::read(r.db().with_extension("db-wal")).unwrap_or_default();
     for b in [&bytes, &wal] {
@@ -120,6 +122,7 @@ async fn keys_are_shown_once_stored_hashed_listed_without_secrets_and_revocable(
             "the key is stored in the clear"
         );
     }
+    let store = airlock::jobs::sqlite::open(&r.db()).await.unwrap();
 
     // A key identifies its own tenant only; unknown and malformed keys identify nobody.
     use airlock::tenants::ApiKey;

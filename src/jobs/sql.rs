@@ -266,7 +266,7 @@ impl SqlStore {
     ) -> Result<Self, JobError> {
         sqlx::any::install_default_drivers();
         let setup = (dialect.on_connect)(schema.as_deref());
-        if !setup.is_empty() {
+        if dialect.name == "postgres" && !setup.is_empty() {
             // Once by hand first: a pool retries a failing setup until its acquire timeout and
             // then reports only the timeout; here its own error (a login refused its roles, a
             // schema it may not create) reaches the operator at once.
