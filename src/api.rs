@@ -667,12 +667,17 @@ pub async fn security_headers(mut res: Response) -> Response {
               (status = 503, description = "A part stalled: `{\"status\": \"stalled\", \"part\": \"runtime\"|\"supervisor\"}`")))]
 async fn healthz(State(api): State<Arc<Api>>) -> Response {
     match api.liveness.as_ref().map_or(Ok(()), |l| l.check()) {
-        Ok(()) => "ok".into_response(),
+        Ok(()) => Json(serde_json::json!({"status": "ok", "build": crate::build_info::BUILD}))
+            .into_response(),
         Err(part) => {
             tracing::error!(part = part.as_str(), "liveness check failed: stalled");
             (
                 StatusCode::SERVICE_UNAVAILABLE,
-                Json(serde_json::json!({"status": "stalled", "part": part.as_str()})),
+                Json(serde_json::json!({
+                    "status": "stalled",
+                    "part": part.as_str(),
+                    "build": crate::build_info::BUILD,
+                })),
             )
                 .into_response()
         }

@@ -29,7 +29,7 @@ Exit status: 0 accepted, 1 rejected (the report says why), 2 usage or configurat
 70 failed (worker crash, limit, timeout or sandbox violation).";
 
 #[derive(Debug, Parser)]
-#[command(name = "airlock", version, about = "Sandboxed validation of untrusted CSV uploads", after_help = EXAMPLES)]
+#[command(name = "airlock", version = crate::build_info::LONG, about = "Sandboxed validation of untrusted CSV uploads", after_help = EXAMPLES)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -23,6 +23,7 @@ pub fn run(policies: &Policies, plan: &str) -> anyhow::Result<ExitCode> {
     let ok = problems.is_empty() && worker["ok"] == json!(true);
     let out = json!({
         "ok": ok,
+        "build": crate::build_info::BUILD,
         "host": host,
         "policy": {
             "required_landlock_abi": policies.sandbox.layers.landlock.min_abi,

@@ -9,6 +9,7 @@
 pub mod api;
 pub mod api_webhooks;
 pub mod audit;
+pub mod build_info;
 pub mod cli;
 pub mod config;
 pub mod doctor;

@@ -3,6 +3,7 @@
 mod api;
 mod audit;
 mod browser;
+mod build_info;
 mod common;
 #[cfg(feature = "test-seam")]
 mod hostile;

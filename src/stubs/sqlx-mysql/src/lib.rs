@@ -1,0 +1,1 @@
+//! Empty: Airlock does not use sqlx's MySQL driver (see this crate's Cargo.toml).
