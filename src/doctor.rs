@@ -21,10 +21,12 @@ pub fn run(policies: &Policies, plan: &str) -> anyhow::Result<ExitCode> {
         json!({"ok": false, "detail": "not run: the host lacks required layers"})
     };
     let ok = problems.is_empty() && worker["ok"] == json!(true);
+    let landlock = landlock_summary(&host, policies);
     let out = json!({
         "ok": ok,
         "build": crate::build_info::BUILD,
         "host": host,
+        "landlock": landlock,
         "policy": {
             "required_landlock_abi": policies.sandbox.layers.landlock.min_abi,
             "layers": policies.sandbox.layers.layers,
@@ -38,6 +40,40 @@ pub fn run(policies: &Policies, plan: &str) -> anyhow::Result<ExitCode> {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
+    })
+}
+
+/// What the worker's landlock ruleset covers here, and, for what an older kernel lacks, what still
+/// stops it.
+fn landlock_summary(host: &HostSupport, policies: &Policies) -> serde_json::Value {
+    use airlock_sandbox::landlock::not_covered;
+    let policy = &policies.sandbox.layers.landlock;
+    let abi = host.ruleset_abi(&policies.sandbox);
+    let lacking: Vec<_> = not_covered(abi).collect();
+    let summary = if abi < policy.min_abi {
+        format!(
+            "landlock ABI {abi} is below the policy's min_abi = {}: no job runs here",
+            policy.min_abi
+        )
+    } else if lacking.is_empty() {
+        format!("landlock ABI {abi}: every right and scope Airlock uses is in force")
+    } else {
+        let names: Vec<String> = lacking
+            .iter()
+            .map(|r| format!("{} (ABI {})", r.name, r.abi))
+            .collect();
+        format!(
+            "landlock ABI {abi} lacks {}; jobs run, and each is still stopped by another layer (see not_covered)",
+            names.join(", ")
+        )
+    };
+    json!({
+        "kernel_abi": host.landlock_abi,
+        "ruleset_abi": abi,
+        "min_abi": policy.min_abi,
+        "max_abi": policy.max_abi,
+        "not_covered": lacking,
+        "summary": summary,
     })
 }
 

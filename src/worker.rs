@@ -140,6 +140,7 @@ pub fn lock_down(args: &[std::ffi::OsString]) -> Result<LockedDown, ExitCode> {
             enforced: lockdown.enforced,
             missing: lockdown.missing,
             landlock_abi: lockdown.landlock_abi,
+            landlock_missing: Vec::new(),
         },
     })
 }

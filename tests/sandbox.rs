@@ -100,7 +100,7 @@ fn a_layer_the_host_cannot_provide_refuses_the_job() {
     let host_abi = doctor["host"]["landlock_abi"].as_u64().unwrap();
     let dir = policy_dir_with(
         BUILT_IN_SECCOMP,
-        &BUILT_IN_SANDBOX.replace("min_abi = 6", &format!("min_abi = {}", host_abi + 1)),
+        &BUILT_IN_SANDBOX.replace("min_abi = 1", &format!("min_abi = {}", host_abi + 1)),
     );
     let p = process(
         &fixture("valid/leads.csv"),
@@ -121,6 +121,76 @@ fn a_layer_the_host_cannot_provide_refuses_the_job() {
         .as_str()
         .unwrap()
         .contains("landlock ABI"));
+}
+
+/// A kernel with an older landlock, reproduced by building the ruleset for ABI 3 (`max_abi`): jobs
+/// still run with every layer, the report names what ABI 3 lacks, and doctor says so plainly.
+#[test]
+fn an_older_landlock_abi_runs_jobs_and_says_what_it_lacks() {
+    let dir = policy_dir_with(
+        BUILT_IN_SECCOMP,
+        &BUILT_IN_SANDBOX.replace("min_abi = 1", "min_abi = 1\nmax_abi = 3"),
+    );
+    let p = process(
+        &fixture("valid/leads.csv"),
+        &["--policy-dir", dir.path().to_str().unwrap()],
+    );
+    assert_eq!(p.code, 0, "{}", p.report);
+    let sandbox = &p.report["sandbox"];
+    assert_eq!(sandbox["landlock_abi"], 3, "{sandbox}");
+    assert_eq!(
+        sandbox["enforced"].as_array().unwrap().len(),
+        7,
+        "{sandbox}"
+    );
+    assert_eq!(
+        sandbox["landlock_missing"],
+        json!([
+            "net.bind_tcp",
+            "net.connect_tcp",
+            "fs.ioctl_dev",
+            "scope.abstract_unix_socket",
+            "scope.signal",
+            "fs.resolve_unix"
+        ])
+    );
+    let out = airlock()
+        .args(["doctor", "--policy-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let doctor: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let landlock = &doctor["landlock"];
+    assert_eq!(landlock["ruleset_abi"], 3);
+    let summary = landlock["summary"].as_str().unwrap();
+    assert!(
+        summary.contains("lacks net.bind_tcp (ABI 4)") && summary.contains("jobs run"),
+        "{summary}"
+    );
+    for right in landlock["not_covered"].as_array().unwrap() {
+        assert!(
+            !right["still_stopped_by"].as_str().unwrap().is_empty(),
+            "{right}"
+        );
+    }
+    assert_eq!(doctor["worker"]["sandbox"]["landlock_abi"], 3);
+
+    // The strict floor on the same kernel: ABI 7 is above 6, so it runs; the full ruleset
+    // lacks nothing before ABI 9.
+    let strict = policy_dir_with(
+        BUILT_IN_SECCOMP,
+        &BUILT_IN_SANDBOX.replace("min_abi = 1", "min_abi = \"strict\""),
+    );
+    let p = process(
+        &fixture("valid/leads.csv"),
+        &["--policy-dir", strict.path().to_str().unwrap()],
+    );
+    assert_eq!(p.code, 0, "{}", p.report);
+    assert_eq!(
+        p.report["sandbox"]["landlock_missing"],
+        json!(["fs.resolve_unix"])
+    );
 }
 
 #[test]

@@ -372,8 +372,10 @@ impl Worker<'_> {
         let limits = &self.plan.limits;
         let checked =
             verify::read_report(report_file, verify::report_cap(limits)).and_then(|mut r| {
-                verify::check_report(&mut r, limits, size, output.as_ref(), rejects.as_ref())
-                    .map(|()| r)
+                verify::check_report(&mut r, limits, size, output.as_ref(), rejects.as_ref())?;
+                let kernel_abi = airlock_sandbox::landlock::kernel_abi();
+                verify::check_sandbox(&mut r, self.sandbox, kernel_abi)?;
+                Ok(r)
             });
         checked.unwrap_or_else(|why| {
             failed(

@@ -263,6 +263,33 @@ fn check_sizes(
     Ok(())
 }
 
+/// The report's sandbox section against what the parent knows: the landlock ABI the worker
+/// claims must be the one its ruleset is built for on this kernel under `policy` (when landlock
+/// is in force), and the rights that ABI lacks are the parent's own list, whatever the worker
+/// wrote there.
+pub fn check_sandbox(
+    report: &mut Report,
+    policy: &SandboxPolicy,
+    kernel_abi: u8,
+) -> Result<(), String> {
+    let Some(sandbox) = report.sandbox.as_mut() else {
+        return Ok(());
+    };
+    if sandbox.enforced.iter().any(|l| l == "landlock") {
+        let expected = airlock_sandbox::landlock::ruleset_abi(kernel_abi, &policy.layers.landlock);
+        if sandbox.landlock_abi != expected {
+            return Err(format!(
+                "the worker says landlock ABI {}; its ruleset here is built for {expected}",
+                sandbox.landlock_abi
+            ));
+        }
+    }
+    sandbox.landlock_missing = airlock_sandbox::landlock::not_covered(sandbox.landlock_abi)
+        .map(|r| r.name.to_string())
+        .collect();
+    Ok(())
+}
+
 /// Every other string the report carries is short, and from a known set where there is one.
 fn check_strings(report: &Report) -> Result<(), String> {
     let short = |s: &str, max: usize| s.len() <= max;
@@ -416,6 +443,44 @@ mod tests {
     }
 
     #[test]
+    fn the_landlock_abi_is_the_parents_to_decide() {
+        let policy = crate::policy::Policies::load(None).unwrap().sandbox;
+        let claim = |abi: u8, missing: Vec<String>| {
+            let mut r = good();
+            r.sandbox = Some(airlock_report::SandboxSummary {
+                enforced: vec!["landlock".into()],
+                missing: vec![],
+                landlock_abi: abi,
+                landlock_missing: missing,
+            });
+            check_sandbox(&mut r, &policy, 7).map(|()| r.sandbox.unwrap().landlock_missing)
+        };
+        // On an ABI 7 kernel the ruleset is built for 7: it lacks only what ABI 9 brings, and
+        // the worker's own list is replaced.
+        assert_eq!(
+            claim(7, vec!["nothing".into()]).unwrap(),
+            ["fs.resolve_unix"]
+        );
+        assert!(claim(5, vec![]).unwrap_err().contains("built for 7"));
+        let mut capped = policy.clone();
+        capped.layers.landlock.max_abi = Some(3);
+        let mut r = good();
+        r.sandbox = Some(airlock_report::SandboxSummary {
+            enforced: vec!["landlock".into()],
+            missing: vec![],
+            landlock_abi: 3,
+            landlock_missing: vec![],
+        });
+        check_sandbox(&mut r, &capped, 7).unwrap();
+        let missing = r.sandbox.unwrap().landlock_missing;
+        assert!(
+            missing.contains(&"net.connect_tcp".to_string())
+                && !missing.contains(&"fs.truncate".to_string()),
+            "{missing:?}"
+        );
+    }
+
+    #[test]
     fn reports_are_capped_and_strictly_parsed() {
         assert!(
             read_report(write(&vec![b' '; REPORT_CAP as usize + 10]), REPORT_CAP)
@@ -462,6 +527,7 @@ mod tests {
             enforced: vec![],
             missing: vec![String::new(); 9],
             landlock_abi: 0,
+            landlock_missing: Vec::new(),
         });
         assert!(check(&mut r).unwrap_err().contains("text field"));
         let mut r = good();

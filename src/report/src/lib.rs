@@ -312,7 +312,12 @@ pub struct Report {
 pub struct SandboxSummary {
     pub enforced: Vec<String>,
     pub missing: Vec<String>,
+    /// The ABI the worker's landlock ruleset was built for (the kernel's, capped by the policy).
     pub landlock_abi: u8,
+    /// Landlock rights and scopes newer than that ABI, which the ruleset therefore lacks (other
+    /// layers still stop what they cover; SECURITY.md). Filled in by the parent from the ABI.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub landlock_missing: Vec<String>,
 }
 
 impl Report {

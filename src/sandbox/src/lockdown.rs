@@ -81,6 +81,7 @@ pub struct Lockdown<'a> {
     namespaces: bool,
     landlock: bool,
     panic_hook: bool,
+    tgkill_pin: bool,
 }
 
 impl<'a> Lockdown<'a> {
@@ -92,6 +93,7 @@ impl<'a> Lockdown<'a> {
             namespaces: true,
             landlock: true,
             panic_hook: true,
+            tgkill_pin: true,
         }
     }
 
@@ -126,6 +128,14 @@ impl<'a> Lockdown<'a> {
         self
     }
 
+    /// Leave `tgkill` unpinned from the worker's own pid (escape suite only): the control that
+    /// shows the pin is what keeps SIGABRT from other processes below landlock ABI 6.
+    #[doc(hidden)]
+    pub fn without_tgkill_pin_for_tests(mut self) -> Self {
+        self.tgkill_pin = false;
+        self
+    }
+
     /// Every step, in order. Nothing may run between this and reading the input except the
     /// engine itself.
     pub fn apply(self) -> Result<LockdownReport, LockdownError> {
@@ -134,8 +144,9 @@ impl<'a> Lockdown<'a> {
             install_panic_hook();
         }
         self.policy.validate().map_err(LockdownError::Policy)?;
-        let filter =
-            seccomp::compile(&self.policy.seccomp).map_err(LockdownError::SeccompCompile)?;
+        let own_pid = self.tgkill_pin.then(std::process::id);
+        let filter = seccomp::compile(&self.policy.seccomp, own_pid)
+            .map_err(LockdownError::SeccompCompile)?;
         close_fds().map_err(LockdownError::CloseFds)?;
         report.enforced.push("close_fds".into());
         set_rlimits(&self.rlimits)?;
@@ -154,7 +165,7 @@ impl<'a> Lockdown<'a> {
         rustix::thread::set_no_new_privs(true).map_err(|e| LockdownError::NoNewPrivs(e.into()))?;
         report.enforced.push("no_new_privs".into());
         if self.landlock {
-            report.landlock_abi = landlock::restrict(self.policy.layers.landlock.min_abi)
+            report.landlock_abi = landlock::restrict(&self.policy.layers.landlock)
                 .map_err(LockdownError::Landlock)?;
             report.enforced.push("landlock".into());
         }

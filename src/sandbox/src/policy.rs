@@ -224,7 +224,11 @@ impl SeccompPolicy {
     /// The allowlist as seccompiler JSON filters: the allowlist proper, and (if any rule asks for
     /// it) a second filter that turns the `errno_enosys` calls into ENOSYS. Seccomp stacks them
     /// and the most restrictive verdict wins.
-    pub(crate) fn to_seccompiler_json(&self) -> (String, Option<String>) {
+    /// The filters in seccompiler's JSON, for a worker whose pid (and, single-threaded, tid) is
+    /// `own_pid`: `tgkill` is pinned to it, so abort()'s SIGABRT can reach no other process —
+    /// without a pid namespace, and on kernels without landlock's signal scope (ABI < 6), the
+    /// signal number alone would let the worker abort its supervisor.
+    pub(crate) fn to_seccompiler_json(&self, own_pid: Option<u32>) -> (String, Option<String>) {
         let action = match self.default_action {
             DefaultAction::KillProcess => "kill_process",
             DefaultAction::KillThread => "kill_thread",
@@ -238,6 +242,14 @@ impl SeccompPolicy {
                     .iter()
                     .map(|a| serde_json::json!({"index": a.index, "type": a.kind, "op": a.op, "val": a.val}))
                     .collect::<Vec<_>>());
+            }
+            if let Some(own_pid) = own_pid.filter(|_| r.syscall == "tgkill") {
+                let own =
+                    serde_json::json!({"index": 0, "type": "dword", "op": "eq", "val": own_pid});
+                match v["args"].as_array_mut() {
+                    Some(args) => args.push(own),
+                    None => v["args"] = serde_json::json!([own]),
+                }
             }
             v
         };
@@ -288,7 +300,37 @@ pub struct Layers {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LandlockPolicy {
+    /// The lowest landlock ABI the host must offer, else no job runs. In the file: a number
+    /// (1 to 9) or `"strict"` ([`STRICT_MIN_ABI`]).
+    #[serde(deserialize_with = "min_abi")]
     pub min_abi: u8,
+    /// Build the ruleset for at most this ABI even where the kernel offers more: one behaviour
+    /// across a fleet of mixed kernels, and how the tests reproduce an older kernel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_abi: Option<u8>,
+}
+
+/// `min_abi = "strict"`: ABI 6 (Linux 6.12), the first with every right and scope the worker's
+/// ruleset uses (the abstract-unix-socket and signal scopes).
+pub const STRICT_MIN_ABI: u8 = 6;
+
+/// The highest landlock ABI this build knows; every right up to it is handled when offered.
+pub const LATEST_ABI: u8 = 9;
+
+fn min_abi<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u8, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum MinAbi {
+        Number(u8),
+        Named(String),
+    }
+    match MinAbi::deserialize(d)? {
+        MinAbi::Number(n) => Ok(n),
+        MinAbi::Named(name) if name == "strict" => Ok(STRICT_MIN_ABI),
+        MinAbi::Named(name) => Err(serde::de::Error::custom(format!(
+            "min_abi = {name:?}: expected a number from 1 to {LATEST_ABI}, or \"strict\""
+        ))),
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -328,11 +370,18 @@ impl SandboxLayers {
                 ));
             }
         }
-        if !(6..=9).contains(&self.landlock.min_abi) {
+        let min = self.landlock.min_abi;
+        if !(1..=LATEST_ABI).contains(&min) {
             return Err(format!(
-                "landlock.min_abi = {} is outside 6..=9 (6 brings the socket and signal scopes)",
-                self.landlock.min_abi
+                "landlock.min_abi = {min} is outside 1..={LATEST_ABI} (landlock itself is always required)"
             ));
+        }
+        if let Some(max) = self.landlock.max_abi {
+            if !(min..=LATEST_ABI).contains(&max) {
+                return Err(format!(
+                    "landlock.max_abi = {max} is outside min_abi..={LATEST_ABI} ({min}..={LATEST_ABI})"
+                ));
+            }
         }
         Ok(())
     }
@@ -441,7 +490,26 @@ mod tests {
         assert!(SandboxLayers::parse(&text).is_ok());
         let text = BUILT_IN_SANDBOX.replace("seccomp = \"required\"", "seccomp = \"optional\"");
         assert!(SandboxLayers::parse(&text).is_err());
-        let text = BUILT_IN_SANDBOX.replace("min_abi = 6", "min_abi = 3");
-        assert!(SandboxLayers::parse(&text).is_err());
+    }
+
+    #[test]
+    fn landlock_floor_and_cap() {
+        let with = |landlock: &str| {
+            let text = BUILT_IN_SANDBOX.replace("min_abi = 1", landlock);
+            SandboxLayers::parse(&text).map(|p| p.landlock)
+        };
+        assert_eq!(with("min_abi = 1").unwrap().min_abi, 1);
+        let strict = with("min_abi = \"strict\"").unwrap();
+        assert_eq!((strict.min_abi, strict.max_abi), (STRICT_MIN_ABI, None));
+        assert_eq!(with("min_abi = 2\nmax_abi = 4").unwrap().max_abi, Some(4));
+        for bad in [
+            "min_abi = 0",
+            "min_abi = 10",
+            "min_abi = \"lenient\"",
+            "min_abi = 5\nmax_abi = 4",
+            "min_abi = 1\nmax_abi = 10",
+        ] {
+            assert!(with(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -14,8 +14,10 @@ const ARCH: TargetArch = TargetArch::x86_64;
 #[cfg(target_arch = "aarch64")]
 const ARCH: TargetArch = TargetArch::aarch64;
 
-pub fn compile(policy: &SeccompPolicy) -> Result<Compiled, String> {
-    let (allow, enosys) = policy.to_seccompiler_json();
+/// Compile the filters for the worker whose pid is `own_pid` (the caller's): `tgkill` is pinned
+/// to it. `None` leaves it unpinned, which only the escape suite's control does.
+pub fn compile(policy: &SeccompPolicy, own_pid: Option<u32>) -> Result<Compiled, String> {
+    let (allow, enosys) = policy.to_seccompiler_json(own_pid);
     let mut programs = Vec::new();
     for json in std::iter::once(allow).chain(enosys) {
         let mut map =

@@ -170,6 +170,15 @@ fn probe(name: &str, arg: &str) {
             errno_result(i64::from(unsafe { libc::kill(pid, 0) }))
         }
         "tcp_bind" => io_result(std::net::TcpListener::bind(arg)),
+        "truncate_file" => {
+            let path = std::ffi::CString::new(arg).unwrap();
+            errno_result(i64::from(unsafe { libc::truncate(path.as_ptr(), 0) }))
+        }
+        "tgkill_other" => {
+            // What abort() calls, aimed at another process.
+            let pid: i32 = arg.parse().unwrap();
+            errno_result(unsafe { libc::syscall(libc::SYS_tgkill, pid, pid, libc::SIGABRT) })
+        }
         "mmap_fd4_shared" => {
             let p = unsafe {
                 libc::mmap(
@@ -204,6 +213,10 @@ fn child(args: &[String]) -> ExitCode {
     if variant.contains("cpu1") {
         rlimits.cpu_seconds = 1;
     }
+    // `abiN`: the landlock ruleset built for ABI N, as on a kernel that offers no more.
+    if let Some(n) = variant.split('-').find_map(|v| v.strip_prefix("abi")) {
+        policy.layers.landlock.max_abi = Some(n.parse().expect("abiN"));
+    }
     let mut lockdown = Lockdown::new(&policy, rlimits);
     if variant.contains("no-seccomp") {
         lockdown = lockdown.without_seccomp_for_tests();
@@ -216,6 +229,9 @@ fn child(args: &[String]) -> ExitCode {
     }
     if variant.contains("no-hook") {
         lockdown = lockdown.without_panic_hook_for_tests();
+    }
+    if variant.contains("no-pin") {
+        lockdown = lockdown.without_tgkill_pin_for_tests();
     }
     if let Err(e) = lockdown.apply() {
         say(&format!("lockdown failed: {e}"));
@@ -319,10 +335,10 @@ impl Suite {
         }
     }
 
-    fn killed(&mut self, what: &str, name: &str, arg: &str) {
-        let ended = run(name, arg, "full", "");
+    fn killed(&mut self, what: &str, name: &str, arg: &str, variant: &str) {
+        let ended = run(name, arg, variant, "");
         self.check(
-            &format!("{what} is killed by seccomp"),
+            &format!("{what} is killed by seccomp ({variant})"),
             ended == Ended::Signal(libc::SIGSYS),
             ended,
         );
@@ -395,31 +411,55 @@ fn main() -> ExitCode {
         (),
     );
 
-    s.killed("open+read of a world-readable file", "read_file", &secret);
-    s.killed("creating a file", "write_file", &target);
-    s.killed("reading /proc/self/environ", "proc_environ", "");
-    for family in ["inet", "inet6", "unix", "netlink", "packet"] {
-        s.killed(&format!("socket({family})"), "socket", family);
-    }
-    s.killed("TCP connect to a live listener", "tcp_connect", &tcp_addr);
-    s.killed("UDP send to a live socket", "udp_send", &udp_addr);
-    s.killed(
-        "connect to a live abstract unix socket",
-        "abstract_connect",
-        &abstract_name,
-    );
-    s.killed("execve", "execve", "");
-    s.killed("fork", "fork", "");
-    s.killed("clone3", "clone3", "");
-    s.killed("a fork bomb", "fork_bomb", "");
-    s.killed("ptrace", "ptrace", "");
     let me = std::process::id().to_string();
-    s.killed("kill of the parent", "kill_parent", &me);
-    s.killed("unshare", "unshare", "");
-    s.killed("setuid", "setuid", "");
-    s.killed("mprotect to executable memory", "mprotect_exec", "");
-    s.killed("mmap of executable memory", "mmap_exec", "");
-    s.killed("ioctl TIOCSTI", "ioctl_tiocsti", "");
+    let killed_probes: Vec<(String, &str, &str)> = {
+        let mut v: Vec<(String, &str, &str)> = vec![
+            (
+                "open+read of a world-readable file".into(),
+                "read_file",
+                &secret,
+            ),
+            ("creating a file".into(), "write_file", &target),
+            ("truncating a file".into(), "truncate_file", &secret),
+            ("reading /proc/self/environ".into(), "proc_environ", ""),
+        ];
+        for family in ["inet", "inet6", "unix", "netlink", "packet"] {
+            v.push((format!("socket({family})"), "socket", family));
+        }
+        v.extend([
+            (
+                "TCP connect to a live listener".to_string(),
+                "tcp_connect",
+                tcp_addr.as_str(),
+            ),
+            ("UDP send to a live socket".into(), "udp_send", &udp_addr),
+            (
+                "connect to a live abstract unix socket".into(),
+                "abstract_connect",
+                &abstract_name,
+            ),
+            ("execve".into(), "execve", ""),
+            ("fork".into(), "fork", ""),
+            ("clone3".into(), "clone3", ""),
+            ("a fork bomb".into(), "fork_bomb", ""),
+            ("ptrace".into(), "ptrace", ""),
+            ("kill of the parent".into(), "kill_parent", &me),
+            (
+                "SIGABRT by tgkill to another process".into(),
+                "tgkill_other",
+                &me,
+            ),
+            ("unshare".into(), "unshare", ""),
+            ("setuid".into(), "setuid", ""),
+            ("mprotect to executable memory".into(), "mprotect_exec", ""),
+            ("mmap of executable memory".into(), "mmap_exec", ""),
+            ("ioctl TIOCSTI".into(), "ioctl_tiocsti", ""),
+        ]);
+        v
+    };
+    for (what, probe, arg) in &killed_probes {
+        s.killed(what, probe, arg, "full");
+    }
 
     let ended = run("env_count", "", "full", "");
     s.check(
@@ -566,7 +606,12 @@ fn main() -> ExitCode {
     let _ = tcp.accept();
     // Outputs are write-only and mmap is private-anonymous only: no file can be mapped and
     // rewritten after the parent has hashed it.
-    s.killed("mmap MAP_SHARED of an output fd", "mmap_fd4_shared", "");
+    s.killed(
+        "mmap MAP_SHARED of an output fd",
+        "mmap_fd4_shared",
+        "",
+        "full",
+    );
     let ended = run("mmap_fd4_shared", "", "no-seccomp", "");
     s.check(
         "without seccomp, a write-only output fd cannot be mapped (EACCES)",
@@ -609,6 +654,8 @@ fn main() -> ExitCode {
         (),
     );
 
+    older_abis(&mut s, &killed_probes, dir.path());
+
     println!(
         "\n{} checks ran a probe in a child process, {} were made in the parent",
         s.in_child, s.in_parent
@@ -618,5 +665,232 @@ fn main() -> ExitCode {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    }
+}
+
+/// What a probe did with some layers left out.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Outcome {
+    /// Refused with this errno.
+    Denied(i32),
+    /// It worked: only the layers left out would have stopped it.
+    Got,
+}
+
+/// The escape suite at every landlock ABI from 1 to the kernel's: the ruleset is built for that
+/// ABI (`max_abi`), as on a kernel that offers no more. Every probe must still be killed with the
+/// whole lockdown in force; then the probes that landlock covers from some ABI on run without
+/// seccomp, and without seccomp and the namespaces, to show which layer stops each at each ABI.
+fn older_abis(s: &mut Suite, killed_probes: &[(String, &str, &str)], dir: &std::path::Path) {
+    use Outcome::{Denied, Got};
+    let kernel = airlock_sandbox::landlock::kernel_abi();
+    s.check_parent(
+        "the kernel offers landlock ABI 6 or later (the scopes), so ABIs 1 to 6 at least can each be built",
+        kernel >= 6,
+        kernel,
+    );
+    // Fresh targets: some probes below get through (that is what they show).
+    let file = dir.join("older-abi.txt");
+    let tcp = TcpListener::bind("127.0.0.1:0").unwrap();
+    tcp.set_nonblocking(true).unwrap();
+    let tcp_addr = tcp.local_addr().unwrap().to_string();
+    let abstract_name = format!("airlock-escape-abi-{}", std::process::id());
+    let unix = {
+        use std::os::linux::net::SocketAddrExt;
+        let addr =
+            std::os::unix::net::SocketAddr::from_abstract_name(abstract_name.as_bytes()).unwrap();
+        UnixListener::bind_addr(&addr).unwrap()
+    };
+    unix.set_nonblocking(true).unwrap();
+    let me = std::process::id().to_string();
+    let mut table = Vec::new();
+    for abi in 1..=kernel.min(airlock_sandbox::policy::LATEST_ABI) {
+        let full = format!("full-abi{abi}");
+        for (what, probe, arg) in killed_probes {
+            s.killed(what, probe, arg, &full);
+        }
+        // A process to aim SIGABRT at: the control below does kill it.
+        let mut victim = std::process::Command::new("sleep")
+            .arg("60")
+            .spawn()
+            .unwrap();
+        let victim_pid = victim.id().to_string();
+        s.killed(
+            "SIGABRT by tgkill to another process",
+            "tgkill_other",
+            &victim_pid,
+            &full,
+        );
+        s.check_parent(
+            &format!("ABI {abi}: the process the worker aimed SIGABRT at lives"),
+            victim.try_wait().unwrap().is_none(),
+            (),
+        );
+        let free_port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .to_string();
+        std::fs::write(&file, b"secret").unwrap();
+        let file = file.to_str().unwrap();
+        let landlock = |from: u8, errno: i32, below: Outcome| {
+            if abi >= from {
+                Denied(errno)
+            } else {
+                below
+            }
+        };
+        // (what, probe, arg, without seccomp, without seccomp and namespaces, who stops it)
+        let rows: [(&str, &str, &str, Outcome, Outcome); 9] = [
+            (
+                "read a file",
+                "read_file",
+                file,
+                Denied(libc::EACCES),
+                Denied(libc::EACCES),
+            ),
+            (
+                "create a file",
+                "write_file",
+                &format!("{file}.new"),
+                Denied(libc::EACCES),
+                Denied(libc::EACCES),
+            ),
+            (
+                "exec /bin/true",
+                "execve",
+                "",
+                Denied(libc::EACCES),
+                Denied(libc::EACCES),
+            ),
+            (
+                "truncate a file",
+                "truncate_file",
+                file,
+                landlock(3, libc::EACCES, Got),
+                landlock(3, libc::EACCES, Got),
+            ),
+            (
+                "TCP connect",
+                "tcp_connect",
+                &tcp_addr,
+                landlock(4, libc::EACCES, Denied(libc::ENETUNREACH)),
+                landlock(4, libc::EACCES, Got),
+            ),
+            // In the empty namespace a bind works (127.0.0.1 is there, lo is down) but nothing can
+            // reach the port.
+            (
+                "TCP bind",
+                "tcp_bind",
+                &free_port,
+                landlock(4, libc::EACCES, Got),
+                landlock(4, libc::EACCES, Got),
+            ),
+            // The name is looked up in the worker's own network namespace first, at every ABI.
+            (
+                "abstract socket connect",
+                "abstract_connect",
+                &abstract_name,
+                Denied(libc::ECONNREFUSED),
+                landlock(6, libc::EPERM, Got),
+            ),
+            (
+                "signal the parent (kill 0)",
+                "signal_parent",
+                &me,
+                landlock(6, libc::EPERM, Got),
+                landlock(6, libc::EPERM, Got),
+            ),
+            (
+                "SIGABRT another process",
+                "tgkill_other",
+                &victim_pid,
+                landlock(6, libc::EPERM, Got),
+                landlock(6, libc::EPERM, Got),
+            ),
+        ];
+        for (what, probe, arg, no_seccomp, neither) in rows {
+            for (variant, want) in [("no-seccomp", no_seccomp), ("no-seccomp-no-ns", neither)] {
+                // The last row would kill the victim; run it once, in the last variant.
+                if probe == "tgkill_other" && variant == "no-seccomp" {
+                    continue;
+                }
+                let ended = run(probe, arg, &format!("{variant}-abi{abi}"), "");
+                let got = match (&ended, errno_of(&ended)) {
+                    (_, Some(errno)) => Some(Denied(errno)),
+                    (Ended::Exit(0, out), None)
+                        if out == "ok" || out.starts_with("ok ") || out.is_empty() =>
+                    {
+                        Some(Got)
+                    }
+                    _ => None,
+                };
+                s.check(
+                    &format!("ABI {abi}, {variant}: {what} is {want:?}"),
+                    got == Some(want),
+                    &ended,
+                );
+            }
+            let stopped_by = match (no_seccomp, neither) {
+                (_, Denied(_)) => "landlock",
+                (Denied(_), Got) => "seccomp, then the network namespace",
+                (Got, Got) if probe == "tcp_bind" => {
+                    "seccomp alone (bound in the empty namespace, the port is unreachable)"
+                }
+                (Got, Got) => "seccomp alone",
+            };
+            table.push(format!("  ABI {abi}  {what:<28} {stopped_by}"));
+            let _ = std::fs::remove_file(format!("{file}.new"));
+            std::fs::write(file, b"secret").unwrap();
+        }
+        let victim_died = victim.wait_timeout_or_kill();
+        s.check_parent(
+            &format!("ABI {abi}: the control's SIGABRT reached the victim only where landlock has no signal scope"),
+            victim_died == (abi < 6),
+            (abi, victim_died),
+        );
+        // With seccomp in force but tgkill not pinned to the worker's pid, the same SIGABRT gets
+        // through below ABI 6: the pin is what stops it there.
+        let mut victim = std::process::Command::new("sleep")
+            .arg("60")
+            .spawn()
+            .unwrap();
+        let ended = run(
+            "tgkill_other",
+            &victim.id().to_string(),
+            &format!("full-no-pin-abi{abi}"),
+            "",
+        );
+        let victim_died = victim.wait_timeout_or_kill();
+        s.check(
+            &format!("ABI {abi}, seccomp without the pid pin: SIGABRT reaches another process only below ABI 6"),
+            victim_died == (abi < 6) && (abi < 6 || errno_of(&ended) == Some(libc::EPERM)),
+            (&ended, victim_died),
+        );
+    }
+    while tcp.accept().is_ok() {}
+    while unix.accept().is_ok() {}
+    println!("\nWhat stops each probe with seccomp left out, by landlock ABI (with seccomp in force, seccomp kills every one at every ABI):");
+    for line in table {
+        println!("{line}");
+    }
+}
+
+trait WaitOrKill {
+    /// Whether the process died of a signal within a second; kills and reaps it either way.
+    fn wait_timeout_or_kill(&mut self) -> bool;
+}
+
+impl WaitOrKill for std::process::Child {
+    fn wait_timeout_or_kill(&mut self) -> bool {
+        for _ in 0..100 {
+            if let Some(status) = self.try_wait().unwrap() {
+                return status.signal() == Some(libc::SIGABRT);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let _ = self.kill();
+        let _ = self.wait();
+        false
     }
 }
