@@ -248,6 +248,14 @@ fn unshare_namespaces() -> io::Result<()> {
 
 fn drop_capabilities() -> io::Result<()> {
     for cap in CapabilitySet::all().iter() {
+        // Only what is there: dropping needs CAP_SETPCAP, which a worker without a new user
+        // namespace (namespaces optional) under a runtime that dropped every capability lacks —
+        // and there the bounding set is already empty.
+        match rustix::thread::capability_is_in_bounding_set(cap) {
+            Ok(false) | Err(rustix::io::Errno::INVAL) => continue,
+            Ok(true) => {}
+            Err(e) => return Err(e.into()),
+        }
         match rustix::thread::remove_capability_from_bounding_set(cap) {
             // EINVAL: a capability this kernel does not know.
             Ok(()) | Err(rustix::io::Errno::INVAL) => {}
