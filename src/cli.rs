@@ -563,6 +563,9 @@ struct ProcessArgs {
     /// The delimiter: `,` `;` `|` or `tab` [default: sniffed].
     #[arg(long, value_name = "CHAR", value_parser = parse_delimiter)]
     delimiter: Option<u8>,
+    /// Check every row against this Frictionless Table Schema (JSON; README, "Schemas").
+    #[arg(long, value_name = "FILE")]
+    schema: Option<PathBuf>,
 }
 
 fn parse_delimiter(s: &str) -> Result<u8, String> {
@@ -1053,6 +1056,11 @@ fn process_command(args: ProcessArgs) -> ExitCode {
     if let Err(e) = dest.check() {
         return usage(e);
     }
+    let schema = match args.schema.as_deref().map(crate::schema::JobSchema::load) {
+        None => None,
+        Some(Ok(s)) => Some(s),
+        Some(Err(e)) => return usage(chain(&e)),
+    };
     let (input, size) = match process::open_input(&args.input, args.follow_symlinks) {
         Ok(opened) => opened,
         Err(e) => return usage(e),
@@ -1062,7 +1070,10 @@ fn process_command(args: ProcessArgs) -> ExitCode {
         size,
         plan,
         &policies.sandbox,
-        args.delimiter,
+        process::Reading {
+            delimiter: args.delimiter,
+            schema: schema.as_ref(),
+        },
         &dest,
         &process::Cancel::default(),
     ) {

@@ -94,7 +94,7 @@ fn worker_check(policies: &Policies, plan: &str) -> serde_json::Value {
             size,
             plan,
             &policies.sandbox,
-            None,
+            process::Reading::default(),
             &dest,
             &Default::default(),
         )?;

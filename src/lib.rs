@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod policy;
 pub mod process;
 pub mod ratelimit;
+pub mod schema;
 pub mod serve;
 pub mod service;
 pub mod storage;

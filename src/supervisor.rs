@@ -61,7 +61,15 @@ impl Runner for Sandboxed {
         cancel: &process::Cancel,
     ) -> anyhow::Result<Report> {
         let (file, size) = process::open_input(staged, false)?;
-        let run = process::run(file, size, plan, &self.policies.sandbox, None, dest, cancel)?;
+        let run = process::run(
+            file,
+            size,
+            plan,
+            &self.policies.sandbox,
+            process::Reading::default(),
+            dest,
+            cancel,
+        )?;
         Ok(run.report)
     }
 }

@@ -37,6 +37,9 @@ pub struct WorkerConfig {
     pub parent_hashes_output: bool,
     pub rlimits: Rlimits,
     pub sandbox: SandboxPolicy,
+    /// The job's Table Schema, as JSON (checked by the parent; compiled again here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<serde_json::Value>,
 }
 
 impl WorkerConfig {
@@ -62,6 +65,7 @@ impl WorkerConfig {
                     .max(crate::process::report_cap(&plan.limits) + 1),
             },
             sandbox: sandbox.clone(),
+            schema: None,
         }
     }
 
@@ -73,6 +77,17 @@ impl WorkerConfig {
                     .ok_or_else(|| format!("unknown encoding {label:?}"))?,
             ),
         };
+        let schema = match &self.schema {
+            None => None,
+            Some(json) => {
+                let schema =
+                    airlock_engine::schema::Schema::from_value(json).map_err(|e| e.to_string())?;
+                // Draws the random keys of the key digests now: getrandom is not on the
+                // allowlist once the worker is locked down.
+                airlock_engine::schema::prepare();
+                Some(std::sync::Arc::new(schema))
+            }
+        };
         Ok(Options {
             limits: self.limits.clone(),
             delimiter: self.delimiter,
@@ -80,6 +95,8 @@ impl WorkerConfig {
             // The parent hashes the input on its own core, in parallel (process.rs).
             hash_input: false,
             hash_output: !self.parent_hashes_output,
+            schema,
+            key_budget_bytes: airlock_engine::DEFAULT_KEY_BUDGET,
         })
     }
 }

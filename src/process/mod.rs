@@ -198,10 +198,11 @@ pub fn run(
     size: u64,
     plan: &Plan,
     sandbox: &SandboxPolicy,
-    delimiter: Option<u8>,
+    reading: Reading,
     dest: &Destinations,
     cancel: &Cancel,
 ) -> anyhow::Result<Outcome> {
+    let Reading { delimiter, schema } = reading;
     dest.check()?;
     let started = Instant::now();
     let problems = HostSupport::probe().problems(sandbox);
@@ -231,6 +232,7 @@ pub fn run(
             plan,
             sandbox,
             delimiter,
+            schema,
             cancel,
         };
         let report = worker.run(&input, size, &output, &rejects)?;
@@ -256,11 +258,19 @@ pub fn run(
     Ok(Outcome { report })
 }
 
+/// How to read one file: the delimiter (else sniffed) and the schema to check rows against.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Reading<'a> {
+    pub delimiter: Option<u8>,
+    pub schema: Option<&'a crate::schema::JobSchema>,
+}
+
 /// How to run one worker.
 struct Worker<'a> {
     plan: &'a Plan,
     sandbox: &'a SandboxPolicy,
     delimiter: Option<u8>,
+    schema: Option<&'a crate::schema::JobSchema>,
     cancel: &'a Cancel,
 }
 
@@ -279,6 +289,7 @@ impl Worker<'_> {
         let output_reader = output.reader()?;
         let rejects_reader = rejects.reader()?;
         config.parent_hashes_output = output_reader.is_some();
+        config.schema = self.schema.map(|s| s.json.clone());
         let config = serde_json::to_string(&config)?;
         let (diag_read, diag_write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
             .context("creating the worker's diagnostics pipe")?;
@@ -375,6 +386,7 @@ impl Worker<'_> {
                 verify::check_report(&mut r, limits, size, output.as_ref(), rejects.as_ref())?;
                 let kernel_abi = airlock_sandbox::landlock::kernel_abi();
                 verify::check_sandbox(&mut r, self.sandbox, kernel_abi)?;
+                verify::check_schema(&r, self.schema.map(|s| &*s.compiled))?;
                 Ok(r)
             });
         checked.unwrap_or_else(|why| {

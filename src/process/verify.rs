@@ -184,7 +184,17 @@ pub fn check_report(
             limits.max_issues
         ));
     }
-    let row_level = |c: Code| matches!(c, Code::RaggedRow | Code::BlankRow | Code::FormulaEscaped);
+    let row_level = |c: Code| {
+        matches!(
+            c,
+            Code::RaggedRow
+                | Code::BlankRow
+                | Code::FormulaEscaped
+                | Code::TypeError
+                | Code::ConstraintError
+                | Code::UniqueError
+        )
+    };
     if report
         .issues
         .iter()
@@ -208,7 +218,13 @@ fn check_counts(report: &Report, limits: &Limits) -> Result<(), String> {
         .and_then(|n| n.checked_add(rows.blank))
         != Some(rows.total)
         || rows.accepted + rows.rejected > limits.max_rows
-        || count(Code::RaggedRow) != rows.rejected
+        // Every rejected row is ragged or broke the schema (at least one issue each).
+        || count(Code::RaggedRow) > rows.rejected
+        || rows.rejected
+            > count(Code::RaggedRow)
+                + count(Code::TypeError)
+                + count(Code::ConstraintError)
+                + count(Code::UniqueError)
         || count(Code::BlankRow) != rows.blank
     {
         return Err("its row counts do not add up".into());
@@ -287,6 +303,65 @@ pub fn check_sandbox(
     sandbox.landlock_missing = airlock_sandbox::landlock::not_covered(sandbox.landlock_abi)
         .map(|r| r.name.to_string())
         .collect();
+    Ok(())
+}
+
+/// The report's schema section against the job's schema: present only with one; its fields are
+/// the schema's, in order; its counts and its issues' fields are possible.
+pub fn check_schema(
+    report: &Report,
+    schema: Option<&airlock_engine::schema::Schema>,
+) -> Result<(), String> {
+    let names = |s: &airlock_engine::schema::Schema| -> Vec<String> {
+        s.fields.iter().map(|f| f.name.clone()).collect()
+    };
+    match (&report.schema, schema) {
+        (None, None) => {}
+        (Some(_), None) => return Err("a schema section, for a job without a schema".into()),
+        (None, Some(_)) if report.rejection.is_none() => {
+            return Err("no schema section, for a job with a schema".into())
+        }
+        (None, Some(_)) => {}
+        (Some(summary), Some(schema)) => {
+            let want = names(schema);
+            let got: Vec<&String> = summary.fields.iter().map(|f| &f.name).collect();
+            if got.len() != want.len() || got.iter().zip(&want).any(|(a, b)| *a != b) {
+                return Err("the schema section's fields are not the schema's".into());
+            }
+            let total = report.rows.total;
+            if summary.fields.iter().any(|f| {
+                f.errors > total
+                    || f.missing > total
+                    || f.column
+                        .is_some_and(|c| c == 0 || c > report.header.len() as u64)
+            }) {
+                return Err("the schema section's counts are impossible".into());
+            }
+            if summary.header_mapping.len() > report.header.len()
+                || summary.header_mapping.iter().any(|(label, field)| {
+                    label.len() > 4 * airlock_engine::HEADER_NAME_IN_REPORT || !want.contains(field)
+                })
+            {
+                return Err("the schema section's header mapping is not the schema's".into());
+            }
+        }
+    }
+    let schema_codes = [Code::TypeError, Code::ConstraintError, Code::UniqueError];
+    if schema.is_none()
+        && schema_codes
+            .iter()
+            .any(|c| report.issue_counts.contains_key(c))
+    {
+        return Err("schema issues, for a job without a schema".into());
+    }
+    let fields = schema.map(names).unwrap_or_default();
+    if report
+        .issues
+        .iter()
+        .any(|i| i.field.as_ref().is_some_and(|f| !fields.contains(f)))
+    {
+        return Err("an issue names a field the schema does not have".into());
+    }
     Ok(())
 }
 

@@ -10,9 +10,10 @@ use crate::guard::needs_guard;
 use crate::lines::Lines;
 use crate::quote::QuoteTracker;
 use crate::report::{
-    excerpt, Code, Dialect, InputInfo, Issue, OutputInfo, Rejection, RejectsInfo, Report,
-    RowCounts, Status,
+    excerpt, Code, Dialect, FieldCounts, InputInfo, Issue, OutputInfo, Rejection, RejectsInfo,
+    Report, RowCounts, SchemaSummary, Status,
 };
+use crate::schema::{HeaderMap, Insert, KeySet, Schema, Typed, Violation};
 use crate::sniff::sniff_delimiter;
 use crate::text::{self, Source, TextReader};
 use crate::{EngineError, Limits, Options, HEADER_NAME_IN_REPORT};
@@ -52,6 +53,9 @@ pub fn process<R: Read, O: Write, J: Write>(
         text = text.without_hash();
     }
     let mut sink = Sink::new(output, rejects, limits, options.hash_output)?;
+    if let Some(schema) = &options.schema {
+        sink.schema = Some(SchemaState::new(schema.clone(), options.key_budget_bytes));
+    }
     let mut dialect = None;
     let outcome = match text.start(options.fallback_encoding)? {
         Err(rejection) => Err(rejection),
@@ -396,6 +400,179 @@ struct Sink<O: Write, J: Write> {
     rejects_spent: u64,
     rejects_rows: u64,
     rejects_truncated: bool,
+    schema: Option<SchemaState>,
+}
+
+/// A schema being checked: the header's mapping once read, the keys, and per-field counts.
+struct SchemaState {
+    schema: std::sync::Arc<Schema>,
+    map: Option<HeaderMap>,
+    keys: Option<KeySet>,
+    counts: Vec<FieldCounts>,
+    /// This row's violations: (field index, column, code, message).
+    found: Vec<(usize, Option<usize>, Code, String)>,
+}
+
+impl SchemaState {
+    fn new(schema: std::sync::Arc<Schema>, key_budget: usize) -> Self {
+        let keys = schema.keeps_keys().then(|| KeySet::with_budget(key_budget));
+        let counts = schema
+            .fields
+            .iter()
+            .map(|f| FieldCounts {
+                name: f.name.clone(),
+                ..FieldCounts::default()
+            })
+            .collect();
+        let found = Vec::with_capacity(schema.fields.len() + 1);
+        SchemaState {
+            schema,
+            map: None,
+            keys,
+            counts,
+            found,
+        }
+    }
+
+    /// Check one row (its cells at `ends` in `buf`); violations land in `self.found`. `Err`: the
+    /// key memory is spent.
+    fn check_row(&mut self, buf: &[u8], ends: &[usize]) -> Result<(), ()> {
+        self.found.clear();
+        let Some(map) = &self.map else { return Ok(()) };
+        let schema = &*self.schema;
+        let cell_at = |c: usize| -> &str {
+            let start = if c == 0 { 0 } else { ends[c - 1] };
+            // The engine hands on UTF-8 only (decoded or transcoded); anything else is no value.
+            std::str::from_utf8(&buf[start..ends[c]]).unwrap_or("\u{fffd}")
+        };
+        for (i, field) in schema.fields.iter().enumerate() {
+            let column = map.found[i];
+            let cell = column.map(cell_at);
+            let missing = cell.is_none_or(|c| schema.is_missing(c));
+            if missing {
+                self.counts[i].missing += 1;
+                if field.required() {
+                    self.found.push((
+                        i,
+                        column,
+                        Code::ConstraintError,
+                        format!("field {:?} is required, and this cell is empty", field.name),
+                    ));
+                }
+                continue;
+            }
+            let cell = cell.unwrap_or_default();
+            match field.check(cell) {
+                Err(Violation::Type) => self.found.push((
+                    i,
+                    column,
+                    Code::TypeError,
+                    format!(
+                        "the cell is not a valid {} for field {:?}",
+                        field.describe(),
+                        field.name
+                    ),
+                )),
+                Err(Violation::Constraint(which)) => self.found.push((
+                    i,
+                    column,
+                    Code::ConstraintError,
+                    format!(
+                        "the cell breaks field {:?}'s {which} constraint",
+                        field.name
+                    ),
+                )),
+                Ok(typed) => {
+                    if field.unique() {
+                        let keys = self.keys.as_mut().ok_or(())?;
+                        let digest = keys.digest(i as u64, std::slice::from_ref(&typed));
+                        match keys.insert(digest) {
+                            Insert::New => {}
+                            Insert::Seen => self.found.push((
+                                i,
+                                column,
+                                Code::UniqueError,
+                                format!(
+                                    "field {:?} is unique, and this value is in an earlier row",
+                                    field.name
+                                ),
+                            )),
+                            Insert::Full => return Err(()),
+                        }
+                    }
+                }
+            }
+        }
+        for (i, _, _, _) in &self.found {
+            self.counts[*i].errors += 1;
+        }
+        let key = schema.primary_key();
+        if !key.is_empty() {
+            // A key cell that is missing or does not parse counts as null; an all-null key is an
+            // error, a partly null one is compared as it is (as the reference validator does).
+            let mut values: [Option<Typed>; 8] = [None; 8];
+            let mut all_null = true;
+            let mut overflow = Vec::new();
+            for (n, &i) in key.iter().enumerate() {
+                let v = map.found[i]
+                    .map(cell_at)
+                    .filter(|c| !schema.is_missing(c))
+                    .and_then(|c| schema.fields[i].check(c).ok());
+                all_null &= v.is_none();
+                if n < values.len() {
+                    values[n] = v;
+                } else {
+                    overflow.push(v);
+                }
+            }
+            if all_null {
+                self.found.push((
+                    key[0],
+                    None,
+                    Code::UniqueError,
+                    "the primary key is empty".into(),
+                ));
+            } else {
+                let keys = self.keys.as_mut().ok_or(())?;
+                let parts: Vec<Typed> = values
+                    .iter()
+                    .take(key.len())
+                    .copied()
+                    .chain(overflow)
+                    .map(|v| v.unwrap_or(Typed::Null))
+                    .collect();
+                let digest = keys.digest(u64::MAX, &parts);
+                match keys.insert(digest) {
+                    Insert::New => {}
+                    Insert::Seen => self.found.push((
+                        key[0],
+                        None,
+                        Code::UniqueError,
+                        "the primary key is in an earlier row".into(),
+                    )),
+                    Insert::Full => return Err(()),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn summary(&self) -> SchemaSummary {
+        let mut fields = self.counts.clone();
+        if let Some(map) = &self.map {
+            for (i, f) in fields.iter_mut().enumerate() {
+                f.column = map.found[i].map(|c| c as u64 + 1);
+            }
+        }
+        SchemaSummary {
+            header_mapping: self
+                .map
+                .as_ref()
+                .map(|m| m.mapping.clone())
+                .unwrap_or_default(),
+            fields,
+        }
+    }
 }
 
 impl<O: Write, J: Write> Sink<O, J> {
@@ -421,10 +598,23 @@ impl<O: Write, J: Write> Sink<O, J> {
             rejects_spent: csv_row_max(REJECTS_HEADER.iter().map(|h| h.len())),
             rejects_rows: 0,
             rejects_truncated: false,
+            schema: None,
         })
     }
 
     fn note(&mut self, code: Code, row: u64, line: u64, column: Option<u64>, message: String) {
+        self.note_field(code, row, line, column, None, message);
+    }
+
+    fn note_field(
+        &mut self,
+        code: Code,
+        row: u64,
+        line: u64,
+        column: Option<u64>,
+        field: Option<&str>,
+        message: String,
+    ) {
         *self.issue_counts.entry(code).or_default() += 1;
         if self.issues.len() < self.limits.max_issues {
             self.issues.push(Issue {
@@ -432,6 +622,7 @@ impl<O: Write, J: Write> Sink<O, J> {
                 row,
                 line,
                 column,
+                field: field.map(str::to_string),
                 message,
             });
         }
@@ -495,6 +686,14 @@ impl<O: Write, J: Write> Sink<O, J> {
         if ends.len() != self.header_len {
             return self.ragged(record, line, buf, ends);
         }
+        if let Some(state) = &mut self.schema {
+            if state.check_row(buf, ends).is_err() {
+                return Ok(Err(self.key_budget(record, line)));
+            }
+            if !state.found.is_empty() {
+                return self.schema_reject(record, line, buf, ends);
+            }
+        }
         self.out.begin_record(buf);
         let mut start = 0;
         for (i, &end) in ends.iter().enumerate() {
@@ -532,6 +731,42 @@ impl<O: Write, J: Write> Sink<O, J> {
                 .at(record, line, Some(column))));
             }
             names.push(name);
+        }
+        if let Some(state) = &mut self.schema {
+            match state.schema.map_header(&names) {
+                Ok(map) => state.map = Some(map),
+                Err(m) => {
+                    let mut parts = Vec::new();
+                    let list = |v: &[String]| {
+                        v.iter()
+                            .map(|n| format!("\"{}\"", excerpt(n.as_bytes(), 32)))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    };
+                    if !m.missing.is_empty() {
+                        parts.push(format!("missing column(s) {}", list(&m.missing)));
+                    }
+                    if !m.extra.is_empty() {
+                        parts.push(format!(
+                            "column(s) the schema does not have: {}",
+                            list(&m.extra)
+                        ));
+                    }
+                    for (c, want) in &m.misplaced {
+                        parts.push(format!(
+                            "column {} is \"{}\" where the schema has \"{}\"",
+                            c + 1,
+                            excerpt(names[*c].as_bytes(), 32),
+                            excerpt(want.as_bytes(), 32)
+                        ));
+                    }
+                    return Ok(Err(Rejection::new(
+                        Code::SchemaMismatch,
+                        format!("the header does not fit the schema: {}", parts.join("; ")),
+                    )
+                    .at(record, line, None)));
+                }
+            }
         }
         self.out.begin_record(b",");
         for (i, name) in names.iter().enumerate() {
@@ -598,6 +833,63 @@ impl<O: Write, J: Write> Sink<O, J> {
             Some(column as u64),
             message.clone(),
         );
+        self.reject_row(record, line, buf, ends, Code::RaggedRow, &message)
+    }
+
+    /// A row that breaks the schema: an issue per violation, and the row to the rejects file
+    /// with the first reason.
+    fn schema_reject(&mut self, record: u64, line: u64, buf: &[u8], ends: &[usize]) -> Outcome {
+        let Some(mut state) = self.schema.take() else {
+            return Ok(Ok(()));
+        };
+        for (i, column, code, message) in state.found.drain(..) {
+            let field = &state.schema.fields[i].name;
+            self.note_field(
+                code,
+                record,
+                line,
+                column.map(|c| c as u64 + 1),
+                Some(field),
+                message,
+            );
+        }
+        self.schema = Some(state);
+        let first = self
+            .issues
+            .iter()
+            .rev()
+            .find(|i| i.row == record)
+            .map(|i| (i.code, i.message.clone()));
+        let (code, message) =
+            first.unwrap_or((Code::ConstraintError, "the row breaks the schema".into()));
+        self.reject_row(record, line, buf, ends, code, &message)
+    }
+
+    fn key_budget(&self, record: u64, line: u64) -> Rejection {
+        let keys = self
+            .schema
+            .as_ref()
+            .and_then(|s| s.keys.as_ref())
+            .map_or(0, KeySet::capacity);
+        Rejection::new(
+            Code::KeyBudgetExceeded,
+            format!(
+                "unique and primary-key checks need more than the {keys} keys the plan's key memory holds; raise the plan's key budget or split the file"
+            ),
+        )
+        .at(record, line, None)
+        .with_limit(keys as u64)
+    }
+
+    fn reject_row(
+        &mut self,
+        record: u64,
+        line: u64,
+        buf: &[u8],
+        ends: &[usize],
+        code: Code,
+        message: &str,
+    ) -> Outcome {
         self.rows.rejected += 1;
         // The record as it stood, re-quoted, formula-guarded and bounded.
         let raw = &mut self.raw;
@@ -627,7 +919,7 @@ impl<O: Write, J: Write> Sink<O, J> {
         let row: [&[u8]; 5] = [
             record_s.as_bytes(),
             line_s.as_bytes(),
-            Code::RaggedRow.as_str().as_bytes(),
+            code.as_str().as_bytes(),
             message.as_bytes(),
             raw,
         ];
@@ -717,6 +1009,7 @@ impl<O: Write, J: Write> Sink<O, J> {
                 truncated: self.rejects_truncated,
             },
             sandbox: None,
+            schema: self.schema.as_ref().map(SchemaState::summary),
         })
     }
 }

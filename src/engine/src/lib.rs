@@ -32,6 +32,7 @@ mod engine;
 pub mod guard;
 mod lines;
 mod quote;
+pub mod schema;
 pub mod sniff;
 mod text;
 
@@ -58,7 +59,15 @@ pub struct Options {
     pub hash_input: bool,
     /// Compute `output.sha256` (default); see `hash_input`.
     pub hash_output: bool,
+    /// Check every row against this Table Schema.
+    pub schema: Option<std::sync::Arc<schema::Schema>>,
+    /// Memory for `unique` and `primaryKey` keys (16 bytes each); past it the file is rejected
+    /// with `key_budget_exceeded`.
+    pub key_budget_bytes: usize,
 }
+
+/// The default memory for schema keys: 64 MiB, about 3.7 million keys.
+pub const DEFAULT_KEY_BUDGET: usize = 64 << 20;
 
 impl Default for Options {
     fn default() -> Self {
@@ -68,6 +77,8 @@ impl Default for Options {
             fallback_encoding: None,
             hash_input: true,
             hash_output: true,
+            schema: None,
+            key_budget_bytes: DEFAULT_KEY_BUDGET,
         }
     }
 }

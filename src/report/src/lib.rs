@@ -46,8 +46,19 @@ pub enum Code {
     RecordTooLong,
     UnterminatedQuote,
     TooManyBadRows,
+    /// The header does not fit the job's schema (a required column missing, extra or misplaced
+    /// columns where `fieldsMatch` forbids them).
+    SchemaMismatch,
+    /// `unique` and `primaryKey` need more keys than the plan's key memory holds.
+    KeyBudgetExceeded,
     // Row-level.
     RaggedRow,
+    /// A cell does not parse as its field's type or format.
+    TypeError,
+    /// A cell breaks a field constraint (required, length, range, pattern, enum).
+    ConstraintError,
+    /// A value (or primary key) already seen in an earlier row.
+    UniqueError,
     // Informational.
     BlankRow,
     FormulaEscaped,
@@ -62,7 +73,7 @@ pub enum Code {
 
 impl Code {
     /// Every code, in contract order; used by docs and tests.
-    pub const ALL: [Code; 24] = [
+    pub const ALL: [Code; 29] = [
         Code::TooLarge,
         Code::Empty,
         Code::NotCsv,
@@ -78,7 +89,12 @@ impl Code {
         Code::RecordTooLong,
         Code::UnterminatedQuote,
         Code::TooManyBadRows,
+        Code::SchemaMismatch,
+        Code::KeyBudgetExceeded,
         Code::RaggedRow,
+        Code::TypeError,
+        Code::ConstraintError,
+        Code::UniqueError,
         Code::BlankRow,
         Code::FormulaEscaped,
         Code::Timeout,
@@ -108,6 +124,8 @@ impl Code {
                 | Code::RecordTooLong
                 | Code::UnterminatedQuote
                 | Code::TooManyBadRows
+                | Code::SchemaMismatch
+                | Code::KeyBudgetExceeded
         )
     }
 
@@ -142,7 +160,12 @@ impl Code {
             Code::RecordTooLong => "record_too_long",
             Code::UnterminatedQuote => "unterminated_quote",
             Code::TooManyBadRows => "too_many_bad_rows",
+            Code::SchemaMismatch => "schema_mismatch",
+            Code::KeyBudgetExceeded => "key_budget_exceeded",
             Code::RaggedRow => "ragged_row",
+            Code::TypeError => "type_error",
+            Code::ConstraintError => "constraint_error",
+            Code::UniqueError => "unique_error",
             Code::BlankRow => "blank_row",
             Code::FormulaEscaped => "formula_escaped",
             Code::Timeout => "timeout",
@@ -261,6 +284,9 @@ pub struct Issue {
     pub line: u64,
     /// Column (1-based), where one column is to blame.
     pub column: Option<u64>,
+    /// The schema field, for schema issues (`type_error`, `constraint_error`, `unique_error`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
     pub message: String,
 }
 
@@ -304,6 +330,31 @@ pub struct Report {
     /// The sandbox layers the worker ran under (filled in by the worker, not the engine).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sandbox: Option<SandboxSummary>,
+    /// With a schema: which header went to which field, and per-field counts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<SchemaSummary>,
+}
+
+/// What a schema found: the header mapping and, per field, errors and missing values.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SchemaSummary {
+    /// Header label → schema field, for every column the schema names.
+    pub header_mapping: BTreeMap<String, String>,
+    /// Per schema field (in schema order).
+    pub fields: Vec<FieldCounts>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FieldCounts {
+    pub name: String,
+    /// Data column (1-based) that carries it; `None` when the data has no such column.
+    pub column: Option<u64>,
+    /// Cells that broke the field's type or constraints (`unique` included).
+    pub errors: u64,
+    /// Cells that held a missing value (`missingValues`).
+    pub missing: u64,
 }
 
 /// Which lockdown layers were in force, and which optional ones the host could not provide.
@@ -341,6 +392,7 @@ impl Report {
             output: OutputInfo::default(),
             rejects: RejectsInfo::default(),
             sandbox: None,
+            schema: None,
         }
     }
 }

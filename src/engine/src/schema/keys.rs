@@ -1,0 +1,122 @@
+//! `unique` and `primaryKey` in bounded memory: each key is kept as a 128-bit digest in one
+//! open-addressing table allocated up front from the plan's budget. Two distinct keys collide
+//! with probability about n²/2¹²⁹ (n keys): below 10⁻¹⁸ for a billion keys.
+//!
+//! The digest is two SipHash-1-3 hashes under keys drawn at random when the table is made
+//! (before the worker locks down: `getrandom` is not on its allowlist), so a file cannot be
+//! crafted to collide.
+
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hasher};
+
+use super::Typed;
+
+/// The table is never filled past this share of its slots (probe lengths stay short).
+const LOAD_NUM: usize = 7;
+const LOAD_DEN: usize = 8;
+
+/// Every key seen so far, as digests.
+#[derive(Debug)]
+pub struct KeySet {
+    slots: Vec<u128>,
+    mask: usize,
+    len: usize,
+    max_len: usize,
+    seeds: (RandomState, RandomState),
+}
+
+/// What inserting a key found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Insert {
+    New,
+    Seen,
+    /// The budget is spent: no more keys can be kept.
+    Full,
+}
+
+impl KeySet {
+    /// A table taking at most `budget_bytes` (16 bytes a slot, a power of two of them).
+    pub fn with_budget(budget_bytes: usize) -> KeySet {
+        let slots = (budget_bytes / 16).max(16);
+        let cap = if slots.is_power_of_two() {
+            slots
+        } else {
+            slots.next_power_of_two() / 2
+        };
+        KeySet {
+            // Zeroed memory is mapped lazily: pages count only once keys land on them.
+            slots: vec![0u128; cap],
+            mask: cap - 1,
+            len: 0,
+            max_len: cap / LOAD_DEN * LOAD_NUM,
+            seeds: (RandomState::new(), RandomState::new()),
+        }
+    }
+
+    /// Keys the table can hold.
+    pub fn capacity(&self) -> usize {
+        self.max_len
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The digest of a key: `tag` tells apart the constraints sharing the table (a field's
+    /// `unique`, the primary key), then each value of the key in order.
+    pub fn digest(&self, tag: u64, values: &[Typed]) -> u128 {
+        let mut a = self.seeds.0.build_hasher();
+        let mut b = self.seeds.1.build_hasher();
+        for h in [&mut a, &mut b] {
+            h.write_u64(tag);
+            for v in values {
+                v.hash_into(h);
+            }
+        }
+        let d = (u128::from(a.finish()) << 64) | u128::from(b.finish());
+        // 0 marks an empty slot.
+        d.max(1)
+    }
+
+    pub fn insert(&mut self, digest: u128) -> Insert {
+        let mut i = (digest as usize) & self.mask;
+        loop {
+            let slot = self.slots[i];
+            if slot == digest {
+                return Insert::Seen;
+            }
+            if slot == 0 {
+                if self.len >= self.max_len {
+                    return Insert::Full;
+                }
+                self.slots[i] = digest;
+                self.len += 1;
+                return Insert::New;
+            }
+            i = (i + 1) & self.mask;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_found_again_and_the_budget_holds() {
+        let mut set = KeySet::with_budget(16 * 64);
+        assert_eq!(set.capacity(), 56);
+        let d = |set: &KeySet, i: i128| set.digest(1, &[Typed::Int(i)]);
+        for i in 0..56 {
+            assert_eq!(set.insert(d(&set, i)), Insert::New);
+        }
+        assert_eq!(set.insert(d(&set, 3)), Insert::Seen);
+        assert_eq!(set.insert(d(&set, 1000)), Insert::Full);
+        // Another constraint's key with the same value is a different key.
+        assert_ne!(set.digest(2, &[Typed::Int(3)]), d(&set, 3));
+    }
+}

@@ -1,0 +1,856 @@
+//! Field types and formats: how a cell parses, and the typed value that constraints, `enum`,
+//! `unique` and keys compare.
+
+use serde_json::{Map, Value};
+
+use super::{err, SchemaError};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StrFormat {
+    Default,
+    Email,
+    Uri,
+    Uuid,
+}
+
+/// A date or time format: the default ISO 8601 form, or a strptime-style pattern.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DateFormat {
+    Default,
+    Pattern(Vec<Token>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Token {
+    Literal(char),
+    /// %Y: four digits.
+    Year,
+    /// %y: two digits, 1969-2068 as Python reads them.
+    Year2,
+    /// %m, %d, %H, %M, %S: one or two digits.
+    Month,
+    Day,
+    Hour,
+    Minute,
+    Second,
+    /// %f: one to nine digits of a second.
+    Fraction,
+    /// %z: Z, +HH:MM, +HHMM.
+    Offset,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Kind {
+    String(StrFormat),
+    Integer {
+        bare: bool,
+    },
+    Number {
+        decimal: char,
+        group: Option<char>,
+        bare: bool,
+    },
+    Boolean {
+        trues: Vec<String>,
+        falses: Vec<String>,
+    },
+    Date(DateFormat),
+    DateTime(DateFormat),
+    Time(DateFormat),
+    Year,
+}
+
+/// A parsed cell. Text borrows the cell; the rest is its value.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Typed<'a> {
+    Text(&'a str),
+    Int(i128),
+    /// An integer beyond i128, as its digits (sign kept, leading zeros dropped).
+    BigInt(&'a str),
+    Num(f64),
+    Bool(bool),
+    /// Days since 1970-01-01.
+    Date(i64),
+    /// Nanoseconds since 1970-01-01T00:00:00Z (naive times read as UTC).
+    DateTime(i128),
+    /// Nanoseconds since midnight, UTC when an offset is given.
+    Time(i64),
+    Year(i64),
+    /// A key part that is missing or does not parse (primary keys only).
+    Null,
+}
+
+/// A value from the schema itself (`enum`, `minimum`, `maximum`), owning its text.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Bound {
+    Text(String),
+    Value(Typed<'static>),
+}
+
+impl Bound {
+    pub fn is_ordered(&self) -> bool {
+        matches!(
+            self,
+            Bound::Value(
+                Typed::Int(_)
+                    | Typed::Num(_)
+                    | Typed::Date(_)
+                    | Typed::DateTime(_)
+                    | Typed::Time(_)
+                    | Typed::Year(_)
+            )
+        )
+    }
+
+    /// Whether the cell's value equals this one (after parsing: '01' equals 1).
+    pub fn same(&self, t: &Typed) -> bool {
+        match (self, t) {
+            (Bound::Text(s), Typed::Text(c)) => s == c,
+            (Bound::Value(v), t) => v.eq_value(t),
+            _ => false,
+        }
+    }
+
+    /// `cell < self`, for `minimum`.
+    pub fn above(&self, t: &Typed) -> bool {
+        matches!(self, Bound::Value(v) if t.cmp_value(v) == Some(std::cmp::Ordering::Less))
+    }
+
+    /// `cell > self`, for `maximum`.
+    pub fn below(&self, t: &Typed) -> bool {
+        matches!(self, Bound::Value(v) if t.cmp_value(v) == Some(std::cmp::Ordering::Greater))
+    }
+}
+
+impl<'a> Typed<'a> {
+    fn eq_value(&self, other: &Typed) -> bool {
+        match (self, other) {
+            (Typed::Num(a), Typed::Num(b)) => a == b,
+            _ => self == other,
+        }
+    }
+
+    fn cmp_value(&self, other: &Typed) -> Option<std::cmp::Ordering> {
+        match (self, other) {
+            (Typed::Int(a), Typed::Int(b)) => Some(a.cmp(b)),
+            (Typed::Num(a), Typed::Num(b)) => a.partial_cmp(b),
+            (Typed::Date(a), Typed::Date(b)) => Some(a.cmp(b)),
+            (Typed::DateTime(a), Typed::DateTime(b)) => Some(a.cmp(b)),
+            (Typed::Time(a), Typed::Time(b)) => Some(a.cmp(b)),
+            (Typed::Year(a), Typed::Year(b)) => Some(a.cmp(b)),
+            (Typed::BigInt(a), Typed::Int(_)) => Some(if a.starts_with('-') {
+                std::cmp::Ordering::Less
+            } else {
+                std::cmp::Ordering::Greater
+            }),
+            (Typed::Int(_), Typed::BigInt(b)) => Some(if b.starts_with('-') {
+                std::cmp::Ordering::Greater
+            } else {
+                std::cmp::Ordering::Less
+            }),
+            _ => None,
+        }
+    }
+
+    /// Characters, for minLength/maxLength (of the cell as written).
+    pub fn length(&self, cell: &str) -> usize {
+        cell.chars().count()
+    }
+
+    /// Feed the value's canonical form to a hasher: equal values hash alike ('0100' as 100).
+    pub fn hash_into<H: std::hash::Hasher>(&self, h: &mut H) {
+        use std::hash::Hash;
+        match self {
+            Typed::Text(s) => (0u8, s).hash(h),
+            Typed::Int(i) => (1u8, i).hash(h),
+            Typed::BigInt(s) => (2u8, s).hash(h),
+            // -0.0 and 0.0 are equal; every NaN is its own.
+            Typed::Num(f) => (3u8, if *f == 0.0 { 0u64 } else { f.to_bits() }).hash(h),
+            Typed::Bool(b) => (4u8, b).hash(h),
+            Typed::Date(d) => (5u8, d).hash(h),
+            Typed::DateTime(t) => (6u8, t).hash(h),
+            Typed::Time(t) => (7u8, t).hash(h),
+            Typed::Year(y) => (8u8, y).hash(h),
+            Typed::Null => 9u8.hash(h),
+        }
+    }
+}
+
+const TRUES: [&str; 4] = ["true", "True", "TRUE", "1"];
+const FALSES: [&str; 4] = ["false", "False", "FALSE", "0"];
+
+impl Kind {
+    pub fn from_field(obj: &Map<String, Value>, at: &str) -> Result<Kind, SchemaError> {
+        let ty = match obj.get("type") {
+            None => "string",
+            Some(Value::String(s)) => s.as_str(),
+            Some(_) => return Err(err(format!("{at}/type"), "a type name (string)")),
+        };
+        let format = match obj.get("format") {
+            None => "default",
+            Some(Value::String(s)) => s.as_str(),
+            Some(_) => return Err(err(format!("{at}/format"), "a format (string)")),
+        };
+        let only = |allowed: &[&str]| {
+            for k in [
+                "trueValues",
+                "falseValues",
+                "decimalChar",
+                "groupChar",
+                "bareNumber",
+            ] {
+                if obj.contains_key(k) && !allowed.contains(&k) {
+                    return Err(err(
+                        format!("{at}/{k}"),
+                        format!("{k} does not apply to type {ty}"),
+                    ));
+                }
+            }
+            Ok(())
+        };
+        let plain_format = |formats: &[&str]| {
+            if formats.contains(&format) {
+                Ok(())
+            } else {
+                Err(err(
+                    format!("{at}/format"),
+                    format!(
+                        "type {ty} has no format {format:?} (only {})",
+                        formats.join(", ")
+                    ),
+                ))
+            }
+        };
+        let bare = || match obj.get("bareNumber") {
+            None => Ok(true),
+            Some(Value::Bool(b)) => Ok(*b),
+            Some(_) => Err(err(format!("{at}/bareNumber"), "true or false")),
+        };
+        let kind = match ty {
+            "string" => {
+                only(&[])?;
+                Kind::String(match format {
+                    "default" => StrFormat::Default,
+                    "email" => StrFormat::Email,
+                    "uri" => StrFormat::Uri,
+                    "uuid" => StrFormat::Uuid,
+                    other => {
+                        return Err(err(
+                            format!("{at}/format"),
+                            format!("string format {other:?} is not one of default, email, uri, uuid"),
+                        ))
+                    }
+                })
+            }
+            "integer" => {
+                only(&["bareNumber"])?;
+                plain_format(&["default"])?;
+                Kind::Integer { bare: bare()? }
+            }
+            "number" => {
+                only(&["decimalChar", "groupChar", "bareNumber"])?;
+                plain_format(&["default"])?;
+                let one_char = |k: &str| match obj.get(k) {
+                    None => Ok(None),
+                    Some(Value::String(s)) if s.chars().count() == 1 => Ok(s.chars().next()),
+                    Some(_) => Err(err(format!("{at}/{k}"), "a single character")),
+                };
+                let decimal = one_char("decimalChar")?.unwrap_or('.');
+                let group = one_char("groupChar")?;
+                if group == Some(decimal) {
+                    return Err(err(
+                        format!("{at}/groupChar"),
+                        "groupChar and decimalChar must differ",
+                    ));
+                }
+                Kind::Number {
+                    decimal,
+                    group,
+                    bare: bare()?,
+                }
+            }
+            "boolean" => {
+                only(&["trueValues", "falseValues"])?;
+                plain_format(&["default"])?;
+                let list = |k: &str, default: &[&str]| match obj.get(k) {
+                    None => Ok(default.iter().map(|s| s.to_string()).collect()),
+                    Some(v) => super::strings(v, &format!("{at}/{k}")),
+                };
+                let trues: Vec<String> = list("trueValues", &TRUES)?;
+                let falses: Vec<String> = list("falseValues", &FALSES)?;
+                if let Some(both) = trues.iter().find(|t| falses.contains(t)) {
+                    return Err(err(
+                        format!("{at}/falseValues"),
+                        format!("{both:?} is both true and false"),
+                    ));
+                }
+                Kind::Boolean { trues, falses }
+            }
+            "date" | "datetime" | "time" => {
+                only(&[])?;
+                let f = match format {
+                    "default" => DateFormat::Default,
+                    "any" => {
+                        return Err(err(
+                            format!("{at}/format"),
+                            "format \"any\" is not supported; give a pattern such as \"%d/%m/%Y\"",
+                        ))
+                    }
+                    p => DateFormat::Pattern(
+                        parse_pattern(p).map_err(|why| err(format!("{at}/format"), why))?,
+                    ),
+                };
+                match ty {
+                    "date" => Kind::Date(f),
+                    "datetime" => Kind::DateTime(f),
+                    _ => Kind::Time(f),
+                }
+            }
+            "year" => {
+                only(&[])?;
+                plain_format(&["default"])?;
+                Kind::Year
+            }
+            other => {
+                return Err(err(
+                    format!("{at}/type"),
+                    format!("type {other:?} is not supported (string, integer, number, boolean, date, datetime, time, year)"),
+                ))
+            }
+        };
+        Ok(kind)
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Kind::String(_) => "string",
+            Kind::Integer { .. } => "integer",
+            Kind::Number { .. } => "number",
+            Kind::Boolean { .. } => "boolean",
+            Kind::Date(_) => "date",
+            Kind::DateTime(_) => "datetime",
+            Kind::Time(_) => "time",
+            Kind::Year => "year",
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Kind::String(StrFormat::Email) => "string (email)".into(),
+            Kind::String(StrFormat::Uri) => "string (uri)".into(),
+            Kind::String(StrFormat::Uuid) => "string (uuid)".into(),
+            Kind::Date(DateFormat::Pattern(_)) => "date (in the schema's pattern)".into(),
+            Kind::DateTime(DateFormat::Pattern(_)) => "datetime (in the schema's pattern)".into(),
+            Kind::Time(DateFormat::Pattern(_)) => "time (in the schema's pattern)".into(),
+            k => k.name().into(),
+        }
+    }
+
+    /// A value written in the schema (`enum`, `minimum`, `maximum`): a JSON string in the
+    /// field's lexical form, or a JSON number or boolean for those types.
+    pub fn parse_json(&self, v: &Value) -> Result<Bound, String> {
+        let text = match v {
+            Value::String(s) => s.clone(),
+            Value::Number(n)
+                if matches!(
+                    self,
+                    Kind::Integer { .. } | Kind::Number { .. } | Kind::Year
+                ) =>
+            {
+                n.to_string()
+            }
+            Value::Bool(b) if matches!(self, Kind::Boolean { .. }) => {
+                return Ok(Bound::Value(Typed::Bool(*b)))
+            }
+            _ => return Err(format!("a {} value", self.name())),
+        };
+        if let Kind::String(_) = self {
+            return Ok(Bound::Text(text));
+        }
+        // A JSON number for a number field is in JSON's own form, whatever decimalChar says.
+        let parsed = match (self, v) {
+            (Kind::Number { .. }, Value::Number(n)) => n.as_f64().map(Typed::Num),
+            (Kind::Integer { .. }, Value::Number(n)) => {
+                n.as_i64().map(|i| Typed::Int(i128::from(i)))
+            }
+            _ => self.parse(&text).and_then(|t| t.to_static()),
+        };
+        parsed
+            .map(Bound::Value)
+            .ok_or_else(|| format!("{text:?} is not a valid {}", self.name()))
+    }
+
+    /// Parse one cell (not a missing value). `None`: a type error.
+    pub fn parse<'a>(&self, cell: &'a str) -> Option<Typed<'a>> {
+        match self {
+            Kind::String(f) => {
+                let ok = match f {
+                    StrFormat::Default => true,
+                    StrFormat::Email => is_email(cell),
+                    StrFormat::Uri => is_uri(cell),
+                    StrFormat::Uuid => is_uuid(cell),
+                };
+                ok.then_some(Typed::Text(cell))
+            }
+            Kind::Integer { bare } => {
+                let s = cell.trim_matches(|c: char| c.is_ascii_whitespace());
+                let s = if *bare {
+                    s
+                } else {
+                    s.trim_start_matches(|c: char| !c.is_ascii_digit() && c != '-' && c != '+')
+                        .trim_end_matches(|c: char| !c.is_ascii_digit())
+                };
+                parse_integer(s)
+            }
+            Kind::Number {
+                decimal,
+                group,
+                bare,
+            } => parse_number(cell, *decimal, *group, *bare).map(Typed::Num),
+            Kind::Boolean { trues, falses } => {
+                if trues.iter().any(|t| t == cell) {
+                    Some(Typed::Bool(true))
+                } else if falses.iter().any(|f| f == cell) {
+                    Some(Typed::Bool(false))
+                } else {
+                    None
+                }
+            }
+            Kind::Date(f) => {
+                let p = match f {
+                    DateFormat::Default => parse_tokens(cell, ISO_DATE, true)?,
+                    DateFormat::Pattern(t) => parse_tokens(cell, t, false)?,
+                };
+                Some(Typed::Date(days_from_civil(p.year?, p.month?, p.day?)?))
+            }
+            Kind::DateTime(f) => {
+                let p = match f {
+                    DateFormat::Default => parse_tokens(cell, ISO_DATETIME, true)?,
+                    DateFormat::Pattern(t) => parse_tokens(cell, t, false)?,
+                };
+                let days = days_from_civil(p.year?, p.month.unwrap_or(1), p.day.unwrap_or(1))?;
+                let secs = i128::from(days) * 86_400 + i128::from(p.seconds_of_day()?)
+                    - i128::from(p.offset);
+                Some(Typed::DateTime(secs * 1_000_000_000 + i128::from(p.nanos)))
+            }
+            Kind::Time(f) => {
+                let p = match f {
+                    DateFormat::Default => parse_tokens(cell, ISO_TIME, true)?,
+                    DateFormat::Pattern(t) => parse_tokens(cell, t, false)?,
+                };
+                let secs = (p.seconds_of_day()? - p.offset).rem_euclid(86_400);
+                Some(Typed::Time(secs * 1_000_000_000 + i64::from(p.nanos)))
+            }
+            Kind::Year => (cell.len() == 4 && cell.bytes().all(|b| b.is_ascii_digit()))
+                .then(|| Typed::Year(cell.parse().unwrap_or(0))),
+        }
+    }
+}
+
+impl Typed<'_> {
+    fn to_static(self) -> Option<Typed<'static>> {
+        Some(match self {
+            Typed::Text(_) | Typed::BigInt(_) | Typed::Null => return None,
+            Typed::Int(i) => Typed::Int(i),
+            Typed::Num(f) => Typed::Num(f),
+            Typed::Bool(b) => Typed::Bool(b),
+            Typed::Date(d) => Typed::Date(d),
+            Typed::DateTime(t) => Typed::DateTime(t),
+            Typed::Time(t) => Typed::Time(t),
+            Typed::Year(y) => Typed::Year(y),
+        })
+    }
+}
+
+fn parse_integer(s: &str) -> Option<Typed<'_>> {
+    let digits = s.strip_prefix(['+', '-']).unwrap_or(s);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    match s.parse::<i128>() {
+        Ok(i) => Some(Typed::Int(i)),
+        Err(_) => Some(Typed::BigInt(s.strip_prefix('+').unwrap_or(s))),
+    }
+}
+
+fn parse_number(cell: &str, decimal: char, group: Option<char>, bare: bool) -> Option<f64> {
+    let s = cell.trim_matches(|c: char| c.is_ascii_whitespace());
+    let s = if bare {
+        s
+    } else {
+        let numeric = |c: char| c.is_ascii_digit() || c == decimal;
+        let start = s
+            .char_indices()
+            .find(|&(_, c)| numeric(c) || c == '-' || c == '+')
+            .map_or(s.len(), |(i, _)| i);
+        let end = s
+            .char_indices()
+            .rev()
+            .find(|&(_, c)| numeric(c))
+            .map_or(0, |(i, c)| i + c.len_utf8());
+        if start >= end {
+            return None;
+        }
+        &s[start..end]
+    };
+    let lower = s.to_ascii_lowercase();
+    let word = lower.trim_start_matches(['+', '-']);
+    if matches!(word, "nan" | "inf" | "infinity") {
+        return lower.parse().ok();
+    }
+    // A number in its lexical form: sign, digits with an optional decimal part, exponent.
+    let mut normal = String::with_capacity(s.len());
+    for c in s.chars() {
+        if Some(c) == group {
+            continue;
+        }
+        if c == decimal {
+            normal.push('.');
+        } else if c.is_ascii_digit() || matches!(c, '+' | '-' | 'e' | 'E') {
+            normal.push(c);
+        } else {
+            return None;
+        }
+    }
+    if !normal.bytes().any(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    normal.parse().ok()
+}
+
+// ---- dates and times -------------------------------------------------------------------
+
+use Token::*;
+const ISO_DATE: &[Token] = &[Year, Literal('-'), Month, Literal('-'), Day];
+const ISO_TIME: &[Token] = &[
+    Hour,
+    Literal(':'),
+    Minute,
+    Literal(':'),
+    Second,
+    Fraction,
+    Offset,
+];
+const ISO_DATETIME: &[Token] = &[
+    Year,
+    Literal('-'),
+    Month,
+    Literal('-'),
+    Day,
+    Literal('T'),
+    Hour,
+    Literal(':'),
+    Minute,
+    Literal(':'),
+    Second,
+    Fraction,
+    Offset,
+];
+
+fn parse_pattern(p: &str) -> Result<Vec<Token>, String> {
+    let mut tokens = Vec::new();
+    let mut chars = p.chars();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            tokens.push(Literal(c));
+            continue;
+        }
+        tokens.push(match chars.next() {
+            Some('Y') => Year,
+            Some('y') => Year2,
+            Some('m') => Month,
+            Some('d') => Day,
+            Some('H') => Hour,
+            Some('M') => Minute,
+            Some('S') => Second,
+            Some('f') => Fraction,
+            Some('z') => Offset,
+            Some('%') => Literal('%'),
+            Some(other) => {
+                return Err(format!(
+                    "%{other} is not supported (only %Y %y %m %d %H %M %S %f %z %%)"
+                ))
+            }
+            None => return Err("the pattern ends in a lone %".into()),
+        });
+    }
+    if tokens.len() > 64 {
+        return Err("the pattern is too long".into());
+    }
+    Ok(tokens)
+}
+
+#[derive(Debug, Default)]
+struct Parts {
+    year: Option<i64>,
+    month: Option<u32>,
+    day: Option<u32>,
+    hour: u32,
+    minute: u32,
+    second: u32,
+    nanos: u32,
+    /// Seconds east of UTC.
+    offset: i64,
+}
+
+impl Parts {
+    fn seconds_of_day(&self) -> Option<i64> {
+        (self.hour < 24 && self.minute < 60 && self.second < 60)
+            .then(|| i64::from(self.hour * 3600 + self.minute * 60 + self.second))
+    }
+}
+
+/// Read `cell` by `tokens`. `strict`: the ISO forms, where numbers have their full width and
+/// the fraction and offset are optional; patterns take 1-2 digit fields as strptime does.
+fn parse_tokens(cell: &str, tokens: &[Token], strict: bool) -> Option<Parts> {
+    let b = cell.as_bytes();
+    let mut i = 0;
+    let mut p = Parts::default();
+    let digits = |i: &mut usize, min: usize, max: usize| -> Option<u32> {
+        let start = *i;
+        while *i < b.len() && *i - start < max && b[*i].is_ascii_digit() {
+            *i += 1;
+        }
+        if *i - start < min {
+            return None;
+        }
+        cell[start..*i].parse().ok()
+    };
+    let (lo, hi) = if strict { (2, 2) } else { (1, 2) };
+    for t in tokens {
+        match *t {
+            Literal(c) => {
+                let mut buf = [0u8; 4];
+                let l = c.encode_utf8(&mut buf).as_bytes();
+                if !b[i..].starts_with(l) {
+                    return None;
+                }
+                i += l.len();
+            }
+            Year => p.year = Some(i64::from(digits(&mut i, 4, 4)?)),
+            Year2 => {
+                let y = i64::from(digits(&mut i, 2, 2)?);
+                p.year = Some(if y < 69 { 2000 + y } else { 1900 + y });
+            }
+            Month => p.month = Some(digits(&mut i, lo, hi)?),
+            Day => p.day = Some(digits(&mut i, lo, hi)?),
+            Hour => p.hour = digits(&mut i, lo, hi)?,
+            Minute => p.minute = digits(&mut i, lo, hi)?,
+            Second => p.second = digits(&mut i, lo, hi)?,
+            Fraction => {
+                // Optional in the ISO forms ("." then 1-9 digits); required in a pattern.
+                if strict {
+                    if b.get(i) == Some(&b'.') {
+                        i += 1;
+                    } else {
+                        continue;
+                    }
+                }
+                let start = i;
+                let f = digits(&mut i, 1, 9)?;
+                p.nanos = f * 10u32.pow(9 - (i - start) as u32);
+            }
+            Offset => match b.get(i) {
+                None if strict => {}
+                Some(b'Z') => i += 1,
+                Some(&s @ (b'+' | b'-')) => {
+                    i += 1;
+                    let h = digits(&mut i, 2, 2)?;
+                    if b.get(i) == Some(&b':') {
+                        i += 1;
+                    }
+                    let m = digits(&mut i, 2, 2)?;
+                    if h > 23 || m > 59 {
+                        return None;
+                    }
+                    let secs = i64::from(h * 3600 + m * 60);
+                    p.offset = if s == b'-' { -secs } else { secs };
+                }
+                _ => return None,
+            },
+        }
+    }
+    (i == b.len()).then_some(p)
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date, checking the calendar.
+fn days_from_civil(year: i64, month: u32, day: u32) -> Option<i64> {
+    if !(1..=12).contains(&month) || day == 0 {
+        return None;
+    }
+    let leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
+    let len = [
+        31,
+        if leap { 29 } else { 28 },
+        31,
+        30,
+        31,
+        30,
+        31,
+        31,
+        30,
+        31,
+        30,
+        31,
+    ];
+    if day > len[month as usize - 1] {
+        return None;
+    }
+    // Howard Hinnant's days_from_civil.
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let m = i64::from(month);
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(day) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    Some(era * 146_097 + doe - 719_468)
+}
+
+// ---- string formats --------------------------------------------------------------------
+
+/// A plausible address: one `@`, a dot-atom local part (RFC 5322, ASCII), and a domain of at
+/// least two labels whose last (the TLD) is letters, or `xn--` punycode.
+fn is_email(s: &str) -> bool {
+    let Some((local, domain)) = s.split_once('@') else {
+        return false;
+    };
+    let local_ok = !local.is_empty()
+        && local.len() <= 64
+        && !local.starts_with('.')
+        && !local.ends_with('.')
+        && !local.contains("..")
+        && local
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+/=?^_`{|}~.-".contains(&b));
+    if !local_ok || domain.len() > 253 {
+        return false;
+    }
+    let labels: Vec<&str> = domain.split('.').collect();
+    if labels.len() < 2 {
+        return false;
+    }
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    };
+    let tld = labels[labels.len() - 1];
+    labels.iter().all(|l| label_ok(l))
+        && ((tld.len() >= 2 && tld.bytes().all(|b| b.is_ascii_alphabetic()))
+            || tld.starts_with("xn--"))
+}
+
+/// An absolute URI by RFC 3986's grammar, at the character level: a scheme, `:`, and the rest
+/// made of unreserved, reserved and percent-encoded characters.
+fn is_uri(s: &str) -> bool {
+    let Some((scheme, rest)) = s.split_once(':') else {
+        return false;
+    };
+    let b = scheme.as_bytes();
+    if b.is_empty()
+        || !b[0].is_ascii_alphabetic()
+        || !b
+            .iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'+' | b'-' | b'.'))
+        || rest.is_empty()
+    {
+        return false;
+    }
+    let r = rest.as_bytes();
+    let mut i = 0;
+    while i < r.len() {
+        let c = r[i];
+        if c == b'%' {
+            if i + 2 >= r.len() {
+                return false;
+            }
+            if !(r[i + 1].is_ascii_hexdigit() && r[i + 2].is_ascii_hexdigit()) {
+                return false;
+            }
+            i += 3;
+            continue;
+        }
+        if !(c.is_ascii_alphanumeric() || b"-._~:/?#[]@!$&'()*+,;=".contains(&c)) {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+/// The canonical 8-4-4-4-12 hex form (either case).
+fn is_uuid(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() == 36
+        && b.iter().enumerate().all(|(i, c)| {
+            if matches!(i, 8 | 13 | 18 | 23) {
+                *c == b'-'
+            } else {
+                c.is_ascii_hexdigit()
+            }
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_are_checked_against_the_calendar() {
+        assert_eq!(days_from_civil(1970, 1, 1), Some(0));
+        assert_eq!(days_from_civil(2024, 2, 29), Some(19_782));
+        assert_eq!(days_from_civil(2023, 2, 29), None);
+        assert_eq!(days_from_civil(2024, 13, 1), None);
+        let d = Kind::Date(DateFormat::Default);
+        assert!(d.parse("2024-01-05").is_some());
+        assert!(d.parse("2024-1-5").is_none());
+        assert!(d.parse("20240105").is_none());
+        let custom = Kind::Date(DateFormat::Pattern(parse_pattern("%d/%m/%Y").unwrap()));
+        assert_eq!(custom.parse("05/01/2024"), d.parse("2024-01-05"));
+        assert_eq!(custom.parse("5/1/2024"), d.parse("2024-01-05"));
+    }
+
+    #[test]
+    fn times_take_fractions_and_offsets() {
+        let t = Kind::Time(DateFormat::Default);
+        assert!(t.parse("10:20:30").is_some());
+        assert!(t.parse("10:20:30.123").is_some());
+        assert_eq!(t.parse("10:20:30+01:00"), t.parse("09:20:30Z"));
+        assert!(t.parse("24:00:00").is_none());
+        assert!(t.parse("10:20").is_none());
+        let dt = Kind::DateTime(DateFormat::Default);
+        assert!(dt.parse("2024-01-05T10:20:30Z").is_some());
+        assert!(dt.parse("2024-01-05 10:20:30").is_none());
+        assert!(dt.parse("2024-01-05").is_none());
+    }
+
+    #[test]
+    fn numbers_in_their_lexical_forms() {
+        let n = |d, g, bare, s| parse_number(s, d, g, bare);
+        assert_eq!(n('.', None, true, "1e3"), Some(1000.0));
+        assert_eq!(n('.', None, true, ".5"), Some(0.5));
+        assert_eq!(n('.', None, true, "1,000"), None);
+        assert_eq!(n('.', Some(','), true, "1,000.5"), Some(1000.5));
+        assert_eq!(n(',', Some('.'), true, "1.000,5"), Some(1000.5));
+        assert_eq!(n('.', None, false, "€95"), Some(95.0));
+        assert_eq!(n('.', None, false, "12.5%"), Some(12.5));
+        assert_eq!(n('.', None, false, "x%"), None);
+        assert!(n('.', None, true, "NaN").unwrap().is_nan());
+        assert_eq!(n('.', None, true, "-INF"), Some(f64::NEG_INFINITY));
+    }
+
+    #[test]
+    fn string_formats() {
+        assert!(is_email("ana@example.com"));
+        assert!(!is_email("dave@example"));
+        assert!(!is_email("a b@example.com"));
+        assert!(is_uri("https://example.com/a?b=c"));
+        assert!(is_uri("mailto:ana@example.com"));
+        assert!(!is_uri("www.example.com"));
+        assert!(!is_uri("/relative/path"));
+        assert!(is_uuid("00000000-0000-0000-0000-000000000000"));
+        assert!(!is_uuid("{00000000-0000-0000-0000-000000000000}"));
+    }
+}
