@@ -40,6 +40,8 @@ pub struct WorkerConfig {
     /// The job's Table Schema, as JSON (checked by the parent; compiled again here).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schema: Option<serde_json::Value>,
+    /// Memory for the schema's keys (the plan's `schema_key_bytes`).
+    pub schema_key_bytes: usize,
 }
 
 impl WorkerConfig {
@@ -66,6 +68,7 @@ impl WorkerConfig {
             },
             sandbox: sandbox.clone(),
             schema: None,
+            schema_key_bytes: usize::try_from(plan.worker.schema_key_bytes).unwrap_or(usize::MAX),
         }
     }
 
@@ -96,7 +99,7 @@ impl WorkerConfig {
             hash_input: false,
             hash_output: !self.parent_hashes_output,
             schema,
-            key_budget_bytes: airlock_engine::DEFAULT_KEY_BUDGET,
+            key_budget_bytes: self.schema_key_bytes,
         })
     }
 }

@@ -13,6 +13,7 @@ mod migrations;
 mod process;
 mod readme;
 mod sandbox;
+mod schema;
 mod service;
 mod storage;
 mod sufficiency;

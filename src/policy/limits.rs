@@ -28,6 +28,10 @@ struct RawPlan {
     worker_memory_bytes: u64,
     worker_cpu_seconds: u64,
     worker_wall_seconds: u64,
+    /// Memory for a schema's `unique` and `primaryKey` keys; optional in the file (added after
+    /// the others): a quarter of the worker's memory, at most 64 MiB.
+    #[serde(default)]
+    schema_key_bytes: Option<u64>,
 }
 
 /// One validated plan.
@@ -45,6 +49,8 @@ pub struct WorkerLimits {
     pub memory_bytes: u64,
     pub cpu_seconds: u64,
     pub wall_seconds: u64,
+    /// Memory for a schema's `unique` and `primaryKey` keys (16 bytes a key, allocated up front).
+    pub schema_key_bytes: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -139,6 +145,16 @@ fn validate(name: &str, p: RawPlan) -> Result<Plan, String> {
         p.worker_cpu_seconds,
         86_400,
     )?;
+    let schema_key_bytes = p
+        .schema_key_bytes
+        .unwrap_or((p.worker_memory_bytes / 4).min(64 * MIB));
+    // The keys come on top of the engine's buffers.
+    check(
+        "schema_key_bytes",
+        schema_key_bytes,
+        KIB,
+        p.worker_memory_bytes.saturating_sub(min_memory),
+    )?;
     let fallback_encoding =
         match p.fallback_encoding.as_str() {
             "" => None,
@@ -162,6 +178,7 @@ fn validate(name: &str, p: RawPlan) -> Result<Plan, String> {
             memory_bytes: p.worker_memory_bytes,
             cpu_seconds: p.worker_cpu_seconds,
             wall_seconds: p.worker_wall_seconds,
+            schema_key_bytes,
         },
     })
 }
@@ -182,7 +199,8 @@ mod tests {
             WorkerLimits {
                 memory_bytes: 512 * MIB,
                 cpu_seconds: 300,
-                wall_seconds: 600
+                wall_seconds: 600,
+                schema_key_bytes: 64 * MIB,
             }
         );
         assert!(plan.fallback_encoding.is_none());

@@ -688,6 +688,8 @@ impl<O: Write, J: Write> Sink<O, J> {
         }
         if let Some(state) = &mut self.schema {
             if state.check_row(buf, ends).is_err() {
+                // The file ends here: this row is neither accepted nor rejected.
+                self.rows.total -= 1;
                 return Ok(Err(self.key_budget(record, line)));
             }
             if !state.found.is_empty() {
@@ -768,8 +770,23 @@ impl<O: Write, J: Write> Sink<O, J> {
                 }
             }
         }
+        // With a schema, the clean output names each mapped column by its field.
+        let renamed: Vec<String> = match self
+            .schema
+            .as_ref()
+            .and_then(|s| s.map.as_ref().map(|m| (m, &s.schema)))
+        {
+            Some((map, schema)) => names
+                .iter()
+                .zip(&map.columns)
+                .map(|(label, f)| {
+                    f.map_or_else(|| label.clone(), |i| schema.fields[i].name.clone())
+                })
+                .collect(),
+            None => names.clone(),
+        };
         self.out.begin_record(b",");
-        for (i, name) in names.iter().enumerate() {
+        for (i, name) in renamed.iter().enumerate() {
             self.write_cell(name.as_bytes(), record, line, i)?;
         }
         self.end_row()?;

@@ -24,6 +24,11 @@ const PATTERN_SIZE_LIMIT: usize = 256 * 1024;
 const PATTERN_DFA_LIMIT: usize = 64 * 1024;
 /// Fields a schema may have.
 pub const MAX_FIELDS: usize = 1024;
+/// The longest field name, and all names together, in bytes: the clean output's header carries
+/// the names, and must stay within the output bound the parent enforces (3 × the input plus
+/// 64 KiB).
+pub const MAX_NAME_BYTES: usize = 256;
+pub const MAX_NAMES_BYTES: usize = 16 * 1024;
 
 /// Draw, in this process, the random keys that key digests use (the standard library reads them
 /// from the kernel once, on first use). The worker calls this before it locks down, since
@@ -163,8 +168,25 @@ impl Schema {
             }
         };
         let mut fields: Vec<Field> = Vec::with_capacity(list.len());
+        let mut names_bytes = 0;
         for (i, f) in list.iter().enumerate() {
             let field = Field::from_value(f, &format!("/fields/{i}"))?;
+            if field.name.len() > MAX_NAME_BYTES {
+                return Err(err(
+                    format!("/fields/{i}/name"),
+                    format!(
+                        "{} bytes; a field name is at most {MAX_NAME_BYTES}",
+                        field.name.len()
+                    ),
+                ));
+            }
+            names_bytes += field.name.len();
+            if names_bytes > MAX_NAMES_BYTES {
+                return Err(err(
+                    format!("/fields/{i}/name"),
+                    format!("the field names come to more than {MAX_NAMES_BYTES} bytes"),
+                ));
+            }
             if fields.iter().any(|g| g.name == field.name) {
                 return Err(err(
                     format!("/fields/{i}/name"),
