@@ -16,14 +16,16 @@ fn main() {
     let input = std::fs::File::open(path).unwrap();
     let output = std::fs::File::create(out_path).unwrap();
     let bytes = input.metadata().unwrap().len();
+    // AIRLOCK_BENCH_SCHEMA=FILE: check rows against that Table Schema too.
+    let mut options = airlock_engine::Options::default();
+    if let Ok(schema) = std::env::var("AIRLOCK_BENCH_SCHEMA") {
+        let text = std::fs::read_to_string(schema).unwrap();
+        options.schema = Some(std::sync::Arc::new(
+            airlock_engine::schema::Schema::parse(&text).unwrap(),
+        ));
+    }
     let started = Instant::now();
-    let report = airlock_engine::process(
-        &input,
-        &output,
-        std::io::sink(),
-        &airlock_engine::Options::default(),
-    )
-    .unwrap();
+    let report = airlock_engine::process(&input, &output, std::io::sink(), &options).unwrap();
     let secs = started.elapsed().as_secs_f64();
     println!(
         "{secs:.3} s  {:.1} MB/s  {:?}",

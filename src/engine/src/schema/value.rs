@@ -708,8 +708,9 @@ fn days_from_civil(year: i64, month: u32, day: u32) -> Option<i64> {
 
 // ---- string formats --------------------------------------------------------------------
 
-/// A plausible address: one `@`, a dot-atom local part (RFC 5322, ASCII), and a domain of at
-/// least two labels whose last (the TLD) is letters, or `xn--` punycode.
+/// A plausible address: one `@`; a dot-atom local part (RFC 5322's characters, and letters and
+/// digits of any script, as RFC 6531 allows); a domain of at least two labels of letters, digits
+/// and hyphens, whose last (the TLD) is letters only, or `xn--` punycode.
 fn is_email(s: &str) -> bool {
     let Some((local, domain)) = s.split_once('@') else {
         return false;
@@ -720,13 +721,9 @@ fn is_email(s: &str) -> bool {
         && !local.ends_with('.')
         && !local.contains("..")
         && local
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+/=?^_`{|}~.-".contains(&b));
+            .chars()
+            .all(|c| c.is_alphanumeric() || "!#$%&'*+/=?^_`{|}~.-".contains(c));
     if !local_ok || domain.len() > 253 {
-        return false;
-    }
-    let labels: Vec<&str> = domain.split('.').collect();
-    if labels.len() < 2 {
         return false;
     }
     let label_ok = |l: &str| {
@@ -734,12 +731,20 @@ fn is_email(s: &str) -> bool {
             && l.len() <= 63
             && !l.starts_with('-')
             && !l.ends_with('-')
-            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && l.chars().all(|c| c.is_alphanumeric() || c == '-')
     };
-    let tld = labels[labels.len() - 1];
-    labels.iter().all(|l| label_ok(l))
-        && ((tld.len() >= 2 && tld.bytes().all(|b| b.is_ascii_alphabetic()))
-            || tld.starts_with("xn--"))
+    let mut labels = 0;
+    let mut last = "";
+    for l in domain.split('.') {
+        if !label_ok(l) {
+            return false;
+        }
+        labels += 1;
+        last = l;
+    }
+    labels >= 2
+        && ((last.chars().count() >= 2 && last.chars().all(char::is_alphabetic))
+            || last.starts_with("xn--"))
 }
 
 /// An absolute URI by RFC 3986's grammar, at the character level: a scheme, `:`, and the rest
@@ -846,6 +851,9 @@ mod tests {
         assert!(is_email("ana@example.com"));
         assert!(!is_email("dave@example"));
         assert!(!is_email("a b@example.com"));
+        assert!(is_email("chloé.dubois@example.com"));
+        assert!(!is_email("ana@@example.com"));
+        assert!(!is_email("ana@example.c0m"));
         assert!(is_uri("https://example.com/a?b=c"));
         assert!(is_uri("mailto:ana@example.com"));
         assert!(!is_uri("www.example.com"));
