@@ -36,6 +36,10 @@ fn only_the_worker_uses_the_engine() {
         let text = std::fs::read_to_string(&file).unwrap();
         // Unit tests (at the end of a file) may build reports with the real engine.
         let code = text.split("#[cfg(test)]").next().unwrap();
+        // The one exception: a job's Table Schema is loaded and checked in the parent (so a bad
+        // schema is a usage error, never a worker failure). That reads the schema's JSON, not
+        // the upload; the rows are still checked only in the worker.
+        let code = code.replace("airlock_engine::schema", "");
         if code.contains("airlock_engine") {
             offenders.push(rel.display().to_string());
         }

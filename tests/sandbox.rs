@@ -223,6 +223,7 @@ fn a_live_worker_seen_from_outside_is_locked_down() {
             "max_field_bytes": 65536, "max_record_bytes": 1048576, "max_rejected_ratio": 0.1,
             "max_issues": 100},
         "delimiter": null, "fallback_encoding": null, "parent_hashes_output": false,
+        "schema_key_bytes": 1048576,
         "rlimits": {"address_space_bytes": 536870912u64, "cpu_seconds": 300, "file_size_bytes": 4294967296u64},
         "sandbox": policy,
     });
@@ -321,6 +322,7 @@ fn a_worker_started_without_its_fds_refuses() {
         "limits": {"max_bytes": 10, "max_rows": 1, "max_columns": 1, "max_field_bytes": 1,
             "max_record_bytes": 1, "max_rejected_ratio": 0.1, "max_issues": 1},
         "delimiter": null, "fallback_encoding": null, "parent_hashes_output": false,
+        "schema_key_bytes": 1048576,
         "rlimits": {"address_space_bytes": 536870912u64, "cpu_seconds": 1, "file_size_bytes": 1024},
         "sandbox": policy,
     });

@@ -29,6 +29,7 @@ fuzz_target!(|data: &[u8]| {
         fallback_encoding: fallback,
         hash_input: true,
         hash_output: true,
+        ..Options::default()
     };
     let mut out = Vec::new();
     let mut rej = Vec::new();

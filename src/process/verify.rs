@@ -288,17 +288,19 @@ pub fn check_sandbox(
     policy: &SandboxPolicy,
     kernel_abi: u8,
 ) -> Result<(), String> {
+    // A worker that read its input locked down first, landlock included (it is never optional).
     let Some(sandbox) = report.sandbox.as_mut() else {
-        return Ok(());
+        return Err("the report has no sandbox section".into());
     };
-    if sandbox.enforced.iter().any(|l| l == "landlock") {
-        let expected = airlock_sandbox::landlock::ruleset_abi(kernel_abi, &policy.layers.landlock);
-        if sandbox.landlock_abi != expected {
-            return Err(format!(
-                "the worker says landlock ABI {}; its ruleset here is built for {expected}",
-                sandbox.landlock_abi
-            ));
-        }
+    if !sandbox.enforced.iter().any(|l| l == "landlock") {
+        return Err("the report says landlock was not enforced".into());
+    }
+    let expected = airlock_sandbox::landlock::ruleset_abi(kernel_abi, &policy.layers.landlock);
+    if sandbox.landlock_abi != expected {
+        return Err(format!(
+            "the worker says landlock ABI {}; its ruleset here is built for {expected}",
+            sandbox.landlock_abi
+        ));
     }
     sandbox.landlock_missing = airlock_sandbox::landlock::not_covered(sandbox.landlock_abi)
         .map(|r| r.name.to_string())
@@ -339,7 +341,7 @@ pub fn check_schema(
             }
             if summary.header_mapping.len() > report.header.len()
                 || summary.header_mapping.iter().any(|(label, field)| {
-                    label.len() > 4 * airlock_engine::HEADER_NAME_IN_REPORT || !want.contains(field)
+                    label.len() > 4 * airlock_report::HEADER_NAME_IN_REPORT || !want.contains(field)
                 })
             {
                 return Err("the schema section's header mapping is not the schema's".into());
@@ -537,6 +539,20 @@ mod tests {
             ["fs.resolve_unix"]
         );
         assert!(claim(5, vec![]).unwrap_err().contains("built for 7"));
+        let mut r = good();
+        r.sandbox = Some(airlock_report::SandboxSummary {
+            enforced: vec![],
+            missing: vec![],
+            landlock_abi: 9,
+            landlock_missing: vec![],
+        });
+        assert!(check_sandbox(&mut r, &policy, 7)
+            .unwrap_err()
+            .contains("not enforced"));
+        r.sandbox = None;
+        assert!(check_sandbox(&mut r, &policy, 7)
+            .unwrap_err()
+            .contains("no sandbox"));
         let mut capped = policy.clone();
         capped.layers.landlock.max_abi = Some(3);
         let mut r = good();

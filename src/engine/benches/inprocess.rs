@@ -1,5 +1,5 @@
 //! Run the engine in-process over FILE, writing the clean output to OUT (default /dev/null),
-//! and print seconds and MB/s. Used by benches/throughput.sh as the no-sandbox reference.
+//! and print seconds and MB/s; a third argument, SCHEMA, checks rows against that Table Schema. Used by benches/throughput.sh as the no-sandbox reference.
 
 use std::time::Instant;
 
@@ -16,9 +16,9 @@ fn main() {
     let input = std::fs::File::open(path).unwrap();
     let output = std::fs::File::create(out_path).unwrap();
     let bytes = input.metadata().unwrap().len();
-    // AIRLOCK_BENCH_SCHEMA=FILE: check rows against that Table Schema too.
+    // A third argument: check rows against that Table Schema too.
     let mut options = airlock_engine::Options::default();
-    if let Ok(schema) = std::env::var("AIRLOCK_BENCH_SCHEMA") {
+    if let Some(schema) = args.get(2) {
         let text = std::fs::read_to_string(schema).unwrap();
         options.schema = Some(std::sync::Arc::new(
             airlock_engine::schema::Schema::parse(&text).unwrap(),

@@ -38,6 +38,16 @@ pub const FORBIDDEN: &[&str] = &[
     "mount",
     "kill",
     "tkill",
+    // Below landlock ABI 6 (no signal scope) and ABI 3 (no truncate right), seccomp alone stops
+    // these: a policy may never allow them.
+    "rt_sigqueueinfo",
+    "rt_tgsigqueueinfo",
+    "pidfd_open",
+    "pidfd_send_signal",
+    "pidfd_getfd",
+    "fcntl",
+    "truncate",
+    "ftruncate",
     "setuid",
     "setgid",
     "process_vm_readv",
@@ -310,8 +320,9 @@ pub struct LandlockPolicy {
     pub max_abi: Option<u8>,
 }
 
-/// `min_abi = "strict"`: ABI 6 (Linux 6.12), the first with every right and scope the worker's
-/// ruleset uses (the abstract-unix-socket and signal scopes).
+/// `min_abi = "strict"`: ABI 6 (Linux 6.12), the first with the abstract-unix-socket and signal
+/// scopes, so landlock alone stops TCP, abstract sockets and signals (only `fs.resolve_unix`, ABI
+/// 9, comes later).
 pub const STRICT_MIN_ABI: u8 = 6;
 
 /// The highest landlock ABI this build knows; every right up to it is handled when offered.
