@@ -332,6 +332,7 @@ async fn main() {
                 file: &r.path,
                 follow_symlinks: false,
                 file_name: None,
+                schema: None,
             },
         )
         .await

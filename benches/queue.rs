@@ -34,6 +34,7 @@ fn job(i: usize) -> NewJob {
         input_bytes: 0,
         file_name: "x.csv".into(),
         max_attempts: 3,
+        schema: None,
     }
 }
 

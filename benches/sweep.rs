@@ -98,6 +98,7 @@ async fn main() {
             input_bytes: 1024,
             file_name: "x.csv".into(),
             max_attempts: 3,
+            schema: None,
         };
         let id = jobs.submit(&job, 0).await.unwrap().id();
         let c = jobs.claim("bench", 60_000, 1).await.unwrap().unwrap();

@@ -201,6 +201,10 @@ pub enum ErrorCode {
     UploadMismatch,
     /// 410: the upload's link expired before it was completed.
     UploadExpired,
+    /// 400: the schema does not load; `pointer` is a JSON pointer to the bad part.
+    InvalidSchema,
+    /// 400: `?schema=` names a schema the tenant has not stored.
+    UnknownSchema,
     /// 503: a backing service failed; retry.
     Unavailable,
 }
@@ -211,7 +215,7 @@ impl ErrorCode {
         match self {
             Unauthenticated => StatusCode::UNAUTHORIZED,
             NotFound | NoArtifact => StatusCode::NOT_FOUND,
-            BadRequest | IncompleteBody => StatusCode::BAD_REQUEST,
+            BadRequest | IncompleteBody | InvalidSchema | UnknownSchema => StatusCode::BAD_REQUEST,
             UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             LengthRequired => StatusCode::LENGTH_REQUIRED,
             TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -237,6 +241,9 @@ pub struct ErrorDetail {
     pub message: String,
     /// The request's id: the `X-Request-Id` response header, in the logs and audit rows.
     pub request_id: String,
+    /// For `invalid_schema`: a JSON pointer (RFC 6901) to the bad part of the schema.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pointer: Option<String>,
 }
 
 /// An API error: a stable code, a message, and the request's id.
@@ -246,6 +253,7 @@ pub struct ApiError {
     message: String,
     request_id: String,
     retry_after: Option<u64>,
+    pointer: Option<String>,
 }
 
 impl ApiError {
@@ -255,7 +263,15 @@ impl ApiError {
             message: message.into(),
             request_id: rid.to_string(),
             retry_after: None,
+            pointer: None,
         }
+    }
+
+    /// 400 `invalid_schema`, pointing at the bad part.
+    pub fn invalid_schema(rid: &str, e: &airlock_engine::schema::SchemaError) -> Self {
+        let mut err = Self::new(ErrorCode::InvalidSchema, e.to_string(), rid);
+        err.pointer = Some(e.pointer.clone());
+        err
     }
 
     fn retry_after(mut self, seconds: u64) -> Self {
@@ -295,6 +311,7 @@ impl IntoResponse for ApiError {
                 code: self.code,
                 message: self.message,
                 request_id: self.request_id,
+                pointer: self.pointer,
             },
         };
         let mut res = (status, Json(body)).into_response();
@@ -607,6 +624,12 @@ fn documented() -> utoipa_axum::router::OpenApiRouter<Arc<Api>> {
         .routes(routes!(crate::api_webhooks::rotate))
         .routes(routes!(crate::api_webhooks::deliveries))
         .routes(routes!(crate::api_webhooks::replay))
+        .routes(routes!(crate::api_schemas::list))
+        .routes(routes!(
+            crate::api_schemas::get_one,
+            crate::api_schemas::put,
+            crate::api_schemas::remove
+        ))
 }
 
 /// The OpenAPI document of this API.
@@ -780,6 +803,9 @@ async fn list_jobs(
 struct CreateQuery {
     /// The upload's file name (or send `X-File-Name`); sanitised.
     name: Option<String>,
+    /// A stored schema's id to check every row against, or `none` [default: the tenant's
+    /// default schema, if it has one].
+    schema: Option<String>,
 }
 
 /// A download name from what a client sent: its last path component, printable, at most 200
@@ -868,6 +894,7 @@ async fn create_job(
             ),
         ));
     }
+    let schema = job_schema(&api, tenant, q.schema.as_deref(), rid).await?;
     let idempotency_key = match headers.get("idempotency-key") {
         Some(v) => match v.to_str() {
             Ok(k) if !k.is_empty() && k.len() <= 255 => Some(k.to_string()),
@@ -1010,6 +1037,7 @@ async fn create_job(
         input_bytes: received as i64,
         file_name: name,
         max_attempts: 5,
+        schema,
     };
     let jobs: crate::jobs::Shared = api.store.clone();
     let id = crate::service::enqueue_stored(&jobs, &api.objects, &job, input)
@@ -1017,6 +1045,25 @@ async fn create_job(
         .map_err(|e| ApiError::unavailable(rid, &e))?;
     tracing::info!(job_id = %id, bytes = received, "job submitted");
     respond_with_job(&api, id, rid).await
+}
+
+/// The schema copy a new job keeps: `?schema=ID`, `none`, or the tenant's default.
+async fn job_schema(
+    api: &Api,
+    tenant: &str,
+    param: Option<&str>,
+    rid: &str,
+) -> Result<Option<crate::schemas::JobSchemaCopy>, ApiError> {
+    use crate::schemas::{Choice, ResolveError};
+    let choice =
+        Choice::from_param(param).map_err(|m| ApiError::new(ErrorCode::UnknownSchema, m, rid))?;
+    match choice.resolve(&api.store, tenant).await {
+        Ok(schema) => Ok(schema),
+        Err(e @ ResolveError::Missing(_)) => {
+            Err(ApiError::new(ErrorCode::UnknownSchema, e.to_string(), rid))
+        }
+        Err(ResolveError::Store(e)) => Err(ApiError::unavailable(rid, &e)),
+    }
 }
 
 /// 202 with the job.
@@ -1164,11 +1211,18 @@ async fn create_upload(
     Ok((StatusCode::CREATED, Json(ticket)).into_response())
 }
 
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+struct CompleteQuery {
+    /// A stored schema's id to check every row against, or `none` [default: the tenant's
+    /// default schema, if it has one].
+    schema: Option<String>,
+}
+
 /// `POST /v1/uploads/{id}/complete`: the stored object's size and SHA-256 are checked against
 /// what was declared, and the job (with the upload's id) is enqueued. Completing again returns
 /// the same job.
 #[utoipa::path(post, path = "/v1/uploads/{id}/complete", tag = "uploads", security(("api_key" = [])),
-    params(("id" = String, Path, description = "The upload's id")),
+    params(("id" = String, Path, description = "The upload's id"), CompleteQuery),
     responses((status = 202, description = "The job, queued", body = JobView),
               (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
               (status = 409, description = "Nothing uploaded yet, or not what was declared", body = ErrorBody),
@@ -1177,6 +1231,7 @@ async fn complete_upload(
     State(api): State<Arc<Api>>,
     auth: Authed,
     Path(id): Path<String>,
+    Query(q): Query<CompleteQuery>,
 ) -> Result<Response, ApiError> {
     let rid = auth.request_id.as_str();
     let not_found = || ApiError::new(ErrorCode::NotFound, "no such upload", rid);
@@ -1255,6 +1310,7 @@ async fn complete_upload(
             "the stored object's size or SHA-256 is not what was declared".into(),
         ));
     }
+    let schema = job_schema(&api, &upload.tenant, q.schema.as_deref(), rid).await?;
     let job = crate::jobs::NewJob {
         id: upload.id,
         tenant: upload.tenant.clone(),
@@ -1264,6 +1320,7 @@ async fn complete_upload(
         input_bytes: upload.bytes as i64,
         file_name: upload.file_name.clone(),
         max_attempts: 5,
+        schema,
     };
     let submitted = api.store.submit(&job, now).await;
     // A concurrent completion may have created it: the same id means the same job.

@@ -50,6 +50,12 @@ enum Command {
         after_help = "The file is uploaded under a new random key; its size is checked against the plan first.\nWith --idempotency-key, a second submit with the same key returns the first job's id.\n\nExample:\n  airlock submit --tenant acme --idempotency-key upload-42 leads.csv"
     )]
     Submit(SubmitCli),
+    /// A tenant's stored schemas (Frictionless Table Schema): put, list, get, delete.
+    #[command(
+        subcommand,
+        after_help = "A schema is checked when stored (a bad one is refused with a JSON pointer to the bad part). A job\ntakes a copy of its schema when submitted: `submit --schema-id ID`, `POST /v1/jobs?schema=ID`, or the\ntenant's default (put --default) when it names none.\n\nExamples:\n  airlock schema put leads --tenant acme --default leads.schema.json\n  airlock schema list --tenant acme\n  airlock schema get leads --tenant acme > leads.schema.json\n  airlock schema delete leads --tenant acme"
+    )]
+    Schema(SchemaCmd),
     /// Run queued jobs through sandboxed workers.
     #[command(
         after_help = "SIGTERM/SIGINT: stop claiming, let in-flight jobs finish within --grace-seconds, then give the rest back.\n\nExamples:\n  airlock supervise                        # run until stopped\n  airlock supervise --until-idle -c 4      # drain the queue and exit"
@@ -227,6 +233,47 @@ enum AuditCmd {
 }
 
 #[derive(Debug, Subcommand)]
+enum SchemaCmd {
+    /// Store FILE as the tenant's schema ID (replacing one of that id); prints it as JSON.
+    Put {
+        /// 1-64 characters of A-Z a-z 0-9 - _ .
+        id: String,
+        #[arg(long)]
+        tenant: String,
+        /// Make it the tenant's default: jobs submitted without a schema use it.
+        #[arg(long)]
+        default: bool,
+        /// The schema, JSON (at most 64 KiB).
+        file: PathBuf,
+        #[command(flatten)]
+        service: ServiceOpts,
+    },
+    /// The tenant's schemas: id, SHA-256, default, field count, times.
+    List {
+        #[arg(long)]
+        tenant: String,
+        #[command(flatten)]
+        service: ServiceOpts,
+    },
+    /// Print the tenant's schema ID (its JSON).
+    Get {
+        id: String,
+        #[arg(long)]
+        tenant: String,
+        #[command(flatten)]
+        service: ServiceOpts,
+    },
+    /// Delete the tenant's schema ID; jobs already submitted keep their copy.
+    Delete {
+        id: String,
+        #[arg(long)]
+        tenant: String,
+        #[command(flatten)]
+        service: ServiceOpts,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum WebhookCmd {
     /// Add an endpoint for a tenant; prints it with its secret, this once.
     Add {
@@ -307,7 +354,7 @@ enum KeyCmd {
 }
 
 /// Where the job store and the object store are (DESIGN §3.1): read here, once.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 struct ServiceOpts {
     /// The job store: postgres://… or sqlite://PATH.
     #[arg(long, value_name = "URL", env = "AIRLOCK_DATABASE_URL", default_value = crate::config::DEFAULT_DATABASE_URL, hide_env_values = true)]
@@ -369,6 +416,13 @@ struct SubmitCli {
     /// Read the file through a symbolic link (refused by default).
     #[arg(long)]
     follow_symlinks: bool,
+    /// Check every row against this Frictionless Table Schema (JSON; README, "Schemas").
+    #[arg(long, value_name = "FILE", conflicts_with = "schema_id")]
+    schema: Option<PathBuf>,
+    /// Check every row against the tenant's stored schema ID (`none`: no schema, even when the
+    /// tenant has a default) [default: the tenant's default schema, if any].
+    #[arg(long, value_name = "ID")]
+    schema_id: Option<String>,
     /// The file to queue.
     file: PathBuf,
 }
@@ -627,6 +681,15 @@ pub fn main() -> ExitCode {
             let config = args.service.config();
             service_command(args.policy_dir.clone(), |p| {
                 crate::jobs::request::maybe_as_tenant(Some(args.tenant.clone()), async move {
+                    let choice = match (&args.schema, args.schema_id.as_deref()) {
+                        (Some(file), _) => crate::schemas::Choice::Inline(
+                            crate::schema::JobSchema::load(file).map_err(|e| {
+                                crate::service::CommandError::Usage(format!("{e:#}"))
+                            })?,
+                        ),
+                        (None, id) => crate::schemas::Choice::from_param(id)
+                            .map_err(crate::service::CommandError::Usage)?,
+                    };
                     let id = crate::service::submit(
                         &config,
                         &p,
@@ -637,7 +700,9 @@ pub fn main() -> ExitCode {
                             file: &args.file,
                             follow_symlinks: args.follow_symlinks,
                             file_name: None,
+                            schema: None,
                         },
+                        choice,
                     )
                     .await?;
                     Ok(id.to_string())
@@ -782,6 +847,7 @@ pub fn main() -> ExitCode {
                 })
             })
         }
+        Command::Schema(cmd) => schema_command(cmd),
         Command::Webhook(WebhookCmd::List { tenant, service }) => {
             let config = service.config();
             service_command(None, |_| {
@@ -918,6 +984,42 @@ fn sweep_command(
 }
 
 /// Run an async service command: print its output, map its error to an exit status.
+fn schema_command(cmd: SchemaCmd) -> ExitCode {
+    use crate::service::CommandError;
+    let (tenant, service) = match &cmd {
+        SchemaCmd::Put {
+            tenant, service, ..
+        }
+        | SchemaCmd::List { tenant, service }
+        | SchemaCmd::Get {
+            tenant, service, ..
+        }
+        | SchemaCmd::Delete {
+            tenant, service, ..
+        } => (tenant.clone(), service.clone().config()),
+    };
+    service_command(None, |_| {
+        crate::jobs::request::maybe_as_tenant(Some(tenant.clone()), async move {
+            match cmd {
+                SchemaCmd::Put {
+                    id, default, file, ..
+                } => {
+                    let schema = crate::schema::JobSchema::load(&file)
+                        .map_err(|e| CommandError::Usage(format!("{e:#}")))?;
+                    crate::service::schema_put(&service, &tenant, &id, &schema, default).await
+                }
+                SchemaCmd::List { .. } => crate::service::schema_list(&service, &tenant).await,
+                SchemaCmd::Get { id, .. } => {
+                    crate::service::schema_get(&service, &tenant, &id).await
+                }
+                SchemaCmd::Delete { id, .. } => {
+                    crate::service::schema_delete(&service, &tenant, &id).await
+                }
+            }
+        })
+    })
+}
+
 fn service_command<F, Fut>(policy_dir: Option<PathBuf>, f: F) -> ExitCode
 where
     F: FnOnce(Policies) -> Fut,

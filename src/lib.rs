@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod api_schemas;
 pub mod api_webhooks;
 pub mod audit;
 pub mod build_info;
@@ -23,6 +24,7 @@ pub mod policy;
 pub mod process;
 pub mod ratelimit;
 pub mod schema;
+pub mod schemas;
 pub mod serve;
 pub mod service;
 pub mod storage;

@@ -94,15 +94,27 @@ pub struct SubmitArgs<'a> {
     pub follow_symlinks: bool,
     /// The upload's name for downloads, when not the file's own (the API stages to a temp file).
     pub file_name: Option<&'a str>,
+    /// The schema the job runs under, already resolved ([`crate::schemas::Choice::resolve`]).
+    pub schema: Option<crate::schemas::JobSchemaCopy>,
 }
 
+/// `airlock submit`: `choice` names the job's schema (the tenant's default when not given).
 pub async fn submit(
     config: &ServiceConfig,
     policies: &Policies,
-    args: SubmitArgs<'_>,
+    mut args: SubmitArgs<'_>,
+    choice: crate::schemas::Choice,
 ) -> Result<Uuid, CommandError> {
     validate_tenant(args.tenant)?;
-    let jobs = open_jobs(config).await?;
+    let registry = open_registry(config).await?;
+    args.schema = choice
+        .resolve(&registry, args.tenant)
+        .await
+        .map_err(|e| match e {
+            crate::schemas::ResolveError::Missing(_) => CommandError::Usage(e.to_string()),
+            crate::schemas::ResolveError::Store(e) => failed(e),
+        })?;
+    let jobs: Shared = registry;
     let store = open_store(config).await?;
     submit_to(&jobs, &store, policies, args).await
 }
@@ -167,6 +179,7 @@ pub async fn submit_to(
         input_bytes: size as i64,
         file_name,
         max_attempts: 5,
+        schema: args.schema,
     };
     enqueue_stored(jobs, store, &job, input).await
 }
@@ -285,6 +298,10 @@ pub struct JobView {
     pub report: Option<crate::jobs::JobSummary>,
     /// What `GET /v1/jobs/{id}/{artifact}` can fetch now.
     pub artifacts: Vec<crate::storage::Artifact>,
+    /// Whether the job's rows are checked against a schema.
+    pub has_schema: bool,
+    /// The stored schema it runs under (none when the schema came with the job).
+    pub schema_id: Option<String>,
 }
 
 impl From<&JobRecord> for JobView {
@@ -306,6 +323,8 @@ impl From<&JobRecord> for JobView {
             result_code: r.result_code.clone(),
             report: r.summary.clone(),
             artifacts,
+            has_schema: r.has_schema,
+            schema_id: r.schema_id.clone(),
         }
     }
 }
@@ -727,6 +746,71 @@ fn tenant_error(e: crate::tenants::TenantError) -> CommandError {
 
 fn json(v: &impl serde::Serialize) -> String {
     serde_json::to_string_pretty(v).unwrap_or_default()
+}
+
+/// `airlock schema put ID --tenant T [--default] FILE`.
+pub async fn schema_put(
+    config: &ServiceConfig,
+    tenant: &str,
+    id: &str,
+    schema: &crate::schema::JobSchema,
+    default: bool,
+) -> Result<String, CommandError> {
+    validate_tenant(tenant)?;
+    crate::schemas::check_id(id).map_err(CommandError::Usage)?;
+    let store = open_registry(config).await?;
+    let (stored, _) = store
+        .put_schema(tenant, id, schema, default)
+        .await
+        .map_err(failed)?;
+    Ok(json(&stored))
+}
+
+/// `airlock schema list --tenant T`.
+pub async fn schema_list(config: &ServiceConfig, tenant: &str) -> Result<String, CommandError> {
+    validate_tenant(tenant)?;
+    let store = open_registry(config).await?;
+    let list = store.schemas(tenant).await.map_err(failed)?;
+    Ok(json(&list))
+}
+
+/// `airlock schema get ID --tenant T`: the schema's JSON, as stored.
+pub async fn schema_get(
+    config: &ServiceConfig,
+    tenant: &str,
+    id: &str,
+) -> Result<String, CommandError> {
+    validate_tenant(tenant)?;
+    crate::schemas::check_id(id).map_err(CommandError::Usage)?;
+    let store = open_registry(config).await?;
+    match store.schema(tenant, id).await.map_err(failed)? {
+        Some((_, body)) => {
+            let value: serde_json::Value = serde_json::from_str(&body)
+                .map_err(|e| failed(JobError::Corrupt(e.to_string())))?;
+            Ok(json(&value))
+        }
+        None => Err(CommandError::Refused(format!(
+            "tenant {tenant:?} has no schema {id:?}"
+        ))),
+    }
+}
+
+/// `airlock schema delete ID --tenant T`.
+pub async fn schema_delete(
+    config: &ServiceConfig,
+    tenant: &str,
+    id: &str,
+) -> Result<String, CommandError> {
+    validate_tenant(tenant)?;
+    crate::schemas::check_id(id).map_err(CommandError::Usage)?;
+    let store = open_registry(config).await?;
+    if store.delete_schema(tenant, id).await.map_err(failed)? {
+        Ok(format!("deleted schema {id:?} of tenant {tenant:?}"))
+    } else {
+        Err(CommandError::Refused(format!(
+            "tenant {tenant:?} has no schema {id:?}"
+        )))
+    }
 }
 
 /// `airlock tenant create NAME [--plan P]`.

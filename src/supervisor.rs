@@ -41,6 +41,7 @@ pub trait Runner: Send + Sync + std::fmt::Debug {
         &self,
         staged: &Path,
         plan: &Plan,
+        schema: Option<&crate::schema::JobSchema>,
         dest: &Destinations,
         cancel: &process::Cancel,
     ) -> anyhow::Result<Report>;
@@ -57,6 +58,7 @@ impl Runner for Sandboxed {
         &self,
         staged: &Path,
         plan: &Plan,
+        schema: Option<&crate::schema::JobSchema>,
         dest: &Destinations,
         cancel: &process::Cancel,
     ) -> anyhow::Result<Report> {
@@ -66,7 +68,10 @@ impl Runner for Sandboxed {
             size,
             plan,
             &self.policies.sandbox,
-            process::Reading::default(),
+            process::Reading {
+                delimiter: None,
+                schema,
+            },
             dest,
             cancel,
         )?;
@@ -699,6 +704,11 @@ impl Supervisor {
         let Ok(input) = ObjectKey::parse(&job.input_key) else {
             return Attempt::failed(FailureCode::BadInputKey, "the input key is malformed");
         };
+        let schema = match job.schema.as_deref().map(crate::schema::JobSchema::parse) {
+            None => None,
+            Some(Ok(s)) => Some(s),
+            Some(Err(e)) => return Attempt::failed(FailureCode::BadSchema, e.to_string()),
+        };
         let size = match self.store.head(&input).await {
             Ok(Some(meta)) => meta.size,
             Ok(None) => return Attempt::failed(FailureCode::InputMissing, "HEAD found nothing"),
@@ -736,7 +746,7 @@ impl Supervisor {
         let span = tracing::Span::current();
         let run = tokio::task::spawn_blocking(move || -> anyhow::Result<Report> {
             let _span = span.enter();
-            runner.run(&staged, &plan, &dest, &cancel)
+            runner.run(&staged, &plan, schema.as_ref(), &dest, &cancel)
         })
         .await;
         let report = match run {

@@ -976,6 +976,10 @@ async fn the_openapi_document_matches_the_routes() {
         "POST /v1/webhooks/{id}/rotate",
         "GET /v1/webhooks/{id}/deliveries",
         "POST /v1/webhooks/{id}/replay",
+        "GET /v1/schemas",
+        "PUT /v1/schemas/{id}",
+        "GET /v1/schemas/{id}",
+        "DELETE /v1/schemas/{id}",
     ];
     want.sort();
     assert_eq!(documented, want);
@@ -1558,6 +1562,16 @@ async fn isolation_matrix(backend: Backend) {
         .await
         .unwrap();
     let upload = ticket["id"].as_str().unwrap().to_string();
+    // A stored schema of A's.
+    let schema = fixture("schema/leads.schema.json");
+    s.ok(&[
+        "schema",
+        "put",
+        "leads",
+        "--tenant",
+        "acme",
+        schema.to_str().unwrap(),
+    ]);
     // A receipt for A.
     let res = client
         .delete(format!("{}/v1/jobs/{finished}", s.base))
@@ -1593,6 +1607,8 @@ async fn isolation_matrix(backend: Backend) {
         (reqwest::Method::GET, "/v1/jobs/{id}/report"),
         (reqwest::Method::DELETE, "/v1/jobs/{id}"),
         (reqwest::Method::POST, "/v1/uploads/{id}/complete"),
+        (reqwest::Method::GET, "/v1/schemas/{id}"),
+        (reqwest::Method::DELETE, "/v1/schemas/{id}"),
     ];
     let median = |mut v: Vec<Duration>| {
         v.sort();
@@ -1604,6 +1620,8 @@ async fn isolation_matrix(backend: Backend) {
     for (method, template) in &routes {
         let theirs_ids: Vec<&str> = if template.starts_with("/v1/uploads") {
             vec![&upload]
+        } else if template.starts_with("/v1/schemas") {
+            vec!["leads"]
         } else {
             vec![&finished, &queued]
         };
@@ -1648,6 +1666,8 @@ async fn isolation_matrix(backend: Backend) {
     assert_eq!(job["state"], "queued");
     let (_, _, job) = s.get(&format!("/v1/jobs/{finished}"), Some(&a_key)).await;
     assert_eq!(job["state"], "succeeded");
+    let (status, _, stored) = s.get("/v1/schemas/leads", Some(&a_key)).await;
+    assert_eq!((status, &stored["id"]), (200, &"leads".into()), "{stored}");
 
     // Listings and receipts: B sees none of A's.
     let (_, _, list) = s.get("/v1/jobs", Some(&b_key)).await;
@@ -1679,6 +1699,8 @@ async fn isolation_matrix(backend: Backend) {
         .map(|(m, t)| {
             let id = if t.starts_with("/v1/uploads") {
                 &upload
+            } else if t.starts_with("/v1/schemas") {
+                "leads"
             } else {
                 &queued
             };
@@ -1690,6 +1712,8 @@ async fn isolation_matrix(backend: Backend) {
         (reqwest::Method::POST, "/v1/jobs".to_string()),
         (reqwest::Method::GET, "/v1/receipts".to_string()),
         (reqwest::Method::POST, "/v1/uploads".to_string()),
+        (reqwest::Method::GET, "/v1/schemas".to_string()),
+        (reqwest::Method::PUT, "/v1/schemas/leads".to_string()),
     ]);
     for (method, path) in &all_routes {
         for (what, path, auth) in [

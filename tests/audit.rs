@@ -18,6 +18,7 @@ fn job(tenant: &str) -> NewJob {
         input_bytes: 10,
         file_name: "leads.csv".into(),
         max_attempts: 3,
+        schema: None,
     }
 }
 
@@ -672,8 +673,9 @@ async fn the_trail_through_the_cli_and_the_api() {
 }
 
 /// The tables that hold a tenant's data, and how a row names its tenant.
-const TENANT_TABLES: [(&str, &str); 12] = [
+const TENANT_TABLES: [(&str, &str); 13] = [
     ("airlock_jobs", "tenant"),
+    ("airlock_schemas", "tenant"),
     ("airlock_tenants", "tenant"),
     ("airlock_receipts", "tenant"),
     ("airlock_audit", "tenant"),
@@ -735,6 +737,12 @@ async fn row_level_security_on_postgres() {
             .unwrap();
         sqlx::query("INSERT INTO airlock_receipts (id, job_id, tenant, run_id, reason, at, body) VALUES ($1, 'j', $2, 'r', 'erasure', 1, '{}')")
             .bind(uuid::Uuid::new_v4().to_string()).bind(tenant).execute(store.pool()).await.unwrap();
+        let schema =
+            airlock::schema::JobSchema::parse(r#"{"fields": [{"name": "email"}]}"#).unwrap();
+        store
+            .put_schema(tenant, "leads", &schema, true)
+            .await
+            .unwrap();
     }
     airlock::audit::checkpoint(&store, &key).await.unwrap();
     let count = |sql: String| {

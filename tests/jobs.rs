@@ -42,6 +42,7 @@ fn job(tenant: &str, key: Option<&str>) -> NewJob {
         input_bytes: 10,
         file_name: "leads.csv".into(),
         max_attempts: 5,
+        schema: None,
     }
 }
 

@@ -22,6 +22,7 @@ fn new_job() -> NewJob {
         input_bytes: 10,
         file_name: "leads.csv".into(),
         max_attempts: 5,
+        schema: None,
     }
 }
 

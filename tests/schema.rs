@@ -226,3 +226,250 @@ fn past_the_key_budget_the_file_is_rejected_not_killed() {
     // 4,096 bytes hold 256 slots, filled to 7/8: 224 keys.
     assert_eq!(p.report["rejection"]["limit"], 224);
 }
+
+/// Stored schemas through the tenant API and the CLI, on `backend`: put (checked, with a JSON
+/// pointer for a bad one), list, get, delete, the tenant's default, `?schema=` and `none`,
+/// `submit --schema FILE`; jobs keep the copy they took; another tenant sees none of it; every
+/// change is in the tenant's audit chain, which still verifies.
+async fn stored_schemas_suite(backend: crate::api::Backend) {
+    use crate::api::Server;
+    let s = Server::on(backend, &["--supervise", "0"]).await;
+    s.ok(&["tenant", "create", "acme"]);
+    s.ok(&["tenant", "create", "globex"]);
+    let (acme, _) = s.key("acme");
+    let (globex, _) = s.key("globex");
+    let client = reqwest::Client::new();
+    let schema_text = std::fs::read_to_string(fixture("schema/leads.schema.json")).unwrap();
+    let send = |method: reqwest::Method, path: &str, key: &str, body: Option<Vec<u8>>| {
+        let mut req = client
+            .request(method, format!("{}{path}", s.base))
+            .header("authorization", format!("Bearer {key}"));
+        if let Some(b) = body {
+            req = req.header("content-type", "application/json").body(b);
+        }
+        async move {
+            let res = req.send().await.unwrap();
+            let status = res.status().as_u16();
+            let body: serde_json::Value =
+                serde_json::from_slice(&res.bytes().await.unwrap()).unwrap_or_default();
+            (status, body)
+        }
+    };
+    let put = reqwest::Method::PUT;
+    let get = reqwest::Method::GET;
+    let (st, stored) = send(
+        put.clone(),
+        "/v1/schemas/leads?default=true",
+        &acme,
+        Some(schema_text.clone().into_bytes()),
+    )
+    .await;
+    assert_eq!(st, 201, "{stored}");
+    assert_eq!(
+        (
+            stored["id"].as_str(),
+            stored["default"].as_bool(),
+            stored["fields"].as_u64()
+        ),
+        (Some("leads"), Some(true), Some(8))
+    );
+    // Replacing keeps the id; a bad schema is refused with a pointer and changes nothing.
+    let (st, again) = send(
+        put.clone(),
+        "/v1/schemas/leads?default=true",
+        &acme,
+        Some(schema_text.clone().into_bytes()),
+    )
+    .await;
+    assert_eq!((st, &again["sha256"]), (200, &stored["sha256"]));
+    let mut bad: serde_json::Value = serde_json::from_str(&schema_text).unwrap();
+    bad["fields"][7]["type"] = json!("integr");
+    let (st, err) = send(
+        put.clone(),
+        "/v1/schemas/leads",
+        &acme,
+        Some(bad.to_string().into_bytes()),
+    )
+    .await;
+    assert_eq!(st, 400, "{err}");
+    assert_eq!(err["error"]["code"], "invalid_schema");
+    assert_eq!(err["error"]["pointer"], "/fields/7/type", "{err}");
+    let (st, err) = send(put.clone(), "/v1/schemas/leads", &acme, Some(b"{".to_vec())).await;
+    assert_eq!(
+        (st, err["error"]["code"].as_str()),
+        (400, Some("invalid_schema"))
+    );
+    let (st, err) = send(
+        put.clone(),
+        "/v1/schemas/a%20b",
+        &acme,
+        Some(schema_text.clone().into_bytes()),
+    )
+    .await;
+    assert_eq!(
+        (st, err["error"]["code"].as_str()),
+        (400, Some("bad_request"))
+    );
+    let (_, list) = send(get.clone(), "/v1/schemas", &acme, None).await;
+    assert_eq!(list["schemas"].as_array().unwrap().len(), 1, "{list}");
+    let (st, one) = send(get.clone(), "/v1/schemas/leads", &acme, None).await;
+    assert_eq!(st, 200);
+    assert_eq!(
+        one["schema"],
+        serde_json::from_str::<serde_json::Value>(&schema_text).unwrap()
+    );
+
+    // Another tenant: an empty list, and acme's schema is a 404 like a random id's.
+    let (_, list) = send(get.clone(), "/v1/schemas", &globex, None).await;
+    assert_eq!(list["schemas"], json!([]));
+    let (st, theirs) = send(get.clone(), "/v1/schemas/leads", &globex, None).await;
+    let (st2, random) = send(get.clone(), "/v1/schemas/nothing-here", &globex, None).await;
+    assert_eq!((st, st2), (404, 404));
+    assert_eq!(theirs["error"]["message"], random["error"]["message"]);
+    let (st, _) = send(reqwest::Method::DELETE, "/v1/schemas/leads", &globex, None).await;
+    assert_eq!(st, 404);
+
+    // Jobs: the default applies; `none` turns it off; an unknown id is refused before upload.
+    let csv = std::fs::read(fixture("schema/leads.csv")).unwrap();
+    let post = |path: &str, key: &str| {
+        client
+            .post(format!("{}{path}", s.base))
+            .header("authorization", format!("Bearer {key}"))
+            .header("content-type", "text/csv")
+            .body(csv.clone())
+            .send()
+    };
+    let job_of = |res: reqwest::Response| async move {
+        let status = res.status().as_u16();
+        let v: serde_json::Value = res.json().await.unwrap();
+        (status, v)
+    };
+    let (st, with_default) = job_of(post("/v1/jobs", &acme).await.unwrap()).await;
+    assert_eq!(st, 202, "{with_default}");
+    assert_eq!(
+        (
+            with_default["has_schema"].as_bool(),
+            with_default["schema_id"].as_str()
+        ),
+        (Some(true), Some("leads"))
+    );
+    let (_, without) = job_of(post("/v1/jobs?schema=none", &acme).await.unwrap()).await;
+    assert_eq!(without["has_schema"], false, "{without}");
+    let (st, unknown) = job_of(post("/v1/jobs?schema=nope", &acme).await.unwrap()).await;
+    assert_eq!(
+        (st, unknown["error"]["code"].as_str()),
+        (400, Some("unknown_schema"))
+    );
+    // globex has no default: no schema.
+    let (_, theirs) = job_of(post("/v1/jobs", &globex).await.unwrap()).await;
+    assert_eq!(theirs["has_schema"], false);
+    let (st, _) = job_of(post("/v1/jobs?schema=leads", &globex).await.unwrap()).await;
+    assert_eq!(st, 400, "globex used acme's schema");
+
+    // The CLI: a schema file given with the job, and the stored ones.
+    let file = fixture("schema/leads.csv");
+    let schema_file = fixture("schema/leads.schema.json");
+    let inline = s.ok(&[
+        "submit",
+        "--tenant",
+        "globex",
+        "--schema",
+        schema_file.to_str().unwrap(),
+        file.to_str().unwrap(),
+    ]);
+    let listed: serde_json::Value =
+        serde_json::from_str(&s.ok(&["schema", "list", "--tenant", "acme"])).unwrap();
+    assert_eq!(listed[0]["id"], "leads");
+    let got: serde_json::Value =
+        serde_json::from_str(&s.ok(&["schema", "get", "leads", "--tenant", "acme"])).unwrap();
+    assert_eq!(got["fields"][0]["name"], "email");
+    let out = s.cli(&["schema", "get", "leads", "--tenant", "globex"]);
+    assert_eq!(out.status.code(), Some(1));
+    let dir = tempfile::tempdir().unwrap();
+    let bad_file = write_temp(dir.path(), "bad.json", bad.to_string().as_bytes());
+    let out = s.cli(&[
+        "schema",
+        "put",
+        "other",
+        "--tenant",
+        "acme",
+        bad_file.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("/fields/7/type"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = s.cli(&[
+        "submit",
+        "--tenant",
+        "acme",
+        "--schema-id",
+        "nope",
+        file.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+
+    // Deleting the schema leaves queued jobs their copy.
+    let (st, _) = send(reqwest::Method::DELETE, "/v1/schemas/leads", &acme, None).await;
+    assert_eq!(st, 204);
+    let (_, list) = send(get.clone(), "/v1/schemas", &acme, None).await;
+    assert_eq!(list["schemas"], json!([]));
+    let out = s.cli(&["supervise", "--until-idle", "-c", "2"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows = |id: &str, key: &str| {
+        let id = id.to_string();
+        let key = key.to_string();
+        let s = &s;
+        async move {
+            let (_, _, job) = s.get(&format!("/v1/jobs/{id}"), Some(&key)).await;
+            assert_eq!(job["state"], "succeeded", "{job}");
+            (
+                job["report"]["rows"]["rejected"].as_u64().unwrap(),
+                job["report"]["issue_counts"].clone(),
+            )
+        }
+    };
+    let checked = rows(with_default["id"].as_str().unwrap(), &acme).await;
+    assert_eq!(checked, (2, json!({"type_error": 1, "unique_error": 1})));
+    assert_eq!(rows(without["id"].as_str().unwrap(), &acme).await.0, 0);
+    assert_eq!(rows(&inline, &globex).await.0, 2);
+
+    // The audit trail has each change, and still verifies.
+    let export = s.ok(&["audit", "export", "--tenant", "acme"]);
+    let actions: Vec<String> = export
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|r| r["body"].as_str().map(String::from))
+        .filter_map(|b| serde_json::from_str::<serde_json::Value>(&b).ok())
+        .filter_map(|b| b["action"].as_str().map(String::from))
+        .filter(|a| a.starts_with("schema."))
+        .collect();
+    assert_eq!(
+        actions,
+        ["schema.put", "schema.put", "schema.deleted"],
+        "{export}"
+    );
+    assert!(
+        !export.contains("\"fields\""),
+        "the audit trail holds no schema JSON"
+    );
+    let theirs = s.ok(&["audit", "export", "--tenant", "globex"]);
+    assert!(!theirs.contains("schema."), "{theirs}");
+    s.ok(&["audit", "verify"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stored_schemas_per_tenant() {
+    stored_schemas_suite(crate::api::Backend::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stored_schemas_per_tenant_on_postgres_and_s3() {
+    stored_schemas_suite(crate::api::Backend::Production).await;
+}

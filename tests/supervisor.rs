@@ -338,6 +338,7 @@ impl Rig {
             input_bytes: size as i64,
             file_name: "leads.csv".into(),
             max_attempts: 5,
+            schema: None,
         };
         let now = self.jobs.inner.now().await.unwrap();
         self.jobs.inner.submit(&job, now).await.unwrap().id()
@@ -467,6 +468,7 @@ async fn a_lost_submit_reply_keeps_the_input(backend: &str) {
                 file: &fixture("valid/leads.csv"),
                 follow_symlinks: false,
                 file_name: None,
+                schema: None,
             },
         )
         .await
@@ -503,6 +505,7 @@ impl airlock::supervisor::Runner for InProcess {
         &self,
         staged: &Path,
         plan: &airlock::policy::limits::Plan,
+        _schema: Option<&airlock::schema::JobSchema>,
         dest: &airlock::process::Destinations,
         _cancel: &airlock::process::Cancel,
     ) -> anyhow::Result<airlock_report::Report> {

@@ -121,6 +121,7 @@ impl World {
             input_bytes: 1,
             file_name: "x".into(),
             max_attempts: 5,
+            schema: None,
         };
         self.jobs.submit(&job, at).await.unwrap().id()
     }
@@ -156,6 +157,7 @@ impl World {
             input_bytes: 30,
             file_name: "leads of Ana.csv".into(),
             max_attempts: 5,
+            schema: None,
         };
         let id = self.jobs.submit(&job, finished - 10).await.unwrap().id();
         let c = self

@@ -60,6 +60,15 @@ pub enum Action {
     WebhookRemoved { endpoint_id: String },
     #[serde(rename = "webhook.rotated")]
     WebhookRotated { endpoint_id: String },
+    /// A stored schema was added or replaced (its JSON's SHA-256; never the JSON).
+    #[serde(rename = "schema.put")]
+    SchemaPut {
+        schema_id: String,
+        sha256: String,
+        default: bool,
+    },
+    #[serde(rename = "schema.deleted")]
+    SchemaDeleted { schema_id: String },
     /// A job's files were erased; the deletion receipt is named and its body hashed here.
     #[serde(rename = "job.purged")]
     Purged {
@@ -106,6 +115,9 @@ impl Action {
             | Action::WebhookRotated { endpoint_id } => {
                 (None, self.name().into(), Some(endpoint_id.clone()))
             }
+            Action::SchemaPut { schema_id, .. } | Action::SchemaDeleted { schema_id } => {
+                (None, self.name().into(), Some(schema_id.clone()))
+            }
         }
     }
 
@@ -118,6 +130,8 @@ impl Action {
             Action::WebhookAdded { .. } => "webhook.added",
             Action::WebhookRemoved { .. } => "webhook.removed",
             Action::WebhookRotated { .. } => "webhook.rotated",
+            Action::SchemaPut { .. } => "schema.put",
+            Action::SchemaDeleted { .. } => "schema.deleted",
             Action::Purged { .. } => "job.purged",
         }
     }

@@ -75,6 +75,8 @@ struct Fields<'a> {
     endpoint_id: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     reason: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    schema_id: Option<Cow<'a, str>>,
 }
 
 /// `from_state`, `to_state` and `detail` as a body says they must be.
@@ -103,6 +105,7 @@ impl Fields<'_> {
             "webhook.added" | "webhook.removed" | "webhook.rotated" => {
                 (None, &*self.action, borrowed(&self.endpoint_id))
             }
+            "schema.put" | "schema.deleted" => (None, &*self.action, borrowed(&self.schema_id)),
             _ => return None,
         })
     }
@@ -556,6 +559,12 @@ mod tests {
             },
             Action::WebhookRemoved { endpoint_id: id() },
             Action::WebhookRotated { endpoint_id: id() },
+            Action::SchemaPut {
+                schema_id: id(),
+                sha256: id(),
+                default: true,
+            },
+            Action::SchemaDeleted { schema_id: id() },
             Action::Purged {
                 job_id: id(),
                 from: "succeeded".into(),

@@ -95,6 +95,8 @@ pub struct NewJob {
     /// The uploaded file's name, kept only for download names.
     pub file_name: String,
     pub max_attempts: i32,
+    /// The schema the job runs under: a copy, so later changes to a stored schema never reach it.
+    pub schema: Option<crate::schemas::JobSchemaCopy>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,6 +130,8 @@ pub enum FailureCode {
     UnknownPlan,
     /// The job's input key is not one Airlock makes.
     BadInputKey,
+    /// The schema the job was submitted with does not load in this build.
+    BadSchema,
     /// The private staging directory could not be made or written.
     WorkDir,
     /// The worker process could not be started.
@@ -143,12 +147,13 @@ pub enum FailureCode {
 }
 
 impl FailureCode {
-    pub const ALL: [FailureCode; 11] = [
+    pub const ALL: [FailureCode; 12] = [
         FailureCode::StorageUnavailable,
         FailureCode::StorageRefused,
         FailureCode::InputMissing,
         FailureCode::UnknownPlan,
         FailureCode::BadInputKey,
+        FailureCode::BadSchema,
         FailureCode::WorkDir,
         FailureCode::WorkerStart,
         FailureCode::SandboxUnavailable,
@@ -164,6 +169,7 @@ impl FailureCode {
             FailureCode::InputMissing => "input_missing",
             FailureCode::UnknownPlan => "unknown_plan",
             FailureCode::BadInputKey => "bad_input_key",
+            FailureCode::BadSchema => "bad_schema",
             FailureCode::WorkDir => "work_dir",
             FailureCode::WorkerStart => "worker_start",
             FailureCode::SandboxUnavailable => "sandbox_unavailable",
@@ -218,6 +224,8 @@ pub struct Claimed {
     pub file_name: String,
     pub fence: i64,
     pub attempt: i32,
+    /// The JSON of the schema the job runs under (checked at submit, and again before use).
+    pub schema: Option<String>,
     /// The keys this attempt uploads under, chosen and recorded at claim time (new UUIDv4s), so
     /// a sweep or an erasure can delete them even if the attempt never completes.
     pub keys: AttemptKeys,
@@ -377,6 +385,10 @@ pub struct JobRecord {
     pub attempt_keys: Vec<String>,
     /// While a job cancelled by an erasure may still have a live attempt: its old lease's end.
     pub lease_expires_at: Option<i64>,
+    /// The stored schema the job runs under (none for no schema, or one sent with the job).
+    pub schema_id: Option<String>,
+    /// Whether the job runs under a schema.
+    pub has_schema: bool,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -81,6 +81,12 @@ const STEPS: &[Step] = &[
         postgres: include_str!("../../migrations/postgres/0010_tenant_role_queue_front.sql"),
         sqlite: include_str!("../../migrations/sqlite/0010_tenant_role_queue_front.sql"),
     },
+    Step {
+        version: 11,
+        description: "schemas",
+        postgres: include_str!("../../migrations/postgres/0011_schemas.sql"),
+        sqlite: include_str!("../../migrations/sqlite/0011_schemas.sql"),
+    },
 ];
 
 /// The version this binary needs.

@@ -209,6 +209,7 @@ fn claimed(row: &AnyRow, keys: AttemptKeys) -> Result<Claimed, JobError> {
         file_name: row.try_get("file_name")?,
         fence: row.try_get("fence")?,
         attempt: row.try_get::<i64, _>("attempts")? as i32,
+        schema: row.try_get("schema_body")?,
         keys,
     })
 }
@@ -253,6 +254,8 @@ pub(crate) fn record(row: &AnyRow) -> Result<JobRecord, JobError> {
         .flatten()
         .collect(),
         lease_expires_at: row.try_get("lease_expires_at")?,
+        schema_id: row.try_get("schema_id")?,
+        has_schema: row.try_get::<Option<String>, _>("schema_body")?.is_some(),
     })
 }
 
@@ -570,8 +573,8 @@ impl JobStore for SqlStore {
         let mut tx = self.begin().await?;
         let vseq = self.next_vseq(&mut tx, &job.tenant).await?;
         let inserted = sqlx::query(
-            "INSERT INTO airlock_jobs (id, tenant, idempotency_key, state, plan, input_key, input_bytes, file_name, max_attempts, run_after, created_at, vseq)
-             VALUES ($1, $2, $3, 'queued', $4, $5, $6, $7, $8, $9, $9, $10)
+            "INSERT INTO airlock_jobs (id, tenant, idempotency_key, state, plan, input_key, input_bytes, file_name, max_attempts, run_after, created_at, vseq, schema_id, schema_body)
+             VALUES ($1, $2, $3, 'queued', $4, $5, $6, $7, $8, $9, $9, $10, $11, $12)
              ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING",
         )
         .bind(id.to_string())
@@ -584,6 +587,8 @@ impl JobStore for SqlStore {
         .bind(i64::from(job.max_attempts))
         .bind(now)
         .bind(vseq)
+        .bind(job.schema.as_ref().and_then(|s| s.id.clone()))
+        .bind(job.schema.as_ref().map(|s| s.body.clone()))
         .execute(&mut *tx)
         .await?
         .rows_affected();
@@ -631,7 +636,7 @@ impl JobStore for SqlStore {
                  lease_owner = $2, lease_expires_at = $3, started_at = COALESCE(started_at, $4),
                  attempt_output_key = $5, attempt_rejects_key = $6, attempt_report_key = $7
              WHERE id = $1
-             RETURNING id, tenant, plan, input_key, input_bytes, file_name, fence, attempts",
+             RETURNING id, tenant, plan, input_key, input_bytes, file_name, fence, attempts, schema_body",
         )
         .bind(&id)
         .bind(owner)
