@@ -477,10 +477,16 @@ impl SchemaState {
                     i,
                     column,
                     Code::ConstraintError,
-                    format!(
-                        "the cell breaks field {:?}'s {which} constraint",
-                        field.name
-                    ),
+                    match field.bound_text(which) {
+                        Some(bound) => format!(
+                            "the cell breaks field {:?}'s {which} constraint ({bound})",
+                            field.name
+                        ),
+                        None => format!(
+                            "the cell breaks field {:?}'s {which} constraint",
+                            field.name
+                        ),
+                    },
                 )),
                 Ok(typed) => {
                     if field.unique() {

@@ -14,8 +14,8 @@ use std::collections::BTreeMap;
 use serde_json::{Map, Value};
 
 pub use keys::{Insert, KeySet};
-pub use value::Typed;
-use value::{Bound, Kind};
+use value::Bound;
+pub use value::{DateFormat, Kind, StrFormat, Token, Typed};
 
 /// The longest pattern accepted, in bytes, and the compiled size each may take: patterns run
 /// inside the worker on every cell, on a linear-time engine, in bounded memory.
@@ -597,6 +597,25 @@ impl Field {
     /// The type and format, for messages ("integer", "string (email)").
     pub fn describe(&self) -> String {
         self.kind.describe()
+    }
+
+    /// The field's type and format.
+    pub fn kind(&self) -> &Kind {
+        &self.kind
+    }
+
+    /// A `minimum` or `maximum` from the schema, written in the field's own format (for
+    /// messages: it is the schema's, never a cell's).
+    pub fn bound_text(&self, which: &str) -> Option<String> {
+        let bound = match which {
+            "minimum" => self.minimum.as_ref(),
+            "maximum" => self.maximum.as_ref(),
+            _ => None,
+        }?;
+        match bound {
+            Bound::Value(v) => self.kind.format(v),
+            Bound::Text(t) => Some(t.clone()),
+        }
     }
 }
 

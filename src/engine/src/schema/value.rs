@@ -447,6 +447,214 @@ impl Kind {
     }
 }
 
+impl Kind {
+    /// Write `v` the way this field reads it: Table Schema's formatter, the inverse of
+    /// [`Kind::parse`] (the first of `trueValues`/`falseValues`; `decimalChar` and `groupChar`;
+    /// dates and times in the field's pattern, UTC). `None` when the format cannot express the
+    /// value: a year outside 0-9999, a pattern without a part the value needs, a value of
+    /// another type.
+    pub fn format(&self, v: &Typed) -> Option<String> {
+        match (self, v) {
+            (Kind::String(_), Typed::Text(s)) => Some((*s).to_string()),
+            (Kind::Integer { .. }, Typed::Int(i)) => Some(i.to_string()),
+            (Kind::Integer { .. }, Typed::BigInt(s)) => Some((*s).to_string()),
+            (Kind::Number { decimal, group, .. }, Typed::Num(f)) => {
+                Some(format_number(*f, *decimal, *group))
+            }
+            (Kind::Boolean { trues, falses }, Typed::Bool(b)) => {
+                if *b { trues.first() } else { falses.first() }.cloned()
+            }
+            (Kind::Date(f), Typed::Date(days)) => {
+                let (year, month, day) = civil_from_days(*days);
+                let when = When {
+                    year,
+                    month,
+                    day,
+                    ..When::default()
+                };
+                match f {
+                    DateFormat::Default => when.write(ISO_DATE),
+                    DateFormat::Pattern(t) => when.needs(t, true).then(|| when.write(t))?,
+                }
+            }
+            (Kind::DateTime(f), Typed::DateTime(ns)) => {
+                let secs = ns.div_euclid(1_000_000_000);
+                let nanos = ns.rem_euclid(1_000_000_000) as u32;
+                let days = i64::try_from(secs.div_euclid(86_400)).ok()?;
+                let (year, month, day) = civil_from_days(days);
+                let when = When {
+                    year,
+                    month,
+                    day,
+                    nanos,
+                    ..When::time_of_day(secs.rem_euclid(86_400) as u32)
+                };
+                match f {
+                    DateFormat::Default => when.write(ISO_DATETIME),
+                    DateFormat::Pattern(t) => when.needs(t, false).then(|| when.write(t))?,
+                }
+            }
+            (Kind::Time(f), Typed::Time(ns)) => {
+                let nanos = ns.rem_euclid(1_000_000_000) as u32;
+                let when = When {
+                    nanos,
+                    ..When::time_of_day((ns.div_euclid(1_000_000_000)).rem_euclid(86_400) as u32)
+                };
+                match f {
+                    DateFormat::Default => when.write(ISO_TIME),
+                    DateFormat::Pattern(t) => when.needs(t, false).then(|| when.write(t))?,
+                }
+            }
+            (Kind::Year, Typed::Year(y)) => (0..=9999).contains(y).then(|| format!("{y:04}")),
+            _ => None,
+        }
+    }
+}
+
+/// A number in the field's lexical form: Rust's shortest round-trip digits, the decimal mark
+/// replaced and the integer part grouped in threes.
+fn format_number(f: f64, decimal: char, group: Option<char>) -> String {
+    if f.is_nan() {
+        return "NaN".into();
+    }
+    if f.is_infinite() {
+        return if f > 0.0 { "INF".into() } else { "-INF".into() };
+    }
+    let plain = format!("{f}");
+    let (sign, rest) = match plain.strip_prefix('-') {
+        Some(r) => ("-", r),
+        None => ("", plain.as_str()),
+    };
+    let (int, frac) = rest.split_once('.').unwrap_or((rest, ""));
+    let mut out = String::with_capacity(plain.len() + plain.len() / 3 + 1);
+    out.push_str(sign);
+    for (i, c) in int.chars().enumerate() {
+        if let Some(g) = group {
+            if i > 0 && (int.len() - i) % 3 == 0 {
+                out.push(g);
+            }
+        }
+        out.push(c);
+    }
+    if !frac.is_empty() {
+        out.push(decimal);
+        out.push_str(frac);
+    }
+    out
+}
+
+/// A date and time of day, to write by tokens (UTC).
+#[derive(Debug, Clone, Copy)]
+struct When {
+    year: i64,
+    month: u32,
+    day: u32,
+    hour: u32,
+    minute: u32,
+    second: u32,
+    nanos: u32,
+}
+
+impl Default for When {
+    fn default() -> Self {
+        When {
+            year: 1970,
+            month: 1,
+            day: 1,
+            hour: 0,
+            minute: 0,
+            second: 0,
+            nanos: 0,
+        }
+    }
+}
+
+impl When {
+    fn time_of_day(secs: u32) -> When {
+        When {
+            hour: secs / 3600,
+            minute: secs / 60 % 60,
+            second: secs % 60,
+            ..When::default()
+        }
+    }
+
+    /// Whether `tokens` can express this value: every part that [`parse_tokens`] would
+    /// otherwise default is either written or at its default, and the year fits its token.
+    fn needs(&self, tokens: &[Token], date_parts_required: bool) -> bool {
+        let has = |t: Token| tokens.contains(&t);
+        let year_ok = if has(Year2) {
+            (1969..=2068).contains(&self.year) && (!has(Year) || (0..=9999).contains(&self.year))
+        } else {
+            (0..=9999).contains(&self.year)
+        };
+        let has_year = has(Year) || has(Year2);
+        year_ok
+            && (has_year || (!date_parts_required && self.year == 1970))
+            && (has(Month) || (!date_parts_required && self.month == 1))
+            && (has(Day) || (!date_parts_required && self.day == 1))
+            && (has(Hour) || self.hour == 0)
+            && (has(Minute) || self.minute == 0)
+            && (has(Second) || self.second == 0)
+            && (has(Fraction) || self.nanos == 0)
+    }
+
+    fn write(&self, tokens: &[Token]) -> Option<String> {
+        use std::fmt::Write;
+        let mut out = String::new();
+        for t in tokens {
+            let _ = match *t {
+                Literal(c) => {
+                    out.push(c);
+                    Ok(())
+                }
+                Year => {
+                    if !(0..=9999).contains(&self.year) {
+                        return None;
+                    }
+                    write!(out, "{:04}", self.year)
+                }
+                Year2 => write!(out, "{:02}", self.year.rem_euclid(100)),
+                Month => write!(out, "{:02}", self.month),
+                Day => write!(out, "{:02}", self.day),
+                Hour => write!(out, "{:02}", self.hour),
+                Minute => write!(out, "{:02}", self.minute),
+                Second => write!(out, "{:02}", self.second),
+                Fraction => {
+                    // The ISO forms write a fraction only when there is one.
+                    if tokens == ISO_TIME || tokens == ISO_DATETIME {
+                        if self.nanos == 0 {
+                            continue;
+                        }
+                        out.push('.');
+                    }
+                    write!(out, "{:09}", self.nanos)
+                }
+                Offset => {
+                    out.push('Z');
+                    Ok(())
+                }
+            };
+        }
+        Some(out)
+    }
+}
+
+/// The proleptic Gregorian date of a day count since 1970-01-01 (Howard Hinnant's
+/// civil_from_days, the inverse of [`days_from_civil`]).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
 impl Typed<'_> {
     fn to_static(self) -> Option<Typed<'static>> {
         Some(match self {
