@@ -36,8 +36,8 @@ fn the_api_walk_through_runs_as_written() {
     let blocks = tested_blocks(&readme);
     assert_eq!(
         blocks.len(),
-        2,
-        "submit-poll-download and the direct upload"
+        3,
+        "submit-poll-download, the direct upload, and a stored schema"
     );
 
     struct Kill(std::process::Child);
@@ -119,6 +119,19 @@ fn the_api_walk_through_runs_as_written() {
     );
     let state = run(&blocks[1]);
     assert_eq!(state.trim(), "\"queued\"");
+    let shown = run(&blocks[2]);
+    let expected = blocks[2]
+        .lines()
+        .find_map(|l| l.strip_prefix("# {\"schema_id\""))
+        .expect("the block shows its answer");
+    assert!(
+        shown.contains(&format!("{{\"schema_id\"{expected}")),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("\"default\":true") && shown.contains("unique_error"),
+        "{shown}"
+    );
     drop(serve);
 }
 
