@@ -411,6 +411,10 @@ struct SchemaState {
     counts: Vec<FieldCounts>,
     /// This row's violations: (field index, column, code, message).
     found: Vec<(usize, Option<usize>, Code, String)>,
+    /// This row's `unique` keys, inserted once every cell is checked: (field, column, digest).
+    /// Their table slots are touched as each is computed, so the memory latency of a table far
+    /// larger than the caches overlaps with checking the rest of the row.
+    pending: Vec<(usize, Option<usize>, u128)>,
 }
 
 impl SchemaState {
@@ -425,11 +429,13 @@ impl SchemaState {
             })
             .collect();
         let found = Vec::with_capacity(schema.fields.len() + 1);
+        let pending = Vec::with_capacity(schema.fields.len());
         SchemaState {
             schema,
             map: None,
             keys,
             counts,
+            pending,
             found,
         }
     }
@@ -438,6 +444,7 @@ impl SchemaState {
     /// key memory is spent.
     fn check_row(&mut self, buf: &[u8], ends: &[usize]) -> Result<(), ()> {
         self.found.clear();
+        self.pending.clear();
         let Some(map) = &self.map else { return Ok(()) };
         let schema = &*self.schema;
         let cell_at = |c: usize| -> &str {
@@ -490,24 +497,34 @@ impl SchemaState {
                 )),
                 Ok(typed) => {
                     if field.unique() {
-                        let keys = self.keys.as_mut().ok_or(())?;
+                        let keys = self.keys.as_ref().ok_or(())?;
                         let digest = keys.digest(i as u64, std::slice::from_ref(&typed));
-                        match keys.insert(digest) {
-                            Insert::New => {}
-                            Insert::Seen => self.found.push((
-                                i,
-                                column,
-                                Code::UniqueError,
-                                format!(
-                                    "field {:?} is unique, and this value is in an earlier row",
-                                    field.name
-                                ),
-                            )),
-                            Insert::Full => return Err(()),
-                        }
+                        keys.touch(digest);
+                        self.pending.push((i, column, digest));
                     }
                 }
             }
+        }
+        if !self.pending.is_empty() {
+            let keys = self.keys.as_mut().ok_or(())?;
+            for &(i, column, digest) in &self.pending {
+                match keys.insert(digest) {
+                    Insert::New => {}
+                    Insert::Seen => self.found.push((
+                        i,
+                        column,
+                        Code::UniqueError,
+                        format!(
+                            "field {:?} is unique, and this value is in an earlier row",
+                            schema.fields[i].name
+                        ),
+                    )),
+                    Insert::Full => return Err(()),
+                }
+            }
+            self.pending.clear();
+            // In field order, as if each key had been inserted as its cell was checked.
+            self.found.sort_by_key(|f| f.0);
         }
         for (i, _, _, _) in &self.found {
             self.counts[*i].errors += 1;
