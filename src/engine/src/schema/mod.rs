@@ -558,6 +558,19 @@ impl Field {
         self.unique
     }
 
+    /// Whether every present value is valid and nothing needs its value: a plain string with no
+    /// constraint but `required`. Such a cell need not be parsed at all.
+    pub fn accepts_any(&self) -> bool {
+        self.kind == Kind::String(value::StrFormat::Default)
+            && !self.unique
+            && self.min_length.is_none()
+            && self.max_length.is_none()
+            && self.minimum.is_none()
+            && self.maximum.is_none()
+            && self.pattern.is_none()
+            && self.enumeration.is_none()
+    }
+
     /// Parse and check one non-missing cell.
     pub fn check<'a>(&self, cell: &'a str) -> Result<Typed<'a>, Violation> {
         let typed = self.kind.parse(cell).ok_or(Violation::Type)?;

@@ -920,27 +920,21 @@ fn days_from_civil(year: i64, month: u32, day: u32) -> Option<i64> {
 /// digits of any script, as RFC 6531 allows); a domain of at least two labels of letters, digits
 /// and hyphens, whose last (the TLD) is letters only, or `xn--` punycode.
 fn is_email(s: &str) -> bool {
-    let Some((local, domain)) = s.split_once('@') else {
+    let Some(at) = memchr::memchr(b'@', s.as_bytes()) else {
         return false;
     };
+    let (local, domain) = (&s[..at], &s[at + 1..]);
     let local_ok = !local.is_empty()
         && local.len() <= 64
         && !local.starts_with('.')
         && !local.ends_with('.')
         && !local.contains("..")
-        && local
-            .chars()
-            .all(|c| c.is_alphanumeric() || "!#$%&'*+/=?^_`{|}~.-".contains(c));
+        && all_chars(local, &ATEXT);
     if !local_ok || domain.len() > 253 {
         return false;
     }
-    let label_ok = |l: &str| {
-        !l.is_empty()
-            && l.len() <= 63
-            && !l.starts_with('-')
-            && !l.ends_with('-')
-            && l.chars().all(|c| c.is_alphanumeric() || c == '-')
-    };
+    let label_ok =
+        |l: &str| !l.is_empty() && l.len() <= 63 && !l.starts_with('-') && !l.ends_with('-');
     let mut labels = 0;
     let mut last = "";
     for l in domain.split('.') {
@@ -951,8 +945,42 @@ fn is_email(s: &str) -> bool {
         last = l;
     }
     labels >= 2
+        && all_chars(domain, &LABEL_OR_DOT)
         && ((last.chars().count() >= 2 && last.chars().all(char::is_alphabetic))
             || last.starts_with("xn--"))
+}
+
+/// ASCII letters and digits, and `extra`.
+const fn ascii_set(extra: &[u8]) -> [bool; 128] {
+    let mut t = [false; 128];
+    let mut b = 0;
+    while b < 128 {
+        t[b] = (b as u8).is_ascii_alphanumeric();
+        b += 1;
+    }
+    let mut i = 0;
+    while i < extra.len() {
+        t[extra[i] as usize] = true;
+        i += 1;
+    }
+    t
+}
+
+/// RFC 5322's atext and the dot: an email's local part.
+const ATEXT: [bool; 128] = ascii_set(b"!#$%&'*+/=?^_`{|}~.-");
+/// A domain's labels and the dots between them.
+const LABEL_OR_DOT: [bool; 128] = ascii_set(b"-.");
+
+/// Every character is in the ASCII `set`, or a letter or digit of another script.
+fn all_chars(s: &str, set: &[bool; 128]) -> bool {
+    if s.is_ascii() {
+        s.bytes().all(|b| set[usize::from(b)])
+    } else {
+        s.chars().all(|c| match u8::try_from(c) {
+            Ok(b) if b < 128 => set[usize::from(b)],
+            _ => c.is_alphanumeric(),
+        })
+    }
 }
 
 /// An absolute URI by RFC 3986's grammar, at the character level: a scheme, `:`, and the rest
