@@ -144,9 +144,17 @@ fn run<R: Read, O: Write, J: Write>(
         }
     }
     finish(&parser, dialect);
+    // Rows still waiting for their keys came before whatever ended the input.
+    let earlier = sink.flush_deferred()?;
+    if earlier.is_err() {
+        outcome = earlier;
+    }
     if outcome.is_ok() {
         let trailing = parser.lines.trailing_blank_lines();
-        sink.blank_lines(trailing, parser.lines.last_content_line() + 1);
+        let blanks = sink.blank_lines(trailing, parser.lines.last_content_line() + 1)?;
+        if blanks.is_err() {
+            return Ok(blanks);
+        }
         return Ok(sink.check_end());
     }
     Ok(outcome)
@@ -258,7 +266,10 @@ impl Parser {
                     }
                     let line = self.lines.start_line();
                     let skipped = line.saturating_sub(self.prev_end_line + 1);
-                    sink.blank_lines(skipped, self.prev_end_line + 1);
+                    let blanks = sink.blank_lines(skipped, self.prev_end_line + 1)?;
+                    if blanks.is_err() {
+                        return Ok(blanks);
+                    }
                     self.prev_end_line = self.lines.last_content_line();
                     self.lines.mark_record_end();
                     let ends = &self.ends[..self.ends_len];
@@ -401,6 +412,28 @@ struct Sink<O: Write, J: Write> {
     rejects_rows: u64,
     rejects_truncated: bool,
     schema: Option<SchemaState>,
+    /// With `unique` or `primaryKey`, checked rows wait here, [`DEFER_ROWS`] at a time, before
+    /// their keys are inserted and they are written: the table is far larger than the caches,
+    /// and the first slots of all their keys are loaded together, so the cache misses overlap
+    /// instead of each stalling its row. Anything else (a blank line, a ragged row, the end) settles the
+    /// queue first, so the report and the files come out in input order.
+    deferred: std::collections::VecDeque<Deferred>,
+    /// Finished entries, kept for their buffers.
+    spare: Vec<Deferred>,
+}
+
+/// How many rows wait for their keys.
+const DEFER_ROWS: usize = 16;
+
+/// A row waiting for its keys.
+#[derive(Debug, Default)]
+struct Deferred {
+    record: u64,
+    line: u64,
+    buf: Vec<u8>,
+    ends: Vec<usize>,
+    found: Vec<(usize, Option<usize>, Code, String)>,
+    pending: Vec<Pending>,
 }
 
 /// A schema being checked: the header's mapping once read, the keys, and per-field counts.
@@ -411,10 +444,18 @@ struct SchemaState {
     counts: Vec<FieldCounts>,
     /// This row's violations: (field index, column, code, message).
     found: Vec<(usize, Option<usize>, Code, String)>,
-    /// This row's `unique` keys, inserted once every cell is checked: (field, column, digest).
-    /// Their table slots are touched as each is computed, so the memory latency of a table far
-    /// larger than the caches overlaps with checking the rest of the row.
-    pending: Vec<(usize, Option<usize>, u128)>,
+    /// This row's keys (`unique` values, the primary key), to insert once it leaves the queue.
+    pending: Vec<Pending>,
+}
+
+/// A key to insert: the field (the first of a primary key), its column (none for a primary
+/// key) and the digest.
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    field: usize,
+    column: Option<usize>,
+    digest: u128,
+    primary_key: bool,
 }
 
 impl SchemaState {
@@ -508,32 +549,15 @@ impl SchemaState {
                     if field.unique() {
                         let keys = self.keys.as_ref().ok_or(())?;
                         let digest = keys.digest(i as u64, std::slice::from_ref(&typed));
-                        keys.touch(digest);
-                        self.pending.push((i, column, digest));
+                        self.pending.push(Pending {
+                            field: i,
+                            column,
+                            digest,
+                            primary_key: false,
+                        });
                     }
                 }
             }
-        }
-        if !self.pending.is_empty() {
-            let keys = self.keys.as_mut().ok_or(())?;
-            for &(i, column, digest) in &self.pending {
-                match keys.insert(digest) {
-                    Insert::New => {}
-                    Insert::Seen => self.found.push((
-                        i,
-                        column,
-                        Code::UniqueError,
-                        format!(
-                            "field {:?} is unique, and this value is in an earlier row",
-                            schema.fields[i].name
-                        ),
-                    )),
-                    Insert::Full => return Err(()),
-                }
-            }
-            self.pending.clear();
-            // In field order, as if each key had been inserted as its cell was checked.
-            self.found.sort_by_key(|f| f.0);
         }
         for (i, _, _, _) in &self.found {
             self.counts[*i].errors += 1;
@@ -565,7 +589,7 @@ impl SchemaState {
                     "the primary key is empty".into(),
                 ));
             } else {
-                let keys = self.keys.as_mut().ok_or(())?;
+                let keys = self.keys.as_ref().ok_or(())?;
                 let parts: Vec<Typed> = values
                     .iter()
                     .take(key.len())
@@ -574,17 +598,57 @@ impl SchemaState {
                     .map(|v| v.unwrap_or(Typed::Null))
                     .collect();
                 let digest = keys.digest(u64::MAX, &parts);
-                match keys.insert(digest) {
-                    Insert::New => {}
-                    Insert::Seen => self.found.push((
-                        key[0],
-                        None,
-                        Code::UniqueError,
-                        "the primary key is in an earlier row".into(),
-                    )),
-                    Insert::Full => return Err(()),
-                }
+                self.pending.push(Pending {
+                    field: key[0],
+                    column: None,
+                    digest,
+                    primary_key: true,
+                });
             }
+        }
+        Ok(())
+    }
+
+    /// Insert a row's keys, in order; a key seen before adds its `unique_error` to `found`.
+    /// `Err`: the key memory is spent.
+    fn insert_keys(
+        &mut self,
+        pending: &[Pending],
+        found: &mut Vec<(usize, Option<usize>, Code, String)>,
+    ) -> Result<(), ()> {
+        let keys = self.keys.as_mut().ok_or(())?;
+        let before = found.len();
+        for p in pending {
+            match keys.insert(p.digest) {
+                Insert::New => {}
+                Insert::Seen => found.push((
+                    p.field,
+                    p.column,
+                    Code::UniqueError,
+                    if p.primary_key {
+                        "the primary key is in an earlier row".into()
+                    } else {
+                        format!(
+                            "field {:?} is unique, and this value is in an earlier row",
+                            self.schema.fields[p.field].name
+                        )
+                    },
+                )),
+                Insert::Full => return Err(()),
+            }
+        }
+        for p in pending.iter().filter(|p| !p.primary_key) {
+            if found[before..]
+                .iter()
+                .any(|f| f.0 == p.field && f.1 == p.column)
+            {
+                self.counts[p.field].errors += 1;
+            }
+        }
+        // A field's unique_error among its row's other issues in field order (a primary key's
+        // last), as if each key had been inserted as its cell was checked.
+        if found.len() > before && before > 0 {
+            found.sort_by_key(|f| (f.1.is_none() && f.2 == Code::UniqueError, f.0));
         }
         Ok(())
     }
@@ -631,6 +695,8 @@ impl<O: Write, J: Write> Sink<O, J> {
             rejects_rows: 0,
             rejects_truncated: false,
             schema: None,
+            deferred: std::collections::VecDeque::with_capacity(DEFER_ROWS + 1),
+            spare: Vec::new(),
         })
     }
 
@@ -661,18 +727,107 @@ impl<O: Write, J: Write> Sink<O, J> {
     }
 
     /// `n` empty lines, the first at `first_line`; `csv-core` skips them, the report counts them.
-    fn blank_lines(&mut self, n: u64, first_line: u64) {
+    /// Rows waiting for their keys are settled first, so the report stays in input order.
+    fn blank_lines(&mut self, n: u64, first_line: u64) -> Outcome {
+        if n > 0 {
+            let earlier = self.flush_deferred()?;
+            if earlier.is_err() {
+                return Ok(earlier);
+            }
+        }
         for i in 0..n {
             self.record_no += 1;
-            self.blank(first_line + i);
+            self.blank(self.record_no, first_line + i);
         }
+        Ok(Ok(()))
     }
 
-    fn blank(&mut self, line: u64) {
+    fn blank(&mut self, row: u64, line: u64) {
         self.rows.total += 1;
         self.rows.blank += 1;
-        let row = self.record_no;
         self.note(Code::BlankRow, row, line, None, "blank row skipped".into());
+    }
+
+    /// Queue a checked row (its issues and keys are in the schema state) for its keys.
+    fn defer(&mut self, record: u64, line: u64, buf: &[u8], ends: &[usize]) -> Outcome {
+        let Some(state) = &mut self.schema else {
+            return Ok(Ok(()));
+        };
+        let mut d = self.spare.pop().unwrap_or_default();
+        d.record = record;
+        d.line = line;
+        d.buf.clear();
+        d.buf.extend_from_slice(buf);
+        d.ends.clear();
+        d.ends.extend_from_slice(ends);
+        std::mem::swap(&mut d.found, &mut state.found);
+        std::mem::swap(&mut d.pending, &mut state.pending);
+        self.deferred.push_back(d);
+        if self.deferred.len() >= DEFER_ROWS {
+            return self.flush_deferred();
+        }
+        Ok(Ok(()))
+    }
+
+    /// Insert the oldest queued row's keys and write it (or write down its blank lines).
+    fn finish_deferred(&mut self) -> Outcome {
+        let Some(mut d) = self.deferred.pop_front() else {
+            return Ok(Ok(()));
+        };
+        let outcome = self.settle(&mut d);
+        self.spare.push(d);
+        if matches!(outcome, Ok(Err(_))) {
+            // The file ends at that row: the rows after it were never judged.
+            self.rows.total -= self.deferred.len() as u64;
+            self.spare.extend(self.deferred.drain(..));
+        }
+        outcome
+    }
+
+    fn settle(&mut self, d: &mut Deferred) -> Outcome {
+        let Some(state) = &mut self.schema else {
+            return Ok(Ok(()));
+        };
+        if state.insert_keys(&d.pending, &mut d.found).is_err() {
+            self.rows.total -= 1;
+            return Ok(Err(self.key_budget(d.record, d.line)));
+        }
+        if !d.found.is_empty() {
+            std::mem::swap(&mut state.found, &mut d.found);
+            return self.schema_reject(d.record, d.line, &d.buf, &d.ends);
+        }
+        self.accept(d.record, d.line, &d.buf, &d.ends)
+    }
+
+    /// Settle every queued row, in order; stops at the first that ends the file.
+    fn flush_deferred(&mut self) -> Outcome {
+        if let Some(keys) = self.schema.as_ref().and_then(|s| s.keys.as_ref()) {
+            // Independent loads, issued together: their cache misses overlap.
+            keys.touch(
+                self.deferred
+                    .iter()
+                    .flat_map(|d| d.pending.iter().map(|p| p.digest)),
+            );
+        }
+        while !self.deferred.is_empty() {
+            let outcome = self.finish_deferred()?;
+            if outcome.is_err() {
+                return Ok(outcome);
+            }
+        }
+        Ok(Ok(()))
+    }
+
+    fn accept(&mut self, record: u64, line: u64, buf: &[u8], ends: &[usize]) -> Outcome {
+        self.out.begin_record(buf);
+        let mut start = 0;
+        for (i, &end) in ends.iter().enumerate() {
+            self.write_cell(&buf[start..end], record, line, i)?;
+            start = end;
+        }
+        self.end_row()?;
+        self.rows.accepted += 1;
+        Ok(Ok(()))
     }
 
     fn record(&mut self, line: u64, buf: &[u8], ends: &[usize]) -> Outcome {
@@ -683,6 +838,10 @@ impl<O: Write, J: Write> Sink<O, J> {
         for (i, &end) in ends.iter().enumerate() {
             let field = &buf[start..end];
             if field.len() > self.limits.max_field_bytes {
+                let earlier = self.flush_deferred()?;
+                if earlier.is_err() {
+                    return Ok(earlier);
+                }
                 let max = self.limits.max_field_bytes;
                 return Ok(Err(Rejection::new(
                     Code::FieldTooLong,
@@ -698,13 +857,16 @@ impl<O: Write, J: Write> Sink<O, J> {
             start = end;
         }
         if is_blank {
-            self.blank(line);
-            return Ok(Ok(()));
+            let earlier = self.flush_deferred()?;
+            if earlier.is_ok() {
+                self.blank(record, line);
+            }
+            return Ok(earlier);
         }
         if self.header.is_none() {
             return self.header(record, line, buf, ends);
         }
-        let data_rows = self.rows.accepted + self.rows.rejected;
+        let data_rows = self.rows.accepted + self.rows.rejected + self.deferred.len() as u64;
         if data_rows >= self.limits.max_rows {
             let max = self.limits.max_rows;
             return Ok(Err(Rejection::new(
@@ -716,6 +878,11 @@ impl<O: Write, J: Write> Sink<O, J> {
         }
         self.rows.total += 1;
         if ends.len() != self.header_len {
+            let earlier = self.flush_deferred()?;
+            if earlier.is_err() {
+                self.rows.total -= 1;
+                return Ok(earlier);
+            }
             return self.ragged(record, line, buf, ends);
         }
         if let Some(state) = &mut self.schema {
@@ -724,19 +891,14 @@ impl<O: Write, J: Write> Sink<O, J> {
                 self.rows.total -= 1;
                 return Ok(Err(self.key_budget(record, line)));
             }
+            if state.keys.is_some() {
+                return self.defer(record, line, buf, ends);
+            }
             if !state.found.is_empty() {
                 return self.schema_reject(record, line, buf, ends);
             }
         }
-        self.out.begin_record(buf);
-        let mut start = 0;
-        for (i, &end) in ends.iter().enumerate() {
-            self.write_cell(&buf[start..end], record, line, i)?;
-            start = end;
-        }
-        self.end_row()?;
-        self.rows.accepted += 1;
-        Ok(Ok(()))
+        self.accept(record, line, buf, ends)
     }
 
     fn header(&mut self, record: u64, line: u64, buf: &[u8], ends: &[usize]) -> Outcome {

@@ -315,3 +315,88 @@ proptest! {
         );
     }
 }
+
+/// One line of a generated file: a row with a key from a small set (so keys repeat), a blank
+/// line, or a row with a cell too many.
+#[derive(Debug, Clone)]
+enum Line {
+    Row(u8),
+    Blank,
+    Ragged(u8),
+}
+
+fn lines() -> impl Strategy<Value = Vec<Line>> {
+    prop::collection::vec(
+        prop_oneof![
+            8 => (0u8..40).prop_map(Line::Row),
+            1 => Just(Line::Blank),
+            1 => (0u8..40).prop_map(Line::Ragged),
+        ],
+        // Under the report's 100 issues.
+        0..90,
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 500, ..ProptestConfig::default() })]
+
+    /// Rows with `unique` keys are settled in batches; the outcome must be exactly what checking
+    /// one row at a time gives: every repeat reported at its row, in input order among the
+    /// blank lines and ragged rows, and the clean file holding the first of each key, in order.
+    #[test]
+    fn repeated_keys_are_found_in_input_order(lines in lines()) {
+        let schema = json!({"fields": [
+            {"name": "key", "type": "integer", "constraints": {"unique": true}},
+            {"name": "n", "type": "integer"}
+        ]});
+        let mut input = String::from("key,n\n");
+        let mut seen = std::collections::HashSet::new();
+        let mut want_issues = Vec::new();
+        let mut want_output = String::from("key,n\n");
+        for (i, l) in lines.iter().enumerate() {
+            let record = i as u64 + 2;
+            match l {
+                Line::Row(k) => {
+                    input.push_str(&format!("{k},{i}\n"));
+                    if seen.insert(*k) {
+                        want_output.push_str(&format!("{k},{i}\n"));
+                    } else {
+                        want_issues.push(("unique_error".to_string(), record, Some(1)));
+                    }
+                }
+                Line::Blank => {
+                    input.push('\n');
+                    want_issues.push(("blank_row".to_string(), record, None));
+                }
+                Line::Ragged(k) => {
+                    input.push_str(&format!("{k},{i},x\n"));
+                    want_issues.push(("ragged_row".to_string(), record, Some(3)));
+                }
+            }
+        }
+        let options = Options {
+            schema: Some(std::sync::Arc::new(Schema::from_value(&schema).unwrap())),
+            limits: airlock_engine::Limits {
+                max_rejected_ratio: 1.0,
+                ..airlock_engine::Limits::default()
+            },
+            ..Options::default()
+        };
+        let mut output = Vec::new();
+        let mut rejects = Vec::new();
+        let report = process(input.as_bytes(), &mut output, &mut rejects, &options).unwrap();
+        let got: Vec<(String, u64, Option<u64>)> = report
+            .issues
+            .iter()
+            .map(|i| (i.code.as_str().to_string(), i.row, i.column))
+            .collect();
+        prop_assert_eq!(got, want_issues);
+        let rows = lines.iter().filter(|l| !matches!(l, Line::Blank)).count() as u64;
+        if report.status == Status::Accepted {
+            prop_assert_eq!(String::from_utf8(output).unwrap(), want_output);
+        }
+        prop_assert_eq!(report.rows.total, lines.len() as u64);
+        prop_assert_eq!(report.rows.accepted + report.rows.rejected, rows);
+        prop_assert_eq!(report.schema.unwrap().fields[0].errors, report.issue_counts.get(&airlock_engine::report::Code::UniqueError).copied().unwrap_or(0));
+    }
+}

@@ -933,21 +933,26 @@ fn is_email(s: &str) -> bool {
     if !local_ok || domain.len() > 253 {
         return false;
     }
-    let label_ok =
-        |l: &str| !l.is_empty() && l.len() <= 63 && !l.starts_with('-') && !l.ends_with('-');
+    let label_ok = |l: &[u8]| {
+        !l.is_empty() && l.len() <= 63 && l.first() != Some(&b'-') && l.last() != Some(&b'-')
+    };
     let mut labels = 0;
-    let mut last = "";
-    for l in domain.split('.') {
+    let mut last_start = 0;
+    for l in domain.as_bytes().split(|&b| b == b'.') {
         if !label_ok(l) {
             return false;
         }
         labels += 1;
-        last = l;
+        last_start = domain.len() - l.len();
     }
-    labels >= 2
-        && all_chars(domain, &LABEL_OR_DOT)
-        && ((last.chars().count() >= 2 && last.chars().all(char::is_alphabetic))
-            || last.starts_with("xn--"))
+    // The TLD: letters only (of any script), at least two, or punycode.
+    let last = &domain[last_start..];
+    let tld_ok = if last.is_ascii() {
+        last.len() >= 2 && last.bytes().all(|b| b.is_ascii_alphabetic())
+    } else {
+        last.chars().count() >= 2 && last.chars().all(char::is_alphabetic)
+    };
+    labels >= 2 && all_chars(domain, &LABEL_OR_DOT) && (tld_ok || last.starts_with("xn--"))
 }
 
 /// ASCII letters and digits, and `extra`.
@@ -1090,6 +1095,14 @@ mod tests {
         assert!(is_email("chloé.dubois@example.com"));
         assert!(!is_email("ana@@example.com"));
         assert!(!is_email("ana@example.c0m"));
+        assert!(!is_email("ana@-example.com"));
+        assert!(!is_email("ana@example-.com"));
+        assert!(!is_email("ana@example..com"));
+        assert!(!is_email("ana@example.c"));
+        assert!(is_email("ana@exämple.de"));
+        assert!(is_email("ana@example.xn--p1ai"));
+        assert!(is_email("ana@пример.рф"));
+        assert!(!is_email("ana@example.р"));
         assert!(is_uri("https://example.com/a?b=c"));
         assert!(is_uri("mailto:ana@example.com"));
         assert!(!is_uri("www.example.com"));
