@@ -248,7 +248,7 @@ async fn main() {
             .unwrap();
             assert_eq!(
                 secured,
-                if on { 12 } else { 0 },
+                if on { 13 } else { 0 },
                 "tables under row-level security"
             );
             let name = if on { "both on" } else { "both off" };
