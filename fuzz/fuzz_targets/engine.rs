@@ -1,19 +1,45 @@
 //! Arbitrary bytes through the engine with small limits: it must never panic, what it accepts
 //! must be UTF-8 CSV whose every record has the header's width, and the output and rejects stay
-//! within their bounds of the input size.
+//! within their bounds of the input size. The first byte picks the delimiter, a fallback
+//! encoding and (bit 3) a Table Schema with `unique`, a primary key and a tiny key budget.
 #![no_main]
 
 use airlock_engine::{output_bound, process, rejects_bound, Limits, Options, Status};
 use libfuzzer_sys::fuzz_target;
 
+/// The schema of the schema runs: every kind of key, a format, a date, header matching by
+/// name (`partial`, so most headers fit), and a 64-key budget (the budget's rejection too).
+pub fn schema() -> std::sync::Arc<airlock_engine::schema::Schema> {
+    static SCHEMA: std::sync::OnceLock<std::sync::Arc<airlock_engine::schema::Schema>> =
+        std::sync::OnceLock::new();
+    SCHEMA
+        .get_or_init(|| {
+            std::sync::Arc::new(
+                airlock_engine::schema::Schema::parse(
+                    r#"{"fields": [
+                        {"name": "a", "type": "integer", "constraints": {"unique": true}},
+                        {"name": "b", "type": "string", "format": "email",
+                         "constraints": {"pattern": "[^x]*", "maxLength": 20}},
+                        {"name": "c", "type": "date", "constraints": {"required": true}}],
+                     "fieldsMatch": "partial", "primaryKey": ["a", "c"]}"#,
+                )
+                .expect("the fuzz schema loads"),
+            )
+        })
+        .clone()
+}
+
 fuzz_target!(|data: &[u8]| {
-    let (delimiter, fallback, input) = match data.split_first() {
+    let (delimiter, fallback, with_schema, input) = match data.split_first() {
         Some((&b, rest)) => (
             [None, Some(b','), Some(b';'), Some(b'\t')][usize::from(b & 3)],
-            (b & 4 != 0).then_some(airlock_engine::encoding_for_label("windows-1252")).flatten(),
+            (b & 4 != 0)
+                .then_some(airlock_engine::encoding_for_label("windows-1252"))
+                .flatten(),
+            b & 8 != 0,
             rest,
         ),
-        None => (None, None, data),
+        None => (None, None, false, data),
     };
     let options = Options {
         limits: Limits {
@@ -29,6 +55,8 @@ fuzz_target!(|data: &[u8]| {
         fallback_encoding: fallback,
         hash_input: true,
         hash_output: true,
+        schema: with_schema.then(schema),
+        key_budget_bytes: 16 * 64,
         ..Options::default()
     };
     let mut out = Vec::new();
@@ -39,11 +67,16 @@ fuzz_target!(|data: &[u8]| {
     assert!(rej.len() as u64 <= rejects_bound(input.len() as u64));
     assert_eq!(report.output.bytes, out.len() as u64);
     assert_eq!(report.rejects.bytes, rej.len() as u64);
-    assert_eq!(report.rows.accepted + report.rows.rejected + report.rows.blank, report.rows.total);
+    assert_eq!(
+        report.rows.accepted + report.rows.rejected + report.rows.blank,
+        report.rows.total
+    );
     if report.status == Status::Accepted {
         assert!(std::str::from_utf8(&out).is_ok());
         let width = report.header.len();
-        let mut rd = csv::ReaderBuilder::new().has_headers(false).from_reader(&out[..]);
+        let mut rd = csv::ReaderBuilder::new()
+            .has_headers(false)
+            .from_reader(&out[..]);
         for record in rd.records() {
             assert_eq!(record.expect("output parses").len(), width);
         }
