@@ -81,6 +81,8 @@ pub struct Field {
     maximum: Option<Bound>,
     pattern: Option<regex::Regex>,
     enumeration: Option<Vec<Bound>>,
+    /// [`Field::accepts_any`], worked out once.
+    plain: bool,
 }
 
 /// A compiled schema.
@@ -438,10 +440,19 @@ impl Field {
             maximum: None,
             pattern: None,
             enumeration: None,
+            plain: false,
         };
         if let Some(c) = obj.get("constraints") {
             field.constraints(c, &format!("{at}/constraints"))?;
         }
+        field.plain = field.kind == Kind::String(value::StrFormat::Default)
+            && !field.unique
+            && field.min_length.is_none()
+            && field.max_length.is_none()
+            && field.minimum.is_none()
+            && field.maximum.is_none()
+            && field.pattern.is_none()
+            && field.enumeration.is_none();
         Ok(field)
     }
 
@@ -561,14 +572,7 @@ impl Field {
     /// Whether every present value is valid and nothing needs its value: a plain string with no
     /// constraint but `required`. Such a cell need not be parsed at all.
     pub fn accepts_any(&self) -> bool {
-        self.kind == Kind::String(value::StrFormat::Default)
-            && !self.unique
-            && self.min_length.is_none()
-            && self.max_length.is_none()
-            && self.minimum.is_none()
-            && self.maximum.is_none()
-            && self.pattern.is_none()
-            && self.enumeration.is_none()
+        self.plain
     }
 
     /// Parse and check one non-missing cell.
