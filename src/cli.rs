@@ -47,7 +47,7 @@ enum Command {
     Doctor(DoctorArgs),
     /// Queue a file as a job for a tenant; prints the job id.
     #[command(
-        after_help = "The file is uploaded under a new random key; its size is checked against the plan first.\nWith --idempotency-key, a second submit with the same key returns the first job's id.\n\nExample:\n  airlock submit --tenant acme --idempotency-key upload-42 leads.csv"
+        after_help = "The file is uploaded under a new random key; its size is checked against the plan first.\nWith --idempotency-key, a second submit with the same key returns the first job's id.\nThe job is checked against the tenant's default schema, if it has one, unless --schema or --schema-id says otherwise.\n\nExamples:\n  airlock submit --tenant acme --idempotency-key upload-42 leads.csv\n  airlock submit --tenant acme --schema-id leads leads.csv\n  airlock submit --tenant acme --schema leads.schema.json leads.csv"
     )]
     Submit(SubmitCli),
     /// A tenant's stored schemas (Frictionless Table Schema): put, list, get, delete.
