@@ -100,6 +100,7 @@ impl WorkerConfig {
             hash_output: !self.parent_hashes_output,
             schema,
             key_budget_bytes: self.schema_key_bytes,
+            parse_path: airlock_engine::ParsePath::default(),
         })
     }
 }

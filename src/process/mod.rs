@@ -308,18 +308,16 @@ impl Worker<'_> {
         let child = airlock_sandbox::spawn::spawn(&worker_exe(), &args, io)
             .context("starting the worker")?;
         let diagnostics = std::thread::spawn(move || read_capped(File::from(diag_read)));
-        // Hash the input here, on the other core, while the worker parses it. `read_at` leaves the
-        // file offset (shared with the worker's fd 0, and read for progress) alone.
-        let hasher = std::thread::spawn(move || sha256_file(&to_hash, size));
-        // And the outputs, following the worker as it writes.
+        // Hash the input here, on the other core, while the worker parses it, then the outputs,
+        // following the worker as it writes. One thread: the parent keeps to the core the worker
+        // does not use, instead of taking a share of the worker's.
         let worker_done = Arc::new(AtomicBool::new(false));
-        let follow = |reader: Option<File>| {
-            reader.map(|file| {
-                let done = worker_done.clone();
-                std::thread::spawn(move || sha256_following(&file, &done))
-            })
-        };
-        let (output_hasher, rejects_hasher) = (follow(output_reader), follow(rejects_reader));
+        let done = worker_done.clone();
+        let hasher = std::thread::spawn(move || {
+            let input = sha256_file(&to_hash, size)?;
+            let [output, rejects] = sha256_following([output_reader, rejects_reader], &done)?;
+            Ok::<_, std::io::Error>((input, output, rejects))
+        });
         let deadline = Duration::from_secs(plan.worker.wall_seconds);
         // Checked on every poll: a worker writing past a bound is stopped at once, so it cannot fill
         // the disk up to its file-size rlimit.
@@ -336,16 +334,12 @@ impl Worker<'_> {
         if stop == Stop::Cancelled {
             anyhow::bail!("the worker was stopped: the supervisor is shutting down");
         }
-        let joined = |h: std::thread::JoinHandle<std::io::Result<Measured>>| {
-            h.join()
-                .map_err(|_| anyhow::anyhow!("a hashing thread panicked"))?
-                .context("hashing a result file")
-        };
-        let input_sha256 = joined(hasher)?.sha256;
-        let measured = (
-            output_hasher.map(joined).transpose()?,
-            rejects_hasher.map(joined).transpose()?,
-        );
+        let (input_measured, output_measured, rejects_measured) = hasher
+            .join()
+            .map_err(|_| anyhow::anyhow!("the hashing thread panicked"))?
+            .context("hashing the input or a result file")?;
+        let input_sha256 = input_measured.sha256;
+        let measured = (output_measured, rejects_measured);
         log_diagnostics(&diagnostics.join().unwrap_or_default());
         let observed = Observed {
             ended,
@@ -442,30 +436,40 @@ fn sha256_file(file: &File, size: u64) -> std::io::Result<Measured> {
     })
 }
 
-/// sha256 and length of a file another process is still appending to: read behind the writer
+/// sha256 and length of files another process is still appending to: read behind the writer
 /// until `done` is set, then to the end.
-fn sha256_following(file: &File, done: &AtomicBool) -> std::io::Result<Measured> {
+fn sha256_following<const N: usize>(
+    files: [Option<File>; N],
+    done: &AtomicBool,
+) -> std::io::Result<[Option<Measured>; N]> {
     use sha2::Digest;
     use std::os::unix::fs::FileExt;
-    let mut hasher = sha2::Sha256::new();
+    let mut state = files.map(|f| f.map(|file| (file, sha2::Sha256::new(), 0u64)));
     let mut buf = vec![0u8; 1 << 20];
-    let mut offset = 0u64;
     loop {
         let finished = done.load(Ordering::Acquire);
-        let n = file.read_at(&mut buf, offset)?;
-        if n > 0 {
-            hasher.update(&buf[..n]);
-            offset += n as u64;
-        } else if finished {
+        let mut read = false;
+        for (file, hasher, offset) in state.iter_mut().flatten() {
+            let n = file.read_at(&mut buf, *offset)?;
+            if n > 0 {
+                hasher.update(&buf[..n]);
+                *offset += n as u64;
+                read = true;
+            }
+        }
+        if finished && !read {
             break;
-        } else {
+        }
+        if !read {
             std::thread::sleep(Duration::from_millis(2));
         }
     }
-    Ok(Measured {
-        bytes: offset,
-        sha256: hex::encode(hasher.finalize()),
-    })
+    Ok(state.map(|s| {
+        s.map(|(_, hasher, bytes)| Measured {
+            bytes,
+            sha256: hex::encode(hasher.finalize()),
+        })
+    }))
 }
 
 /// Why the parent stopped waiting.

@@ -1,5 +1,8 @@
 //! Run the engine in-process over FILE, writing the clean output to OUT (default /dev/null),
-//! and print seconds and MB/s; a third argument, SCHEMA, checks rows against that Table Schema. Used by benches/throughput.sh as the no-sandbox reference.
+//! and print seconds and MB/s; a third argument, SCHEMA, checks rows against that Table Schema.
+//! `--no-hash` leaves both hashes out (as in the worker, whose parent hashes on another core);
+//! `--csv-core` reads every record with csv-core (the old path). Used by benches/throughput.sh as
+//! the no-sandbox reference.
 
 use std::time::Instant;
 
@@ -18,6 +21,15 @@ fn main() {
     let bytes = input.metadata().unwrap().len();
     // A third argument: check rows against that Table Schema too.
     let mut options = airlock_engine::Options::default();
+    // As in the worker, whose parent hashes both streams on its own core.
+    if std::env::args().any(|a| a == "--no-hash") {
+        options.hash_input = false;
+        options.hash_output = false;
+    }
+    // The old parser, every record through csv-core: the reference for the plain-line path.
+    if std::env::args().any(|a| a == "--csv-core") {
+        options.parse_path = airlock_engine::ParsePath::CsvCore;
+    }
     if let Some(schema) = args.get(2) {
         let text = std::fs::read_to_string(schema).unwrap();
         options.schema = Some(std::sync::Arc::new(

@@ -16,7 +16,7 @@ use crate::report::{
 use crate::schema::{HeaderMap, Insert, KeySet, Schema, Typed, Violation};
 use crate::sniff::sniff_delimiter;
 use crate::text::{self, Source, TextReader};
-use crate::{EngineError, Limits, Options, HEADER_NAME_IN_REPORT};
+use crate::{EngineError, Limits, Options, ParsePath, HEADER_NAME_IN_REPORT};
 
 /// Decoded bytes used to sniff the dialect and the text format.
 const SAMPLE: usize = 64 * 1024;
@@ -120,7 +120,7 @@ fn run<R: Read, O: Write, J: Write>(
     let delimiter = options
         .delimiter
         .unwrap_or_else(|| sniff_delimiter(&sample, complete));
-    let mut parser = Parser::new(delimiter, &options.limits);
+    let mut parser = Parser::new(delimiter, &options.limits, options.parse_path);
     let finish = |parser: &Parser, dialect: &mut Option<Dialect>| {
         *dialect = Some(Dialect {
             delimiter: (delimiter as char).to_string(),
@@ -179,10 +179,16 @@ struct Parser {
     scratch_ends: Vec<usize>,
     prev_end_line: u64,
     limits: Limits,
+    delimiter: u8,
+    /// Split plain lines in place ([`ParsePath::PlainLines`]).
+    plain_lines: bool,
+    /// `csv-core` has been called: it strips a UTF-8 BOM at the start of its first input only,
+    /// so the first record always goes through it.
+    started: bool,
 }
 
 impl Parser {
-    fn new(delimiter: u8, limits: &Limits) -> Self {
+    fn new(delimiter: u8, limits: &Limits, path: ParsePath) -> Self {
         let raw_cap = limits
             .max_record_bytes
             .saturating_mul(2)
@@ -209,6 +215,9 @@ impl Parser {
             scratch_ends: vec![0; 1024],
             prev_end_line: 0,
             limits: limits.clone(),
+            delimiter,
+            plain_lines: path == ParsePath::PlainLines,
+            started: false,
         }
     }
 
@@ -231,10 +240,22 @@ impl Parser {
         }
         let mut pos = 0;
         let mut rec_start = 0;
+        // Between records (nothing of the next one read yet), plain lines skip csv-core.
+        let mut between = self.out_len == 0 && self.ends_len == 0 && !self.record_open();
         loop {
             if self.draining {
                 return Ok(self.drain(&chunk[pos..], eof, sink));
             }
+            if between && self.plain_lines && self.started {
+                let verdict;
+                (pos, verdict) = self.split_plain_lines(chunk, pos, sink)?;
+                rec_start = pos;
+                if verdict.is_err() {
+                    return Ok(verdict);
+                }
+            }
+            between = false;
+            self.started = true;
             let input = &chunk[pos..];
             let (res, nin, nout, nend) = self.csv.read_record(
                 input,
@@ -264,20 +285,17 @@ impl Parser {
                     if self.ends_len > self.limits.max_columns {
                         return Ok(Err(self.too_many_columns(sink)));
                     }
-                    let line = self.lines.start_line();
-                    let skipped = line.saturating_sub(self.prev_end_line + 1);
-                    let blanks = sink.blank_lines(skipped, self.prev_end_line + 1)?;
-                    if blanks.is_err() {
-                        return Ok(blanks);
-                    }
-                    self.prev_end_line = self.lines.last_content_line();
-                    self.lines.mark_record_end();
-                    let ends = &self.ends[..self.ends_len];
-                    let verdict = sink.record(line, &self.buf[..self.out_len], ends)?;
+                    let row = Row {
+                        buf: &self.buf[..self.out_len],
+                        ends: &self.ends[..self.ends_len],
+                        sep: None,
+                    };
+                    let verdict = emit(&mut self.lines, &mut self.prev_end_line, row, sink)?;
                     self.out_len = 0;
                     self.ends_len = 0;
                     self.raw.clear();
                     rec_start = pos;
+                    between = true;
                     if verdict.is_err() {
                         return Ok(verdict);
                     }
@@ -285,6 +303,69 @@ impl Parser {
                 ReadRecordResult::End => return Ok(Ok(())),
             }
         }
+    }
+
+    /// Hand the plain lines at `chunk[pos..]` to the sink, split in place: lines that end in `\n`
+    /// and hold no quote and no `\r`, within the record and column limits. For those, splitting
+    /// at the delimiter is exactly what csv-core does. Stops before the first other line (or the
+    /// unfinished one at the end of the chunk), which csv-core then reads; returns where.
+    fn split_plain_lines<O: Write, J: Write>(
+        &mut self,
+        chunk: &[u8],
+        pos: usize,
+        sink: &mut Sink<O, J>,
+    ) -> Result<(usize, Result<(), Rejection>), EngineError> {
+        let rest = &chunk[pos..];
+        let Some(last) = memchr::memrchr(b'\n', rest) else {
+            return Ok((pos, Ok(())));
+        };
+        let mut span = &rest[..=last];
+        if let Some(k) = memchr::memchr2(b'"', b'\r', span) {
+            match memchr::memrchr(b'\n', &span[..k]) {
+                Some(end) => span = &span[..=end],
+                None => return Ok((pos, Ok(()))),
+            }
+        }
+        let max_cells = self.limits.max_columns;
+        let max_bytes = self.limits.max_record_bytes;
+        let mut line_start = 0;
+        let mut cells = 0;
+        for i in memchr::memchr2_iter(self.delimiter, b'\n', span) {
+            if span[i] != b'\n' {
+                if cells == max_cells {
+                    // Too many columns: csv-core reports it, from the start of this line.
+                    return Ok((pos + line_start, Ok(())));
+                }
+                self.ends[cells] = i - line_start;
+                cells += 1;
+                continue;
+            }
+            let line = &span[line_start..i];
+            if line.is_empty() {
+                self.lines.plain_line(false);
+                line_start = i + 1;
+                continue;
+            }
+            // The record's bytes as csv-core counts them: the cells without the delimiters.
+            if line.len() - cells > max_bytes {
+                return Ok((pos + line_start, Ok(())));
+            }
+            self.ends[cells] = line.len();
+            cells += 1;
+            self.lines.plain_line(true);
+            let row = Row {
+                buf: line,
+                ends: &self.ends[..cells],
+                sep: Some(self.delimiter),
+            };
+            let verdict = emit(&mut self.lines, &mut self.prev_end_line, row, sink)?;
+            cells = 0;
+            line_start = i + 1;
+            if verdict.is_err() {
+                return Ok((pos + line_start, verdict));
+            }
+        }
+        Ok((pos + line_start, Ok(())))
     }
 
     /// Parse on through an over-long record without keeping it.
@@ -345,6 +426,60 @@ impl Parser {
             ),
         )
         .at(record, line, None)
+    }
+}
+
+/// A record to the sink, after the blank lines before it.
+fn emit<O: Write, J: Write>(
+    lines: &mut Lines,
+    prev_end_line: &mut u64,
+    row: Row<'_>,
+    sink: &mut Sink<O, J>,
+) -> Outcome {
+    let line = lines.start_line();
+    let skipped = line.saturating_sub(*prev_end_line + 1);
+    let blanks = sink.blank_lines(skipped, *prev_end_line + 1)?;
+    if blanks.is_err() {
+        return Ok(blanks);
+    }
+    *prev_end_line = lines.last_content_line();
+    lines.mark_record_end();
+    sink.record(line, row)
+}
+
+/// One record's cells, `buf[span(i)]`. Records from csv-core have their cells back to back;
+/// a plain line split in place keeps its delimiter (`sep`) between them.
+#[derive(Debug, Clone, Copy)]
+struct Row<'a> {
+    buf: &'a [u8],
+    ends: &'a [usize],
+    sep: Option<u8>,
+}
+
+impl<'a> Row<'a> {
+    fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    #[inline]
+    fn span(&self, i: usize) -> (usize, usize) {
+        let start = match i {
+            0 => 0,
+            _ => self.ends[i - 1] + usize::from(self.sep.is_some()),
+        };
+        (start, self.ends[i])
+    }
+
+    fn cells(self) -> impl Iterator<Item = &'a [u8]> {
+        (0..self.len()).map(move |i| {
+            let (start, end) = self.span(i);
+            &self.buf[start..end]
+        })
+    }
+
+    /// All the record's bytes, delimiters included for a plain line.
+    fn bytes(&self) -> &'a [u8] {
+        &self.buf[..self.ends.last().copied().unwrap_or(0)]
     }
 }
 
@@ -432,8 +567,19 @@ struct Deferred {
     line: u64,
     buf: Vec<u8>,
     ends: Vec<usize>,
+    sep: Option<u8>,
     found: Vec<(usize, Option<usize>, Code, String)>,
     pending: Vec<Pending>,
+}
+
+impl Deferred {
+    fn row(&self) -> Row<'_> {
+        Row {
+            buf: &self.buf,
+            ends: &self.ends,
+            sep: self.sep,
+        }
+    }
 }
 
 /// A schema being checked: the header's mapping once read, the keys, and per-field counts.
@@ -483,19 +629,19 @@ impl SchemaState {
 
     /// Check one row (its cells at `ends` in `buf`); violations land in `self.found`. `Err`: the
     /// key memory is spent.
-    fn check_row(&mut self, buf: &[u8], ends: &[usize]) -> Result<(), ()> {
+    fn check_row(&mut self, row: Row<'_>) -> Result<(), ()> {
         self.found.clear();
         self.pending.clear();
         let Some(map) = &self.map else { return Ok(()) };
         let schema = &*self.schema;
         // The engine hands on UTF-8 only (decoded or transcoded), so the row is checked once and
         // its cells sliced at their ends (character boundaries); anything else is no value.
-        let row = simdutf8::basic::from_utf8(&buf[..ends.last().copied().unwrap_or(0)]).ok();
+        let text = simdutf8::basic::from_utf8(row.bytes()).ok();
         let cell_at = |c: usize| -> &str {
-            let start = if c == 0 { 0 } else { ends[c - 1] };
-            match row {
-                Some(row) => row.get(start..ends[c]),
-                None => std::str::from_utf8(&buf[start..ends[c]]).ok(),
+            let (start, end) = row.span(c);
+            match text {
+                Some(text) => text.get(start..end),
+                None => std::str::from_utf8(&row.buf[start..end]).ok(),
             }
             .unwrap_or("\u{fffd}")
         };
@@ -749,7 +895,7 @@ impl<O: Write, J: Write> Sink<O, J> {
     }
 
     /// Queue a checked row (its issues and keys are in the schema state) for its keys.
-    fn defer(&mut self, record: u64, line: u64, buf: &[u8], ends: &[usize]) -> Outcome {
+    fn defer(&mut self, record: u64, line: u64, row: Row<'_>) -> Outcome {
         let Some(state) = &mut self.schema else {
             return Ok(Ok(()));
         };
@@ -757,9 +903,10 @@ impl<O: Write, J: Write> Sink<O, J> {
         d.record = record;
         d.line = line;
         d.buf.clear();
-        d.buf.extend_from_slice(buf);
+        d.buf.extend_from_slice(row.bytes());
         d.ends.clear();
-        d.ends.extend_from_slice(ends);
+        d.ends.extend_from_slice(row.ends);
+        d.sep = row.sep;
         std::mem::swap(&mut d.found, &mut state.found);
         std::mem::swap(&mut d.pending, &mut state.pending);
         self.deferred.push_back(d);
@@ -794,9 +941,9 @@ impl<O: Write, J: Write> Sink<O, J> {
         }
         if !d.found.is_empty() {
             std::mem::swap(&mut state.found, &mut d.found);
-            return self.schema_reject(d.record, d.line, &d.buf, &d.ends);
+            return self.schema_reject(d.record, d.line, d.row());
         }
-        self.accept(d.record, d.line, &d.buf, &d.ends)
+        self.accept(d.record, d.line, d.row())
     }
 
     /// Settle every queued row, in order; stops at the first that ends the file.
@@ -818,25 +965,29 @@ impl<O: Write, J: Write> Sink<O, J> {
         Ok(Ok(()))
     }
 
-    fn accept(&mut self, record: u64, line: u64, buf: &[u8], ends: &[usize]) -> Outcome {
-        self.out.begin_record(buf);
-        let mut start = 0;
-        for (i, &end) in ends.iter().enumerate() {
-            self.write_cell(&buf[start..end], record, line, i)?;
-            start = end;
+    fn accept(&mut self, record: u64, line: u64, row: Row<'_>) -> Outcome {
+        if row.sep == Some(b',') && !row.cells().any(needs_guard) {
+            // A plain line, comma-delimited and with nothing to guard, is its own output.
+            self.out
+                .line(row.bytes())
+                .map_err(EngineError::WriteOutput)?;
+            self.rows.accepted += 1;
+            return Ok(Ok(()));
+        }
+        self.out.begin_record(row);
+        for (i, cell) in row.cells().enumerate() {
+            self.write_cell(cell, record, line, i)?;
         }
         self.end_row()?;
         self.rows.accepted += 1;
         Ok(Ok(()))
     }
 
-    fn record(&mut self, line: u64, buf: &[u8], ends: &[usize]) -> Outcome {
+    fn record(&mut self, line: u64, row: Row<'_>) -> Outcome {
         self.record_no += 1;
         let record = self.record_no;
-        let mut start = 0;
         let mut is_blank = true;
-        for (i, &end) in ends.iter().enumerate() {
-            let field = &buf[start..end];
+        for (i, field) in row.cells().enumerate() {
             if field.len() > self.limits.max_field_bytes {
                 let earlier = self.flush_deferred()?;
                 if earlier.is_err() {
@@ -854,7 +1005,6 @@ impl<O: Write, J: Write> Sink<O, J> {
                 .with_limit(max as u64)));
             }
             is_blank &= field.iter().all(u8::is_ascii_whitespace);
-            start = end;
         }
         if is_blank {
             let earlier = self.flush_deferred()?;
@@ -864,7 +1014,7 @@ impl<O: Write, J: Write> Sink<O, J> {
             return Ok(earlier);
         }
         if self.header.is_none() {
-            return self.header(record, line, buf, ends);
+            return self.header(record, line, row);
         }
         let data_rows = self.rows.accepted + self.rows.rejected + self.deferred.len() as u64;
         if data_rows >= self.limits.max_rows {
@@ -877,37 +1027,35 @@ impl<O: Write, J: Write> Sink<O, J> {
             .with_limit(max)));
         }
         self.rows.total += 1;
-        if ends.len() != self.header_len {
+        if row.len() != self.header_len {
             let earlier = self.flush_deferred()?;
             if earlier.is_err() {
                 self.rows.total -= 1;
                 return Ok(earlier);
             }
-            return self.ragged(record, line, buf, ends);
+            return self.ragged(record, line, row);
         }
         if let Some(state) = &mut self.schema {
-            if state.check_row(buf, ends).is_err() {
+            if state.check_row(row).is_err() {
                 // The file ends here: this row is neither accepted nor rejected.
                 self.rows.total -= 1;
                 return Ok(Err(self.key_budget(record, line)));
             }
             if state.keys.is_some() {
-                return self.defer(record, line, buf, ends);
+                return self.defer(record, line, row);
             }
             if !state.found.is_empty() {
-                return self.schema_reject(record, line, buf, ends);
+                return self.schema_reject(record, line, row);
             }
         }
-        self.accept(record, line, buf, ends)
+        self.accept(record, line, row)
     }
 
-    fn header(&mut self, record: u64, line: u64, buf: &[u8], ends: &[usize]) -> Outcome {
-        let mut names: Vec<String> = Vec::with_capacity(ends.len());
-        let mut start = 0;
-        for (i, &end) in ends.iter().enumerate() {
+    fn header(&mut self, record: u64, line: u64, row: Row<'_>) -> Outcome {
+        let mut names: Vec<String> = Vec::with_capacity(row.len());
+        for (i, cell) in row.cells().enumerate() {
             let column = i as u64 + 1;
-            let name = String::from_utf8_lossy(&buf[start..end]).trim().to_string();
-            start = end;
+            let name = String::from_utf8_lossy(cell).trim().to_string();
             if name.is_empty() {
                 return Ok(Err(Rejection::new(
                     Code::BlankHeader,
@@ -979,7 +1127,7 @@ impl<O: Write, J: Write> Sink<O, J> {
                 .collect(),
             None => names.clone(),
         };
-        self.out.begin_record(b",");
+        self.out.plain = false;
         for (i, name) in renamed.iter().enumerate() {
             self.write_cell(name.as_bytes(), record, line, i)?;
         }
@@ -1018,8 +1166,8 @@ impl<O: Write, J: Write> Sink<O, J> {
         self.out.end_record().map_err(EngineError::WriteOutput)
     }
 
-    fn ragged(&mut self, record: u64, line: u64, buf: &[u8], ends: &[usize]) -> Outcome {
-        let (n, want) = (ends.len(), self.header_len);
+    fn ragged(&mut self, record: u64, line: u64, row: Row<'_>) -> Outcome {
+        let (n, want) = (row.len(), self.header_len);
         let (message, column) = if n > want {
             (
                 format!(
@@ -1044,12 +1192,12 @@ impl<O: Write, J: Write> Sink<O, J> {
             Some(column as u64),
             message.clone(),
         );
-        self.reject_row(record, line, buf, ends, Code::RaggedRow, &message)
+        self.reject_row(record, line, row, Code::RaggedRow, &message)
     }
 
     /// A row that breaks the schema: an issue per violation, and the row to the rejects file
     /// with the first reason.
-    fn schema_reject(&mut self, record: u64, line: u64, buf: &[u8], ends: &[usize]) -> Outcome {
+    fn schema_reject(&mut self, record: u64, line: u64, row: Row<'_>) -> Outcome {
         let Some(mut state) = self.schema.take() else {
             return Ok(Ok(()));
         };
@@ -1073,7 +1221,7 @@ impl<O: Write, J: Write> Sink<O, J> {
             .map(|i| (i.code, i.message.clone()));
         let (code, message) =
             first.unwrap_or((Code::ConstraintError, "the row breaks the schema".into()));
-        self.reject_row(record, line, buf, ends, code, &message)
+        self.reject_row(record, line, row, code, &message)
     }
 
     fn key_budget(&self, record: u64, line: u64) -> Rejection {
@@ -1096,8 +1244,7 @@ impl<O: Write, J: Write> Sink<O, J> {
         &mut self,
         record: u64,
         line: u64,
-        buf: &[u8],
-        ends: &[usize],
+        row: Row<'_>,
         code: Code,
         message: &str,
     ) -> Outcome {
@@ -1105,21 +1252,18 @@ impl<O: Write, J: Write> Sink<O, J> {
         // The record as it stood, re-quoted, formula-guarded and bounded.
         let raw = &mut self.raw;
         raw.clear();
-        let mut start = 0;
-        for (i, &end) in ends.iter().enumerate() {
+        for (i, cell) in row.cells().enumerate() {
             if i > 0 {
                 raw.push(b',');
             }
-            let cell = &buf[start..end];
             if needs_guard(cell) {
                 self.guarded.clear();
                 self.guarded.push(b'\'');
                 self.guarded.extend_from_slice(cell);
-                quote_into(raw, &self.guarded, ends.len() == 1);
+                quote_into(raw, &self.guarded, row.len() == 1);
             } else {
-                quote_into(raw, cell, ends.len() == 1);
+                quote_into(raw, cell, row.len() == 1);
             }
-            start = end;
         }
         truncate_utf8(raw, self.limits.max_record_bytes);
         if needs_guard(raw) {
@@ -1249,10 +1393,23 @@ impl<W: Write> CsvOut<W> {
     }
 
     /// Look at all the record's cell bytes at once: one vectorized pass usually proves that no
-    /// cell needs quoting. Pass anything with a comma to force the per-cell check.
-    fn begin_record(&mut self, cells: &[u8]) {
-        self.plain = memchr::memchr3(b',', b'"', b'\n', cells).is_none()
-            && memchr::memchr(b'\r', cells).is_none();
+    /// cell needs quoting. A line split in place has no quote or line break by construction.
+    fn begin_record(&mut self, row: Row<'_>) {
+        let bytes = row.bytes();
+        self.plain = match row.sep {
+            Some(b',') => true,
+            Some(_) => memchr::memchr(b',', bytes).is_none(),
+            None => {
+                memchr::memchr3(b',', b'"', b'\n', bytes).is_none()
+                    && memchr::memchr(b'\r', bytes).is_none()
+            }
+        };
+    }
+
+    /// A whole record, already in its written form, and its line break.
+    fn line(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.buf.extend_from_slice(bytes);
+        self.end_record()
     }
 
     #[inline]

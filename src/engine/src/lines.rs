@@ -62,6 +62,24 @@ impl Lines {
         self.last_was_break = matches!(bytes[bytes.len() - 1], b'\n' | b'\r');
     }
 
+    /// One line of `bytes` without a line break of its own, then its `\n`: what [`Lines::feed`]
+    /// does for it, without looking at the bytes again. `content`: the line is not empty.
+    #[inline]
+    pub(crate) fn plain_line(&mut self, content: bool) {
+        if content {
+            self.content(0);
+        }
+        if self.prev_cr {
+            self.cr -= 1;
+            self.crlf += 1;
+        } else {
+            self.lf += 1;
+            self.line += 1;
+        }
+        self.prev_cr = false;
+        self.last_was_break = true;
+    }
+
     #[inline]
     fn content(&mut self, _at: usize) {
         if self.want_start {
