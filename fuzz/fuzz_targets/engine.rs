@@ -1,10 +1,11 @@
 //! Arbitrary bytes through the engine with small limits: it must never panic, what it accepts
 //! must be UTF-8 CSV whose every record has the header's width, and the output and rejects stay
-//! within their bounds of the input size. The first byte picks the delimiter, a fallback
+//! within their bounds of the input size; and csv-core alone (`ParsePath::CsvCore`, the oracle)
+//! gives the same output, rejects and report as the plain-line path. The first byte picks the delimiter, a fallback
 //! encoding and (bit 3) a Table Schema with `unique`, a primary key and a tiny key budget.
 #![no_main]
 
-use airlock_engine::{output_bound, process, rejects_bound, Limits, Options, Status};
+use airlock_engine::{output_bound, process, rejects_bound, Limits, Options, ParsePath, Status};
 use libfuzzer_sys::fuzz_target;
 
 /// The schema of the schema runs: every kind of key, a format, a date, header matching by
@@ -62,6 +63,22 @@ fuzz_target!(|data: &[u8]| {
     let mut out = Vec::new();
     let mut rej = Vec::new();
     let report = process(input, &mut out, &mut rej, &options).expect("in-memory I/O cannot fail");
+    // The differential check: csv-core alone (the old path, the oracle) reads the same records,
+    // so it writes the same bytes and the same report.
+    let oracle = Options {
+        parse_path: ParsePath::CsvCore,
+        ..options.clone()
+    };
+    let (mut oracle_out, mut oracle_rej) = (Vec::new(), Vec::new());
+    let oracle_report = process(input, &mut oracle_out, &mut oracle_rej, &oracle)
+        .expect("in-memory I/O cannot fail");
+    assert!(out == oracle_out, "the parse paths wrote different outputs");
+    assert!(rej == oracle_rej, "the parse paths wrote different rejects");
+    assert_eq!(
+        serde_json::to_string(&report).expect("report serializes"),
+        serde_json::to_string(&oracle_report).expect("report serializes"),
+        "the parse paths wrote different reports"
+    );
     assert_eq!(report.input.bytes, input.len() as u64);
     assert!(out.len() as u64 <= output_bound(input.len() as u64));
     assert!(rej.len() as u64 <= rejects_bound(input.len() as u64));

@@ -332,7 +332,7 @@ impl Parser {
         let mut cells = 0;
         for i in memchr::memchr2_iter(self.delimiter, b'\n', span) {
             if span[i] != b'\n' {
-                if cells == max_cells {
+                if cells + 1 >= max_cells {
                     // Too many columns: csv-core reports it, from the start of this line.
                     return Ok((pos + line_start, Ok(())));
                 }

@@ -1,0 +1,167 @@
+//! Differential test of the two parse paths: on every input, the plain-line path (lines split in
+//! place, the default) and csv-core alone (the oracle) must give the same clean output, the same
+//! rejects file and the same report, byte for byte. The inputs are built to sit on the borders
+//! between the paths: plain lines next to quoted ones, CR and CRLF breaks, blank and whitespace
+//! lines, ragged rows, formula triggers, cells at the field and record limits, too many columns,
+//! a BOM (also mid-file, where csv-core would strip one at its first read), and no final line
+//! break. Small reads cut records across chunks too.
+
+use std::sync::Arc;
+
+use airlock_engine::{process, Limits, Options, ParsePath};
+use proptest::prelude::*;
+
+/// A piece of a line: the bytes the two paths treat differently, and plain text.
+fn piece() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        6 => "[a-z0-9 .]{0,10}".prop_map(String::into_bytes),
+        2 => Just(b",".to_vec()),
+        1 => Just(b";".to_vec()),
+        1 => Just(b"\t".to_vec()),
+        1 => Just(b"\"".to_vec()),
+        1 => Just(b"\"q,\"\"x\"\"\n2\"".to_vec()),
+        1 => Just(b"\r".to_vec()),
+        1 => Just(b"\r\n".to_vec()),
+        1 => Just(b"\n".to_vec()),
+        1 => Just(b"\n\n".to_vec()),
+        1 => "[=+@-][0-9a-z( )]{0,5}".prop_map(String::into_bytes),
+        1 => Just(b"   ".to_vec()),
+        1 => Just("é中".as_bytes().to_vec()),
+        1 => Just("\u{feff}\"".as_bytes().to_vec()),
+        1 => (30usize..70).prop_map(|n| vec![b'x'; n]),
+        1 => Just(b",,,,,,,,,".to_vec()),
+    ]
+}
+
+/// A file: a header, then lines of pieces, each mostly ending in `\n`.
+fn file() -> impl Strategy<Value = Vec<u8>> {
+    let header = prop_oneof![
+        Just(b"a,b,c\n".to_vec()),
+        Just(b"a;b;c\n".to_vec()),
+        Just(b"only\n".to_vec()),
+        Just(b"\xEF\xBB\xBFa,b\n".to_vec()),
+        Just(b"a,b\r\n".to_vec()),
+    ];
+    let line = (prop::collection::vec(piece(), 0..8), 0u8..10).prop_map(|(pieces, end)| {
+        let mut l = pieces.concat();
+        match end {
+            0 => l.extend_from_slice(b"\r\n"),
+            1 => {}
+            _ => l.push(b'\n'),
+        }
+        l
+    });
+    (header, prop::collection::vec(line, 0..30)).prop_map(|(h, lines)| {
+        let mut f = h;
+        for l in lines {
+            f.extend_from_slice(&l);
+        }
+        f
+    })
+}
+
+/// Reads at most `step` bytes per call, so records are cut across the engine's chunks.
+struct Trickle<'a> {
+    bytes: &'a [u8],
+    step: usize,
+}
+
+impl std::io::Read for Trickle<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.step.min(buf.len()).min(self.bytes.len());
+        buf[..n].copy_from_slice(&self.bytes[..n]);
+        self.bytes = &self.bytes[n..];
+        Ok(n)
+    }
+}
+
+fn run(input: &[u8], step: usize, options: &Options) -> (Vec<u8>, Vec<u8>, String) {
+    let (mut out, mut rej) = (Vec::new(), Vec::new());
+    let report = process(
+        Trickle { bytes: input, step },
+        &mut out,
+        &mut rej,
+        options,
+    )
+    .expect("in-memory I/O cannot fail");
+    let report = serde_json::to_string_pretty(&report).expect("the report serializes");
+    (out, rej, report)
+}
+
+fn options(delimiter: Option<u8>, small: bool, schema: bool, path: ParsePath) -> Options {
+    let mut options = Options {
+        delimiter,
+        parse_path: path,
+        ..Options::default()
+    };
+    if small {
+        options.limits = Limits {
+            max_columns: 4,
+            max_field_bytes: 40,
+            max_record_bytes: 60,
+            max_rows: 20,
+            max_rejected_ratio: 1.0,
+            ..Limits::default()
+        };
+    }
+    if schema {
+        options.schema = Some(Arc::new(
+            airlock_engine::schema::Schema::parse(
+                r#"{"fields": [{"name": "a", "type": "string", "constraints": {"unique": true, "maxLength": 8}},
+                               {"name": "b", "type": "integer"}],
+                    "fieldsMatch": "subset"}"#,
+            )
+            .expect("the schema loads"),
+        ));
+    }
+    options
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(3000))]
+
+    #[test]
+    fn both_paths_agree(
+        input in file(),
+        delimiter in prop_oneof![Just(None), Just(Some(b',')), Just(Some(b';'))],
+        small: bool,
+        schema in prop::bool::weighted(0.2),
+        step in prop_oneof![Just(1usize << 20), 1usize..40],
+    ) {
+        let fast = run(&input, step, &options(delimiter, small, schema, ParsePath::PlainLines));
+        let oracle = run(&input, step, &options(delimiter, small, schema, ParsePath::CsvCore));
+        prop_assert_eq!(String::from_utf8_lossy(&fast.0), String::from_utf8_lossy(&oracle.0));
+        prop_assert_eq!(String::from_utf8_lossy(&fast.1), String::from_utf8_lossy(&oracle.1));
+        prop_assert_eq!(fast.2, oracle.2);
+    }
+}
+
+/// The fixtures of the engine's own tests, through both paths.
+#[test]
+fn fixtures_agree() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures");
+    let mut seen = 0;
+    for entry in walk(&dir) {
+        let input = std::fs::read(&entry).expect("fixture reads");
+        for delimiter in [None, Some(b';')] {
+            let fast = run(&input, 1 << 20, &options(delimiter, false, false, ParsePath::PlainLines));
+            let oracle = run(&input, 1 << 20, &options(delimiter, false, false, ParsePath::CsvCore));
+            assert!(fast == oracle, "{} differs between the parse paths", entry.display());
+        }
+        seen += 1;
+    }
+    assert!(seen >= 20, "only {seen} fixtures found under {}", dir.display());
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("fixtures directory reads") {
+        let path = entry.expect("entry").path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}
