@@ -152,6 +152,12 @@ impl Staged {
         }
     }
 
+    /// Published with an fsync (a file in place), so flushing it early, while the worker still
+    /// writes, takes that wait off the end of the run.
+    pub(super) fn synced_on_publish(&self) -> bool {
+        matches!(self, Staged::File { .. })
+    }
+
     /// A separate read handle on the staged file, to hash it while the worker writes it.
     pub(super) fn reader(&self) -> anyhow::Result<Option<File>> {
         self.file().map(reopen_read_only).transpose()

@@ -286,8 +286,8 @@ impl Worker<'_> {
         let (plan, sandbox) = (self.plan, self.sandbox);
         let report_file = tempfile::tempfile().context("creating the report temp file")?;
         let mut config = WorkerConfig::new(plan, sandbox, self.delimiter, size);
-        let output_reader = output.reader()?;
-        let rejects_reader = rejects.reader()?;
+        let output_reader = output.reader()?.map(|f| (f, output.synced_on_publish()));
+        let rejects_reader = rejects.reader()?.map(|f| (f, rejects.synced_on_publish()));
         config.parent_hashes_output = output_reader.is_some();
         config.schema = self.schema.map(|s| s.json.clone());
         let config = serde_json::to_string(&config)?;
@@ -330,6 +330,8 @@ impl Worker<'_> {
         };
         let waited = wait(child, deadline, input, size, self.cancel, &over_bound);
         worker_done.store(true, Ordering::Release);
+        // Wakes the hashing thread if it is waiting for more output: the worker is gone.
+        hasher.thread().unpark();
         let (ended, stop) = waited?;
         if stop == Stop::Cancelled {
             anyhow::bail!("the worker was stopped: the supervisor is shutting down");
@@ -436,36 +438,48 @@ fn sha256_file(file: &File, size: u64) -> std::io::Result<Measured> {
     })
 }
 
+/// How much of a followed file is written back to disk at a time, while the worker writes on.
+const EARLY_SYNC_BYTES: u64 = 16 << 20;
+
 /// sha256 and length of files another process is still appending to: read behind the writer
-/// until `done` is set, then to the end.
+/// until `done` is set, then to the end. A file marked `true` is published with an fsync; it is
+/// flushed here every [`EARLY_SYNC_BYTES`] as well, on this thread, so that the final fsync,
+/// after the worker, has little left to write (on a 200 MiB output it was 85 ms of the run).
 fn sha256_following<const N: usize>(
-    files: [Option<File>; N],
+    files: [Option<(File, bool)>; N],
     done: &AtomicBool,
 ) -> std::io::Result<[Option<Measured>; N]> {
     use sha2::Digest;
     use std::os::unix::fs::FileExt;
-    let mut state = files.map(|f| f.map(|file| (file, sha2::Sha256::new(), 0u64)));
+    let mut state =
+        files.map(|f| f.map(|(file, sync)| (file, sync, sha2::Sha256::new(), 0u64, 0u64)));
     let mut buf = vec![0u8; 1 << 20];
     loop {
         let finished = done.load(Ordering::Acquire);
         let mut read = false;
-        for (file, hasher, offset) in state.iter_mut().flatten() {
+        for (file, sync, hasher, offset, synced) in state.iter_mut().flatten() {
             let n = file.read_at(&mut buf, *offset)?;
             if n > 0 {
                 hasher.update(&buf[..n]);
                 *offset += n as u64;
                 read = true;
             }
+            if *sync && *offset - *synced >= EARLY_SYNC_BYTES {
+                // Best effort: the fsync at publish is the one that counts.
+                file.sync_data().ok();
+                *synced = *offset;
+            }
         }
         if finished && !read {
             break;
         }
         if !read {
-            std::thread::sleep(Duration::from_millis(2));
+            // Unparked as soon as the worker is done (a small file is hashed by then).
+            std::thread::park_timeout(Duration::from_millis(2));
         }
     }
     Ok(state.map(|s| {
-        s.map(|(_, hasher, bytes)| Measured {
+        s.map(|(_, _, hasher, bytes, _)| Measured {
             bytes,
             sha256: hex::encode(hasher.finalize()),
         })

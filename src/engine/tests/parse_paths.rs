@@ -77,13 +77,8 @@ impl std::io::Read for Trickle<'_> {
 
 fn run(input: &[u8], step: usize, options: &Options) -> (Vec<u8>, Vec<u8>, String) {
     let (mut out, mut rej) = (Vec::new(), Vec::new());
-    let report = process(
-        Trickle { bytes: input, step },
-        &mut out,
-        &mut rej,
-        options,
-    )
-    .expect("in-memory I/O cannot fail");
+    let report = process(Trickle { bytes: input, step }, &mut out, &mut rej, options)
+        .expect("in-memory I/O cannot fail");
     let report = serde_json::to_string_pretty(&report).expect("the report serializes");
     (out, rej, report)
 }
@@ -144,13 +139,29 @@ fn fixtures_agree() {
     for entry in walk(&dir) {
         let input = std::fs::read(&entry).expect("fixture reads");
         for delimiter in [None, Some(b';')] {
-            let fast = run(&input, 1 << 20, &options(delimiter, false, false, ParsePath::PlainLines));
-            let oracle = run(&input, 1 << 20, &options(delimiter, false, false, ParsePath::CsvCore));
-            assert!(fast == oracle, "{} differs between the parse paths", entry.display());
+            let fast = run(
+                &input,
+                1 << 20,
+                &options(delimiter, false, false, ParsePath::PlainLines),
+            );
+            let oracle = run(
+                &input,
+                1 << 20,
+                &options(delimiter, false, false, ParsePath::CsvCore),
+            );
+            assert!(
+                fast == oracle,
+                "{} differs between the parse paths",
+                entry.display()
+            );
         }
         seen += 1;
     }
-    assert!(seen >= 20, "only {seen} fixtures found under {}", dir.display());
+    assert!(
+        seen >= 20,
+        "only {seen} fixtures found under {}",
+        dir.display()
+    );
 }
 
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
