@@ -289,6 +289,7 @@ impl Parser {
                         buf: &self.buf[..self.out_len],
                         ends: &self.ends[..self.ends_len],
                         sep: None,
+                        quick: None,
                     };
                     let verdict = emit(&mut self.lines, &mut self.prev_end_line, row, sink)?;
                     self.out_len = 0;
@@ -330,7 +331,18 @@ impl Parser {
         let max_bytes = self.limits.max_record_bytes;
         let mut line_start = 0;
         let mut cells = 0;
+        let mut cell_start = 0;
+        let mut quick = Quick::default();
         for i in memchr::memchr2_iter(self.delimiter, b'\n', span) {
+            // The cell `span[cell_start..i]` ends here.
+            let len = i - cell_start;
+            quick.longest = quick.longest.max(len);
+            if len > 0 {
+                let first = span[cell_start];
+                quick.trigger |= crate::guard::is_trigger(first);
+                quick.content |= !first.is_ascii_whitespace();
+            }
+            cell_start = i + 1;
             if span[i] != b'\n' {
                 if cells + 1 >= max_cells {
                     // Too many columns: csv-core reports it, from the start of this line.
@@ -344,6 +356,7 @@ impl Parser {
             if line.is_empty() {
                 self.lines.plain_line(false);
                 line_start = i + 1;
+                quick = Quick::default();
                 continue;
             }
             // The record's bytes as csv-core counts them: the cells without the delimiters.
@@ -357,10 +370,12 @@ impl Parser {
                 buf: line,
                 ends: &self.ends[..cells],
                 sep: Some(self.delimiter),
+                quick: Some(quick),
             };
             let verdict = emit(&mut self.lines, &mut self.prev_end_line, row, sink)?;
             cells = 0;
             line_start = i + 1;
+            quick = Quick::default();
             if verdict.is_err() {
                 return Ok((pos + line_start, verdict));
             }
@@ -454,6 +469,19 @@ struct Row<'a> {
     buf: &'a [u8],
     ends: &'a [usize],
     sep: Option<u8>,
+    /// What the splitter saw of the cells on its way, when it split the row.
+    quick: Option<Quick>,
+}
+
+/// A plain line's cells as the splitter saw them, so the checks need not look again.
+#[derive(Debug, Clone, Copy, Default)]
+struct Quick {
+    /// The longest cell's length.
+    longest: usize,
+    /// Some cell starts with a byte that can start a formula ([`needs_guard`] may say yes).
+    trigger: bool,
+    /// Some cell starts with a byte that is not whitespace: the row is not blank.
+    content: bool,
 }
 
 impl<'a> Row<'a> {
@@ -578,6 +606,7 @@ impl Deferred {
             buf: &self.buf,
             ends: &self.ends,
             sep: self.sep,
+            quick: None,
         }
     }
 }
@@ -966,7 +995,11 @@ impl<O: Write, J: Write> Sink<O, J> {
     }
 
     fn accept(&mut self, record: u64, line: u64, row: Row<'_>) -> Outcome {
-        if row.sep == Some(b',') && !row.cells().any(needs_guard) {
+        let guard = match row.quick {
+            Some(q) if !q.trigger => false,
+            _ => row.cells().any(needs_guard),
+        };
+        if row.sep == Some(b',') && !guard {
             // A plain line, comma-delimited and with nothing to guard, is its own output.
             self.out
                 .line(row.bytes())
@@ -986,8 +1019,13 @@ impl<O: Write, J: Write> Sink<O, J> {
     fn record(&mut self, line: u64, row: Row<'_>) -> Outcome {
         self.record_no += 1;
         let record = self.record_no;
-        let mut is_blank = true;
-        for (i, field) in row.cells().enumerate() {
+        // What the splitter saw settles both checks for most rows.
+        let seen = row
+            .quick
+            .is_some_and(|q| q.content && q.longest <= self.limits.max_field_bytes);
+        let mut is_blank = !seen;
+        let unseen = if seen { 0 } else { row.len() };
+        for (i, field) in row.cells().take(unseen).enumerate() {
             if field.len() > self.limits.max_field_bytes {
                 let earlier = self.flush_deferred()?;
                 if earlier.is_err() {

@@ -1,8 +1,10 @@
 //! The formula guard (DESIGN §3.4): a cell a spreadsheet would run as a formula gets a leading
 //! apostrophe, unless the whole cell is a plain number or looks like a phone number.
 
-/// Bytes that make a spreadsheet treat a cell as a formula (or hide one).
-fn is_trigger(b: u8) -> bool {
+/// Bytes that make a spreadsheet treat a cell as a formula (or hide one): a cell that starts with
+/// none of them never needs the guard.
+#[inline]
+pub fn is_trigger(b: u8) -> bool {
     matches!(b, b'=' | b'+' | b'-' | b'@' | b'\t' | b'\r')
 }
 
