@@ -401,7 +401,7 @@ fn pathological_quoting_and_every_encoding() {
     ));
     cases.push(("only-quotes", b"\"".repeat(3 * MIB)));
     // Encodings: UTF-8 with and without BOM, UTF-16 LE and BE with BOM, each with non-BMP
-    // characters straddling the 128 KiB read chunks; UTF-16 without a BOM; invalid UTF-8 late.
+    // characters straddling the 256 KiB read chunks; UTF-16 without a BOM; invalid UTF-8 late.
     let text: String = "email,name\n".to_string()
         + &"a@x.io,Zoë 😀 中文 ∑\n".repeat(40_000)
         + "b@x.io,\"quoted, with 😀\"\n";

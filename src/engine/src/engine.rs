@@ -20,7 +20,7 @@ use crate::{EngineError, Limits, Options, ParsePath, HEADER_NAME_IN_REPORT};
 
 /// Decoded bytes used to sniff the dialect and the text format.
 const SAMPLE: usize = 64 * 1024;
-const OUT_BUFFER: usize = 64 * 1024;
+const OUT_BUFFER: usize = 256 * 1024;
 const REJECTS_HEADER: [&str; 5] = ["record", "line", "code", "message", "raw"];
 
 type Outcome = Result<Result<(), Rejection>, EngineError>;

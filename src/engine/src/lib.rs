@@ -15,7 +15,7 @@
 //!
 //! # Limitations
 //!
-//! - Encoding is decided from the first block (128 KiB): a file that is valid UTF-8 there but not
+//! - Encoding is decided from the first block (256 KiB): a file that is valid UTF-8 there but not
 //!   later is `invalid_encoding` even when the plan names a fallback encoding.
 //! - Line-terminator style counts every break, including ones inside quoted fields.
 //!

@@ -14,7 +14,7 @@ use crate::report::{Code, Rejection};
 use crate::EngineError;
 
 /// Raw bytes read per call.
-const CHUNK: usize = 128 * 1024;
+const CHUNK: usize = 256 * 1024;
 /// The longest chunk [`TextReader::next_chunk`] hands out (transcoding can triple a raw chunk).
 pub(crate) const MAX_CHUNK: usize = CHUNK * 3 + 16;
 /// Bytes `infer` looks at.
