@@ -307,7 +307,7 @@ impl Parser {
     }
 
     /// Hand the plain lines at `chunk[pos..]` to the sink, split in place: lines that end in `\n`
-    /// and hold no quote and no `\r`, within the record and column limits. For those, splitting
+    /// or `\r\n` and hold no quote and no other `\r`, within the record and column limits. For those, splitting
     /// at the delimiter is exactly what csv-core does. Stops before the first other line (or the
     /// unfinished one at the end of the chunk), which csv-core then reads; returns where.
     fn split_plain_lines<O: Write, J: Write>(
@@ -321,7 +321,7 @@ impl Parser {
             return Ok((pos, Ok(())));
         };
         let mut span = &rest[..=last];
-        if let Some(k) = memchr::memchr2(b'"', b'\r', span) {
+        if let Some(k) = memchr::memchr(b'"', span) {
             match memchr::memrchr(b'\n', &span[..k]) {
                 Some(end) => span = &span[..=end],
                 None => return Ok((pos, Ok(()))),
@@ -333,7 +333,21 @@ impl Parser {
         let mut cells = 0;
         let mut cell_start = 0;
         let mut quick = Quick::default();
-        for i in memchr::memchr2_iter(self.delimiter, b'\n', span) {
+        // A `\r` is plain only as the first half of a CRLF; its `\n` is then skipped.
+        let mut crlf = false;
+        for i in memchr::memchr3_iter(self.delimiter, b'\n', b'\r', span) {
+            if crlf {
+                crlf = false;
+                continue;
+            }
+            let byte = span[i];
+            if byte == b'\r' {
+                if span[i + 1] != b'\n' {
+                    // A bare CR ends a record too: csv-core reads this line.
+                    return Ok((pos + line_start, Ok(())));
+                }
+                crlf = true;
+            }
             // The cell `span[cell_start..i]` ends here.
             let len = i - cell_start;
             quick.longest = quick.longest.max(len);
@@ -342,8 +356,8 @@ impl Parser {
                 quick.trigger |= crate::guard::is_trigger(first);
                 quick.content |= !first.is_ascii_whitespace();
             }
-            cell_start = i + 1;
-            if span[i] != b'\n' {
+            cell_start = i + 1 + usize::from(crlf);
+            if byte == self.delimiter {
                 if cells + 1 >= max_cells {
                     // Too many columns: csv-core reports it, from the start of this line.
                     return Ok((pos + line_start, Ok(())));
@@ -353,9 +367,13 @@ impl Parser {
                 continue;
             }
             let line = &span[line_start..i];
+            let next = i + 1 + usize::from(crlf);
             if line.is_empty() {
-                self.lines.plain_line(false);
-                line_start = i + 1;
+                self.lines.plain_line(false, byte);
+                if crlf {
+                    self.lines.plain_line(false, b'\n');
+                }
+                line_start = next;
                 quick = Quick::default();
                 continue;
             }
@@ -365,7 +383,7 @@ impl Parser {
             }
             self.ends[cells] = line.len();
             cells += 1;
-            self.lines.plain_line(true);
+            self.lines.plain_line(true, byte);
             let row = Row {
                 buf: line,
                 ends: &self.ends[..cells],
@@ -373,12 +391,16 @@ impl Parser {
                 quick: Some(quick),
             };
             let verdict = emit(&mut self.lines, &mut self.prev_end_line, row, sink)?;
-            cells = 0;
-            line_start = i + 1;
-            quick = Quick::default();
             if verdict.is_err() {
-                return Ok((pos + line_start, verdict));
+                // As csv-core: a record ends at its CR, and the LF after it is never read.
+                return Ok((pos + i + 1, verdict));
             }
+            if crlf {
+                self.lines.plain_line(false, b'\n');
+            }
+            cells = 0;
+            line_start = next;
+            quick = Quick::default();
         }
         Ok((pos + line_start, Ok(())))
     }

@@ -62,21 +62,26 @@ impl Lines {
         self.last_was_break = matches!(bytes[bytes.len() - 1], b'\n' | b'\r');
     }
 
-    /// One line of `bytes` without a line break of its own, then its `\n`: what [`Lines::feed`]
-    /// does for it, without looking at the bytes again. `content`: the line is not empty.
+    /// One line without a line break of its own, then one break byte (`\n` or `\r`): what
+    /// [`Lines::feed`] does for them, without looking at the bytes again. `content`: the line is
+    /// not empty. A CRLF is two calls, the second with `content` false.
     #[inline]
-    pub(crate) fn plain_line(&mut self, content: bool) {
+    pub(crate) fn plain_line(&mut self, content: bool, end: u8) {
         if content {
             self.content(0);
         }
-        if self.prev_cr {
+        if end == b'\n' && self.prev_cr {
+            // The CR already counted the line; it was half of a CRLF.
             self.cr -= 1;
             self.crlf += 1;
-        } else {
+        } else if end == b'\n' {
             self.lf += 1;
             self.line += 1;
+        } else {
+            self.cr += 1;
+            self.line += 1;
         }
-        self.prev_cr = false;
+        self.prev_cr = end == b'\r';
         self.last_was_break = true;
     }
 
