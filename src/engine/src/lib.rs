@@ -2,7 +2,8 @@
 //!
 //! One streaming pass turns an untrusted upload into a clean CSV, a rejects CSV and a
 //! [`Report`]: type and encoding check (`text`), delimiter sniffing ([`sniff`]), structure
-//! (`csv-core` into fixed buffers), and the formula guard ([`guard`]).
+//! (plain lines split in place, every other record through `csv-core` into fixed buffers: see
+//! [`ParsePath`]), and the formula guard ([`guard`]).
 //!
 //! # What it must never do
 //!
