@@ -170,6 +170,8 @@ struct Parser {
     /// Bytes of the current record from earlier chunks, for the end-of-input quote check.
     raw: Vec<u8>,
     raw_cap: usize,
+    /// Bytes of the pending record did not fit in `raw`.
+    raw_overflow: bool,
     lines: Lines,
     tracker: QuoteTracker,
     /// Set when the current record outgrew the buffer: parse on without keeping anything, to tell
@@ -208,6 +210,7 @@ impl Parser {
             // Never grown past `raw_cap` (see `feed`), so allocated once.
             raw: Vec::with_capacity(raw_cap),
             raw_cap,
+            raw_overflow: false,
             lines: Lines::new(),
             tracker: QuoteTracker::new(delimiter, b'"'),
             draining: false,
@@ -216,13 +219,15 @@ impl Parser {
             prev_end_line: 0,
             limits: limits.clone(),
             delimiter,
-            plain_lines: path == ParsePath::PlainLines,
+            // A line break or quote as the delimiter is csv-core's alone to read.
+            plain_lines: path == ParsePath::PlainLines
+                && !matches!(delimiter, b'\n' | b'\r' | b'"'),
             started: false,
         }
     }
 
     fn record_open(&self) -> bool {
-        self.raw.iter().any(|&b| b != b'\n' && b != b'\r')
+        self.raw_overflow || self.raw.iter().any(|&b| b != b'\n' && b != b'\r')
     }
 
     fn feed<O: Write, J: Write>(
@@ -271,6 +276,10 @@ impl Parser {
                     let rest = &chunk[rec_start..];
                     if self.raw.len() + rest.len() <= self.raw_cap {
                         self.raw.extend_from_slice(rest);
+                    } else {
+                        // `raw` no longer holds the whole pending record: never take it for
+                        // a record boundary.
+                        self.raw_overflow = true;
                     }
                     return Ok(Ok(()));
                 }
@@ -295,6 +304,7 @@ impl Parser {
                     self.out_len = 0;
                     self.ends_len = 0;
                     self.raw.clear();
+                    self.raw_overflow = false;
                     rec_start = pos;
                     between = true;
                     if verdict.is_err() {
@@ -378,7 +388,7 @@ impl Parser {
                 continue;
             }
             // The record's bytes as csv-core counts them: the cells without the delimiters.
-            if line.len() - cells > max_bytes {
+            if line.len() - cells > max_bytes || cells + 1 > max_cells {
                 return Ok((pos + line_start, Ok(())));
             }
             self.ends[cells] = line.len();

@@ -176,3 +176,43 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     files
 }
+
+/// Cases a review found: a quote at the end of a chunk after blank lines that overflow the
+/// pending-record buffer, a line break as the delimiter, and a column limit of zero.
+#[test]
+fn review_cases_agree() {
+    let mut crs = b"h\n".to_vec();
+    crs.extend(std::iter::repeat_n(b'\r', 2 * 262_144 - 3));
+    crs.extend_from_slice(b"\"x\ny\"\n");
+    let tiny_records = Limits {
+        max_record_bytes: 10,
+        ..Limits::default()
+    };
+    let no_columns = Limits {
+        max_columns: 0,
+        ..Limits::default()
+    };
+    let mut blank_then_one = vec![b'\n'; 262_144];
+    blank_then_one.extend_from_slice(b"a\n");
+    let cases: Vec<(Vec<u8>, u8, Limits)> = vec![
+        (crs, b',', tiny_records),
+        (b"h\r\n\nx\r\n".to_vec(), b'\n', Limits::default()),
+        (b"a\rb\nx\r\ny\n".to_vec(), b'\r', Limits::default()),
+        (blank_then_one, b',', no_columns),
+    ];
+    for (input, delimiter, limits) in cases {
+        let opts = |path| Options {
+            delimiter: Some(delimiter),
+            limits: limits.clone(),
+            parse_path: path,
+            ..Options::default()
+        };
+        let fast = run(&input, 1 << 20, &opts(ParsePath::PlainLines));
+        let oracle = run(&input, 1 << 20, &opts(ParsePath::CsvCore));
+        assert!(
+            fast == oracle,
+            "paths differ on a {}-byte input",
+            input.len()
+        );
+    }
+}
