@@ -39,21 +39,7 @@ impl Lines {
             if i > from {
                 self.content(from);
             }
-            if bytes[i] == b'\n' {
-                if self.prev_cr {
-                    // The CR already counted the line; it was half of a CRLF.
-                    self.cr -= 1;
-                    self.crlf += 1;
-                } else {
-                    self.lf += 1;
-                    self.line += 1;
-                }
-                self.prev_cr = false;
-            } else {
-                self.cr += 1;
-                self.line += 1;
-                self.prev_cr = true;
-            }
+            self.line_break(bytes[i]);
             from = i + 1;
         }
         if from < bytes.len() {
@@ -70,19 +56,25 @@ impl Lines {
         if content {
             self.content(0);
         }
-        if end == b'\n' && self.prev_cr {
+        self.line_break(end);
+        self.last_was_break = true;
+    }
+
+    /// Count one `\n` or `\r`.
+    #[inline]
+    fn line_break(&mut self, b: u8) {
+        if b == b'\n' && self.prev_cr {
             // The CR already counted the line; it was half of a CRLF.
             self.cr -= 1;
             self.crlf += 1;
-        } else if end == b'\n' {
+        } else if b == b'\n' {
             self.lf += 1;
             self.line += 1;
         } else {
             self.cr += 1;
             self.line += 1;
         }
-        self.prev_cr = end == b'\r';
-        self.last_was_break = true;
+        self.prev_cr = b == b'\r';
     }
 
     #[inline]
