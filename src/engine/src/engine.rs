@@ -612,36 +612,38 @@ struct Sink<O: Write, J: Write> {
     /// and the first slots of all their keys are loaded together, so the cache misses overlap
     /// instead of each stalling its row. Anything else (a blank line, a ragged row, the end) settles the
     /// queue first, so the report and the files come out in input order.
-    deferred: std::collections::VecDeque<Deferred>,
-    /// Finished entries, kept for their buffers.
-    spare: Vec<Deferred>,
+    queue: Queue,
 }
 
 /// How many rows wait for their keys.
 const DEFER_ROWS: usize = 16;
 
-/// A row waiting for its keys.
+/// Rows waiting for their keys, kept flat: their bytes, cell ends, issues and keys each in one
+/// buffer shared by the queued rows, so queueing a row is a few copies and no allocation.
 #[derive(Debug, Default)]
-struct Deferred {
-    record: u64,
-    line: u64,
-    buf: Vec<u8>,
+struct Queue {
+    rows: Vec<Queued>,
+    bytes: Vec<u8>,
     ends: Vec<usize>,
-    sep: Option<u8>,
-    found: Vec<(usize, Option<usize>, Code, String)>,
+    found: Vec<Found>,
     pending: Vec<Pending>,
 }
 
-impl Deferred {
-    fn row(&self) -> Row<'_> {
-        Row {
-            buf: &self.buf,
-            ends: &self.ends,
-            sep: self.sep,
-            quick: None,
-        }
-    }
+/// One queued row: where its parts end in the [`Queue`]'s buffers.
+#[derive(Debug, Clone, Copy)]
+struct Queued {
+    record: u64,
+    line: u64,
+    sep: Option<u8>,
+    quick: Option<Quick>,
+    bytes_end: usize,
+    ends_end: usize,
+    found_end: usize,
+    pending_end: usize,
 }
+
+/// A violation in a row: (field index, column, code, message).
+type Found = (usize, Option<usize>, Code, String);
 
 /// A schema being checked: the header's mapping once read, the keys, and per-field counts.
 struct SchemaState {
@@ -649,8 +651,8 @@ struct SchemaState {
     map: Option<HeaderMap>,
     keys: Option<KeySet>,
     counts: Vec<FieldCounts>,
-    /// This row's violations: (field index, column, code, message).
-    found: Vec<(usize, Option<usize>, Code, String)>,
+    /// This row's violations.
+    found: Vec<Found>,
     /// This row's keys (`unique` values, the primary key), to insert once it leaves the queue.
     pending: Vec<Pending>,
 }
@@ -695,21 +697,14 @@ impl SchemaState {
         self.pending.clear();
         let Some(map) = &self.map else { return Ok(()) };
         let schema = &*self.schema;
-        // The engine hands on UTF-8 only (decoded or transcoded), so the row is checked once and
-        // its cells sliced at their ends (character boundaries); anything else is no value.
-        let text = simdutf8::basic::from_utf8(row.bytes()).ok();
-        let cell_at = |c: usize| -> &str {
+        let bytes_at = |c: usize| -> &[u8] {
             let (start, end) = row.span(c);
-            match text {
-                Some(text) => text.get(start..end),
-                None => std::str::from_utf8(&row.buf[start..end]).ok(),
-            }
-            .unwrap_or("\u{fffd}")
+            &row.buf[start..end]
         };
         for (i, field) in schema.fields.iter().enumerate() {
             let column = map.found[i];
-            let cell = column.map(cell_at);
-            let missing = cell.is_none_or(|c| schema.is_missing(c));
+            let bytes = column.map(bytes_at);
+            let missing = bytes.is_none_or(|c| schema.is_missing(c));
             if missing {
                 self.counts[i].missing += 1;
                 if field.required() {
@@ -722,10 +717,10 @@ impl SchemaState {
                 }
                 continue;
             }
-            let cell = cell.unwrap_or_default();
             if field.accepts_any() {
                 continue;
             }
+            let cell = bytes.unwrap_or_default();
             match field.check(cell) {
                 Err(Violation::Type) => self.found.push((
                     i,
@@ -778,9 +773,8 @@ impl SchemaState {
             let mut overflow = Vec::new();
             for (n, &i) in key.iter().enumerate() {
                 let v = map.found[i]
-                    .map(cell_at)
-                    .filter(|c| !schema.is_missing(c))
-                    .and_then(|c| schema.fields[i].check(c).ok());
+                    .filter(|&c| !schema.is_missing(bytes_at(c)))
+                    .and_then(|c| schema.fields[i].check(bytes_at(c)).ok());
                 all_null &= v.is_none();
                 if n < values.len() {
                     values[n] = v;
@@ -818,11 +812,7 @@ impl SchemaState {
 
     /// Insert a row's keys, in order; a key seen before adds its `unique_error` to `found`.
     /// `Err`: the key memory is spent.
-    fn insert_keys(
-        &mut self,
-        pending: &[Pending],
-        found: &mut Vec<(usize, Option<usize>, Code, String)>,
-    ) -> Result<(), ()> {
+    fn insert_keys(&mut self, pending: &[Pending], found: &mut Vec<Found>) -> Result<(), ()> {
         let keys = self.keys.as_mut().ok_or(())?;
         let before = found.len();
         for p in pending {
@@ -902,8 +892,7 @@ impl<O: Write, J: Write> Sink<O, J> {
             rejects_rows: 0,
             rejects_truncated: false,
             schema: None,
-            deferred: std::collections::VecDeque::with_capacity(DEFER_ROWS + 1),
-            spare: Vec::new(),
+            queue: Queue::default(),
         })
     }
 
@@ -960,70 +949,78 @@ impl<O: Write, J: Write> Sink<O, J> {
         let Some(state) = &mut self.schema else {
             return Ok(Ok(()));
         };
-        let mut d = self.spare.pop().unwrap_or_default();
-        d.record = record;
-        d.line = line;
-        d.buf.clear();
-        d.buf.extend_from_slice(row.bytes());
-        d.ends.clear();
-        d.ends.extend_from_slice(row.ends);
-        d.sep = row.sep;
-        std::mem::swap(&mut d.found, &mut state.found);
-        std::mem::swap(&mut d.pending, &mut state.pending);
-        self.deferred.push_back(d);
-        if self.deferred.len() >= DEFER_ROWS {
+        let q = &mut self.queue;
+        q.bytes.extend_from_slice(row.bytes());
+        q.ends.extend_from_slice(row.ends);
+        q.found.append(&mut state.found);
+        q.pending.extend_from_slice(&state.pending);
+        q.rows.push(Queued {
+            record,
+            line,
+            sep: row.sep,
+            quick: row.quick,
+            bytes_end: q.bytes.len(),
+            ends_end: q.ends.len(),
+            found_end: q.found.len(),
+            pending_end: q.pending.len(),
+        });
+        if q.rows.len() >= DEFER_ROWS {
             return self.flush_deferred();
         }
         Ok(Ok(()))
     }
 
-    /// Insert the oldest queued row's keys and write it (or write down its blank lines).
-    fn finish_deferred(&mut self) -> Outcome {
-        let Some(mut d) = self.deferred.pop_front() else {
-            return Ok(Ok(()));
-        };
-        let outcome = self.settle(&mut d);
-        self.spare.push(d);
-        if matches!(outcome, Ok(Err(_))) {
-            // The file ends at that row: the rows after it were never judged.
-            self.rows.total -= self.deferred.len() as u64;
-            self.spare.extend(self.deferred.drain(..));
-        }
-        outcome
-    }
-
-    fn settle(&mut self, d: &mut Deferred) -> Outcome {
-        let Some(state) = &mut self.schema else {
-            return Ok(Ok(()));
-        };
-        if state.insert_keys(&d.pending, &mut d.found).is_err() {
-            self.rows.total -= 1;
-            return Ok(Err(self.key_budget(d.record, d.line)));
-        }
-        if !d.found.is_empty() {
-            std::mem::swap(&mut state.found, &mut d.found);
-            return self.schema_reject(d.record, d.line, d.row());
-        }
-        self.accept(d.record, d.line, d.row())
-    }
-
-    /// Settle every queued row, in order; stops at the first that ends the file.
+    /// Settle every queued row, in order: insert its keys, then write it. Stops at the first
+    /// row that ends the file; the rows after it were never judged.
     fn flush_deferred(&mut self) -> Outcome {
+        if self.queue.rows.is_empty() {
+            return Ok(Ok(()));
+        }
+        let mut q = std::mem::take(&mut self.queue);
         if let Some(keys) = self.schema.as_ref().and_then(|s| s.keys.as_ref()) {
             // Independent loads, issued together: their cache misses overlap.
-            keys.touch(
-                self.deferred
-                    .iter()
-                    .flat_map(|d| d.pending.iter().map(|p| p.digest)),
-            );
+            keys.touch(q.pending.iter().map(|p| p.digest));
         }
-        while !self.deferred.is_empty() {
-            let outcome = self.finish_deferred()?;
+        let (mut bytes, mut ends, mut found, mut pending) = (0, 0, 0, 0);
+        let mut outcome = Ok(());
+        for (n, r) in q.rows.iter().enumerate() {
+            let row = Row {
+                buf: &q.bytes[bytes..r.bytes_end],
+                ends: &q.ends[ends..r.ends_end],
+                sep: r.sep,
+                quick: r.quick,
+            };
+            let Some(state) = &mut self.schema else {
+                break;
+            };
+            let mut issues = std::mem::take(&mut state.found);
+            issues.clear();
+            issues.extend_from_slice(&q.found[found..r.found_end]);
+            let keys = state.insert_keys(&q.pending[pending..r.pending_end], &mut issues);
+            let clean = issues.is_empty();
+            state.found = issues;
+            outcome = if keys.is_err() {
+                self.rows.total -= 1;
+                Err(self.key_budget(r.record, r.line))
+            } else if clean {
+                self.accept(r.record, r.line, row)?
+            } else {
+                self.schema_reject(r.record, r.line, row)?
+            };
             if outcome.is_err() {
-                return Ok(outcome);
+                // The file ends at this row: the rows after it were never judged.
+                self.rows.total -= (q.rows.len() - n - 1) as u64;
+                break;
             }
+            (bytes, ends, found, pending) = (r.bytes_end, r.ends_end, r.found_end, r.pending_end);
         }
-        Ok(Ok(()))
+        q.rows.clear();
+        q.bytes.clear();
+        q.ends.clear();
+        q.found.clear();
+        q.pending.clear();
+        self.queue = q;
+        Ok(outcome)
     }
 
     fn accept(&mut self, record: u64, line: u64, row: Row<'_>) -> Outcome {
@@ -1086,7 +1083,7 @@ impl<O: Write, J: Write> Sink<O, J> {
         if self.header.is_none() {
             return self.header(record, line, row);
         }
-        let data_rows = self.rows.accepted + self.rows.rejected + self.deferred.len() as u64;
+        let data_rows = self.rows.accepted + self.rows.rejected + self.queue.rows.len() as u64;
         if data_rows >= self.limits.max_rows {
             let max = self.limits.max_rows;
             return Ok(Err(Rejection::new(

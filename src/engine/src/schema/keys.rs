@@ -2,12 +2,14 @@
 //! open-addressing table allocated up front from the plan's budget. Two distinct keys collide
 //! with probability about n²/2¹²⁹ (n keys): below 10⁻¹⁸ for a billion keys.
 //!
-//! The digest is two SipHash-1-3 hashes under keys drawn at random when the table is made
-//! (before the worker locks down: `getrandom` is not on its allowlist), so a file cannot be
+//! The digest is SipHash-1-3's 128-bit output under a key drawn at random when the table is
+//! made (before the worker locks down: `getrandom` is not on its allowlist), so a file cannot be
 //! crafted to collide.
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
+
+use siphasher::sip128::{Hasher128, SipHasher13};
 
 use super::Typed;
 
@@ -22,7 +24,7 @@ pub struct KeySet {
     mask: usize,
     len: usize,
     max_len: usize,
-    seeds: (RandomState, RandomState),
+    hasher: SipHasher13,
 }
 
 /// What inserting a key found.
@@ -49,7 +51,7 @@ impl KeySet {
             mask: cap - 1,
             len: 0,
             max_len: cap / LOAD_DEN * LOAD_NUM,
-            seeds: (RandomState::new(), RandomState::new()),
+            hasher: random_hasher(),
         }
     }
 
@@ -69,17 +71,13 @@ impl KeySet {
     /// The digest of a key: `tag` tells apart the constraints sharing the table (a field's
     /// `unique`, the primary key), then each value of the key in order.
     pub fn digest(&self, tag: u64, values: &[Typed]) -> u128 {
-        let mut a = self.seeds.0.build_hasher();
-        let mut b = self.seeds.1.build_hasher();
-        for h in [&mut a, &mut b] {
-            h.write_u64(tag);
-            for v in values {
-                v.hash_into(h);
-            }
+        let mut h = self.hasher;
+        h.write_u64(tag);
+        for v in values {
+            v.hash_into(&mut h);
         }
-        let d = (u128::from(a.finish()) << 64) | u128::from(b.finish());
         // 0 marks an empty slot.
-        d.max(1)
+        h.finish128().as_u128().max(1)
     }
 
     /// Load the first slot of each digest, ahead of [`KeySet::insert`]. The loads do not depend
@@ -111,6 +109,13 @@ impl KeySet {
             i = (i + 1) & self.mask;
         }
     }
+}
+
+/// A SipHash-1-3 keyed with 128 random bits, which the standard library draws from the kernel
+/// (once per process, then varied per table).
+fn random_hasher() -> SipHasher13 {
+    let key = |state: RandomState| state.build_hasher().finish();
+    SipHasher13::new_with_keys(key(RandomState::new()), key(RandomState::new()))
 }
 
 #[cfg(test)]

@@ -79,7 +79,7 @@ pub struct Field {
     max_length: Option<usize>,
     minimum: Option<Bound>,
     maximum: Option<Bound>,
-    pattern: Option<regex::Regex>,
+    pattern: Option<regex::bytes::Regex>,
     enumeration: Option<Vec<Bound>>,
     /// [`Field::accepts_any`], worked out once.
     plain: bool,
@@ -260,8 +260,13 @@ impl Schema {
         &self.primary_key
     }
 
-    pub fn is_missing(&self, cell: &str) -> bool {
-        self.missing_values.iter().any(|m| m == cell)
+    /// Whether the cell is one of the schema's `missingValues`.
+    #[inline]
+    pub fn is_missing(&self, cell: &[u8]) -> bool {
+        match self.missing_values.as_slice() {
+            [only] => only.as_bytes() == cell,
+            all => all.iter().any(|m| m.as_bytes() == cell),
+        }
     }
 
     fn label_matches(&self, field: &Field, label: &str) -> bool {
@@ -531,7 +536,7 @@ impl Field {
                 ));
             }
             // Whole-value match, as the spec says (not '^'+p+'$', which breaks alternation).
-            let re = regex::RegexBuilder::new(&format!(r"\A(?:{p})\z"))
+            let re = regex::bytes::RegexBuilder::new(&format!(r"\A(?:{p})\z"))
                 .size_limit(PATTERN_SIZE_LIMIT)
                 .dfa_size_limit(PATTERN_DFA_LIMIT)
                 .build()
@@ -575,8 +580,8 @@ impl Field {
         self.plain
     }
 
-    /// Parse and check one non-missing cell.
-    pub fn check<'a>(&self, cell: &'a str) -> Result<Typed<'a>, Violation> {
+    /// Parse and check one non-missing cell (UTF-8).
+    pub fn check<'a>(&self, cell: &'a [u8]) -> Result<Typed<'a>, Violation> {
         let typed = self.kind.parse(cell).ok_or(Violation::Type)?;
         if self.min_length.is_some() || self.max_length.is_some() {
             let len = typed.length(cell);

@@ -60,10 +60,11 @@ pub enum Kind {
     Year,
 }
 
-/// A parsed cell. Text borrows the cell; the rest is its value.
+/// A parsed cell. Text borrows the cell (UTF-8, as every cell the engine hands on); the rest is
+/// its value.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Typed<'a> {
-    Text(&'a str),
+    Text(&'a [u8]),
     Int(i128),
     /// An integer beyond i128, as its digits (sign kept, leading zeros dropped).
     BigInt(&'a str),
@@ -105,7 +106,7 @@ impl Bound {
     /// Whether the cell's value equals this one (after parsing: '01' equals 1).
     pub fn same(&self, t: &Typed) -> bool {
         match (self, t) {
-            (Bound::Text(s), Typed::Text(c)) => s == c,
+            (Bound::Text(s), Typed::Text(c)) => s.as_bytes() == *c,
             (Bound::Value(v), t) => v.eq_value(t),
             _ => false,
         }
@@ -152,27 +153,57 @@ impl<'a> Typed<'a> {
         }
     }
 
-    /// Characters, for minLength/maxLength (of the cell as written).
-    pub fn length(&self, cell: &str) -> usize {
-        cell.chars().count()
+    /// Characters, for minLength/maxLength (of the cell as written, UTF-8): every byte that
+    /// does not continue a character starts one.
+    pub fn length(&self, cell: &[u8]) -> usize {
+        cell.iter().filter(|&&b| (b as i8) >= -0x40).count()
     }
 
     /// Feed the value's canonical form to a hasher: equal values hash alike ('0100' as 100).
+    /// Each value is its bytes and then a trailer (its type and its length), so a key of
+    /// several values reads back one way only, from the end.
     pub fn hash_into<H: std::hash::Hasher>(&self, h: &mut H) {
-        use std::hash::Hash;
-        match self {
-            Typed::Text(s) => (0u8, s).hash(h),
-            Typed::Int(i) => (1u8, i).hash(h),
-            Typed::BigInt(s) => (2u8, s).hash(h),
+        let (kind, len): (u64, usize) = match self {
+            Typed::Text(s) => {
+                h.write(s);
+                (0, s.len())
+            }
+            Typed::Int(i) => {
+                h.write(&i.to_le_bytes());
+                (1, 16)
+            }
+            Typed::BigInt(s) => {
+                h.write(s.as_bytes());
+                (2, s.len())
+            }
             // -0.0 and 0.0 are equal; every NaN is its own.
-            Typed::Num(f) => (3u8, if *f == 0.0 { 0u64 } else { f.to_bits() }).hash(h),
-            Typed::Bool(b) => (4u8, b).hash(h),
-            Typed::Date(d) => (5u8, d).hash(h),
-            Typed::DateTime(t) => (6u8, t).hash(h),
-            Typed::Time(t) => (7u8, t).hash(h),
-            Typed::Year(y) => (8u8, y).hash(h),
-            Typed::Null => 9u8.hash(h),
-        }
+            Typed::Num(f) => {
+                h.write(&(if *f == 0.0 { 0u64 } else { f.to_bits() }).to_le_bytes());
+                (3, 8)
+            }
+            Typed::Bool(b) => {
+                h.write(&[u8::from(*b)]);
+                (4, 1)
+            }
+            Typed::Date(d) => {
+                h.write(&d.to_le_bytes());
+                (5, 8)
+            }
+            Typed::DateTime(t) => {
+                h.write(&t.to_le_bytes());
+                (6, 16)
+            }
+            Typed::Time(t) => {
+                h.write(&t.to_le_bytes());
+                (7, 8)
+            }
+            Typed::Year(y) => {
+                h.write(&y.to_le_bytes());
+                (8, 8)
+            }
+            Typed::Null => (9, 0),
+        };
+        h.write_u64(kind << 56 | len as u64);
     }
 }
 
@@ -373,32 +404,41 @@ impl Kind {
             (Kind::Integer { .. }, Value::Number(n)) => {
                 n.as_i64().map(|i| Typed::Int(i128::from(i)))
             }
-            _ => self.parse(&text).and_then(|t| t.to_static()),
+            _ => self.parse(text.as_bytes()).and_then(|t| t.to_static()),
         };
         parsed
             .map(Bound::Value)
             .ok_or_else(|| format!("{text:?} is not a valid {}", self.name()))
     }
 
-    /// Parse one cell (not a missing value). `None`: a type error.
-    pub fn parse<'a>(&self, cell: &'a str) -> Option<Typed<'a>> {
+    /// Parse one cell (not a missing value; UTF-8). `None`: a type error.
+    pub fn parse<'a>(&self, cell: &'a [u8]) -> Option<Typed<'a>> {
+        // Strings and integers are read as bytes; the rest as text.
+        let text = || std::str::from_utf8(cell).ok();
         match self {
             Kind::String(f) => {
                 let ok = match f {
                     StrFormat::Default => true,
                     StrFormat::Email => is_email(cell),
-                    StrFormat::Uri => is_uri(cell),
+                    StrFormat::Uri => text().is_some_and(is_uri),
                     StrFormat::Uuid => is_uuid(cell),
                 };
                 ok.then_some(Typed::Text(cell))
             }
             Kind::Integer { bare } => {
-                let s = cell.trim_matches(|c: char| c.is_ascii_whitespace());
+                let s = cell.trim_ascii();
                 let s = if *bare {
                     s
                 } else {
-                    s.trim_start_matches(|c: char| !c.is_ascii_digit() && c != '-' && c != '+')
-                        .trim_end_matches(|c: char| !c.is_ascii_digit())
+                    let start = s
+                        .iter()
+                        .position(|&b| b.is_ascii_digit() || b == b'-' || b == b'+')
+                        .unwrap_or(s.len());
+                    let end = s
+                        .iter()
+                        .rposition(u8::is_ascii_digit)
+                        .map_or(start, |e| (e + 1).max(start));
+                    &s[start..end]
                 };
                 parse_integer(s)
             }
@@ -406,11 +446,11 @@ impl Kind {
                 decimal,
                 group,
                 bare,
-            } => parse_number(cell, *decimal, *group, *bare).map(Typed::Num),
+            } => parse_number(text()?, *decimal, *group, *bare).map(Typed::Num),
             Kind::Boolean { trues, falses } => {
-                if trues.iter().any(|t| t == cell) {
+                if trues.iter().any(|t| t.as_bytes() == cell) {
                     Some(Typed::Bool(true))
-                } else if falses.iter().any(|f| f == cell) {
+                } else if falses.iter().any(|f| f.as_bytes() == cell) {
                     Some(Typed::Bool(false))
                 } else {
                     None
@@ -418,15 +458,15 @@ impl Kind {
             }
             Kind::Date(f) => {
                 let p = match f {
-                    DateFormat::Default => parse_tokens(cell, ISO_DATE, true)?,
-                    DateFormat::Pattern(t) => parse_tokens(cell, t, false)?,
+                    DateFormat::Default => parse_tokens(text()?, ISO_DATE, true)?,
+                    DateFormat::Pattern(t) => parse_tokens(text()?, t, false)?,
                 };
                 Some(Typed::Date(days_from_civil(p.year?, p.month?, p.day?)?))
             }
             Kind::DateTime(f) => {
                 let p = match f {
-                    DateFormat::Default => parse_tokens(cell, ISO_DATETIME, true)?,
-                    DateFormat::Pattern(t) => parse_tokens(cell, t, false)?,
+                    DateFormat::Default => parse_tokens(text()?, ISO_DATETIME, true)?,
+                    DateFormat::Pattern(t) => parse_tokens(text()?, t, false)?,
                 };
                 let days = days_from_civil(p.year?, p.month.unwrap_or(1), p.day.unwrap_or(1))?;
                 let secs = i128::from(days) * 86_400 + i128::from(p.seconds_of_day()?)
@@ -435,14 +475,14 @@ impl Kind {
             }
             Kind::Time(f) => {
                 let p = match f {
-                    DateFormat::Default => parse_tokens(cell, ISO_TIME, true)?,
-                    DateFormat::Pattern(t) => parse_tokens(cell, t, false)?,
+                    DateFormat::Default => parse_tokens(text()?, ISO_TIME, true)?,
+                    DateFormat::Pattern(t) => parse_tokens(text()?, t, false)?,
                 };
                 let secs = (p.seconds_of_day()? - p.offset).rem_euclid(86_400);
                 Some(Typed::Time(secs * 1_000_000_000 + i64::from(p.nanos)))
             }
-            Kind::Year => (cell.len() == 4 && cell.bytes().all(|b| b.is_ascii_digit()))
-                .then(|| Typed::Year(cell.parse().unwrap_or(0))),
+            Kind::Year => (cell.len() == 4 && cell.iter().all(u8::is_ascii_digit))
+                .then(|| Typed::Year(cell.iter().fold(0, |y, &d| y * 10 + i64::from(d - b'0')))),
         }
     }
 }
@@ -455,7 +495,7 @@ impl Kind {
     /// another type.
     pub fn format(&self, v: &Typed) -> Option<String> {
         match (self, v) {
-            (Kind::String(_), Typed::Text(s)) => Some((*s).to_string()),
+            (Kind::String(_), Typed::Text(s)) => String::from_utf8(s.to_vec()).ok(),
             (Kind::Integer { .. }, Typed::Int(i)) => Some(i.to_string()),
             (Kind::Integer { .. }, Typed::BigInt(s)) => Some((*s).to_string()),
             (Kind::Number { decimal, group, .. }, Typed::Num(f)) => {
@@ -670,15 +710,24 @@ impl Typed<'_> {
     }
 }
 
-fn parse_integer(s: &str) -> Option<Typed<'_>> {
-    let digits = s.strip_prefix(['+', '-']).unwrap_or(s);
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+fn parse_integer(s: &[u8]) -> Option<Typed<'_>> {
+    let (negative, digits) = match s {
+        [b'-', rest @ ..] => (true, rest),
+        [b'+', rest @ ..] => (false, rest),
+        _ => (false, s),
+    };
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
         return None;
     }
-    // Most integers fit 64 bits, which parse faster.
+    // Most integers have at most 18 digits, which fit 64 bits whatever they are.
     if digits.len() <= 18 {
-        return s.parse::<i64>().ok().map(|i| Typed::Int(i128::from(i)));
+        let n = digits
+            .iter()
+            .fold(0i64, |n, &d| n * 10 + i64::from(d - b'0'));
+        return Some(Typed::Int(i128::from(if negative { -n } else { n })));
     }
+    // Digits and a sign: ASCII.
+    let s = std::str::from_utf8(s).ok()?;
     match s.parse::<i128>() {
         Ok(i) => Some(Typed::Int(i)),
         Err(_) => Some(Typed::BigInt(s.strip_prefix('+').unwrap_or(s))),
@@ -923,40 +972,125 @@ fn days_from_civil(year: i64, month: u32, day: u32) -> Option<i64> {
 /// A plausible address: one `@`; a dot-atom local part (RFC 5322's characters, and letters and
 /// digits of any script, as RFC 6531 allows); a domain of at least two labels of letters, digits
 /// and hyphens, whose last (the TLD) is letters only, or `xn--` punycode.
-fn is_email(s: &str) -> bool {
-    let Some(at) = memchr::memchr(b'@', s.as_bytes()) else {
+fn is_email(s: &[u8]) -> bool {
+    let Some(at) = memchr::memchr(b'@', s) else {
         return false;
     };
     let (local, domain) = (&s[..at], &s[at + 1..]);
-    let local_ok = !local.is_empty()
-        && local.len() <= 64
-        && !local.starts_with('.')
-        && !local.ends_with('.')
-        && !local.contains("..")
-        && all_chars(local, &ATEXT);
-    if !local_ok || domain.len() > 253 {
+    if local.is_empty() || local.len() > 64 || domain.len() > 253 {
         return false;
     }
-    let label_ok = |l: &[u8]| {
-        !l.is_empty() && l.len() <= 63 && l.first() != Some(&b'-') && l.last() != Some(&b'-')
+    // One pass each, without branches: a byte's class, and whether it may follow the one
+    // before (a position "before the start" counts as a dot).
+    let (mut bad, mut prev, mut wide) = (0, DOT, 0);
+    for &b in local {
+        let c = LOCAL_CLASS[usize::from(b)];
+        // atext runs joined by single dots, no dot at either end.
+        bad |= (c & BAD) | (c & prev & DOT);
+        wide |= c;
+        prev = c;
+    }
+    bad |= prev & DOT;
+    prev = DOT;
+    for &b in domain {
+        let c = DOMAIN_CLASS[usize::from(b)];
+        // Labels of letters, digits and inner hyphens: no dot or hyphen after a dot, no dot
+        // after a hyphen.
+        bad |= (c & BAD) | (prev & DOT & ((c | (c >> 1)) & DOT)) | ((prev >> 1) & c & DOT);
+        wide |= c;
+        prev = c;
+    }
+    bad |= prev & (DOT | HYPHEN);
+    if bad != 0 {
+        return false;
+    }
+    if wide & WIDE != 0
+        && !(other_scripts_alphanumeric(local) && other_scripts_alphanumeric(domain))
+    {
+        return false;
+    }
+    // At least two labels, each at most 63 bytes.
+    let Some(last_dot) = memchr::memrchr(b'.', domain) else {
+        return false;
     };
-    let mut labels = 0;
-    let mut last_start = 0;
-    for l in domain.as_bytes().split(|&b| b == b'.') {
-        if !label_ok(l) {
-            return false;
-        }
-        labels += 1;
-        last_start = domain.len() - l.len();
+    if domain.len() > 63 && domain.split(|&b| b == b'.').any(|l| l.len() > 63) {
+        return false;
     }
     // The TLD: letters only (of any script), at least two, or punycode.
-    let last = &domain[last_start..];
+    let last = &domain[last_dot + 1..];
     let tld_ok = if last.is_ascii() {
-        last.len() >= 2 && last.bytes().all(|b| b.is_ascii_alphabetic())
+        last.len() >= 2 && last.iter().all(u8::is_ascii_alphabetic)
     } else {
-        last.chars().count() >= 2 && last.chars().all(char::is_alphabetic)
+        std::str::from_utf8(last)
+            .is_ok_and(|l| l.chars().count() >= 2 && l.chars().all(char::is_alphabetic))
     };
-    labels >= 2 && all_chars(domain, &LABEL_OR_DOT) && (tld_ok || last.starts_with("xn--"))
+    tld_ok || last.starts_with(b"xn--")
+}
+
+/// Byte classes for [`is_email`]: a dot, a hyphen, a byte of a character beyond ASCII, a byte
+/// that may not appear; anything else is a letter, digit or other allowed character.
+const DOT: u8 = 1;
+const HYPHEN: u8 = 2;
+const WIDE: u8 = 4;
+const BAD: u8 = 8;
+
+const fn classes(allowed: &[bool; 128]) -> [u8; 256] {
+    let mut t = [0u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        t[b] = if b >= 0x80 {
+            WIDE
+        } else if b == b'.' as usize {
+            DOT
+        } else if b == b'-' as usize {
+            HYPHEN
+        } else if allowed[b] {
+            0
+        } else {
+            BAD
+        };
+        b += 1;
+    }
+    t
+}
+
+/// The local part: RFC 5322's atext and the dot (a hyphen is atext there).
+const LOCAL_CLASS: [u8; 256] = {
+    let mut t = classes(&ATEXT);
+    t[b'-' as usize] = 0;
+    t
+};
+/// The domain: letters, digits, hyphens and dots.
+const DOMAIN_CLASS: [u8; 256] = classes(&LABEL);
+
+/// Every character beyond ASCII is a letter or digit (of any script). The Latin letters of
+/// U+00C0 to U+024F (all but × and ÷) are known without a table lookup.
+fn other_scripts_alphanumeric(s: &[u8]) -> bool {
+    let mut i = 0;
+    while let Some(off) = s[i..].iter().position(|&b| b >= 0x80) {
+        let at = i + off;
+        let (lead, next) = (s[at], s.get(at + 1).copied().unwrap_or(0));
+        let latin = matches!(lead, 0xC3..=0xC8) || (lead == 0xC9 && next < 0x90);
+        if latin && !(lead == 0xC3 && matches!(next, 0x97 | 0xB7)) {
+            i = at + 2;
+            continue;
+        }
+        let width = match lead {
+            0xF0.. => 4,
+            0xE0.. => 3,
+            _ => 2,
+        };
+        let ok = s
+            .get(at..at + width)
+            .and_then(|c| std::str::from_utf8(c).ok())
+            .and_then(|c| c.chars().next())
+            .is_some_and(char::is_alphanumeric);
+        if !ok {
+            return false;
+        }
+        i = at + width;
+    }
+    true
 }
 
 /// ASCII letters and digits, and `extra`.
@@ -977,20 +1111,8 @@ const fn ascii_set(extra: &[u8]) -> [bool; 128] {
 
 /// RFC 5322's atext and the dot: an email's local part.
 const ATEXT: [bool; 128] = ascii_set(b"!#$%&'*+/=?^_`{|}~.-");
-/// A domain's labels and the dots between them.
-const LABEL_OR_DOT: [bool; 128] = ascii_set(b"-.");
-
-/// Every character is in the ASCII `set`, or a letter or digit of another script.
-fn all_chars(s: &str, set: &[bool; 128]) -> bool {
-    if s.is_ascii() {
-        s.bytes().all(|b| set[usize::from(b)])
-    } else {
-        s.chars().all(|c| match u8::try_from(c) {
-            Ok(b) if b < 128 => set[usize::from(b)],
-            _ => c.is_alphanumeric(),
-        })
-    }
-}
+/// A domain label's characters.
+const LABEL: [bool; 128] = ascii_set(b"-");
 
 /// An absolute URI by RFC 3986's grammar, at the character level: a scheme, `:`, and the rest
 /// made of unreserved, reserved and percent-encoded characters.
@@ -1031,8 +1153,7 @@ fn is_uri(s: &str) -> bool {
 }
 
 /// The canonical 8-4-4-4-12 hex form (either case).
-fn is_uuid(s: &str) -> bool {
-    let b = s.as_bytes();
+fn is_uuid(b: &[u8]) -> bool {
     b.len() == 36
         && b.iter().enumerate().all(|(i, c)| {
             if matches!(i, 8 | 13 | 18 | 23) {
@@ -1054,26 +1175,26 @@ mod tests {
         assert_eq!(days_from_civil(2023, 2, 29), None);
         assert_eq!(days_from_civil(2024, 13, 1), None);
         let d = Kind::Date(DateFormat::Default);
-        assert!(d.parse("2024-01-05").is_some());
-        assert!(d.parse("2024-1-5").is_none());
-        assert!(d.parse("20240105").is_none());
+        assert!(d.parse(b"2024-01-05").is_some());
+        assert!(d.parse(b"2024-1-5").is_none());
+        assert!(d.parse(b"20240105").is_none());
         let custom = Kind::Date(DateFormat::Pattern(parse_pattern("%d/%m/%Y").unwrap()));
-        assert_eq!(custom.parse("05/01/2024"), d.parse("2024-01-05"));
-        assert_eq!(custom.parse("5/1/2024"), d.parse("2024-01-05"));
+        assert_eq!(custom.parse(b"05/01/2024"), d.parse(b"2024-01-05"));
+        assert_eq!(custom.parse(b"5/1/2024"), d.parse(b"2024-01-05"));
     }
 
     #[test]
     fn times_take_fractions_and_offsets() {
         let t = Kind::Time(DateFormat::Default);
-        assert!(t.parse("10:20:30").is_some());
-        assert!(t.parse("10:20:30.123").is_some());
-        assert_eq!(t.parse("10:20:30+01:00"), t.parse("09:20:30Z"));
-        assert!(t.parse("24:00:00").is_none());
-        assert!(t.parse("10:20").is_none());
+        assert!(t.parse(b"10:20:30").is_some());
+        assert!(t.parse(b"10:20:30.123").is_some());
+        assert_eq!(t.parse(b"10:20:30+01:00"), t.parse(b"09:20:30Z"));
+        assert!(t.parse(b"24:00:00").is_none());
+        assert!(t.parse(b"10:20").is_none());
         let dt = Kind::DateTime(DateFormat::Default);
-        assert!(dt.parse("2024-01-05T10:20:30Z").is_some());
-        assert!(dt.parse("2024-01-05 10:20:30").is_none());
-        assert!(dt.parse("2024-01-05").is_none());
+        assert!(dt.parse(b"2024-01-05T10:20:30Z").is_some());
+        assert!(dt.parse(b"2024-01-05 10:20:30").is_none());
+        assert!(dt.parse(b"2024-01-05").is_none());
     }
 
     #[test]
@@ -1093,25 +1214,88 @@ mod tests {
 
     #[test]
     fn string_formats() {
-        assert!(is_email("ana@example.com"));
-        assert!(!is_email("dave@example"));
-        assert!(!is_email("a b@example.com"));
-        assert!(is_email("chloé.dubois@example.com"));
-        assert!(!is_email("ana@@example.com"));
-        assert!(!is_email("ana@example.c0m"));
-        assert!(!is_email("ana@-example.com"));
-        assert!(!is_email("ana@example-.com"));
-        assert!(!is_email("ana@example..com"));
-        assert!(!is_email("ana@example.c"));
-        assert!(is_email("ana@exämple.de"));
-        assert!(is_email("ana@example.xn--p1ai"));
-        assert!(is_email("ana@пример.рф"));
-        assert!(!is_email("ana@example.р"));
+        assert!(is_email("ana@example.com".as_bytes()));
+        assert!(!is_email("dave@example".as_bytes()));
+        assert!(!is_email("a b@example.com".as_bytes()));
+        assert!(is_email("chloé.dubois@example.com".as_bytes()));
+        assert!(!is_email("ana@@example.com".as_bytes()));
+        assert!(!is_email("ana@example.c0m".as_bytes()));
+        assert!(!is_email("ana@-example.com".as_bytes()));
+        assert!(!is_email("ana@example-.com".as_bytes()));
+        assert!(!is_email("ana@example..com".as_bytes()));
+        assert!(!is_email("ana@example.c".as_bytes()));
+        assert!(is_email("ana@exämple.de".as_bytes()));
+        assert!(is_email("ana@example.xn--p1ai".as_bytes()));
+        assert!(!is_email("ana@example.xn--".as_bytes()));
+        assert!(!is_email("ana@example.xn--p1ai-".as_bytes()));
+        assert!(!is_email(format!("ana@{}.com", "a".repeat(64)).as_bytes()));
+        assert!(is_email(format!("ana@{}.com", "a".repeat(63)).as_bytes()));
+        assert!(is_email("ana@пример.рф".as_bytes()));
+        assert!(!is_email("ana@example.р".as_bytes()));
         assert!(is_uri("https://example.com/a?b=c"));
         assert!(is_uri("mailto:ana@example.com"));
         assert!(!is_uri("www.example.com"));
         assert!(!is_uri("/relative/path"));
-        assert!(is_uuid("00000000-0000-0000-0000-000000000000"));
-        assert!(!is_uuid("{00000000-0000-0000-0000-000000000000}"));
+        assert!(is_uuid(b"00000000-0000-0000-0000-000000000000"));
+        assert!(!is_uuid(b"{00000000-0000-0000-0000-000000000000}"));
+    }
+
+    /// The email check as first written, a set of whole-string tests: the one-pass [`is_email`]
+    /// must agree with it on every string.
+    fn is_email_reference(s: &str) -> bool {
+        let all_chars = |s: &str, set: &[bool; 128]| {
+            s.chars().all(|c| match u8::try_from(c) {
+                Ok(b) if b < 128 => set[usize::from(b)],
+                _ => c.is_alphanumeric(),
+            })
+        };
+        const LABEL_OR_DOT: [bool; 128] = ascii_set(b"-.");
+        let Some(at) = s.find('@') else {
+            return false;
+        };
+        let (local, domain) = (&s[..at], &s[at + 1..]);
+        let local_ok = !local.is_empty()
+            && local.len() <= 64
+            && !local.starts_with('.')
+            && !local.ends_with('.')
+            && !local.contains("..")
+            && all_chars(local, &ATEXT);
+        if !local_ok || domain.len() > 253 {
+            return false;
+        }
+        let label_ok =
+            |l: &str| !l.is_empty() && l.len() <= 63 && !l.starts_with('-') && !l.ends_with('-');
+        let labels: Vec<&str> = domain.split('.').collect();
+        if !labels.iter().all(|l| label_ok(l)) {
+            return false;
+        }
+        let last = labels[labels.len() - 1];
+        let tld_ok = last.chars().count() >= 2 && last.chars().all(char::is_alphabetic);
+        labels.len() >= 2
+            && all_chars(domain, &LABEL_OR_DOT)
+            && (tld_ok || last.starts_with("xn--"))
+    }
+
+    #[test]
+    fn latin_letters_are_known_without_a_lookup() {
+        for c in '\u{80}'..='\u{7ff}' {
+            let mut buf = [0u8; 4];
+            let bytes = c.encode_utf8(&mut buf).as_bytes();
+            assert_eq!(
+                other_scripts_alphanumeric(bytes),
+                c.is_alphanumeric(),
+                "{c:?}"
+            );
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(20_000))]
+        #[test]
+        fn the_one_pass_email_check_agrees_with_the_reference(
+            s in "[a-zA-Z0-9._+@-]{0,12}|[a-zé.-]{1,8}@[a-zé0-9.-]{0,10}\\.[a-zр1-]{0,4}|[a-z]{0,70}@[a-z-]{0,70}\\.(com|c|xn--p1ai|рф)|.{0,20}"
+        ) {
+            proptest::prop_assert_eq!(is_email(s.as_bytes()), is_email_reference(&s), "{:?}", s);
+        }
     }
 }
