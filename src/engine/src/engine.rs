@@ -721,7 +721,26 @@ impl SchemaState {
                 continue;
             }
             let cell = bytes.unwrap_or_default();
-            match field.check(cell) {
+            let result = if field.unique() {
+                match field.check_value(cell) {
+                    Ok(typed) => {
+                        let keys = self.keys.as_ref().ok_or(())?;
+                        let digest = keys.digest(i as u64, std::slice::from_ref(&typed));
+                        self.pending.push(Pending {
+                            field: i,
+                            column,
+                            digest,
+                            primary_key: false,
+                        });
+                        Ok(())
+                    }
+                    Err(v) => Err(v),
+                }
+            } else {
+                field.check(cell)
+            };
+            match result {
+                Ok(()) => {}
                 Err(Violation::Type) => self.found.push((
                     i,
                     column,
@@ -747,18 +766,6 @@ impl SchemaState {
                         ),
                     },
                 )),
-                Ok(typed) => {
-                    if field.unique() {
-                        let keys = self.keys.as_ref().ok_or(())?;
-                        let digest = keys.digest(i as u64, std::slice::from_ref(&typed));
-                        self.pending.push(Pending {
-                            field: i,
-                            column,
-                            digest,
-                            primary_key: false,
-                        });
-                    }
-                }
             }
         }
         for (i, _, _, _) in &self.found {
@@ -774,7 +781,7 @@ impl SchemaState {
             for (n, &i) in key.iter().enumerate() {
                 let v = map.found[i]
                     .filter(|&c| !schema.is_missing(bytes_at(c)))
-                    .and_then(|c| schema.fields[i].check(bytes_at(c)).ok());
+                    .and_then(|c| schema.fields[i].check_value(bytes_at(c)).ok());
                 all_null &= v.is_none();
                 if n < values.len() {
                     values[n] = v;

@@ -7,6 +7,7 @@
 //! [`Schema`] is what the engine checks each row against.
 
 mod keys;
+mod pattern;
 mod value;
 
 use std::collections::BTreeMap;
@@ -79,8 +80,8 @@ pub struct Field {
     max_length: Option<usize>,
     minimum: Option<Bound>,
     maximum: Option<Bound>,
-    pattern: Option<regex::bytes::Regex>,
-    enumeration: Option<Vec<Bound>>,
+    pattern: Option<pattern::Pattern>,
+    enumeration: Option<value::Enumeration>,
     /// [`Field::accepts_any`], worked out once.
     plain: bool,
 }
@@ -171,8 +172,9 @@ impl Schema {
         };
         let mut fields: Vec<Field> = Vec::with_capacity(list.len());
         let mut names_bytes = 0;
+        let mut dfa_budget = pattern::SCHEMA_DFA_BYTES;
         for (i, f) in list.iter().enumerate() {
-            let field = Field::from_value(f, &format!("/fields/{i}"))?;
+            let field = Field::from_value(f, &format!("/fields/{i}"), &mut dfa_budget)?;
             if field.name.len() > MAX_NAME_BYTES {
                 return Err(err(
                     format!("/fields/{i}/name"),
@@ -396,7 +398,7 @@ pub struct HeaderMismatch {
 }
 
 impl Field {
-    fn from_value(v: &Value, at: &str) -> Result<Field, SchemaError> {
+    fn from_value(v: &Value, at: &str, dfa_budget: &mut usize) -> Result<Field, SchemaError> {
         let obj = v
             .as_object()
             .ok_or_else(|| err(at, "a field is a JSON object"))?;
@@ -448,7 +450,7 @@ impl Field {
             plain: false,
         };
         if let Some(c) = obj.get("constraints") {
-            field.constraints(c, &format!("{at}/constraints"))?;
+            field.constraints(c, &format!("{at}/constraints"), dfa_budget)?;
         }
         field.plain = field.kind == Kind::String(value::StrFormat::Default)
             && !field.unique
@@ -461,7 +463,12 @@ impl Field {
         Ok(field)
     }
 
-    fn constraints(&mut self, v: &Value, at: &str) -> Result<(), SchemaError> {
+    fn constraints(
+        &mut self,
+        v: &Value,
+        at: &str,
+        dfa_budget: &mut usize,
+    ) -> Result<(), SchemaError> {
         let obj = v
             .as_object()
             .ok_or_else(|| err(at, "constraints are a JSON object"))?;
@@ -536,7 +543,8 @@ impl Field {
                 ));
             }
             // Whole-value match, as the spec says (not '^'+p+'$', which breaks alternation).
-            let re = regex::bytes::RegexBuilder::new(&format!(r"\A(?:{p})\z"))
+            let whole = format!(r"\A(?:{p})\z");
+            let re = regex::bytes::RegexBuilder::new(&whole)
                 .size_limit(PATTERN_SIZE_LIMIT)
                 .dfa_size_limit(PATTERN_DFA_LIMIT)
                 .build()
@@ -546,7 +554,7 @@ impl Field {
                         format!("not a usable pattern: {e}"),
                     )
                 })?;
-            self.pattern = Some(re);
+            self.pattern = Some(pattern::Pattern::new(&whole, re, dfa_budget));
         }
         if let Some(v) = obj.get("enum") {
             let list = v
@@ -561,7 +569,7 @@ impl Field {
                         .map_err(|why| err(format!("{at}/enum/{i}"), why))?,
                 );
             }
-            self.enumeration = Some(values);
+            self.enumeration = Some(value::Enumeration::new(values));
         }
         Ok(())
     }
@@ -580,9 +588,35 @@ impl Field {
         self.plain
     }
 
-    /// Parse and check one non-missing cell (UTF-8).
-    pub fn check<'a>(&self, cell: &'a [u8]) -> Result<Typed<'a>, Violation> {
-        let typed = self.kind.parse(cell).ok_or(Violation::Type)?;
+    /// Check one non-missing cell (UTF-8).
+    #[inline]
+    pub fn check(&self, cell: &[u8]) -> Result<(), Violation> {
+        self.checked(cell).map(|_| ())
+    }
+
+    /// Check one non-missing cell (UTF-8) and give its value, for keys.
+    #[inline]
+    pub fn check_value<'a>(&self, cell: &'a [u8]) -> Result<Typed<'a>, Violation> {
+        self.checked(cell)
+    }
+
+    /// Strings and integers are parsed here, inline, so their values stay in registers; other
+    /// types through [`Kind::parse`].
+    #[inline(always)]
+    fn checked<'a>(&self, cell: &'a [u8]) -> Result<Typed<'a>, Violation> {
+        let typed = match &self.kind {
+            Kind::String(format) => {
+                if !format.accepts(cell) {
+                    return Err(Violation::Type);
+                }
+                Typed::Text(cell)
+            }
+            Kind::Integer { bare: true } => match value::small_integer(cell) {
+                Some(i) => Typed::Int(i128::from(i)),
+                None => self.kind.parse(cell).ok_or(Violation::Type)?,
+            },
+            kind => kind.parse(cell).ok_or(Violation::Type)?,
+        };
         if self.min_length.is_some() || self.max_length.is_some() {
             let len = typed.length(cell);
             if self.min_length.is_some_and(|lo| len < lo) {
@@ -604,7 +638,7 @@ impl Field {
             }
         }
         if let Some(values) = &self.enumeration {
-            if !values.iter().any(|v| v.same(&typed)) {
+            if !values.contains(&typed) {
                 return Err(Violation::Constraint("enum"));
             }
         }

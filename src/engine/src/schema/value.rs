@@ -207,6 +207,81 @@ impl<'a> Typed<'a> {
     }
 }
 
+/// A field's `enum`: its values, and for short strings (up to 7 bytes: codes such as
+/// countries and currencies) each packed in an integer, so a cell is looked up without a
+/// string comparison.
+#[derive(Debug, Clone)]
+pub struct Enumeration {
+    values: Vec<Bound>,
+    packed: Option<Vec<u64>>,
+}
+
+impl Enumeration {
+    pub fn new(values: Vec<Bound>) -> Enumeration {
+        let packed = values
+            .iter()
+            .map(|v| match v {
+                Bound::Text(t) => pack(t.as_bytes()),
+                Bound::Value(_) => None,
+            })
+            .collect();
+        Enumeration { values, packed }
+    }
+
+    #[inline]
+    pub fn contains(&self, t: &Typed) -> bool {
+        match (&self.packed, t) {
+            (Some(packed), Typed::Text(cell)) => {
+                pack(cell).is_some_and(|p| packed.iter().fold(false, |hit, &v| hit | (v == p)))
+            }
+            _ => self.values.iter().any(|v| v.same(t)),
+        }
+    }
+}
+
+/// Up to 7 bytes and their count in one integer; `None` for anything longer.
+#[inline]
+fn pack(b: &[u8]) -> Option<u64> {
+    if b.len() > 7 {
+        return None;
+    }
+    let mut buf = [0u8; 8];
+    buf[..b.len()].copy_from_slice(b);
+    buf[7] = b.len() as u8;
+    Some(u64::from_le_bytes(buf))
+}
+
+/// An integer of at most 18 digits (which fits 64 bits whatever they are) with an optional
+/// sign and nothing else; `None` for anything else, which [`Kind::parse`] then reads.
+#[inline]
+pub fn small_integer(s: &[u8]) -> Option<i64> {
+    let (negative, digits) = match s {
+        [b'-', rest @ ..] => (true, rest),
+        [b'+', rest @ ..] => (false, rest),
+        _ => (false, s),
+    };
+    if digits.is_empty() || digits.len() > 18 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n = digits
+        .iter()
+        .fold(0i64, |n, &d| n * 10 + i64::from(d - b'0'));
+    Some(if negative { -n } else { n })
+}
+
+impl StrFormat {
+    /// Whether a cell (UTF-8) is in this format.
+    #[inline]
+    pub fn accepts(self, cell: &[u8]) -> bool {
+        match self {
+            StrFormat::Default => true,
+            StrFormat::Email => is_email(cell),
+            StrFormat::Uri => std::str::from_utf8(cell).is_ok_and(is_uri),
+            StrFormat::Uuid => is_uuid(cell),
+        }
+    }
+}
+
 const TRUES: [&str; 4] = ["true", "True", "TRUE", "1"];
 const FALSES: [&str; 4] = ["false", "False", "FALSE", "0"];
 
@@ -412,19 +487,12 @@ impl Kind {
     }
 
     /// Parse one cell (not a missing value; UTF-8). `None`: a type error.
+    #[inline]
     pub fn parse<'a>(&self, cell: &'a [u8]) -> Option<Typed<'a>> {
         // Strings and integers are read as bytes; the rest as text.
         let text = || std::str::from_utf8(cell).ok();
         match self {
-            Kind::String(f) => {
-                let ok = match f {
-                    StrFormat::Default => true,
-                    StrFormat::Email => is_email(cell),
-                    StrFormat::Uri => text().is_some_and(is_uri),
-                    StrFormat::Uuid => is_uuid(cell),
-                };
-                ok.then_some(Typed::Text(cell))
-            }
+            Kind::String(f) => f.accepts(cell).then_some(Typed::Text(cell)),
             Kind::Integer { bare } => {
                 let s = cell.trim_ascii();
                 let s = if *bare {
@@ -711,20 +779,15 @@ impl Typed<'_> {
 }
 
 fn parse_integer(s: &[u8]) -> Option<Typed<'_>> {
-    let (negative, digits) = match s {
-        [b'-', rest @ ..] => (true, rest),
-        [b'+', rest @ ..] => (false, rest),
-        _ => (false, s),
-    };
+    let digits = s
+        .strip_prefix(b"-")
+        .or_else(|| s.strip_prefix(b"+"))
+        .unwrap_or(s);
+    if let Some(n) = small_integer(s) {
+        return Some(Typed::Int(i128::from(n)));
+    }
     if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
         return None;
-    }
-    // Most integers have at most 18 digits, which fit 64 bits whatever they are.
-    if digits.len() <= 18 {
-        let n = digits
-            .iter()
-            .fold(0i64, |n, &d| n * 10 + i64::from(d - b'0'));
-        return Some(Typed::Int(i128::from(if negative { -n } else { n })));
     }
     // Digits and a sign: ASCII.
     let s = std::str::from_utf8(s).ok()?;
