@@ -42,6 +42,9 @@ pub struct WorkerConfig {
     pub schema: Option<serde_json::Value>,
     /// Memory for the schema's keys (the plan's `schema_key_bytes`).
     pub schema_key_bytes: usize,
+    /// The input's size as the parent measured it: the schema's key table starts sized for it.
+    #[serde(default)]
+    pub input_bytes: u64,
 }
 
 impl WorkerConfig {
@@ -69,6 +72,7 @@ impl WorkerConfig {
             sandbox: sandbox.clone(),
             schema: None,
             schema_key_bytes: usize::try_from(plan.worker.schema_key_bytes).unwrap_or(usize::MAX),
+            input_bytes,
         }
     }
 
@@ -100,6 +104,7 @@ impl WorkerConfig {
             hash_output: !self.parent_hashes_output,
             schema,
             key_budget_bytes: self.schema_key_bytes,
+            input_bytes_hint: Some(self.input_bytes),
             parse_path: airlock_engine::ParsePath::default(),
         })
     }

@@ -54,7 +54,11 @@ pub fn process<R: Read, O: Write, J: Write>(
     }
     let mut sink = Sink::new(output, rejects, limits, options.hash_output)?;
     if let Some(schema) = &options.schema {
-        sink.schema = Some(SchemaState::new(schema.clone(), options.key_budget_bytes));
+        sink.schema = Some(SchemaState::new(
+            schema.clone(),
+            options.key_budget_bytes,
+            options.input_bytes_hint,
+        ));
     }
     let mut dialect = None;
     let outcome = match text.start(options.fallback_encoding)? {
@@ -668,8 +672,19 @@ struct Pending {
 }
 
 impl SchemaState {
-    fn new(schema: std::sync::Arc<Schema>, key_budget: usize) -> Self {
-        let keys = schema.keeps_keys().then(|| KeySet::with_budget(key_budget));
+    fn new(schema: std::sync::Arc<Schema>, key_budget: usize, input_bytes: Option<u64>) -> Self {
+        // Keys a file of that size holds if its rows are 64 bytes or more: one a row for each
+        // unique field and the primary key.
+        let expected = input_bytes.map(|bytes| {
+            let per_row = schema.fields.iter().filter(|f| f.unique()).count()
+                + usize::from(!schema.primary_key().is_empty());
+            usize::try_from(bytes / 64)
+                .unwrap_or(usize::MAX)
+                .saturating_mul(per_row)
+        });
+        let keys = schema
+            .keeps_keys()
+            .then(|| KeySet::new(key_budget, expected));
         let counts = schema
             .fields
             .iter()

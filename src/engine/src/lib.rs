@@ -65,6 +65,10 @@ pub struct Options {
     /// Memory for `unique` and `primaryKey` keys (16 bytes each); past it the file is rejected
     /// with `key_budget_exceeded`.
     pub key_budget_bytes: usize,
+    /// The input's size, when known: the key table starts sized for it (assuming rows of 64
+    /// bytes or more) and grows up to `key_budget_bytes` if rows are shorter. Without it the
+    /// table starts at the whole budget.
+    pub input_bytes_hint: Option<u64>,
     /// How records are read; [`ParsePath::PlainLines`] unless a test wants the oracle.
     pub parse_path: ParsePath,
 }
@@ -95,6 +99,7 @@ impl Default for Options {
             hash_output: true,
             schema: None,
             key_budget_bytes: DEFAULT_KEY_BUDGET,
+            input_bytes_hint: None,
             parse_path: ParsePath::default(),
         }
     }

@@ -23,9 +23,17 @@ pub struct KeySet {
     slots: Vec<u128>,
     mask: usize,
     len: usize,
+    /// Keys the table holds at its present size before it grows.
+    grow_at: usize,
+    /// Slots at the budget: the table never grows past them.
+    max_slots: usize,
+    /// Keys the budget holds.
     max_len: usize,
     hasher: SipHasher13,
 }
+
+/// The smallest table: 64 KiB.
+const MIN_SLOTS: usize = 4096;
 
 /// What inserting a key found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,25 +45,42 @@ pub enum Insert {
 }
 
 impl KeySet {
-    /// A table taking at most `budget_bytes` (16 bytes a slot, a power of two of them).
+    /// A table taking at most `budget_bytes` (16 bytes a slot, a power of two of them), at
+    /// its full size from the start.
     pub fn with_budget(budget_bytes: usize) -> KeySet {
+        KeySet::new(budget_bytes, None)
+    }
+
+    /// A table taking at most `budget_bytes`, first sized for `expected` keys (a hint: it grows,
+    /// doubling, up to the budget). A table much larger than its keys costs a page fault for
+    /// nearly every key, since digests scatter them over all its pages.
+    pub fn new(budget_bytes: usize, expected: Option<usize>) -> KeySet {
         let slots = (budget_bytes / 16).max(16);
-        let cap = if slots.is_power_of_two() {
+        let max_slots = if slots.is_power_of_two() {
             slots
         } else {
             slots.next_power_of_two() / 2
         };
+        let first = match expected {
+            None => max_slots,
+            Some(keys) => (keys.saturating_mul(LOAD_DEN) / LOAD_NUM + 1)
+                .checked_next_power_of_two()
+                .unwrap_or(max_slots)
+                .clamp(MIN_SLOTS.min(max_slots), max_slots),
+        };
         KeySet {
             // Zeroed memory is mapped lazily: pages count only once keys land on them.
-            slots: vec![0u128; cap],
-            mask: cap - 1,
+            slots: vec![0u128; first],
+            mask: first - 1,
             len: 0,
-            max_len: cap / LOAD_DEN * LOAD_NUM,
+            grow_at: load(first),
+            max_slots,
+            max_len: load(max_slots),
             hasher: random_hasher(),
         }
     }
 
-    /// Keys the table can hold.
+    /// Keys the budget holds.
     pub fn capacity(&self) -> usize {
         self.max_len
     }
@@ -99,8 +124,12 @@ impl KeySet {
                 return Insert::Seen;
             }
             if slot == 0 {
-                if self.len >= self.max_len {
-                    return Insert::Full;
+                if self.len >= self.grow_at {
+                    if self.len >= self.max_len {
+                        return Insert::Full;
+                    }
+                    self.grow();
+                    return self.insert(digest);
                 }
                 self.slots[i] = digest;
                 self.len += 1;
@@ -109,6 +138,27 @@ impl KeySet {
             i = (i + 1) & self.mask;
         }
     }
+
+    /// Double the table (up to the budget) and place every key again.
+    #[cold]
+    fn grow(&mut self) {
+        let size = (self.slots.len() * 2).min(self.max_slots);
+        let old = std::mem::replace(&mut self.slots, vec![0u128; size]);
+        self.mask = size - 1;
+        self.grow_at = load(size);
+        for d in old.into_iter().filter(|&d| d != 0) {
+            let mut i = (d as usize) & self.mask;
+            while self.slots[i] != 0 {
+                i = (i + 1) & self.mask;
+            }
+            self.slots[i] = d;
+        }
+    }
+}
+
+/// Keys a table of `slots` holds.
+fn load(slots: usize) -> usize {
+    slots / LOAD_DEN * LOAD_NUM
 }
 
 /// A SipHash-1-3 keyed with 128 random bits, which the standard library draws from the kernel
@@ -134,5 +184,29 @@ mod tests {
         assert_eq!(set.insert(d(&set, 1000)), Insert::Full);
         // Another constraint's key with the same value is a different key.
         assert_ne!(set.digest(2, &[Typed::Int(3)]), d(&set, 3));
+    }
+
+    #[test]
+    fn a_table_sized_for_few_keys_grows_to_the_budget_and_no_further() {
+        let budget = 16 * MIN_SLOTS * 8;
+        let mut set = KeySet::new(budget, Some(10));
+        assert_eq!(set.slots.len(), MIN_SLOTS);
+        let cap = set.capacity();
+        assert_eq!(cap, load(MIN_SLOTS * 8));
+        let d = |set: &KeySet, i: i128| set.digest(1, &[Typed::Int(i)]);
+        for i in 0..cap as i128 {
+            assert_eq!(set.insert(d(&set, i)), Insert::New, "{i}");
+        }
+        assert_eq!(set.slots.len(), MIN_SLOTS * 8);
+        // Every key is found again after the moves.
+        for i in 0..cap as i128 {
+            assert_eq!(set.insert(d(&set, i)), Insert::Seen, "{i}");
+        }
+        assert_eq!(set.insert(d(&set, -1)), Insert::Full);
+        // A hint past the budget is the budget.
+        assert_eq!(
+            KeySet::new(budget, Some(usize::MAX)).slots.len(),
+            MIN_SLOTS * 8
+        );
     }
 }
