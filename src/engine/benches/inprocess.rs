@@ -20,7 +20,11 @@ fn main() {
     let output = std::fs::File::create(out_path).unwrap();
     let bytes = input.metadata().unwrap().len();
     // A third argument: check rows against that Table Schema too.
-    let mut options = airlock_engine::Options::default();
+    // As in the worker, which is told the input's size.
+    let mut options = airlock_engine::Options {
+        input_bytes_hint: Some(bytes),
+        ..airlock_engine::Options::default()
+    };
     // As in the worker, whose parent hashes both streams on its own core.
     if std::env::args().any(|a| a == "--no-hash") {
         options.hash_input = false;

@@ -653,12 +653,26 @@ type Found = (usize, Option<usize>, Code, String);
 struct SchemaState {
     schema: std::sync::Arc<Schema>,
     map: Option<HeaderMap>,
+    /// What to do for each field, in field order, worked out once the header is mapped.
+    steps: Vec<Step>,
     keys: Option<KeySet>,
     counts: Vec<FieldCounts>,
     /// This row's violations.
     found: Vec<Found>,
     /// This row's keys (`unique` values, the primary key), to insert once it leaves the queue.
     pending: Vec<Pending>,
+}
+
+/// One field's part of checking a row.
+#[derive(Debug, Clone, Copy)]
+struct Step {
+    field: usize,
+    /// The data column that carries it; none: every row misses it.
+    column: Option<usize>,
+    required: bool,
+    /// A present value needs checking (not a plain string), or keeping (`unique`).
+    check: bool,
+    unique: bool,
 }
 
 /// A key to insert: the field (the first of a primary key), its column (none for a primary
@@ -698,6 +712,7 @@ impl SchemaState {
         SchemaState {
             schema,
             map: None,
+            steps: Vec::new(),
             keys,
             counts,
             pending,
@@ -712,17 +727,22 @@ impl SchemaState {
         self.pending.clear();
         let Some(map) = &self.map else { return Ok(()) };
         let schema = &*self.schema;
+        let sep = usize::from(row.sep.is_some());
         let bytes_at = |c: usize| -> &[u8] {
-            let (start, end) = row.span(c);
-            &row.buf[start..end]
+            let start = match c {
+                0 => 0,
+                _ => row.ends[c - 1] + sep,
+            };
+            &row.buf[start..row.ends[c]]
         };
-        for (i, field) in schema.fields.iter().enumerate() {
-            let column = map.found[i];
+        for step in &self.steps {
+            let (i, column) = (step.field, step.column);
             let bytes = column.map(bytes_at);
             let missing = bytes.is_none_or(|c| schema.is_missing(c));
             if missing {
                 self.counts[i].missing += 1;
-                if field.required() {
+                if step.required {
+                    let field = &schema.fields[i];
                     self.found.push((
                         i,
                         column,
@@ -732,11 +752,12 @@ impl SchemaState {
                 }
                 continue;
             }
-            if field.accepts_any() {
+            if !step.check {
                 continue;
             }
+            let field = &schema.fields[i];
             let cell = bytes.unwrap_or_default();
-            let result = if field.unique() {
+            let result = if step.unique {
                 match field.check_value(cell) {
                     Ok(typed) => {
                         let keys = self.keys.as_ref().ok_or(())?;
@@ -1167,7 +1188,22 @@ impl<O: Write, J: Write> Sink<O, J> {
         }
         if let Some(state) = &mut self.schema {
             match state.schema.map_header(&names) {
-                Ok(map) => state.map = Some(map),
+                Ok(map) => {
+                    state.steps = state
+                        .schema
+                        .fields
+                        .iter()
+                        .enumerate()
+                        .map(|(i, f)| Step {
+                            field: i,
+                            column: map.found[i],
+                            required: f.required(),
+                            check: !f.accepts_any(),
+                            unique: f.unique(),
+                        })
+                        .collect();
+                    state.map = Some(map);
+                }
                 Err(m) => {
                     let mut parts = Vec::new();
                     let list = |v: &[String]| {

@@ -187,6 +187,18 @@ mod tests {
     }
 
     #[test]
+    fn a_key_of_several_values_reads_one_way_only() {
+        let set = KeySet::with_budget(16 * 64);
+        let two = set.digest(7, &[Typed::Text(b"ab"), Typed::Text(b"")]);
+        assert_ne!(set.digest(7, &[Typed::Text(b"ab")]), two);
+        assert_ne!(set.digest(7, &[Typed::Text(b"a"), Typed::Text(b"b")]), two);
+        assert_ne!(
+            set.digest(7, &[Typed::Text(b""), Typed::Null]),
+            set.digest(7, &[Typed::Null, Typed::Text(b"")])
+        );
+    }
+
+    #[test]
     fn a_table_sized_for_few_keys_grows_to_the_budget_and_no_further() {
         let budget = 16 * MIN_SLOTS * 8;
         let mut set = KeySet::new(budget, Some(10));

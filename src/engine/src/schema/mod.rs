@@ -266,6 +266,8 @@ impl Schema {
     #[inline]
     pub fn is_missing(&self, cell: &[u8]) -> bool {
         match self.missing_values.as_slice() {
+            // The default: only the empty cell.
+            [only] if only.is_empty() => cell.is_empty(),
             [only] => only.as_bytes() == cell,
             all => all.iter().any(|m| m.as_bytes() == cell),
         }
