@@ -148,12 +148,14 @@ fn validate(name: &str, p: RawPlan) -> Result<Plan, String> {
     let schema_key_bytes = p
         .schema_key_bytes
         .unwrap_or((p.worker_memory_bytes / 4).min(64 * MIB));
-    // The keys come on top of the engine's buffers.
+    // The keys come on top of the engine's buffers, and a growing key table briefly holds an
+    // eighth of the budget more while it moves to its full size.
+    let share = airlock_engine::schema::GROWTH_SHARE as u64;
     check(
         "schema_key_bytes",
         schema_key_bytes,
         KIB,
-        p.worker_memory_bytes.saturating_sub(min_memory),
+        p.worker_memory_bytes.saturating_sub(min_memory) / (share + 1) * share,
     )?;
     let fallback_encoding =
         match p.fallback_encoding.as_str() {

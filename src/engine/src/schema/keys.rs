@@ -32,6 +32,11 @@ pub struct KeySet {
     hasher: SipHasher13,
 }
 
+/// A growing table stays within this share of the budget (1/8) until it takes the whole budget,
+/// so moving keys takes at most 1 + 1/8 of the budget for a moment. The plan checks that this
+/// fits the worker's memory.
+pub const GROWTH_SHARE: usize = 8;
+
 /// The smallest table: 64 KiB.
 const MIN_SLOTS: usize = 4096;
 
@@ -51,9 +56,12 @@ impl KeySet {
         KeySet::new(budget_bytes, None)
     }
 
-    /// A table taking at most `budget_bytes`, first sized for `expected` keys (a hint: it grows,
-    /// doubling, up to the budget). A table much larger than its keys costs a page fault for
-    /// nearly every key, since digests scatter them over all its pages.
+    /// A table taking at most `budget_bytes`, first sized for `expected` keys (a hint) when that
+    /// is at most an eighth of the budget, else the whole budget. A table much larger than its
+    /// keys costs a page fault for nearly every key, since digests scatter them over all its
+    /// pages. A small table doubles while it stays within an eighth of the budget, then takes the
+    /// whole budget: while it moves, the old table (at most an eighth) sits beside the new one,
+    /// which the plan's memory allows for ([`GROWTH_SHARE`]).
     pub fn new(budget_bytes: usize, expected: Option<usize>) -> KeySet {
         let slots = (budget_bytes / 16).max(16);
         let max_slots = if slots.is_power_of_two() {
@@ -66,7 +74,12 @@ impl KeySet {
             Some(keys) => (keys.saturating_mul(LOAD_DEN) / LOAD_NUM + 1)
                 .checked_next_power_of_two()
                 .unwrap_or(max_slots)
-                .clamp(MIN_SLOTS.min(max_slots), max_slots),
+                .max(MIN_SLOTS),
+        };
+        let first = if first <= max_slots / GROWTH_SHARE {
+            first
+        } else {
+            max_slots
         };
         KeySet {
             // Zeroed memory is mapped lazily: pages count only once keys land on them.
@@ -139,10 +152,16 @@ impl KeySet {
         }
     }
 
-    /// Double the table (up to the budget) and place every key again.
+    /// Double the table while it stays within an eighth of the budget, else take the whole
+    /// budget, and place every key again.
     #[cold]
     fn grow(&mut self) {
-        let size = (self.slots.len() * 2).min(self.max_slots);
+        let doubled = self.slots.len() * 2;
+        let size = if doubled <= self.max_slots / GROWTH_SHARE {
+            doubled
+        } else {
+            self.max_slots
+        };
         let old = std::mem::replace(&mut self.slots, vec![0u128; size]);
         self.mask = size - 1;
         self.grow_at = load(size);

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
 
-pub use keys::{Insert, KeySet};
+pub use keys::{Insert, KeySet, GROWTH_SHARE};
 use value::Bound;
 pub use value::{DateFormat, Kind, StrFormat, Token, Typed};
 
@@ -544,18 +544,27 @@ impl Field {
                     ),
                 ));
             }
+            let unusable = |e: regex::Error| {
+                err(
+                    format!("{at}/pattern"),
+                    format!("not a usable pattern: {e}"),
+                )
+            };
+            // The pattern must stand on its own, as text: a pattern that closes the group it is
+            // wrapped in below (`a)|(?:b`), or that matches bytes which are no text (`(?-u)`), is
+            // refused rather than read some other way.
+            regex::RegexBuilder::new(p)
+                .size_limit(PATTERN_SIZE_LIMIT)
+                .dfa_size_limit(PATTERN_DFA_LIMIT)
+                .build()
+                .map_err(unusable)?;
             // Whole-value match, as the spec says (not '^'+p+'$', which breaks alternation).
             let whole = format!(r"\A(?:{p})\z");
             let re = regex::bytes::RegexBuilder::new(&whole)
                 .size_limit(PATTERN_SIZE_LIMIT)
                 .dfa_size_limit(PATTERN_DFA_LIMIT)
                 .build()
-                .map_err(|e| {
-                    err(
-                        format!("{at}/pattern"),
-                        format!("not a usable pattern: {e}"),
-                    )
-                })?;
+                .map_err(unusable)?;
             self.pattern = Some(pattern::Pattern::new(&whole, re, dfa_budget));
         }
         if let Some(v) = obj.get("enum") {
@@ -706,4 +715,30 @@ fn field_index(fields: &[Field], name: &str, at: &str) -> Result<usize, SchemaEr
         .iter()
         .position(|f| f.name == name)
         .ok_or_else(|| err(at, format!("no field is named {name:?}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pattern_schema(p: &str) -> Result<Schema, SchemaError> {
+        Schema::from_value(&serde_json::json!({
+            "fields": [{"name": "c", "type": "string", "constraints": {"pattern": p}}]
+        }))
+    }
+
+    #[test]
+    fn a_pattern_must_stand_on_its_own_as_text() {
+        for bad in ["[A-Z]{2})|(?:[0-9]+", "(?-u).{1,3}", r"(?-u:\xE9)", "a)"] {
+            let e = pattern_schema(bad).unwrap_err();
+            assert_eq!(e.pointer, "/fields/0/constraints/pattern", "{bad}");
+        }
+        let s = pattern_schema("[A-Z]{2}|[0-9]+").unwrap();
+        let f = &s.fields[0];
+        assert!(f.check(b"GB").is_ok() && f.check(b"123").is_ok());
+        assert!(f.check(b"GBR").is_err() && f.check(b"abc123").is_err());
+        assert!(f.check("é".as_bytes()).is_err());
+        let dot = pattern_schema(".{1,3}").unwrap();
+        assert!(dot.fields[0].check("éé".as_bytes()).is_ok());
+    }
 }

@@ -31,12 +31,15 @@ impl Pattern {
     /// `whole` is the pattern as a whole-value match (`\A(?:p)\z`), already checked by
     /// `regex` (which the caller built with its size limits: that is the pattern's validation).
     /// `budget` is what is left of the schema's [`SCHEMA_DFA_BYTES`]; a DFA built takes its
-    /// share.
+    /// share, and an attempt that fails takes a whole pattern's, so a schema of many patterns
+    /// too large for a DFA costs a bounded number of attempts (each a few milliseconds) to load.
     pub fn new(whole: &str, regex: regex::bytes::Regex, budget: &mut usize) -> Pattern {
-        let dfa = (*budget >= DFA_BYTES).then(|| Dfa::build(whole)).flatten();
-        if let Some(d) = &dfa {
-            *budget = budget.saturating_sub(d.dfa.memory_usage());
+        if *budget < DFA_BYTES {
+            return Pattern { dfa: None, regex };
         }
+        let dfa = Dfa::build(whole);
+        let spent = dfa.as_ref().map_or(DFA_BYTES, |d| d.dfa.memory_usage());
+        *budget = budget.saturating_sub(spent);
         Pattern { dfa, regex }
     }
 
@@ -140,6 +143,17 @@ mod tests {
         let p = Pattern::new(whole, regex::bytes::Regex::new(whole).unwrap(), &mut budget);
         assert!(p.is_dfa());
         assert!(budget < SCHEMA_DFA_BYTES);
+        // Failed attempts are charged too: at most one budget's worth of them.
+        let big = r"\A(?:\w{40})\z";
+        let mut budget = SCHEMA_DFA_BYTES;
+        let mut attempts = 0;
+        while budget >= DFA_BYTES {
+            assert!(
+                !Pattern::new(big, regex::bytes::Regex::new(big).unwrap(), &mut budget).is_dfa()
+            );
+            attempts += 1;
+        }
+        assert_eq!(attempts, SCHEMA_DFA_BYTES / DFA_BYTES);
     }
 
     proptest::proptest! {

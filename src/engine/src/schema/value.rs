@@ -67,7 +67,11 @@ pub enum Typed<'a> {
     Text(&'a [u8]),
     Int(i128),
     /// An integer beyond i128, as its digits (sign kept, leading zeros dropped).
-    BigInt(&'a str),
+    BigInt {
+        negative: bool,
+        /// Without leading zeros, so equal values compare and hash alike.
+        digits: &'a str,
+    },
     Num(f64),
     Bool(bool),
     /// Days since 1970-01-01.
@@ -139,12 +143,12 @@ impl<'a> Typed<'a> {
             (Typed::DateTime(a), Typed::DateTime(b)) => Some(a.cmp(b)),
             (Typed::Time(a), Typed::Time(b)) => Some(a.cmp(b)),
             (Typed::Year(a), Typed::Year(b)) => Some(a.cmp(b)),
-            (Typed::BigInt(a), Typed::Int(_)) => Some(if a.starts_with('-') {
+            (Typed::BigInt { negative, .. }, Typed::Int(_)) => Some(if *negative {
                 std::cmp::Ordering::Less
             } else {
                 std::cmp::Ordering::Greater
             }),
-            (Typed::Int(_), Typed::BigInt(b)) => Some(if b.starts_with('-') {
+            (Typed::Int(_), Typed::BigInt { negative, .. }) => Some(if *negative {
                 std::cmp::Ordering::Greater
             } else {
                 std::cmp::Ordering::Less
@@ -172,9 +176,10 @@ impl<'a> Typed<'a> {
                 h.write(&i.to_le_bytes());
                 (1, 16)
             }
-            Typed::BigInt(s) => {
-                h.write(s.as_bytes());
-                (2, s.len())
+            Typed::BigInt { negative, digits } => {
+                h.write(digits.as_bytes());
+                h.write(&[u8::from(*negative)]);
+                (2, digits.len() + 1)
             }
             // -0.0 and 0.0 are equal; every NaN is its own.
             Typed::Num(f) => {
@@ -567,7 +572,9 @@ impl Kind {
         match (self, v) {
             (Kind::String(_), Typed::Text(s)) => String::from_utf8(s.to_vec()).ok(),
             (Kind::Integer { .. }, Typed::Int(i)) => Some(i.to_string()),
-            (Kind::Integer { .. }, Typed::BigInt(s)) => Some((*s).to_string()),
+            (Kind::Integer { .. }, Typed::BigInt { negative, digits }) => {
+                Some(format!("{}{digits}", if *negative { "-" } else { "" }))
+            }
             (Kind::Number { decimal, group, .. }, Typed::Num(f)) => {
                 Some(format_number(*f, *decimal, *group))
             }
@@ -768,7 +775,7 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 impl Typed<'_> {
     fn to_static(self) -> Option<Typed<'static>> {
         Some(match self {
-            Typed::Text(_) | Typed::BigInt(_) | Typed::Null => return None,
+            Typed::Text(_) | Typed::BigInt { .. } | Typed::Null => return None,
             Typed::Int(i) => Typed::Int(i),
             Typed::Num(f) => Typed::Num(f),
             Typed::Bool(b) => Typed::Bool(b),
@@ -795,7 +802,10 @@ fn parse_integer(s: &[u8]) -> Option<Typed<'_>> {
     let s = std::str::from_utf8(s).ok()?;
     match s.parse::<i128>() {
         Ok(i) => Some(Typed::Int(i)),
-        Err(_) => Some(Typed::BigInt(s.strip_prefix('+').unwrap_or(s))),
+        Err(_) => Some(Typed::BigInt {
+            negative: s.starts_with('-'),
+            digits: s.trim_start_matches(['-', '+']).trim_start_matches('0'),
+        }),
     }
 }
 
@@ -1135,7 +1145,8 @@ fn other_scripts_alphanumeric(s: &[u8]) -> bool {
     while let Some(off) = s[i..].iter().position(|&b| b >= 0x80) {
         let at = i + off;
         let (lead, next) = (s[at], s.get(at + 1).copied().unwrap_or(0));
-        let latin = matches!(lead, 0xC3..=0xC8) || (lead == 0xC9 && next < 0x90);
+        let latin = (matches!(lead, 0xC3..=0xC8) && matches!(next, 0x80..=0xBF))
+            || (lead == 0xC9 && matches!(next, 0x80..=0x8F));
         if latin && !(lead == 0xC3 && matches!(next, 0x97 | 0xB7)) {
             i = at + 2;
             continue;
@@ -1374,6 +1385,43 @@ mod tests {
             let t = Typed::Text(cell.as_bytes());
             assert_eq!(e.contains(&t), values.contains(&cell), "{cell:?}");
             assert_eq!(short.contains(&t), values[..5].contains(&cell), "{cell:?}");
+        }
+    }
+
+    #[test]
+    fn integers_beyond_i128_compare_without_their_leading_zeros() {
+        let k = Kind::Integer { bare: true };
+        let big = "340282366920938463463374607431768211456";
+        assert_eq!(
+            k.parse(big.as_bytes()),
+            k.parse(format!("00{big}").as_bytes())
+        );
+        assert_eq!(
+            k.parse(format!("-{big}").as_bytes()),
+            k.parse(format!("-0{big}").as_bytes())
+        );
+        assert_ne!(
+            k.parse(big.as_bytes()),
+            k.parse(format!("-{big}").as_bytes())
+        );
+        let cell = format!("-0{big}");
+        let t = k.parse(cell.as_bytes()).unwrap();
+        assert_eq!(k.format(&t), Some(format!("-{big}")));
+    }
+
+    #[test]
+    fn bytes_that_are_not_utf8_are_no_letters() {
+        // The engine hands on UTF-8 only; the check still must not panic on anything else.
+        for bad in [
+            &b"a@b\xC3"[..],
+            b"\xC3",
+            b"\xC9",
+            b"\xC3a",
+            b"a@b\xE2\x82",
+            b"\xF0",
+        ] {
+            assert!(!other_scripts_alphanumeric(bad));
+            let _ = is_email(bad);
         }
     }
 
