@@ -50,13 +50,8 @@ pub enum Insert {
 }
 
 impl KeySet {
-    /// A table taking at most `budget_bytes` (16 bytes a slot, a power of two of them), at
-    /// its full size from the start.
-    pub fn with_budget(budget_bytes: usize) -> KeySet {
-        KeySet::new(budget_bytes, None)
-    }
-
-    /// A table taking at most `budget_bytes`, first sized for `expected` keys (a hint) when that
+    /// A table taking at most `budget_bytes` (16 bytes a slot, a power of two of them), first
+    /// sized for `expected` keys (a hint) when that
     /// is at most an eighth of the budget, else the whole budget. A table much larger than its
     /// keys costs a page fault for nearly every key, since digests scatter them over all its
     /// pages. A small table doubles while it stays within an eighth of the budget, then takes the
@@ -193,7 +188,7 @@ mod tests {
 
     #[test]
     fn keys_are_found_again_and_the_budget_holds() {
-        let mut set = KeySet::with_budget(16 * 64);
+        let mut set = KeySet::new(16 * 64, None);
         assert_eq!(set.capacity(), 56);
         let d = |set: &KeySet, i: i128| set.digest(1, &[Typed::Int(i)]);
         for i in 0..56 {
@@ -207,7 +202,7 @@ mod tests {
 
     #[test]
     fn a_key_of_several_values_reads_one_way_only() {
-        let set = KeySet::with_budget(16 * 64);
+        let set = KeySet::new(16 * 64, None);
         let two = set.digest(7, &[Typed::Text(b"ab"), Typed::Text(b"")]);
         assert_ne!(set.digest(7, &[Typed::Text(b"ab")]), two);
         assert_ne!(set.digest(7, &[Typed::Text(b"a"), Typed::Text(b"b")]), two);

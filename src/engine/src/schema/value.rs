@@ -788,13 +788,13 @@ impl Typed<'_> {
 }
 
 fn parse_integer(s: &[u8]) -> Option<Typed<'_>> {
+    if let Some(n) = small_integer(s) {
+        return Some(Typed::Int(i128::from(n)));
+    }
     let digits = s
         .strip_prefix(b"-")
         .or_else(|| s.strip_prefix(b"+"))
         .unwrap_or(s);
-    if let Some(n) = small_integer(s) {
-        return Some(Typed::Int(i128::from(n)));
-    }
     if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
         return None;
     }
