@@ -51,8 +51,8 @@ pub enum Insert {
 
 impl KeySet {
     /// A table taking at most `budget_bytes` (16 bytes a slot, a power of two of them), first
-    /// sized for `expected` keys (a hint) when that
-    /// is at most an eighth of the budget, else the whole budget. A table much larger than its
+    /// sized for `expected` keys (a hint) when that is at most an eighth of the budget, else the
+    /// whole budget. A table much larger than its
     /// keys costs a page fault for nearly every key, since digests scatter them over all its
     /// pages. A small table doubles while it stays within an eighth of the budget, then takes the
     /// whole budget: while it moves, the old table (at most an eighth) sits beside the new one,
