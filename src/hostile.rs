@@ -144,6 +144,72 @@ fn lie_about(lie: &str, w: &worker::LockedDown) -> ExitCode {
     w.write_report(&report)
 }
 
+/// The hidden first argument of the key worker's stand-in.
+pub const KEY_ARG: &str = "__airlock-hostile-key-worker";
+/// The variable that selects a key worker's mode in the parent.
+pub const KEY_ENV: &str = "AIRLOCK_TEST_HOSTILE_KEY_WORKER";
+
+/// A key worker an attacker controls after its lockdown. `args`: the mode, then its config.
+pub fn key_main(args: &[std::ffi::OsString]) -> ExitCode {
+    let Some((mode, rest)) = args.split_first() else {
+        return ExitCode::from(worker::EXIT_SETUP);
+    };
+    let keys = match worker::key_lock_down(rest) {
+        Ok(k) => k,
+        Err(code) => return code,
+    };
+    let report = |served| worker::KeyWorkerReport {
+        sandbox: keys.sandbox.clone(),
+        served,
+    };
+    match mode.to_string_lossy().as_ref() {
+        // The real key worker, for the tests' control runs.
+        "honest" => match keys.serve() {
+            Ok(served) => keys.write_report(&report(served)),
+            Err(code) => code,
+        },
+        // Leaves at once: the worker finds its socket closed.
+        "exit-3" => ExitCode::from(3),
+        // Tries to open a file once locked down: seccomp kills it.
+        "open-file" => {
+            let _ = std::fs::File::open("/etc/hostname");
+            ExitCode::SUCCESS
+        }
+        // Does its part, then writes no report.
+        "no-report" => keys
+            .serve()
+            .map_or_else(|code| code, |_| ExitCode::from(worker::EXIT_DONE)),
+        // Does its part, then claims landlock was not enforced.
+        "no-landlock" => match keys.serve() {
+            Ok(served) => {
+                let mut r = report(served);
+                r.sandbox.enforced.retain(|l| l != "landlock");
+                keys.write_report(&r)
+            }
+            Err(code) => code,
+        },
+        // Answers that every key was seen before.
+        "all-seen" => {
+            let (mut from, mut to) = (&keys.fds.input, &keys.fds.output);
+            let mut count = [0u8; 4];
+            let mut digests = vec![0u8; 16 * airlock_engine::schema::MAX_BATCH];
+            while std::io::Read::read_exact(&mut from, &mut count).is_ok() {
+                let n = u32::from_le_bytes(count) as usize;
+                if n == 0 || n > airlock_engine::schema::MAX_BATCH {
+                    break;
+                }
+                if std::io::Read::read_exact(&mut from, &mut digests[..16 * n]).is_err()
+                    || to.write_all(&vec![1u8; n]).is_err()
+                {
+                    return ExitCode::from(worker::EXIT_IO);
+                }
+            }
+            keys.write_report(&report(Default::default()))
+        }
+        _ => ExitCode::from(worker::EXIT_SETUP),
+    }
+}
+
 /// Tests only: a factor on the webhook retry schedule (`0.001` makes 5 s into 5 ms), so the
 /// retry tests take seconds, not hours.
 pub const WEBHOOK_SCHEDULE_SCALE_ENV: &str = "AIRLOCK_TEST_WEBHOOK_SCHEDULE_SCALE";

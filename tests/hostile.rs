@@ -208,3 +208,74 @@ fn a_worker_writing_to_fd_2_forever_is_capped_and_stopped() {
     );
     assert_eq!(stderr.matches("worker_diagnostics").count(), 1, "{stderr}");
 }
+
+/// Run `airlock process` with a schema that keeps keys, and the key worker's stand-in in `mode`
+/// (the worker itself is the real one).
+fn hostile_keys(mode: &str) -> Processed {
+    let dir = tempfile::tempdir().unwrap();
+    let schema = dir.path().join("schema.json");
+    std::fs::write(
+        &schema,
+        r#"{"fields": [{"name": "id", "type": "integer", "constraints": {"unique": true}}]}"#,
+    )
+    .unwrap();
+    let mut csv = String::from("id\n");
+    for i in 0..10_000 {
+        csv.push_str(&format!("{i}\n"));
+    }
+    let input = dir.path().join("in.csv");
+    std::fs::write(&input, csv).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let started = std::time::Instant::now();
+    let output = process_command(&input, out.path())
+        .arg("--schema")
+        .arg(&schema)
+        .env("AIRLOCK_TEST_HOSTILE_KEY_WORKER", mode)
+        .output()
+        .unwrap();
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(30),
+        "{mode}: the parent took {:?}",
+        started.elapsed()
+    );
+    processed(output, out)
+}
+
+/// The key worker is a sandboxed process like the worker: one that tries to open a file once
+/// locked down is killed by seccomp, and the job fails with that, publishing nothing.
+#[test]
+fn a_key_worker_that_opens_a_file_is_killed_by_the_sandbox() {
+    let p = hostile_keys("open-file");
+    assert_failed(&p, "sandbox_violation", "the key worker");
+}
+
+/// A key worker that leaves, writes no report, or says landlock was off: the job fails as
+/// `worker_crashed`, and nothing is published.
+#[test]
+fn a_key_worker_that_leaves_or_lies_about_its_sandbox_fails_the_job() {
+    for (mode, message) in [
+        ("exit-3", "the key worker: the worker exited with status 3"),
+        ("no-report", "the key worker's report was refused"),
+        ("no-landlock", "landlock was not enforced"),
+    ] {
+        let p = hostile_keys(mode);
+        assert_failed(&p, "worker_crashed", message);
+    }
+}
+
+/// A key worker can lie about keys: that changes its own job's verdict and nothing else (it
+/// sees digests only). The control: the honest key worker accepts the same file.
+#[test]
+fn a_key_worker_that_lies_about_keys_changes_only_its_jobs_verdict() {
+    let p = hostile_keys("all-seen");
+    assert_eq!(
+        p.rejection_code(),
+        Some("too_many_bad_rows"),
+        "{}",
+        p.report
+    );
+    assert_eq!(p.report["issue_counts"]["unique_error"], 10_000);
+    assert!(p.output().is_none());
+    let honest = hostile_keys("honest");
+    assert_eq!(honest.status(), "accepted", "{}", honest.report);
+}

@@ -195,6 +195,39 @@ fn unique_emails_over_two_hundred_thousand_rows() {
     assert_eq!(rows, [(200_002, "unique_error"), (200_002, "unique_error")]);
 }
 
+/// Rows at the plan's largest record size wait for their keys like any others: the queue's
+/// buffers are reserved up front and never grow (growing a large one needs `mremap`, which the
+/// allowlist refuses: 40 rows of ~900 KB here once killed the worker with `sandbox_violation`).
+#[test]
+fn rows_of_the_largest_size_wait_for_their_keys_under_the_lockdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let schema = schema_file(
+        dir.path(),
+        json!({"fields": [{"name": "email", "constraints": {"unique": true}}],
+               "fieldsMatch": "partial"}),
+    );
+    let path = dir.path().join("in.csv");
+    let mut f = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
+    let header: Vec<String> = (0..15).map(|j| format!("n{j}")).collect();
+    writeln!(f, "email,{}", header.join(",")).unwrap();
+    // An email and 15 cells of up to 65,536 bytes (the default plan's field limit): about
+    // 960 KiB a row, near the plan's record limit of 1 MiB.
+    let cell = "x".repeat(65_536);
+    for i in 0..40 {
+        let email = format!("u{i}@e.com");
+        let last = &cell[..65_536 - email.len() - 16];
+        let cells: Vec<&str> = (0..14).map(|_| cell.as_str()).chain([last]).collect();
+        writeln!(f, "{email},{}", cells.join(",")).unwrap();
+    }
+    writeln!(f, "u3@e.com,{}", vec!["y"; 15].join(",")).unwrap();
+    drop(f);
+    let p = process(&path, &["--schema", &schema]);
+    assert_eq!(p.status(), "accepted", "{}", p.report);
+    assert_eq!(p.report["rows"]["accepted"], 40);
+    assert_eq!(p.report["issues"][0]["code"], "unique_error");
+    assert_eq!(p.report["issues"][0]["row"], 42);
+}
+
 #[test]
 fn past_the_key_budget_the_file_is_rejected_not_killed() {
     let dir = tempfile::tempdir().unwrap();

@@ -13,7 +13,9 @@ use crate::report::{
     excerpt, Code, Dialect, FieldCounts, InputInfo, Issue, OutputInfo, Rejection, RejectsInfo,
     Report, RowCounts, SchemaSummary, Status,
 };
-use crate::schema::{HeaderMap, Insert, KeySet, Schema, Typed, Violation};
+use crate::schema::{
+    Digester, HeaderMap, Insert, KeyLink, KeySet, Schema, Typed, Violation, MAX_BATCH,
+};
 use crate::sniff::sniff_delimiter;
 use crate::text::{self, Source, TextReader};
 use crate::{EngineError, Limits, Options, ParsePath, HEADER_NAME_IN_REPORT};
@@ -47,6 +49,35 @@ pub fn process<R: Read, O: Write, J: Write>(
     rejects: J,
     options: &Options,
 ) -> Result<Report, EngineError> {
+    process_with_key_link(input, output, rejects, options, None)
+}
+
+/// [`process`], with the schema's `unique` and `primaryKey` keys kept by a key worker at the other
+/// end of `link` ([`crate::schema::serve`]) instead of in this process, so that the table's
+/// cache misses run on another core while rows are checked here. Same report, same files. The
+/// link is closed (a batch of 0) when the run ends, whether or not the schema keeps keys.
+pub fn process_with_key_link<R: Read, O: Write, J: Write>(
+    input: R,
+    output: O,
+    rejects: J,
+    options: &Options,
+    mut link: Option<KeyLink>,
+) -> Result<Report, EngineError> {
+    let report = process_inner(input, output, rejects, options, &mut link);
+    if let Some(link) = link.as_mut() {
+        // Best effort: a key worker also ends when this process does.
+        link.close().ok();
+    }
+    report
+}
+
+fn process_inner<R: Read, O: Write, J: Write>(
+    input: R,
+    output: O,
+    rejects: J,
+    options: &Options,
+    link: &mut Option<KeyLink>,
+) -> Result<Report, EngineError> {
     let limits = &options.limits;
     let mut text = TextReader::new(input, limits.max_bytes);
     if !options.hash_input {
@@ -54,11 +85,15 @@ pub fn process<R: Read, O: Write, J: Write>(
     }
     let mut sink = Sink::new(output, rejects, limits, options.hash_output)?;
     if let Some(schema) = &options.schema {
-        sink.schema = Some(SchemaState::new(
+        let state = SchemaState::new(
             schema.clone(),
             options.key_budget_bytes,
             options.input_bytes_hint,
-        ));
+            link.take_if(|_| schema.keeps_keys()),
+        );
+        sink.queue = Queue::new(limits, schema, state.remote.is_some());
+        sink.inflight = Queue::new(limits, schema, state.remote.is_some());
+        sink.schema = Some(state);
     }
     let mut dialect = None;
     let outcome = match text.start(options.fallback_encoding)? {
@@ -611,19 +646,31 @@ struct Sink<O: Write, J: Write> {
     rejects_rows: u64,
     rejects_truncated: bool,
     schema: Option<SchemaState>,
-    /// With `unique` or `primaryKey`, checked rows wait here, [`DEFER_ROWS`] at a time, before
-    /// their keys are inserted and they are written: the table is far larger than the caches,
-    /// and the first slots of all their keys are loaded together, so the cache misses overlap
-    /// instead of each stalling its row. Anything else (a blank line, a ragged row, the end) settles the
-    /// queue first, so the report and the files come out in input order.
+    /// With `unique` or `primaryKey`, checked rows wait here before their keys are inserted and
+    /// they are written. Kept here, the table is far larger than the caches, and the first slots
+    /// of a queue's keys are loaded together, so the cache misses overlap instead of each
+    /// stalling its row. Kept by a key worker, a full queue's digests are sent off and the queue
+    /// waits in `inflight` while the next one fills, so the worker inserts on the other core.
+    /// Anything else (a blank line, a ragged row, the end) settles the queues first, so the
+    /// report and the files come out in input order.
     queue: Queue,
+    /// Rows whose digests the key worker has and has not yet answered.
+    inflight: Queue,
+    /// The answers to a queue's keys, in order.
+    answers: Vec<Insert>,
 }
 
-/// How many rows wait for their keys.
+/// How many rows wait for their keys when the table is in this process.
 const DEFER_ROWS: usize = 16;
+/// How many rows make a batch for a key worker: enough that a batch's round trip costs little
+/// per row.
+const BATCH_ROWS: usize = 2048;
 
 /// Rows waiting for their keys, kept flat: their bytes, cell ends, issues and keys each in one
-/// buffer shared by the queued rows, so queueing a row is a few copies and no allocation.
+/// buffer shared by the queued rows, so queueing a row is a few copies and no allocation. Every
+/// buffer is reserved up front and never grows (growing a large one would need `mremap`, which
+/// the worker may not call): a row that would not fit settles the queue first, and one row of
+/// the plan's largest size always fits an empty queue.
 #[derive(Debug, Default)]
 struct Queue {
     rows: Vec<Queued>,
@@ -631,6 +678,59 @@ struct Queue {
     ends: Vec<usize>,
     found: Vec<Found>,
     pending: Vec<Pending>,
+    missed: Vec<u16>,
+    /// Digests sent to the key worker and not yet answered.
+    sent: usize,
+}
+
+impl Queue {
+    fn new(limits: &Limits, schema: &Schema, remote: bool) -> Queue {
+        let rows = if remote { BATCH_ROWS } else { DEFER_ROWS };
+        let fields = schema.fields.len() + 1;
+        Queue {
+            rows: Vec::with_capacity(rows),
+            bytes: Vec::with_capacity(limits.max_record_bytes.saturating_add(rows * 128)),
+            ends: Vec::with_capacity(limits.max_columns.saturating_add(1).max(rows * 16)),
+            found: Vec::with_capacity(fields.max(rows)),
+            pending: Vec::with_capacity(fields.max(rows * 2).min(MAX_BATCH).max(fields)),
+            missed: Vec::with_capacity(fields.max(rows * 4)),
+            sent: 0,
+        }
+    }
+
+    /// Whether a row of `bytes` bytes and `ends` cells, with `found` issues and `pending` keys,
+    /// fits without growing a buffer.
+    fn fits(&self, bytes: usize, ends: usize, state: &SchemaState) -> bool {
+        let room = |len: usize, cap: usize, more: usize| len.saturating_add(more) <= cap;
+        self.rows.len() < self.rows.capacity()
+            && room(self.bytes.len(), self.bytes.capacity(), bytes)
+            && room(self.ends.len(), self.ends.capacity(), ends)
+            && room(self.found.len(), self.found.capacity(), state.found.len())
+            && room(
+                self.pending.len(),
+                self.pending.capacity(),
+                state.pending.len(),
+            )
+            && room(
+                self.missed.len(),
+                self.missed.capacity(),
+                state.missed.len(),
+            )
+    }
+
+    fn is_full(&self) -> bool {
+        self.rows.len() == self.rows.capacity()
+    }
+
+    fn clear(&mut self) {
+        self.rows.clear();
+        self.bytes.clear();
+        self.ends.clear();
+        self.found.clear();
+        self.pending.clear();
+        self.missed.clear();
+        self.sent = 0;
+    }
 }
 
 /// One queued row: where its parts end in the [`Queue`]'s buffers.
@@ -644,6 +744,9 @@ struct Queued {
     ends_end: usize,
     found_end: usize,
     pending_end: usize,
+    missed_end: usize,
+    /// How many of the row's issues count as field errors.
+    counted: usize,
 }
 
 /// A violation in a row: (field index, column, code, message).
@@ -655,12 +758,23 @@ struct SchemaState {
     map: Option<HeaderMap>,
     /// What to do for each field, in field order, worked out once the header is mapped.
     steps: Vec<Step>,
-    keys: Option<KeySet>,
+    /// Whether the schema keeps keys; they go to `local` or `remote`.
+    keys: bool,
+    digester: Digester,
+    local: Option<KeySet>,
+    remote: Option<Remote>,
+    /// Keys the budget holds.
+    capacity: usize,
     counts: Vec<FieldCounts>,
     /// This row's violations.
     found: Vec<Found>,
     /// This row's keys (`unique` values, the primary key), to insert once it leaves the queue.
     pending: Vec<Pending>,
+    /// The fields this row misses, and how many of `found` count as field errors: added to
+    /// `counts` only once the row is judged, so rows checked ahead of the end of a file are
+    /// not counted.
+    missed: Vec<u16>,
+    counted: usize,
 }
 
 /// One field's part of checking a row.
@@ -685,20 +799,26 @@ struct Pending {
     primary_key: bool,
 }
 
+/// A key worker and the buffer batches are sent through.
+struct Remote {
+    link: KeyLink,
+    buf: Vec<u8>,
+}
+
 impl SchemaState {
-    fn new(schema: std::sync::Arc<Schema>, key_budget: usize, input_bytes: Option<u64>) -> Self {
-        // Keys a file of that size holds if its rows are 64 bytes or more: one a row for each
-        // unique field and the primary key.
-        let expected = input_bytes.map(|bytes| {
-            let per_row = schema.fields.iter().filter(|f| f.unique()).count()
-                + usize::from(!schema.primary_key().is_empty());
-            usize::try_from(bytes / 64)
-                .unwrap_or(usize::MAX)
-                .saturating_mul(per_row)
+    fn new(
+        schema: std::sync::Arc<Schema>,
+        key_budget: usize,
+        input_bytes: Option<u64>,
+        link: Option<KeyLink>,
+    ) -> Self {
+        let expected = input_bytes.map(|bytes| schema.expected_keys(bytes));
+        let keys = schema.keeps_keys();
+        let remote = link.filter(|_| keys).map(|link| Remote {
+            link,
+            buf: Vec::with_capacity(4 + 16 * MAX_BATCH),
         });
-        let keys = schema
-            .keeps_keys()
-            .then(|| KeySet::new(key_budget, expected));
+        let local = (keys && remote.is_none()).then(|| KeySet::new(key_budget, expected));
         let counts = schema
             .fields
             .iter()
@@ -707,6 +827,7 @@ impl SchemaState {
                 ..FieldCounts::default()
             })
             .collect();
+        let schema_fields = schema.fields.len();
         let found = Vec::with_capacity(schema.fields.len() + 1);
         let pending = Vec::with_capacity(schema.fields.len());
         SchemaState {
@@ -714,9 +835,15 @@ impl SchemaState {
             map: None,
             steps: Vec::new(),
             keys,
+            digester: Digester::default(),
+            local,
+            remote,
+            capacity: KeySet::capacity_for(key_budget),
             counts,
             pending,
             found,
+            missed: Vec::with_capacity(schema_fields),
+            counted: 0,
         }
     }
 
@@ -725,6 +852,8 @@ impl SchemaState {
     fn check_row(&mut self, row: Row<'_>) -> Result<(), ()> {
         self.found.clear();
         self.pending.clear();
+        self.missed.clear();
+        self.counted = 0;
         let Some(map) = &self.map else { return Ok(()) };
         let schema = &*self.schema;
         let sep = usize::from(row.sep.is_some());
@@ -740,7 +869,7 @@ impl SchemaState {
             let bytes = column.map(bytes_at);
             let missing = bytes.is_none_or(|c| schema.is_missing(c));
             if missing {
-                self.counts[i].missing += 1;
+                self.missed.push(i as u16);
                 if step.required {
                     let field = &schema.fields[i];
                     self.found.push((
@@ -760,8 +889,10 @@ impl SchemaState {
             let result = if step.unique {
                 match field.check_value(cell) {
                     Ok(typed) => {
-                        let keys = self.keys.as_ref().ok_or(())?;
-                        let digest = keys.digest(i as u64, std::slice::from_ref(&typed));
+                        if !self.keys {
+                            return Err(());
+                        }
+                        let digest = self.digester.digest(i as u64, std::slice::from_ref(&typed));
                         self.pending.push(Pending {
                             field: i,
                             column,
@@ -804,9 +935,9 @@ impl SchemaState {
                 )),
             }
         }
-        for (i, _, _, _) in &self.found {
-            self.counts[*i].errors += 1;
-        }
+        // The issues so far count as their fields' errors (a primary key's do not), once the
+        // row is judged (`count`).
+        self.counted = self.found.len();
         let key = schema.primary_key();
         if !key.is_empty() {
             // A key cell that is missing or does not parse counts as null; an all-null key is an
@@ -833,7 +964,9 @@ impl SchemaState {
                     "the primary key is empty".into(),
                 ));
             } else {
-                let keys = self.keys.as_ref().ok_or(())?;
+                if !self.keys {
+                    return Err(());
+                }
                 let parts: Vec<Typed> = values
                     .iter()
                     .take(key.len())
@@ -841,7 +974,7 @@ impl SchemaState {
                     .chain(overflow)
                     .map(|v| v.unwrap_or(Typed::Null))
                     .collect();
-                let digest = keys.digest(u64::MAX, &parts);
+                let digest = self.digester.digest(u64::MAX, &parts);
                 self.pending.push(Pending {
                     field: key[0],
                     column: None,
@@ -853,13 +986,17 @@ impl SchemaState {
         Ok(())
     }
 
-    /// Insert a row's keys, in order; a key seen before adds its `unique_error` to `found`.
-    /// `Err`: the key memory is spent.
-    fn insert_keys(&mut self, pending: &[Pending], found: &mut Vec<Found>) -> Result<(), ()> {
-        let keys = self.keys.as_mut().ok_or(())?;
+    /// Settle a row's keys from what inserting them found (`answers`, in the same order); a
+    /// key seen before adds its `unique_error` to `found`. `Err`: the key memory is spent.
+    fn settle_keys(
+        &mut self,
+        pending: &[Pending],
+        answers: &[Insert],
+        found: &mut Vec<Found>,
+    ) -> Result<(), ()> {
         let before = found.len();
-        for p in pending {
-            match keys.insert(p.digest) {
+        for (p, answer) in pending.iter().zip(answers) {
+            match answer {
                 Insert::New => {}
                 Insert::Seen => found.push((
                     p.field,
@@ -891,6 +1028,17 @@ impl SchemaState {
             found.sort_by_key(|f| (f.1.is_none() && f.2 == Code::UniqueError, f.0));
         }
         Ok(())
+    }
+
+    /// Add a judged row's missing values and errors (its first `counted` issues) to the
+    /// per-field counts.
+    fn count(&mut self, missed: &[u16], found: &[Found], counted: usize) {
+        for &i in missed {
+            self.counts[usize::from(i)].missing += 1;
+        }
+        for (i, _, _, _) in found.iter().take(counted) {
+            self.counts[*i].errors += 1;
+        }
     }
 
     fn summary(&self) -> SchemaSummary {
@@ -936,6 +1084,8 @@ impl<O: Write, J: Write> Sink<O, J> {
             rejects_truncated: false,
             schema: None,
             queue: Queue::default(),
+            inflight: Queue::default(),
+            answers: Vec::with_capacity(MAX_BATCH),
         })
     }
 
@@ -992,11 +1142,33 @@ impl<O: Write, J: Write> Sink<O, J> {
         let Some(state) = &mut self.schema else {
             return Ok(Ok(()));
         };
+        if !self.queue.fits(row.bytes().len(), row.ends.len(), state) {
+            // Settling rows works in the schema state's buffers: this row's part waits aside.
+            let mut row_found = std::mem::take(&mut state.found);
+            let mut row_pending = std::mem::take(&mut state.pending);
+            let mut row_missed = std::mem::take(&mut state.missed);
+            let earlier = self.rotate()?;
+            let Some(state) = &mut self.schema else {
+                return Ok(earlier);
+            };
+            std::mem::swap(&mut state.found, &mut row_found);
+            std::mem::swap(&mut state.pending, &mut row_pending);
+            std::mem::swap(&mut state.missed, &mut row_missed);
+            if earlier.is_err() {
+                // The file ended before this row: it was never judged.
+                self.rows.total -= 1;
+                return Ok(earlier);
+            }
+        }
+        let Some(state) = &mut self.schema else {
+            return Ok(Ok(()));
+        };
         let q = &mut self.queue;
         q.bytes.extend_from_slice(row.bytes());
         q.ends.extend_from_slice(row.ends);
         q.found.append(&mut state.found);
         q.pending.extend_from_slice(&state.pending);
+        q.missed.extend_from_slice(&state.missed);
         q.rows.push(Queued {
             record,
             line,
@@ -1006,25 +1178,110 @@ impl<O: Write, J: Write> Sink<O, J> {
             ends_end: q.ends.len(),
             found_end: q.found.len(),
             pending_end: q.pending.len(),
+            missed_end: q.missed.len(),
+            counted: state.counted,
         });
-        if q.rows.len() >= DEFER_ROWS {
-            return self.flush_deferred();
+        if q.is_full() {
+            return self.rotate();
         }
         Ok(Ok(()))
+    }
+
+    /// Make room in the queue. Kept here: settle it. Kept by a key worker: settle the rows it has
+    /// (waiting for their answers), and send it this queue's digests, to answer while the next
+    /// queue fills.
+    fn rotate(&mut self) -> Outcome {
+        let remote = self.schema.as_ref().is_some_and(|s| s.remote.is_some());
+        if !remote {
+            return self.flush_deferred();
+        }
+        let earlier = self.settle_inflight()?;
+        if earlier.is_err() {
+            return Ok(earlier);
+        }
+        self.send_queue()?;
+        std::mem::swap(&mut self.queue, &mut self.inflight);
+        Ok(Ok(()))
+    }
+
+    /// Send the queue's digests to the key worker.
+    fn send_queue(&mut self) -> Result<(), EngineError> {
+        let Some(remote) = self.schema.as_mut().and_then(|s| s.remote.as_mut()) else {
+            return Ok(());
+        };
+        let q = &mut self.queue;
+        for batch in q.pending.chunks(MAX_BATCH) {
+            remote
+                .link
+                .send(batch.iter().map(|p| p.digest), &mut remote.buf)
+                .map_err(EngineError::KeyLink)?;
+        }
+        q.sent = q.pending.len();
+        Ok(())
+    }
+
+    /// Settle the rows the key worker has, once it answers.
+    fn settle_inflight(&mut self) -> Outcome {
+        if self.inflight.rows.is_empty() {
+            return Ok(Ok(()));
+        }
+        let mut q = std::mem::take(&mut self.inflight);
+        let mut answers = std::mem::take(&mut self.answers);
+        let received = match self.schema.as_mut().and_then(|s| s.remote.as_mut()) {
+            Some(remote) if q.sent > 0 => remote.link.receive(q.sent, &mut answers),
+            _ => {
+                answers.clear();
+                Ok(())
+            }
+        };
+        let outcome = match received {
+            Ok(()) => self.settle(&q, &answers),
+            Err(e) => Err(EngineError::KeyLink(e)),
+        };
+        q.clear();
+        self.inflight = q;
+        self.answers = answers;
+        let outcome = outcome?;
+        if outcome.is_err() {
+            // The rows still queued come after the one that ended the file: never judged.
+            self.rows.total -= self.queue.rows.len() as u64;
+            self.queue.clear();
+        }
+        Ok(outcome)
     }
 
     /// Settle every queued row, in order: insert its keys, then write it. Stops at the first
     /// row that ends the file; the rows after it were never judged.
     fn flush_deferred(&mut self) -> Outcome {
-        if self.queue.rows.is_empty() {
-            return Ok(Ok(()));
+        let earlier = self.settle_inflight()?;
+        if earlier.is_err() || self.queue.rows.is_empty() {
+            return Ok(earlier);
+        }
+        let remote = self.schema.as_ref().is_some_and(|s| s.remote.is_some());
+        if remote {
+            self.send_queue()?;
+            std::mem::swap(&mut self.queue, &mut self.inflight);
+            return self.settle_inflight();
         }
         let mut q = std::mem::take(&mut self.queue);
-        if let Some(keys) = self.schema.as_ref().and_then(|s| s.keys.as_ref()) {
+        let mut answers = std::mem::take(&mut self.answers);
+        answers.clear();
+        if let Some(keys) = self.schema.as_mut().and_then(|s| s.local.as_mut()) {
             // Independent loads, issued together: their cache misses overlap.
             keys.touch(q.pending.iter().map(|p| p.digest));
+            answers.extend(q.pending.iter().map(|p| keys.insert(p.digest)));
         }
-        let (mut bytes, mut ends, mut found, mut pending) = (0, 0, 0, 0);
+        let outcome = self.settle(&q, &answers);
+        q.clear();
+        self.queue = q;
+        self.answers = answers;
+        outcome
+    }
+
+    /// Settle the rows of `q`, whose keys found `answers`, in order: then write each. Stops at
+    /// the first row that ends the file; the rows after it were never judged.
+    fn settle(&mut self, q: &Queue, answers: &[Insert]) -> Outcome {
+        let (mut bytes, mut ends, mut found, mut pending, mut missed) = (0, 0, 0, 0, 0);
         let mut outcome = Ok(());
         for (n, r) in q.rows.iter().enumerate() {
             let row = Row {
@@ -1039,7 +1296,17 @@ impl<O: Write, J: Write> Sink<O, J> {
             let mut issues = std::mem::take(&mut state.found);
             issues.clear();
             issues.extend_from_slice(&q.found[found..r.found_end]);
-            let keys = state.insert_keys(&q.pending[pending..r.pending_end], &mut issues);
+            let row_missed = &q.missed[missed..r.missed_end];
+            let keys = match answers.get(pending..r.pending_end) {
+                Some(answers) => {
+                    state.settle_keys(&q.pending[pending..r.pending_end], answers, &mut issues)
+                }
+                // Fewer answers than keys: only a table that is not there gives none.
+                None => Err(()),
+            };
+            if keys.is_ok() {
+                state.count(row_missed, &q.found[found..r.found_end], r.counted);
+            }
             let clean = issues.is_empty();
             state.found = issues;
             outcome = if keys.is_err() {
@@ -1055,14 +1322,14 @@ impl<O: Write, J: Write> Sink<O, J> {
                 self.rows.total -= (q.rows.len() - n - 1) as u64;
                 break;
             }
-            (bytes, ends, found, pending) = (r.bytes_end, r.ends_end, r.found_end, r.pending_end);
+            (bytes, ends, found, pending, missed) = (
+                r.bytes_end,
+                r.ends_end,
+                r.found_end,
+                r.pending_end,
+                r.missed_end,
+            );
         }
-        q.rows.clear();
-        q.bytes.clear();
-        q.ends.clear();
-        q.found.clear();
-        q.pending.clear();
-        self.queue = q;
         Ok(outcome)
     }
 
@@ -1126,7 +1393,10 @@ impl<O: Write, J: Write> Sink<O, J> {
         if self.header.is_none() {
             return self.header(record, line, row);
         }
-        let data_rows = self.rows.accepted + self.rows.rejected + self.queue.rows.len() as u64;
+        let data_rows = self.rows.accepted
+            + self.rows.rejected
+            + self.queue.rows.len() as u64
+            + self.inflight.rows.len() as u64;
         if data_rows >= self.limits.max_rows {
             let max = self.limits.max_rows;
             return Ok(Err(Rejection::new(
@@ -1151,9 +1421,16 @@ impl<O: Write, J: Write> Sink<O, J> {
                 self.rows.total -= 1;
                 return Ok(Err(self.key_budget(record, line)));
             }
-            if state.keys.is_some() {
+            if state.keys {
                 return self.defer(record, line, row);
             }
+            let (missed, found, counted) = (
+                std::mem::take(&mut state.missed),
+                std::mem::take(&mut state.found),
+                state.counted,
+            );
+            state.count(&missed, &found, counted);
+            (state.missed, state.found) = (missed, found);
             if !state.found.is_empty() {
                 return self.schema_reject(record, line, row);
             }
@@ -1350,11 +1627,7 @@ impl<O: Write, J: Write> Sink<O, J> {
     }
 
     fn key_budget(&self, record: u64, line: u64) -> Rejection {
-        let keys = self
-            .schema
-            .as_ref()
-            .and_then(|s| s.keys.as_ref())
-            .map_or(0, KeySet::capacity);
+        let keys = self.schema.as_ref().map_or(0, |s| s.capacity);
         Rejection::new(
             Code::KeyBudgetExceeded,
             format!(

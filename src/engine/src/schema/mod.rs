@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
 
-pub use keys::{Insert, KeySet, GROWTH_SHARE};
+pub use keys::{serve, Digester, Insert, KeyLink, KeySet, Served, GROWTH_SHARE, MAX_BATCH};
 use value::Bound;
 pub use value::{DateFormat, Kind, StrFormat, Token, Typed};
 
@@ -256,6 +256,16 @@ impl Schema {
     /// Whether the schema keeps keys (unique fields or a primary key), which need a [`KeySet`].
     pub fn keeps_keys(&self) -> bool {
         !self.primary_key.is_empty() || self.fields.iter().any(|f| f.unique)
+    }
+
+    /// Keys a file of `input_bytes` holds if its rows are 64 bytes or more: one a row for each
+    /// unique field and the primary key. The key table starts sized for them.
+    pub fn expected_keys(&self, input_bytes: u64) -> usize {
+        let per_row = self.fields.iter().filter(|f| f.unique()).count()
+            + usize::from(!self.primary_key().is_empty());
+        usize::try_from(input_bytes / 64)
+            .unwrap_or(usize::MAX)
+            .saturating_mul(per_row)
     }
 
     pub fn primary_key(&self) -> &[usize] {
