@@ -13,16 +13,9 @@ fn main() -> ExitCode {
     if args.get(1).is_some_and(|a| a == worker::ARG) {
         return worker::main(&args[2..]);
     }
-    if args.get(1).is_some_and(|a| a == worker::KEY_ARG) {
-        return worker::key_main(&args[2..]);
-    }
     #[cfg(feature = "test-seam")]
     if args.get(1).is_some_and(|a| a == airlock::hostile::ARG) {
         return airlock::hostile::main(&args[2..]);
-    }
-    #[cfg(feature = "test-seam")]
-    if args.get(1).is_some_and(|a| a == airlock::hostile::KEY_ARG) {
-        return airlock::hostile::key_main(&args[2..]);
     }
     cli::main()
 }

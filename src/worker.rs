@@ -14,8 +14,6 @@ use serde::{Deserialize, Serialize};
 /// The hidden first argument that makes this binary a worker. Not a subcommand: it is never shown
 /// in `--help` and is checked before clap runs.
 pub const ARG: &str = "__airlock-worker";
-/// The hidden first argument that makes this binary a job's key worker ([`key_main`]).
-pub const KEY_ARG: &str = "__airlock-key-worker";
 
 /// Exit status of a worker that finished and wrote its report.
 pub const EXIT_DONE: u8 = 0;
@@ -47,29 +45,6 @@ pub struct WorkerConfig {
     /// The input's size as the parent measured it: the schema's key table starts sized for it.
     #[serde(default)]
     pub input_bytes: u64,
-    /// The schema's keys are kept by a key worker at the other end of fd 5 ([`key_main`]).
-    #[serde(default)]
-    pub key_worker: bool,
-}
-
-/// What a job's key worker is given: the sandbox and limits, and the keys' memory.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct KeyWorkerConfig {
-    pub rlimits: Rlimits,
-    pub sandbox: SandboxPolicy,
-    /// The plan's `schema_key_bytes`.
-    pub budget_bytes: usize,
-    /// How many keys the input may bring (the table starts sized for them).
-    pub expected_keys: Option<usize>,
-}
-
-/// The key worker's report on fd 3.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct KeyWorkerReport {
-    pub sandbox: SandboxSummary,
-    pub served: airlock_engine::schema::Served,
 }
 
 impl WorkerConfig {
@@ -98,21 +73,6 @@ impl WorkerConfig {
             schema: None,
             schema_key_bytes: usize::try_from(plan.worker.schema_key_bytes).unwrap_or(usize::MAX),
             input_bytes,
-            key_worker: false,
-        }
-    }
-
-    /// The config of the key worker that goes with this worker.
-    pub fn key_worker_config(&self, expected_keys: Option<usize>) -> KeyWorkerConfig {
-        KeyWorkerConfig {
-            rlimits: Rlimits {
-                // It writes only its small report.
-                file_size_bytes: 1 << 20,
-                ..self.rlimits
-            },
-            sandbox: self.sandbox.clone(),
-            budget_bytes: self.schema_key_bytes,
-            expected_keys,
         }
     }
 
@@ -175,8 +135,6 @@ pub struct LockedDown {
     /// The kernel closes the fds at exit; dropping them would need close (and fcntl in debug
     /// builds), which the seccomp allowlist does not grant.
     pub fds: std::mem::ManuallyDrop<airlock_sandbox::fds::WorkerFds>,
-    /// fd 5, the socket to the key worker, when there is one (never closed, as above).
-    pub key_link: Option<&'static std::fs::File>,
     pub sandbox: SandboxSummary,
 }
 
@@ -196,27 +154,14 @@ pub fn lock_down(args: &[std::ffi::OsString]) -> Result<LockedDown, ExitCode> {
     let options = config.options().map_err(|e| fail(EXIT_SETUP, &e))?;
     let fds = airlock_sandbox::fds::take().map_err(|e| fail(EXIT_SETUP, &e.to_string()))?;
     let fds = std::mem::ManuallyDrop::new(fds);
-    let key_link = match config.key_worker {
-        false => None,
-        true => {
-            let link = airlock_sandbox::fds::take_key_link()
-                .map_err(|e| fail(EXIT_SETUP, &e.to_string()))?;
-            Some(&*Box::leak(Box::new(link)))
-        }
-    };
     // Nothing after this runs outside the sandbox.
-    let mut lockdown = Lockdown::new(&config.sandbox, config.rlimits);
-    if key_link.is_some() {
-        lockdown = lockdown.keeping_key_link();
-    }
-    let lockdown = lockdown
+    let lockdown = Lockdown::new(&config.sandbox, config.rlimits)
         .apply()
         .map_err(|e| fail(EXIT_SANDBOX, &error_chain(&e)))?;
     Ok(LockedDown {
         config,
         options,
         fds,
-        key_link,
         sandbox: SandboxSummary {
             enforced: lockdown.enforced,
             missing: lockdown.missing,
@@ -230,18 +175,9 @@ impl LockedDown {
     /// Run the engine over fd 0, writing fds 1 and 4.
     pub fn process(&self) -> Result<Report, ExitCode> {
         let fds = &self.fds;
-        let link = self.key_link.map(|f| airlock_engine::schema::KeyLink {
-            to: Box::new(f),
-            from: Box::new(f),
-        });
-        let mut report = airlock_engine::process_with_key_link(
-            &fds.input,
-            &fds.output,
-            &fds.rejects,
-            &self.options,
-            link,
-        )
-        .map_err(|e| fail(EXIT_IO, &error_chain(&e)))?;
+        let mut report =
+            airlock_engine::process(&fds.input, &fds.output, &fds.rejects, &self.options)
+                .map_err(|e| fail(EXIT_IO, &e.to_string()))?;
         report.sandbox = Some(self.sandbox.clone());
         Ok(report)
     }
@@ -269,90 +205,6 @@ pub fn main(args: &[std::ffi::OsString]) -> ExitCode {
     };
     match worker.process() {
         Ok(report) => worker.write_report(&report),
-        Err(code) => code,
-    }
-}
-
-/// A key worker that has taken its fds and locked itself down, ready to read.
-#[derive(Debug)]
-pub struct KeysLockedDown {
-    pub config: KeyWorkerConfig,
-    /// Never closed, as the worker's (see [`LockedDown::fds`]).
-    pub fds: std::mem::ManuallyDrop<airlock_sandbox::fds::WorkerFds>,
-    pub sandbox: SandboxSummary,
-}
-
-/// Parse the key worker's config, take its fds and apply the lockdown, exactly as the worker
-/// does. `Err` is the exit status to end with.
-pub fn key_lock_down(args: &[std::ffi::OsString]) -> Result<KeysLockedDown, ExitCode> {
-    let [config] = args else {
-        return Err(fail(
-            EXIT_SETUP,
-            "expected exactly one argument (the config)",
-        ));
-    };
-    let Some(config) = config.to_str() else {
-        return Err(fail(EXIT_SETUP, "the config argument is not UTF-8"));
-    };
-    let config: KeyWorkerConfig = serde_json::from_str(config)
-        .map_err(|_| fail(EXIT_SETUP, "the config argument does not parse"))?;
-    let fds = airlock_sandbox::fds::take().map_err(|e| fail(EXIT_SETUP, &e.to_string()))?;
-    let fds = std::mem::ManuallyDrop::new(fds);
-    // Nothing after this runs outside the sandbox.
-    let lockdown = Lockdown::new(&config.sandbox, config.rlimits)
-        .apply()
-        .map_err(|e| fail(EXIT_SANDBOX, &error_chain(&e)))?;
-    Ok(KeysLockedDown {
-        config,
-        fds,
-        sandbox: SandboxSummary {
-            enforced: lockdown.enforced,
-            missing: lockdown.missing,
-            landlock_abi: lockdown.landlock_abi,
-            landlock_missing: Vec::new(),
-        },
-    })
-}
-
-impl KeysLockedDown {
-    /// Keep the job's keys until the worker is done.
-    pub fn serve(&self) -> Result<airlock_engine::schema::Served, ExitCode> {
-        airlock_engine::schema::serve(
-            &self.fds.input,
-            &self.fds.output,
-            self.config.budget_bytes,
-            self.config.expected_keys,
-        )
-        .map_err(|e| fail(EXIT_IO, &format!("serving keys failed: {e}")))
-    }
-
-    /// Write the report to fd 3 and say how to exit.
-    pub fn write_report(&self, report: &KeyWorkerReport) -> ExitCode {
-        let mut out = std::io::BufWriter::with_capacity(4096, &self.fds.report);
-        match serde_json::to_writer(&mut out, report)
-            .map_err(std::io::Error::from)
-            .and_then(|()| out.flush())
-        {
-            Ok(()) => ExitCode::from(EXIT_DONE),
-            Err(_) => fail(EXIT_IO, "writing the report failed"),
-        }
-    }
-}
-
-/// Entry point of a job's key worker: fds 0 and 1 are its socket to the worker (fd 4 another
-/// copy of it), fd 2 diagnostics, fd 3 its report. It locks down exactly as the worker does,
-/// then keeps the job's keys ([`airlock_engine::schema::serve`]) until the worker is done, and
-/// writes a [`KeyWorkerReport`]. `args` are the arguments after [`KEY_ARG`].
-pub fn key_main(args: &[std::ffi::OsString]) -> ExitCode {
-    let keys = match key_lock_down(args) {
-        Ok(k) => k,
-        Err(code) => return code,
-    };
-    match keys.serve() {
-        Ok(served) => keys.write_report(&KeyWorkerReport {
-            sandbox: keys.sandbox.clone(),
-            served,
-        }),
         Err(code) => code,
     }
 }

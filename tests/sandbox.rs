@@ -237,7 +237,6 @@ fn a_live_worker_seen_from_outside_is_locked_down() {
         diagnostics: diag_w,
         report: file("report.json"),
         rejects: file("rej.csv"),
-        key_link: None,
     };
     let exe = std::path::Path::new(env!("CARGO_BIN_EXE_airlock"));
     let config = config.to_string();

@@ -126,11 +126,11 @@ fn validate(name: &str, p: RawPlan) -> Result<Plan, String> {
         ));
     }
     // What the engine reserves up front (parser, carry-over, rejects and output buffers, the
-    // guard's scratch, field ends, and with a schema two queues of rows waiting for their keys,
-    // each at least a record), on top of the binary and its stacks.
+    // guard's scratch, field ends, and with a schema the queue of rows waiting for their keys,
+    // which holds at least a record), on top of the binary and its stacks.
     let min_memory = WORKER_BASE_MEMORY
-        + 10 * p.max_record_bytes
-        + 4 * MIB
+        + 9 * p.max_record_bytes
+        + MIB
         + p.max_field_bytes
         + 16 * (p.max_columns + 1)
         + 64 * p.max_issues;

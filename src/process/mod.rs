@@ -290,48 +290,23 @@ impl Worker<'_> {
         let rejects_reader = rejects.reader()?.map(|f| (f, rejects.synced_on_publish()));
         config.parent_hashes_output = output_reader.is_some();
         config.schema = self.schema.map(|s| s.json.clone());
-        // A schema with keys gets a key worker: a second sandboxed process that keeps the keys
-        // on the other core, at the other end of a socket pair.
-        let keys = self.schema.filter(|s| s.compiled.keeps_keys());
-        config.key_worker = keys.is_some();
-        let key_config = keys.map(|s| {
-            serde_json::to_string(&config.key_worker_config(Some(s.compiled.expected_keys(size))))
-        });
         let config = serde_json::to_string(&config)?;
         let (diag_read, diag_write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
             .context("creating the worker's diagnostics pipe")?;
-        let mut io = airlock_sandbox::spawn::WorkerIo {
+        let io = airlock_sandbox::spawn::WorkerIo {
             input: OwnedFd::from(input.try_clone()?),
             output: output.fd()?,
             diagnostics: diag_write,
             report: dest::write_only(&report_file)?,
             rejects: rejects.fd()?,
-            key_link: None,
         };
         let args = worker_args(&config);
         let args: Vec<&OsStr> = args.iter().map(|a| a.as_os_str()).collect();
         // Everything fallible happens before the spawn: once started, the worker is always waited
         // for (and killed on any error) in `wait`.
         let to_hash = input.try_clone()?;
-        let key_worker = match key_config {
-            None => None,
-            Some(key_config) => {
-                // Close-on-exec: neither end leaks into another job's worker.
-                let (ours, theirs) = std::os::unix::net::UnixStream::pair()
-                    .context("creating the key worker's socket pair")?;
-                io.key_link = Some(OwnedFd::from(ours));
-                Some(KeyWorker::start(&key_config?, OwnedFd::from(theirs))?)
-            }
-        };
-        let child = match airlock_sandbox::spawn::spawn(&worker_exe(), &args, io) {
-            Ok(child) => child,
-            Err(e) => {
-                if let Some(k) = key_worker {
-                    k.stop();
-                }
-                return Err(anyhow::Error::from(e).context("starting the worker"));
-            }
-        };
+        let child = airlock_sandbox::spawn::spawn(&worker_exe(), &args, io)
+            .context("starting the worker")?;
         let diagnostics = std::thread::spawn(move || read_capped(File::from(diag_read)));
         // Hash the input here, on the other core, while the worker parses it, then the outputs,
         // following the worker as it writes. One thread: the parent keeps to the core the worker
@@ -357,15 +332,6 @@ impl Worker<'_> {
         worker_done.store(true, Ordering::Release);
         // Wakes the hashing thread if it is waiting for more output: the worker is gone.
         hasher.thread().unpark();
-        // The key worker ends when the worker's end of their socket closes; it is killed if the
-        // worker was, or if it does not end within its grace.
-        let keys_ended = key_worker.map(|k| match &waited {
-            Ok((_, Stop::Exited)) => k.finish(),
-            _ => {
-                k.stop();
-                KeysEnded::Killed
-            }
-        });
         let (ended, stop) = waited?;
         if stop == Stop::Cancelled {
             anyhow::bail!("the worker was stopped: the supervisor is shutting down");
@@ -384,7 +350,6 @@ impl Worker<'_> {
             cpu_limit: Duration::from_secs(plan.worker.cpu_seconds),
             memory_limit: plan.worker.memory_bytes,
         };
-        let keys_failed = keys_ended.and_then(|k| self.judge_key_worker(k, &observed));
         let mut report = if stop == Stop::OverBound {
             failed(
                 Code::WorkerCrashed,
@@ -392,44 +357,11 @@ impl Worker<'_> {
                     .into(),
                 size,
             )
-        } else if let Some(failure) = keys_failed.filter(|_| stop == Stop::Exited) {
-            // The key worker's failure first: the worker's own is most likely its broken socket.
-            Report::without_input(Status::Failed, failure, size)
         } else {
             self.judge(&observed, report_file, size, measured)
         };
         report.input.sha256 = input_sha256;
         Ok(report)
-    }
-
-    /// A failure of the key worker, from how it ended (as for the worker) and its report (capped,
-    /// strictly parsed, its sandbox checked as the worker's is); `None` when it did its part.
-    fn judge_key_worker(&self, ended: KeysEnded, worker: &Observed) -> Option<Rejection> {
-        let with_prefix = |r: Rejection| {
-            let message = format!("the key worker: {}", r.message);
-            Rejection::new(r.code, message)
-        };
-        let (ended, report) = match ended {
-            KeysEnded::Killed => return None,
-            KeysEnded::Overran => {
-                return Some(Rejection::new(
-                    Code::WorkerCrashed,
-                    "the key worker did not end with the worker, and was killed",
-                ))
-            }
-            KeysEnded::Ended(ended, report) => (ended, report),
-        };
-        let observed = Observed { ended, ..*worker };
-        if let Some(failure) = verify::classify(&observed, self.sandbox) {
-            return Some(with_prefix(failure));
-        }
-        let checked = verify::read_key_report(report, self.sandbox);
-        checked.err().map(|why| {
-            Rejection::new(
-                Code::WorkerCrashed,
-                format!("the key worker's report was refused: {why}"),
-            )
-        })
     }
 
     /// The report of a worker that was not stopped by the parent: a failure class from how it
@@ -552,106 +484,6 @@ fn sha256_following<const N: usize>(
             sha256: hex::encode(hasher.finalize()),
         })
     }))
-}
-
-/// How long the key worker may take to end once the worker has: it only has to see its socket
-/// close and write a small report.
-const KEY_WORKER_GRACE: Duration = Duration::from_secs(10);
-
-/// A running key worker ([`crate::worker::key_main`]).
-struct KeyWorker {
-    child: Child,
-    report: File,
-    diagnostics: std::thread::JoinHandle<Vec<u8>>,
-}
-
-/// How a key worker ended.
-enum KeysEnded {
-    /// The parent killed it with its worker (deadline, cancel, bound, or an error).
-    Killed,
-    /// It outlived its grace after the worker ended, and was killed.
-    Overran,
-    Ended(Ended, File),
-}
-
-impl KeyWorker {
-    /// Start a key worker on `socket` (its fds 0, 1 and 4), with its own report file and
-    /// diagnostics pipe.
-    fn start(config: &str, socket: OwnedFd) -> anyhow::Result<KeyWorker> {
-        let report = tempfile::tempfile().context("creating the key worker's report file")?;
-        let (diag_read, diag_write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
-            .context("creating the key worker's diagnostics pipe")?;
-        let io = airlock_sandbox::spawn::WorkerIo {
-            output: socket.try_clone()?,
-            rejects: socket.try_clone()?,
-            input: socket,
-            diagnostics: diag_write,
-            report: dest::write_only(&report)?,
-            key_link: None,
-        };
-        let args = key_worker_args(config);
-        let args: Vec<&OsStr> = args.iter().map(|a| a.as_os_str()).collect();
-        let child = airlock_sandbox::spawn::spawn(&worker_exe(), &args, io)
-            .context("starting the key worker")?;
-        let diagnostics = std::thread::spawn(move || read_capped(File::from(diag_read)));
-        Ok(KeyWorker {
-            child,
-            report,
-            diagnostics,
-        })
-    }
-
-    /// Kill and reap it.
-    fn stop(mut self) {
-        self.child.kill().ok();
-        airlock_sandbox::spawn::wait_measured(self.child).ok();
-        log_diagnostics(&self.diagnostics.join().unwrap_or_default());
-    }
-
-    /// Wait for it to end by itself, within [`KEY_WORKER_GRACE`].
-    fn finish(mut self) -> KeysEnded {
-        let pid = rustix::process::Pid::from_child(&self.child);
-        let ended_in_time =
-            match rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()) {
-                Ok(pidfd) => {
-                    let grace = rustix::time::Timespec {
-                        tv_sec: KEY_WORKER_GRACE.as_secs() as i64,
-                        tv_nsec: 0,
-                    };
-                    let mut fds = [rustix::event::PollFd::new(
-                        &pidfd,
-                        rustix::event::PollFlags::IN,
-                    )];
-                    loop {
-                        match rustix::event::poll(&mut fds, Some(&grace)) {
-                            Ok(n) => break n > 0,
-                            Err(rustix::io::Errno::INTR) => {}
-                            Err(_) => break false,
-                        }
-                    }
-                }
-                Err(_) => false,
-            };
-        if !ended_in_time {
-            self.child.kill().ok();
-        }
-        let ended = airlock_sandbox::spawn::wait_measured(self.child);
-        log_diagnostics(&self.diagnostics.join().unwrap_or_default());
-        match ended {
-            Ok(ended) if ended_in_time => KeysEnded::Ended(ended, self.report),
-            _ => KeysEnded::Overran,
-        }
-    }
-}
-
-/// The key worker's program arguments (in `test-seam` builds, a hostile stand-in when
-/// `AIRLOCK_TEST_HOSTILE_KEY_WORKER` names a mode).
-fn key_worker_args(config: &str) -> Vec<std::ffi::OsString> {
-    #[cfg(feature = "test-seam")]
-    if let Some(mode) = std::env::var_os(crate::hostile::KEY_ENV) {
-        return vec![crate::hostile::KEY_ARG.into(), mode, config.into()];
-    }
-    vec![worker::KEY_ARG.into(), config.into()]
 }
 
 /// Why the parent stopped waiting.

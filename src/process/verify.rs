@@ -292,32 +292,6 @@ pub fn check_sandbox(
     let Some(sandbox) = report.sandbox.as_mut() else {
         return Err("the report has no sandbox section".into());
     };
-    check_sandbox_summary(sandbox, policy, kernel_abi)
-}
-
-/// The key worker's report ([`worker::KeyWorkerReport`]): capped, strictly parsed, and its
-/// sandbox checked as the worker's is.
-pub fn read_key_report(mut file: File, policy: &SandboxPolicy) -> Result<(), String> {
-    const CAP: u64 = 64 * 1024;
-    file.rewind().map_err(|e| format!("cannot rewind: {e}"))?;
-    let mut bytes = Vec::new();
-    file.take(CAP + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| format!("cannot read: {e}"))?;
-    if bytes.len() as u64 > CAP {
-        return Err(format!("larger than {CAP} bytes"));
-    }
-    let mut report: worker::KeyWorkerReport =
-        serde_json::from_slice(&bytes).map_err(|e| format!("invalid JSON ({e})"))?;
-    let kernel_abi = airlock_sandbox::landlock::kernel_abi();
-    check_sandbox_summary(&mut report.sandbox, policy, kernel_abi)
-}
-
-fn check_sandbox_summary(
-    sandbox: &mut airlock_report::SandboxSummary,
-    policy: &SandboxPolicy,
-    kernel_abi: u8,
-) -> Result<(), String> {
     if !sandbox.enforced.iter().any(|l| l == "landlock") {
         return Err("the report says landlock was not enforced".into());
     }

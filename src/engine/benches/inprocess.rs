@@ -1,9 +1,8 @@
 //! Run the engine in-process over FILE, writing the clean output to OUT (default /dev/null),
 //! and print seconds and MB/s; a third argument, SCHEMA, checks rows against that Table Schema.
 //! `--no-hash` leaves both hashes out (as in the worker, whose parent hashes on another core);
-//! `--csv-core` reads every record with csv-core (the old path); `--key-thread` keeps the schema's
-//! keys on a second thread over a socket pair, as the key worker does across processes. Used by
-//! benches/throughput.sh as the no-sandbox reference.
+//! `--csv-core` reads every record with csv-core (the old path). Used by benches/throughput.sh as
+//! the no-sandbox reference.
 
 use std::time::Instant;
 
@@ -42,22 +41,7 @@ fn main() {
         ));
     }
     let started = Instant::now();
-    let link = std::env::args().any(|a| a == "--key-thread").then(|| {
-        let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
-        let budget = options.key_budget_bytes;
-        let expected = options.schema.as_ref().map(|s| s.expected_keys(bytes));
-        std::thread::spawn(move || {
-            let to = theirs.try_clone().unwrap();
-            airlock_engine::schema::serve(theirs, to, budget, expected).unwrap()
-        });
-        airlock_engine::schema::KeyLink {
-            to: Box::new(ours.try_clone().unwrap()),
-            from: Box::new(ours),
-        }
-    });
-    let report =
-        airlock_engine::process_with_key_link(&input, &output, std::io::sink(), &options, link)
-            .unwrap();
+    let report = airlock_engine::process(&input, &output, std::io::sink(), &options).unwrap();
     let secs = started.elapsed().as_secs_f64();
     println!(
         "{secs:.3} s  {:.1} MB/s  {:?}",

@@ -13,9 +13,7 @@ use crate::report::{
     excerpt, Code, Dialect, FieldCounts, InputInfo, Issue, OutputInfo, Rejection, RejectsInfo,
     Report, RowCounts, SchemaSummary, Status,
 };
-use crate::schema::{
-    Digester, HeaderMap, Insert, KeyLink, KeySet, Schema, Typed, Violation, MAX_BATCH,
-};
+use crate::schema::{Digester, HeaderMap, Insert, KeySet, Schema, Typed, Violation};
 use crate::sniff::sniff_delimiter;
 use crate::text::{self, Source, TextReader};
 use crate::{EngineError, Limits, Options, ParsePath, HEADER_NAME_IN_REPORT};
@@ -49,35 +47,6 @@ pub fn process<R: Read, O: Write, J: Write>(
     rejects: J,
     options: &Options,
 ) -> Result<Report, EngineError> {
-    process_with_key_link(input, output, rejects, options, None)
-}
-
-/// [`process`], with the schema's `unique` and `primaryKey` keys kept by a key worker at the other
-/// end of `link` ([`crate::schema::serve`]) instead of in this process, so that the table's
-/// cache misses run on another core while rows are checked here. Same report, same files. The
-/// link is closed (a batch of 0) when the run ends, whether or not the schema keeps keys.
-pub fn process_with_key_link<R: Read, O: Write, J: Write>(
-    input: R,
-    output: O,
-    rejects: J,
-    options: &Options,
-    mut link: Option<KeyLink>,
-) -> Result<Report, EngineError> {
-    let report = process_inner(input, output, rejects, options, &mut link);
-    if let Some(link) = link.as_mut() {
-        // Best effort: a key worker also ends when this process does.
-        link.close().ok();
-    }
-    report
-}
-
-fn process_inner<R: Read, O: Write, J: Write>(
-    input: R,
-    output: O,
-    rejects: J,
-    options: &Options,
-    link: &mut Option<KeyLink>,
-) -> Result<Report, EngineError> {
     let limits = &options.limits;
     let mut text = TextReader::new(input, limits.max_bytes);
     if !options.hash_input {
@@ -89,10 +58,8 @@ fn process_inner<R: Read, O: Write, J: Write>(
             schema.clone(),
             options.key_budget_bytes,
             options.input_bytes_hint,
-            link.take_if(|_| schema.keeps_keys()),
         );
-        sink.queue = Queue::new(limits, schema, state.remote.is_some());
-        sink.inflight = Queue::new(limits, schema, state.remote.is_some());
+        sink.queue = Queue::new(limits, schema);
         sink.schema = Some(state);
     }
     let mut dialect = None;
@@ -646,25 +613,18 @@ struct Sink<O: Write, J: Write> {
     rejects_rows: u64,
     rejects_truncated: bool,
     schema: Option<SchemaState>,
-    /// With `unique` or `primaryKey`, checked rows wait here before their keys are inserted and
-    /// they are written. Kept here, the table is far larger than the caches, and the first slots
-    /// of a queue's keys are loaded together, so the cache misses overlap instead of each
-    /// stalling its row. Kept by a key worker, a full queue's digests are sent off and the queue
-    /// waits in `inflight` while the next one fills, so the worker inserts on the other core.
-    /// Anything else (a blank line, a ragged row, the end) settles the queues first, so the
-    /// report and the files come out in input order.
+    /// With `unique` or `primaryKey`, checked rows wait here, [`DEFER_ROWS`] at a time, before
+    /// their keys are inserted and they are written: the table is far larger than the caches,
+    /// and the first slots of all their keys are loaded together, so the cache misses overlap
+    /// instead of each stalling its row. Anything else (a blank line, a ragged row, the end)
+    /// settles the queue first, so the report and the files come out in input order.
     queue: Queue,
-    /// Rows whose digests the key worker has and has not yet answered.
-    inflight: Queue,
-    /// The answers to a queue's keys, in order.
+    /// What inserting the queue's keys found, in order.
     answers: Vec<Insert>,
 }
 
-/// How many rows wait for their keys when the table is in this process.
+/// How many rows wait for their keys.
 const DEFER_ROWS: usize = 16;
-/// How many rows make a batch for a key worker: enough that a batch's round trip costs little
-/// per row.
-const BATCH_ROWS: usize = 2048;
 
 /// Rows waiting for their keys, kept flat: their bytes, cell ends, issues and keys each in one
 /// buffer shared by the queued rows, so queueing a row is a few copies and no allocation. Every
@@ -679,22 +639,25 @@ struct Queue {
     found: Vec<Found>,
     pending: Vec<Pending>,
     missed: Vec<u16>,
-    /// Digests sent to the key worker and not yet answered.
-    sent: usize,
 }
 
 impl Queue {
-    fn new(limits: &Limits, schema: &Schema, remote: bool) -> Queue {
-        let rows = if remote { BATCH_ROWS } else { DEFER_ROWS };
+    fn new(limits: &Limits, schema: &Schema) -> Queue {
+        let rows = DEFER_ROWS;
         let fields = schema.fields.len() + 1;
         Queue {
             rows: Vec::with_capacity(rows),
-            bytes: Vec::with_capacity(limits.max_record_bytes.saturating_add(rows * 128)),
+            // A row's bytes are its record and its delimiters.
+            bytes: Vec::with_capacity(
+                limits
+                    .max_record_bytes
+                    .saturating_add(limits.max_columns)
+                    .saturating_add(rows * 128),
+            ),
             ends: Vec::with_capacity(limits.max_columns.saturating_add(1).max(rows * 16)),
             found: Vec::with_capacity(fields.max(rows)),
-            pending: Vec::with_capacity(fields.max(rows * 2).min(MAX_BATCH).max(fields)),
+            pending: Vec::with_capacity(fields.max(rows * 2)),
             missed: Vec::with_capacity(fields.max(rows * 4)),
-            sent: 0,
         }
     }
 
@@ -719,7 +682,7 @@ impl Queue {
     }
 
     fn is_full(&self) -> bool {
-        self.rows.len() == self.rows.capacity()
+        self.rows.len() >= DEFER_ROWS
     }
 
     fn clear(&mut self) {
@@ -729,7 +692,6 @@ impl Queue {
         self.found.clear();
         self.pending.clear();
         self.missed.clear();
-        self.sent = 0;
     }
 }
 
@@ -758,11 +720,8 @@ struct SchemaState {
     map: Option<HeaderMap>,
     /// What to do for each field, in field order, worked out once the header is mapped.
     steps: Vec<Step>,
-    /// Whether the schema keeps keys; they go to `local` or `remote`.
-    keys: bool,
+    keys: Option<KeySet>,
     digester: Digester,
-    local: Option<KeySet>,
-    remote: Option<Remote>,
     /// Keys the budget holds.
     capacity: usize,
     counts: Vec<FieldCounts>,
@@ -799,26 +758,12 @@ struct Pending {
     primary_key: bool,
 }
 
-/// A key worker and the buffer batches are sent through.
-struct Remote {
-    link: KeyLink,
-    buf: Vec<u8>,
-}
-
 impl SchemaState {
-    fn new(
-        schema: std::sync::Arc<Schema>,
-        key_budget: usize,
-        input_bytes: Option<u64>,
-        link: Option<KeyLink>,
-    ) -> Self {
+    fn new(schema: std::sync::Arc<Schema>, key_budget: usize, input_bytes: Option<u64>) -> Self {
         let expected = input_bytes.map(|bytes| schema.expected_keys(bytes));
-        let keys = schema.keeps_keys();
-        let remote = link.filter(|_| keys).map(|link| Remote {
-            link,
-            buf: Vec::with_capacity(4 + 16 * MAX_BATCH),
-        });
-        let local = (keys && remote.is_none()).then(|| KeySet::new(key_budget, expected));
+        let keys = schema
+            .keeps_keys()
+            .then(|| KeySet::new(key_budget, expected));
         let counts = schema
             .fields
             .iter()
@@ -836,8 +781,6 @@ impl SchemaState {
             steps: Vec::new(),
             keys,
             digester: Digester::default(),
-            local,
-            remote,
             capacity: KeySet::capacity_for(key_budget),
             counts,
             pending,
@@ -889,7 +832,7 @@ impl SchemaState {
             let result = if step.unique {
                 match field.check_value(cell) {
                     Ok(typed) => {
-                        if !self.keys {
+                        if self.keys.is_none() {
                             return Err(());
                         }
                         let digest = self.digester.digest(i as u64, std::slice::from_ref(&typed));
@@ -964,7 +907,7 @@ impl SchemaState {
                     "the primary key is empty".into(),
                 ));
             } else {
-                if !self.keys {
+                if self.keys.is_none() {
                     return Err(());
                 }
                 let parts: Vec<Typed> = values
@@ -1084,8 +1027,7 @@ impl<O: Write, J: Write> Sink<O, J> {
             rejects_truncated: false,
             schema: None,
             queue: Queue::default(),
-            inflight: Queue::default(),
-            answers: Vec::with_capacity(MAX_BATCH),
+            answers: Vec::new(),
         })
     }
 
@@ -1147,7 +1089,7 @@ impl<O: Write, J: Write> Sink<O, J> {
             let mut row_found = std::mem::take(&mut state.found);
             let mut row_pending = std::mem::take(&mut state.pending);
             let mut row_missed = std::mem::take(&mut state.missed);
-            let earlier = self.rotate()?;
+            let earlier = self.flush_deferred()?;
             let Some(state) = &mut self.schema else {
                 return Ok(earlier);
             };
@@ -1182,91 +1124,21 @@ impl<O: Write, J: Write> Sink<O, J> {
             counted: state.counted,
         });
         if q.is_full() {
-            return self.rotate();
-        }
-        Ok(Ok(()))
-    }
-
-    /// Make room in the queue. Kept here: settle it. Kept by a key worker: settle the rows it has
-    /// (waiting for their answers), and send it this queue's digests, to answer while the next
-    /// queue fills.
-    fn rotate(&mut self) -> Outcome {
-        let remote = self.schema.as_ref().is_some_and(|s| s.remote.is_some());
-        if !remote {
             return self.flush_deferred();
         }
-        let earlier = self.settle_inflight()?;
-        if earlier.is_err() {
-            return Ok(earlier);
-        }
-        self.send_queue()?;
-        std::mem::swap(&mut self.queue, &mut self.inflight);
         Ok(Ok(()))
-    }
-
-    /// Send the queue's digests to the key worker.
-    fn send_queue(&mut self) -> Result<(), EngineError> {
-        let Some(remote) = self.schema.as_mut().and_then(|s| s.remote.as_mut()) else {
-            return Ok(());
-        };
-        let q = &mut self.queue;
-        for batch in q.pending.chunks(MAX_BATCH) {
-            remote
-                .link
-                .send(batch.iter().map(|p| p.digest), &mut remote.buf)
-                .map_err(EngineError::KeyLink)?;
-        }
-        q.sent = q.pending.len();
-        Ok(())
-    }
-
-    /// Settle the rows the key worker has, once it answers.
-    fn settle_inflight(&mut self) -> Outcome {
-        if self.inflight.rows.is_empty() {
-            return Ok(Ok(()));
-        }
-        let mut q = std::mem::take(&mut self.inflight);
-        let mut answers = std::mem::take(&mut self.answers);
-        let received = match self.schema.as_mut().and_then(|s| s.remote.as_mut()) {
-            Some(remote) if q.sent > 0 => remote.link.receive(q.sent, &mut answers),
-            _ => {
-                answers.clear();
-                Ok(())
-            }
-        };
-        let outcome = match received {
-            Ok(()) => self.settle(&q, &answers),
-            Err(e) => Err(EngineError::KeyLink(e)),
-        };
-        q.clear();
-        self.inflight = q;
-        self.answers = answers;
-        let outcome = outcome?;
-        if outcome.is_err() {
-            // The rows still queued come after the one that ended the file: never judged.
-            self.rows.total -= self.queue.rows.len() as u64;
-            self.queue.clear();
-        }
-        Ok(outcome)
     }
 
     /// Settle every queued row, in order: insert its keys, then write it. Stops at the first
     /// row that ends the file; the rows after it were never judged.
     fn flush_deferred(&mut self) -> Outcome {
-        let earlier = self.settle_inflight()?;
-        if earlier.is_err() || self.queue.rows.is_empty() {
-            return Ok(earlier);
-        }
-        let remote = self.schema.as_ref().is_some_and(|s| s.remote.is_some());
-        if remote {
-            self.send_queue()?;
-            std::mem::swap(&mut self.queue, &mut self.inflight);
-            return self.settle_inflight();
+        if self.queue.rows.is_empty() {
+            return Ok(Ok(()));
         }
         let mut q = std::mem::take(&mut self.queue);
         let mut answers = std::mem::take(&mut self.answers);
         answers.clear();
-        if let Some(keys) = self.schema.as_mut().and_then(|s| s.local.as_mut()) {
+        if let Some(keys) = self.schema.as_mut().and_then(|s| s.keys.as_mut()) {
             // Independent loads, issued together: their cache misses overlap.
             keys.touch(q.pending.iter().map(|p| p.digest));
             answers.extend(q.pending.iter().map(|p| keys.insert(p.digest)));
@@ -1393,10 +1265,7 @@ impl<O: Write, J: Write> Sink<O, J> {
         if self.header.is_none() {
             return self.header(record, line, row);
         }
-        let data_rows = self.rows.accepted
-            + self.rows.rejected
-            + self.queue.rows.len() as u64
-            + self.inflight.rows.len() as u64;
+        let data_rows = self.rows.accepted + self.rows.rejected + self.queue.rows.len() as u64;
         if data_rows >= self.limits.max_rows {
             let max = self.limits.max_rows;
             return Ok(Err(Rejection::new(
@@ -1421,7 +1290,7 @@ impl<O: Write, J: Write> Sink<O, J> {
                 self.rows.total -= 1;
                 return Ok(Err(self.key_budget(record, line)));
             }
-            if state.keys {
+            if state.keys.is_some() {
                 return self.defer(record, line, row);
             }
             let (missed, found, counted) = (

@@ -45,7 +45,7 @@ pub use airlock_report::{
     REJECTS_FLOOR,
 };
 pub use encoding_rs::Encoding;
-pub use engine::{process, process_with_key_link};
+pub use engine::process;
 
 /// How to read one file.
 #[derive(Debug, Clone)]
@@ -115,8 +115,6 @@ pub enum EngineError {
     WriteOutput(#[source] std::io::Error),
     #[error("writing the rejects file failed")]
     WriteRejects(#[source] std::io::Error),
-    #[error("the key worker's pipe failed")]
-    KeyLink(#[source] std::io::Error),
 }
 
 /// Look an encoding up by its WHATWG label (`windows-1252`, `latin1`, `shift_jis`, …).

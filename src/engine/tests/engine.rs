@@ -286,3 +286,33 @@ fn rejects_file_is_whole_when_small() {
     assert!(!r.report.rejects.truncated);
     assert_eq!(r.report.rejects.rows_written, 1);
 }
+
+/// When the key budget ends the file, the rows queued behind the row that ended it were checked
+/// but never judged: the report's per-field counts leave them out, as its row counts do.
+#[test]
+fn per_field_counts_count_judged_rows_only() {
+    let schema = airlock_engine::schema::Schema::parse(
+        r#"{"fields": [{"name": "id", "type": "integer", "constraints": {"unique": true}},
+                       {"name": "note"}]}"#,
+    )
+    .unwrap();
+    // 16 bytes a slot, 64 slots, 7/8 of them: 56 keys. Every row misses its note.
+    let options = Options {
+        schema: Some(std::sync::Arc::new(schema)),
+        key_budget_bytes: 16 * 64,
+        ..Options::default()
+    };
+    let mut csv = String::from("id,note\n");
+    for i in 0..100 {
+        csv.push_str(&format!("{i},\n"));
+    }
+    let r = run_with(csv.as_bytes(), &options).report;
+    assert_eq!(
+        r.rejection.as_ref().map(|r| r.code),
+        Some(Code::KeyBudgetExceeded)
+    );
+    assert_eq!(r.rows.accepted, 56);
+    assert_eq!(r.rows.total, 56);
+    let fields = &r.schema.as_ref().unwrap().fields;
+    assert_eq!(fields[1].missing, 56, "{fields:?}");
+}

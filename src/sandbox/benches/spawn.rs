@@ -60,7 +60,6 @@ fn run_self(exe: &Path, mode: &str) -> Duration {
         diagnostics: null(),
         report: null(),
         rejects: null(),
-        key_link: None,
     };
     let started = Instant::now();
     let mut child = spawn(exe, &[OsStr::new("child"), OsStr::new(mode)], io).unwrap();

@@ -4,7 +4,7 @@ use std::fs::File;
 use std::os::fd::{BorrowedFd, FromRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::spawn::{KEY_LINK_FD, REJECTS_FD, REPORT_FD};
+use crate::spawn::{REJECTS_FD, REPORT_FD};
 
 /// The worker's files, owned.
 #[derive(Debug)]
@@ -24,23 +24,6 @@ pub enum FdError {
 }
 
 static TAKEN: AtomicBool = AtomicBool::new(false);
-static LINK_TAKEN: AtomicBool = AtomicBool::new(false);
-
-/// Take fd 5, the pipe to the key worker, in a worker started with one. Fails if it is not open,
-/// or if called twice.
-pub fn take_key_link() -> Result<File, FdError> {
-    if LINK_TAKEN.swap(true, Ordering::SeqCst) {
-        return Err(FdError::AlreadyTaken);
-    }
-    // SAFETY: the borrow lives only for this fcntl call, which is valid on any integer.
-    let borrowed = unsafe { BorrowedFd::borrow_raw(KEY_LINK_FD) };
-    if rustix::io::fcntl_getfd(borrowed).is_err() {
-        return Err(FdError::NotOpen { fd: KEY_LINK_FD });
-    }
-    // SAFETY: fd 5 was just checked to be open; LINK_TAKEN makes this the only place that takes
-    // ownership of it, and nothing else in the worker uses fd 5 by number.
-    Ok(unsafe { File::from_raw_fd(KEY_LINK_FD) })
-}
 
 /// Take fds 0, 1, 3 and 4. Fails if any is not open, or if called twice.
 pub fn take() -> Result<WorkerFds, FdError> {

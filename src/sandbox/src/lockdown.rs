@@ -67,8 +67,7 @@ pub const LAYERS: [&str; 7] = [
     "seccomp",
 ];
 
-/// Fds the worker keeps: input, output, diagnostics, report, rejects (and, with a key worker,
-/// fd 5: see [`Lockdown::keeping_key_link`]).
+/// Fds the worker keeps: input, output, diagnostics, report, rejects.
 pub const KEEP_FDS: u32 = 5;
 /// The panic hook's exit status (`worker_crashed` in the parent).
 pub const PANIC_EXIT: i32 = 101;
@@ -83,7 +82,6 @@ pub struct Lockdown<'a> {
     landlock: bool,
     panic_hook: bool,
     tgkill_pin: bool,
-    keep_fds: u32,
 }
 
 impl<'a> Lockdown<'a> {
@@ -96,15 +94,7 @@ impl<'a> Lockdown<'a> {
             landlock: true,
             panic_hook: true,
             tgkill_pin: true,
-            keep_fds: KEEP_FDS,
         }
-    }
-
-    /// Keep fd 5 too: the socket to the job's key worker, which the worker only reads and
-    /// writes, as it does its other fds.
-    pub fn keeping_key_link(mut self) -> Self {
-        self.keep_fds = KEEP_FDS + 1;
-        self
     }
 
     /// Leave seccomp out. Only for the escape suite's regression check, which shows what the
@@ -157,9 +147,9 @@ impl<'a> Lockdown<'a> {
         let own_pid = self.tgkill_pin.then(std::process::id);
         let filter = seccomp::compile(&self.policy.seccomp, own_pid)
             .map_err(LockdownError::SeccompCompile)?;
-        close_fds(self.keep_fds).map_err(LockdownError::CloseFds)?;
+        close_fds().map_err(LockdownError::CloseFds)?;
         report.enforced.push("close_fds".into());
-        set_rlimits(&self.rlimits, self.keep_fds)?;
+        set_rlimits(&self.rlimits)?;
         report.enforced.push("rlimits".into());
         if self.namespaces {
             match unshare_namespaces() {
@@ -196,18 +186,17 @@ fn install_panic_hook() {
     }));
 }
 
-fn close_fds(keep: u32) -> io::Result<()> {
-    // SAFETY: close_range closes fds `keep` and above; nothing in the worker holds those (the
-    // parent passes only 0..=4, and 5 when `keep` covers it, and no file has been opened yet), so
-    // no live owner is invalidated.
-    let rc = unsafe { libc::syscall(libc::SYS_close_range, keep, u32::MAX, 0u32) };
+fn close_fds() -> io::Result<()> {
+    // SAFETY: close_range closes fds KEEP_FDS and above; nothing in the worker holds those (the
+    // parent passes only 0..=4, and no file has been opened yet), so no live owner is invalidated.
+    let rc = unsafe { libc::syscall(libc::SYS_close_range, KEEP_FDS, u32::MAX, 0u32) };
     if rc != 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(())
 }
 
-fn set_rlimits(limits: &Rlimits, keep_fds: u32) -> Result<(), LockdownError> {
+fn set_rlimits(limits: &Rlimits) -> Result<(), LockdownError> {
     let fixed = |n: u64| Rlimit {
         current: Some(n),
         maximum: Some(n),
@@ -228,12 +217,12 @@ fn set_rlimits(limits: &Rlimits, keep_fds: u32) -> Result<(), LockdownError> {
             Resource::Fsize,
             fixed(limits.file_size_bytes),
         ),
-        // One fd above the kept ones, for the landlock ruleset (closed again before seccomp,
+        // One fd above the kept five, for the landlock ruleset (closed again before seccomp,
         // which then forbids every call that could create an fd).
         (
             "RLIMIT_NOFILE",
             Resource::Nofile,
-            fixed(u64::from(keep_fds) + 1),
+            fixed(u64::from(KEEP_FDS) + 1),
         ),
         ("RLIMIT_NPROC", Resource::Nproc, fixed(0)),
         ("RLIMIT_CORE", Resource::Core, fixed(0)),

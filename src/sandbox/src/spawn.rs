@@ -22,14 +22,11 @@ pub struct WorkerIo {
     pub report: OwnedFd,
     /// fd 4: the rejects CSV, opened write-only.
     pub rejects: OwnedFd,
-    /// fd 5, when given: one end of the socket pair to the job's key worker.
-    pub key_link: Option<OwnedFd>,
 }
 
 /// The fd numbers of the worker contract.
 pub const REPORT_FD: i32 = 3;
 pub const REJECTS_FD: i32 = 4;
-pub const KEY_LINK_FD: i32 = 5;
 /// Parent-side copies are moved at or above this, clear of 0..=4, before the fork.
 const HIGH_FD: i32 = 10;
 
@@ -42,13 +39,7 @@ pub fn spawn(program: &Path, args: &[&OsStr], io: WorkerIo) -> std::io::Result<C
     // Duplicates above HIGH_FD cannot collide with the targets 3 and 4 in the child.
     let report = fcntl_dupfd_cloexec(&io.report, HIGH_FD)?;
     let rejects = fcntl_dupfd_cloexec(&io.rejects, HIGH_FD)?;
-    let key_link = io
-        .key_link
-        .as_ref()
-        .map(|fd| fcntl_dupfd_cloexec(fd, HIGH_FD))
-        .transpose()?;
     let (report_fd, rejects_fd) = (report.as_raw_fd(), rejects.as_raw_fd());
-    let key_link_fd = key_link.as_ref().map(|fd| fd.as_raw_fd());
     let mut command = Command::new(program);
     command
         .args(args)
@@ -58,18 +49,12 @@ pub fn spawn(program: &Path, args: &[&OsStr], io: WorkerIo) -> std::io::Result<C
         .stderr(Stdio::from(io.diagnostics));
     let parent = std::process::id() as libc::pid_t;
     // SAFETY: the closure runs in the child between fork and exec, where only async-signal-safe
-    // calls are allowed. It calls dup2, prctl and getppid only (dup2 on fds that `report`,
-    // `rejects` and `key_link` keep open in the parent until `spawn` returns), and it allocates
-    // nothing.
+    // calls are allowed. It calls dup2, prctl and getppid only (dup2 on two fds that `report` and
+    // `rejects` keep open in the parent until `spawn` returns), and it allocates nothing.
     unsafe {
         command.pre_exec(move || {
             for (from, to) in [(report_fd, REPORT_FD), (rejects_fd, REJECTS_FD)] {
                 if libc::dup2(from, to) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            if let Some(from) = key_link_fd {
-                if libc::dup2(from, KEY_LINK_FD) < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
             }
@@ -87,7 +72,7 @@ pub fn spawn(program: &Path, args: &[&OsStr], io: WorkerIo) -> std::io::Result<C
         });
     }
     let child = command.spawn();
-    drop((report, rejects, key_link, io.key_link));
+    drop((report, rejects));
     child
 }
 

@@ -280,7 +280,6 @@ fn run_full(name: &str, arg: &str, variant: &str, minus: &str) -> (Ended, String
         diagnostics: err_w,
         report: null(),
         rejects: OwnedFd::from(fd4),
-        key_link: None,
     };
     let args: Vec<&OsStr> = ["probe", name, arg, variant, minus]
         .into_iter()

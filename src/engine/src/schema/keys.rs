@@ -5,14 +5,9 @@
 //! The digest is SipHash-1-3's 128-bit output under a key drawn at random when the run starts
 //! (before the worker locks down: `getrandom` is not on its allowlist), so a file cannot be
 //! crafted to collide.
-//!
-//! The table is kept either here ([`KeySet`]) or, so that the inserts' cache misses run on the
-//! other core, by a second sandboxed process ([`serve`]), to which the engine sends its digests
-//! in batches over a pipe ([`KeyLink`]) while it goes on checking rows.
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
-use std::io::{Read, Write};
 
 use siphasher::sip128::{Hasher128, SipHasher13};
 
@@ -140,8 +135,6 @@ impl KeySet {
     }
 
     pub fn insert(&mut self, digest: u128) -> Insert {
-        // 0 marks an empty slot; a digest from elsewhere (a key link) may be anything.
-        let digest = digest.max(1);
         let mut i = (digest as usize) & self.mask;
         loop {
             let slot = self.slots[i];
@@ -200,174 +193,6 @@ fn max_slots(budget_bytes: usize) -> usize {
     } else {
         slots.next_power_of_two() / 2
     }
-}
-
-// ---- the key worker ----------------------------------------------------------------------
-
-/// The two ends of a key worker's pipe, as the engine sees them: digests go out on `to`,
-/// answers come back on `from`.
-///
-/// The protocol: the engine sends a batch as a little-endian `u32` count `n` (1 to
-/// [`MAX_BATCH`]) and `n` 16-byte little-endian digests; the key worker answers with `n` bytes,
-/// one a digest in order: 0 new, 1 seen before, 2 the budget is spent. A count of 0 ends the
-/// run. The engine has at most two batches unanswered, so the answers it has not yet read
-/// (at most `2 * MAX_BATCH` bytes) always fit the pipe's buffer and neither side can block the
-/// other for good.
-pub struct KeyLink {
-    pub to: Box<dyn Write + Send>,
-    pub from: Box<dyn Read + Send>,
-}
-
-impl std::fmt::Debug for KeyLink {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("KeyLink")
-    }
-}
-
-/// The most digests in one batch.
-pub const MAX_BATCH: usize = 16 * 1024;
-
-/// How much the key worker reads at a time: its memory for messages is fixed.
-const SERVE_CHUNK: usize = 4096;
-/// How many slots the key worker loads together before inserting their digests.
-const TOUCH_AHEAD: usize = 16;
-
-impl KeyLink {
-    /// Send one batch of 1 to [`MAX_BATCH`] digests, through `buf` (a scratch buffer with room
-    /// for `4 + 16 * MAX_BATCH` bytes, so it never grows).
-    pub fn send(
-        &mut self,
-        digests: impl ExactSizeIterator<Item = u128>,
-        buf: &mut Vec<u8>,
-    ) -> std::io::Result<()> {
-        let n = digests.len();
-        if n == 0 || n > MAX_BATCH {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                "a batch of keys must hold 1 to MAX_BATCH digests",
-            ));
-        }
-        buf.clear();
-        buf.extend_from_slice(&(n as u32).to_le_bytes());
-        for d in digests {
-            buf.extend_from_slice(&d.to_le_bytes());
-        }
-        self.to.write_all(buf)?;
-        self.to.flush()
-    }
-
-    /// Read the answers to a batch of `n` digests into `into` (cleared first).
-    pub fn receive(&mut self, n: usize, into: &mut Vec<Insert>) -> std::io::Result<()> {
-        let mut bytes = [0u8; SERVE_CHUNK];
-        into.clear();
-        let mut left = n;
-        while left > 0 {
-            let part = &mut bytes[..left.min(SERVE_CHUNK)];
-            self.from.read_exact(part)?;
-            for &b in part.iter() {
-                into.push(match b {
-                    0 => Insert::New,
-                    1 => Insert::Seen,
-                    2 => Insert::Full,
-                    _ => {
-                        return Err(std::io::Error::new(
-                            std::io::ErrorKind::InvalidData,
-                            "the key worker answered with an unknown byte",
-                        ))
-                    }
-                });
-            }
-            left -= part.len();
-        }
-        Ok(())
-    }
-
-    /// Tell the key worker the run is over.
-    pub fn close(&mut self) -> std::io::Result<()> {
-        self.to.write_all(&0u32.to_le_bytes())?;
-        self.to.flush()
-    }
-}
-
-/// What a key worker did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
-pub struct Served {
-    pub batches: u64,
-    pub keys: u64,
-}
-
-/// The key worker's whole job: keep a [`KeySet`] of `budget_bytes` (first sized for `expected`
-/// keys) and answer batches read from `from` on `to` until a batch of 0 or the end of `from`.
-/// A batch larger than [`MAX_BATCH`], or one cut short, is an error. Memory for messages is
-/// fixed ([`SERVE_CHUNK`] digests at a time).
-pub fn serve<R: Read, W: Write>(
-    mut from: R,
-    mut to: W,
-    budget_bytes: usize,
-    expected: Option<usize>,
-) -> std::io::Result<Served> {
-    let mut set = KeySet::new(budget_bytes, expected);
-    let mut served = Served::default();
-    let mut digests = vec![0u8; SERVE_CHUNK * 16];
-    let mut answers = vec![0u8; SERVE_CHUNK];
-    let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string());
-    loop {
-        let mut count = [0u8; 4];
-        if !read_all_or_nothing(&mut from, &mut count)? {
-            return Ok(served);
-        }
-        let n = u32::from_le_bytes(count) as usize;
-        if n == 0 {
-            return Ok(served);
-        }
-        if n > MAX_BATCH {
-            return Err(bad("a batch larger than the protocol allows"));
-        }
-        served.batches += 1;
-        let mut left = n;
-        while left > 0 {
-            let part = left.min(SERVE_CHUNK);
-            from.read_exact(&mut digests[..part * 16])?;
-            for (d, a) in digests[..part * 16]
-                .chunks(16 * TOUCH_AHEAD)
-                .zip(answers.chunks_mut(TOUCH_AHEAD))
-            {
-                let group = d
-                    .chunks_exact(16)
-                    .map(|d| u128::from_le_bytes(d.try_into().unwrap_or([0; 16])));
-                // As the engine does with its own table: the group's cache misses overlap.
-                set.touch(group.clone());
-                for (digest, a) in group.zip(a.iter_mut()) {
-                    *a = match set.insert(digest) {
-                        Insert::New => 0,
-                        Insert::Seen => 1,
-                        Insert::Full => 2,
-                    };
-                }
-            }
-            // The answers of a batch are written as its digests are read: the engine reads them
-            // only once the batch is sent, and they fit the pipe.
-            to.write_all(&answers[..part])?;
-            left -= part;
-        }
-        to.flush()?;
-        served.keys = set.len() as u64;
-    }
-}
-
-/// Fill `buf` from `r`, or find `r` already at its end (`false`); an end part way is an error.
-fn read_all_or_nothing<R: Read>(r: &mut R, buf: &mut [u8]) -> std::io::Result<bool> {
-    let mut got = 0;
-    while got < buf.len() {
-        match r.read(&mut buf[got..]) {
-            Ok(0) if got == 0 => return Ok(false),
-            Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
-            Ok(n) => got += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(true)
 }
 
 /// A SipHash-1-3 keyed with 128 random bits, which the standard library draws from the kernel

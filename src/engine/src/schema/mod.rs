@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
 
-pub use keys::{serve, Digester, Insert, KeyLink, KeySet, Served, GROWTH_SHARE, MAX_BATCH};
+pub use keys::{Digester, Insert, KeySet, GROWTH_SHARE};
 use value::Bound;
 pub use value::{DateFormat, Kind, StrFormat, Token, Typed};
 
