@@ -197,7 +197,7 @@ fn unique_emails_over_two_hundred_thousand_rows() {
 
 /// Rows at the plan's largest record size wait for their keys like any others: the queue's
 /// buffers are reserved up front and never grow (growing a large one needs `mremap`, which the
-/// allowlist refuses: 40 rows of ~900 KB here once killed the worker with `sandbox_violation`).
+/// allowlist refuses: 40 rows of 960 KiB here once killed the worker with `sandbox_violation`).
 #[test]
 fn rows_of_the_largest_size_wait_for_their_keys_under_the_lockdown() {
     let dir = tempfile::tempdir().unwrap();
@@ -210,8 +210,8 @@ fn rows_of_the_largest_size_wait_for_their_keys_under_the_lockdown() {
     let mut f = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
     let header: Vec<String> = (0..15).map(|j| format!("n{j}")).collect();
     writeln!(f, "email,{}", header.join(",")).unwrap();
-    // An email and 15 cells of up to 65,536 bytes (the default plan's field limit): about
-    // 960 KiB a row, near the plan's record limit of 1 MiB.
+    // An email and 15 cells of up to 65,536 bytes (the default plan's field limit): 983,039
+    // bytes (960 KiB) a row, near the plan's record limit of 1 MiB.
     let cell = "x".repeat(65_536);
     for i in 0..40 {
         let email = format!("u{i}@e.com");

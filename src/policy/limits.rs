@@ -130,7 +130,7 @@ fn validate(name: &str, p: RawPlan) -> Result<Plan, String> {
     // which holds at least a record), on top of the binary and its stacks.
     let min_memory = WORKER_BASE_MEMORY
         + 9 * p.max_record_bytes
-        + MIB
+        + 2 * MIB
         + p.max_field_bytes
         + 16 * (p.max_columns + 1)
         + 64 * p.max_issues;

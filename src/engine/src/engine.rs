@@ -60,6 +60,7 @@ pub fn process<R: Read, O: Write, J: Write>(
             options.input_bytes_hint,
         );
         sink.queue = Queue::new(limits, schema);
+        sink.answers = Vec::with_capacity(sink.queue.pending.capacity());
         sink.schema = Some(state);
     }
     let mut dialect = None;
@@ -626,8 +627,9 @@ struct Sink<O: Write, J: Write> {
 /// How many rows wait for their keys.
 const DEFER_ROWS: usize = 16;
 
-/// Rows waiting for their keys, kept flat: their bytes, cell ends, issues and keys each in one
-/// buffer shared by the queued rows, so queueing a row is a few copies and no allocation. Every
+/// Rows waiting for their keys, kept flat: their bytes, cell ends, issues, keys and missing
+/// fields each in one buffer shared by the queued rows, so queueing a row is a few copies and no
+/// allocation. Every
 /// buffer is reserved up front and never grows (growing a large one would need `mremap`, which
 /// the worker may not call): a row that would not fit settles the queue first, and one row of
 /// the plan's largest size always fits an empty queue.
@@ -644,7 +646,10 @@ struct Queue {
 impl Queue {
     fn new(limits: &Limits, schema: &Schema) -> Queue {
         let rows = DEFER_ROWS;
+        // A row has at most one issue a field and one for the primary key, and one key a unique
+        // field and one for the primary key.
         let fields = schema.fields.len() + 1;
+        let keys = schema.expected_keys(64).max(1);
         Queue {
             rows: Vec::with_capacity(rows),
             // A row's bytes are its record and its delimiters.
@@ -655,14 +660,15 @@ impl Queue {
                     .saturating_add(rows * 128),
             ),
             ends: Vec::with_capacity(limits.max_columns.saturating_add(1).max(rows * 16)),
-            found: Vec::with_capacity(fields.max(rows)),
-            pending: Vec::with_capacity(fields.max(rows * 2)),
-            missed: Vec::with_capacity(fields.max(rows * 4)),
+            // Issues are rare: a queue of rows with many settles early.
+            found: Vec::with_capacity(fields.max(rows * 4)),
+            pending: Vec::with_capacity(fields.max(rows * keys)),
+            missed: Vec::with_capacity(fields * rows),
         }
     }
 
-    /// Whether a row of `bytes` bytes and `ends` cells, with `found` issues and `pending` keys,
-    /// fits without growing a buffer.
+    /// Whether a row of `bytes` bytes and `ends` cells, with the issues, keys and missing
+    /// fields `state` found in it, fits without growing a buffer.
     fn fits(&self, bytes: usize, ends: usize, state: &SchemaState) -> bool {
         let room = |len: usize, cap: usize, more: usize| len.saturating_add(more) <= cap;
         self.rows.len() < self.rows.capacity()
@@ -722,8 +728,6 @@ struct SchemaState {
     steps: Vec<Step>,
     keys: Option<KeySet>,
     digester: Digester,
-    /// Keys the budget holds.
-    capacity: usize,
     counts: Vec<FieldCounts>,
     /// This row's violations.
     found: Vec<Found>,
@@ -781,7 +785,6 @@ impl SchemaState {
             steps: Vec::new(),
             keys,
             digester: Digester::default(),
-            capacity: KeySet::capacity_for(key_budget),
             counts,
             pending,
             found,
@@ -1173,7 +1176,8 @@ impl<O: Write, J: Write> Sink<O, J> {
                 Some(answers) => {
                     state.settle_keys(&q.pending[pending..r.pending_end], answers, &mut issues)
                 }
-                // Fewer answers than keys: only a table that is not there gives none.
+                // Every key has its answer; were one missing, the file would end here rather
+                // than the worker panic.
                 None => Err(()),
             };
             if keys.is_ok() {
@@ -1496,7 +1500,11 @@ impl<O: Write, J: Write> Sink<O, J> {
     }
 
     fn key_budget(&self, record: u64, line: u64) -> Rejection {
-        let keys = self.schema.as_ref().map_or(0, |s| s.capacity);
+        let keys = self
+            .schema
+            .as_ref()
+            .and_then(|s| s.keys.as_ref())
+            .map_or(0, KeySet::capacity);
         Rejection::new(
             Code::KeyBudgetExceeded,
             format!(

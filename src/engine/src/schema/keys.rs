@@ -105,11 +105,6 @@ impl KeySet {
         }
     }
 
-    /// Keys a table of `budget_bytes` holds.
-    pub fn capacity_for(budget_bytes: usize) -> usize {
-        load(max_slots(budget_bytes))
-    }
-
     /// Keys the budget holds.
     pub fn capacity(&self) -> usize {
         self.max_len
@@ -196,7 +191,7 @@ fn max_slots(budget_bytes: usize) -> usize {
 }
 
 /// A SipHash-1-3 keyed with 128 random bits, which the standard library draws from the kernel
-/// (once per process, then varied per table).
+/// (once per process, then varied per digester).
 fn random_hasher() -> SipHasher13 {
     let key = |state: RandomState| state.build_hasher().finish();
     SipHasher13::new_with_keys(key(RandomState::new()), key(RandomState::new()))
@@ -210,7 +205,6 @@ mod tests {
     fn keys_are_found_again_and_the_budget_holds() {
         let mut set = KeySet::new(16 * 64, None);
         assert_eq!(set.capacity(), 56);
-        assert_eq!(KeySet::capacity_for(16 * 64), 56);
         let h = Digester::default();
         let d = |i: i128| h.digest(1, &[Typed::Int(i)]);
         for i in 0..56 {

@@ -260,7 +260,7 @@ impl Schema {
 
     /// Keys a file of `input_bytes` holds if its rows are 64 bytes or more: one a row for each
     /// unique field and the primary key. The key table starts sized for them.
-    pub fn expected_keys(&self, input_bytes: u64) -> usize {
+    pub(crate) fn expected_keys(&self, input_bytes: u64) -> usize {
         let per_row = self.fields.iter().filter(|f| f.unique()).count()
             + usize::from(!self.primary_key().is_empty());
         usize::try_from(input_bytes / 64)
