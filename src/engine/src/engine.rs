@@ -717,6 +717,17 @@ struct Queued {
     counted: usize,
 }
 
+/// Add a judged row's missing values and errors (its first `counted` issues) to the per-field
+/// counts.
+fn count(counts: &mut [FieldCounts], missed: &[u16], found: &[Found], counted: usize) {
+    for &i in missed {
+        counts[usize::from(i)].missing += 1;
+    }
+    for (i, _, _, _) in found.iter().take(counted) {
+        counts[*i].errors += 1;
+    }
+}
+
 /// A violation in a row: (field index, column, code, message).
 type Found = (usize, Option<usize>, Code, String);
 
@@ -976,17 +987,6 @@ impl SchemaState {
         Ok(())
     }
 
-    /// Add a judged row's missing values and errors (its first `counted` issues) to the
-    /// per-field counts.
-    fn count(&mut self, missed: &[u16], found: &[Found], counted: usize) {
-        for &i in missed {
-            self.counts[usize::from(i)].missing += 1;
-        }
-        for (i, _, _, _) in found.iter().take(counted) {
-            self.counts[*i].errors += 1;
-        }
-    }
-
     fn summary(&self) -> SchemaSummary {
         let mut fields = self.counts.clone();
         if let Some(map) = &self.map {
@@ -1181,7 +1181,12 @@ impl<O: Write, J: Write> Sink<O, J> {
                 None => Err(()),
             };
             if keys.is_ok() {
-                state.count(row_missed, &q.found[found..r.found_end], r.counted);
+                count(
+                    &mut state.counts,
+                    row_missed,
+                    &q.found[found..r.found_end],
+                    r.counted,
+                );
             }
             let clean = issues.is_empty();
             state.found = issues;
@@ -1297,13 +1302,12 @@ impl<O: Write, J: Write> Sink<O, J> {
             if state.keys.is_some() {
                 return self.defer(record, line, row);
             }
-            let (missed, found, counted) = (
-                std::mem::take(&mut state.missed),
-                std::mem::take(&mut state.found),
+            count(
+                &mut state.counts,
+                &state.missed,
+                &state.found,
                 state.counted,
             );
-            state.count(&missed, &found, counted);
-            (state.missed, state.found) = (missed, found);
             if !state.found.is_empty() {
                 return self.schema_reject(record, line, row);
             }
