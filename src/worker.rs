@@ -106,6 +106,7 @@ impl WorkerConfig {
             key_budget_bytes: self.schema_key_bytes,
             input_bytes_hint: Some(self.input_bytes),
             parse_path: airlock_engine::ParsePath::default(),
+            helper: None,
         })
     }
 }
@@ -151,13 +152,35 @@ pub fn lock_down(args: &[std::ffi::OsString]) -> Result<LockedDown, ExitCode> {
     };
     let config: WorkerConfig = serde_json::from_str(config)
         .map_err(|_| fail(EXIT_SETUP, "the config argument does not parse"))?;
-    let options = config.options().map_err(|e| fail(EXIT_SETUP, &e))?;
+    let mut options = config.options().map_err(|e| fail(EXIT_SETUP, &e))?;
     let fds = airlock_sandbox::fds::take().map_err(|e| fail(EXIT_SETUP, &e.to_string()))?;
     let fds = std::mem::ManuallyDrop::new(fds);
     // Nothing after this runs outside the sandbox.
-    let lockdown = Lockdown::new(&config.sandbox, config.rlimits)
-        .apply()
+    // With a schema, a second thread checks rows while this one reads and writes: started
+    // inside the lockdown, before seccomp, when the allowlist lets the two threads wait for each
+    // other (an operator's allowlist without futex keeps the worker single-threaded). A thread
+    // that cannot start leaves the checks on this one.
+    let threaded = options.schema.is_some()
+        && config
+            .sandbox
+            .seccomp
+            .rules
+            .iter()
+            .any(|r| r.syscall == "futex");
+    let (lockdown, helper) = Lockdown::new(&config.sandbox, config.rlimits)
+        .apply_with(|| {
+            threaded
+                .then(airlock_engine::Helper::spawn)
+                .and_then(Result::ok)
+        })
         .map_err(|e| fail(EXIT_SANDBOX, &error_chain(&e)))?;
+    if let Some(helper) = helper {
+        let helper = std::sync::Arc::new(helper);
+        // Never dropped: stopping the thread would need calls the allowlist does not have; it
+        // ends with the process.
+        std::mem::forget(helper.clone());
+        options.helper = Some(helper);
+    }
     Ok(LockedDown {
         config,
         options,

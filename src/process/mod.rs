@@ -314,6 +314,12 @@ impl Worker<'_> {
         let worker_done = Arc::new(AtomicBool::new(false));
         let done = worker_done.clone();
         let hasher = std::thread::spawn(move || {
+            // The worker is the job's critical path (with a schema, two threads of it), and this
+            // thread's work can lag and catch up: at a lower priority it takes what the worker
+            // leaves of the cores instead of preempting it. Best effort: nothing else depends
+            // on it.
+            let tid = rustix::thread::gettid();
+            let _ = rustix::process::setpriority_process(Some(tid), HASHER_NICE);
             let input = sha256_file(&to_hash, size)?;
             let [output, rejects] = sha256_following([output_reader, rejects_reader], &done)?;
             Ok::<_, std::io::Error>((input, output, rejects))
@@ -437,6 +443,9 @@ fn sha256_file(file: &File, size: u64) -> std::io::Result<Measured> {
         sha256: hex::encode(hasher.finalize()),
     })
 }
+
+/// The niceness of the parent's hashing thread (the worker's stays at the parent's).
+const HASHER_NICE: i32 = 10;
 
 /// How much of a followed file is written back to disk at a time, while the worker writes on.
 const EARLY_SYNC_BYTES: u64 = 16 << 20;

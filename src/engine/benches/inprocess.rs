@@ -1,7 +1,8 @@
 //! Run the engine in-process over FILE, writing the clean output to OUT (default /dev/null),
 //! and print seconds and MB/s; a third argument, SCHEMA, checks rows against that Table Schema.
 //! `--no-hash` leaves both hashes out (as in the worker, whose parent hashes on another core);
-//! `--csv-core` reads every record with csv-core (the old path). Used by benches/throughput.sh as
+//! `--csv-core` reads every record with csv-core (the old path); `--helper` checks schema batches
+//! on a second thread, as the worker does. Used by benches/throughput.sh as
 //! the no-sandbox reference.
 
 use std::time::Instant;
@@ -33,6 +34,12 @@ fn main() {
     // The old parser, every record through csv-core: the reference for the plain-line path.
     if std::env::args().any(|a| a == "--csv-core") {
         options.parse_path = airlock_engine::ParsePath::CsvCore;
+    }
+    // Schema checks on a second thread, as the worker runs them.
+    if std::env::args().any(|a| a == "--helper") {
+        options.helper = Some(std::sync::Arc::new(
+            airlock_engine::Helper::spawn().unwrap(),
+        ));
     }
     if let Some(schema) = args.get(2) {
         let text = std::fs::read_to_string(schema).unwrap();

@@ -13,10 +13,14 @@ use crate::report::{
     excerpt, Code, Dialect, FieldCounts, InputInfo, Issue, OutputInfo, Rejection, RejectsInfo,
     Report, RowCounts, SchemaSummary, Status,
 };
-use crate::schema::{Digester, HeaderMap, Insert, KeySet, Schema, Typed, Violation};
+use crate::schema::{Digester, HeaderMap, Insert, KeySet, Schema};
+
+mod batch;
 use crate::sniff::sniff_delimiter;
 use crate::text::{self, Source, TextReader};
 use crate::{EngineError, Limits, Options, ParsePath, HEADER_NAME_IN_REPORT};
+pub use batch::Helper;
+use batch::{Batch, CheckPlan, Flight, Found, Pending, Queue, Step, Why, DEPTH};
 
 /// Decoded bytes used to sniff the dialect and the text format.
 const SAMPLE: usize = 64 * 1024;
@@ -59,8 +63,15 @@ pub fn process<R: Read, O: Write, J: Write>(
             options.key_budget_bytes,
             options.input_bytes_hint,
         );
-        sink.queue = Queue::new(limits, schema);
-        sink.answers = Vec::with_capacity(sink.queue.pending.capacity());
+        // A helper helps only with a batch large enough to hand over.
+        sink.flight.helper = options.helper.clone();
+        let helper = sink.flight.helper.is_some();
+        sink.queue = Queue::new(limits, schema, helper);
+        if helper {
+            sink.spare = (0..DEPTH)
+                .map(|_| Queue::new(limits, schema, true))
+                .collect();
+        }
         sink.schema = Some(state);
     }
     let mut dialect = None;
@@ -614,107 +625,16 @@ struct Sink<O: Write, J: Write> {
     rejects_rows: u64,
     rejects_truncated: bool,
     schema: Option<SchemaState>,
-    /// With `unique` or `primaryKey`, checked rows wait here, [`DEFER_ROWS`] at a time, before
-    /// their keys are inserted and they are written: the table is far larger than the caches,
-    /// and the first slots of all their keys are loaded together, so the cache misses overlap
-    /// instead of each stalling its row. Anything else (a blank line, a ragged row, the end)
-    /// settles the queue first, so the report and the files come out in input order.
+    /// With a schema, rows wait here in a batch before they are checked, their keys inserted
+    /// and they are judged and written ([`batch`]): a key table far larger than the caches has
+    /// the cache misses of a batch's keys overlap, and with a helper a full batch is checked on
+    /// its thread while the next one fills. Anything else (a blank line, a ragged row, the end)
+    /// settles every waiting row first, so the report and the files come out in input order.
     queue: Queue,
-    /// What inserting the queue's keys found, in order.
-    answers: Vec<Insert>,
-}
-
-/// How many rows wait for their keys.
-const DEFER_ROWS: usize = 16;
-
-/// Rows waiting for their keys, kept flat: their bytes, cell ends, issues, keys and missing
-/// fields each in one buffer shared by the queued rows, so queueing a row is a few copies and no
-/// allocation. Every
-/// buffer is reserved up front and never grows (growing a large one would need `mremap`, which
-/// the worker may not call): a row that would not fit settles the queue first, and one row of
-/// the plan's largest size always fits an empty queue.
-#[derive(Debug, Default)]
-struct Queue {
-    rows: Vec<Queued>,
-    bytes: Vec<u8>,
-    ends: Vec<usize>,
-    found: Vec<Found>,
-    pending: Vec<Pending>,
-    missed: Vec<u16>,
-}
-
-impl Queue {
-    fn new(limits: &Limits, schema: &Schema) -> Queue {
-        let rows = DEFER_ROWS;
-        // A row has at most one issue a field and one for the primary key, and one key a unique
-        // field and one for the primary key.
-        let fields = schema.fields.len() + 1;
-        let keys = schema.expected_keys(64).max(1);
-        Queue {
-            rows: Vec::with_capacity(rows),
-            // A row's bytes are its record and its delimiters.
-            bytes: Vec::with_capacity(
-                limits
-                    .max_record_bytes
-                    .saturating_add(limits.max_columns)
-                    .saturating_add(rows * 128),
-            ),
-            ends: Vec::with_capacity(limits.max_columns.saturating_add(1).max(rows * 16)),
-            // Issues are rare: a queue of rows with many settles early.
-            found: Vec::with_capacity(fields.max(rows * 4)),
-            pending: Vec::with_capacity(fields.max(rows * keys)),
-            missed: Vec::with_capacity(fields * rows),
-        }
-    }
-
-    /// Whether a row of `bytes` bytes and `ends` cells, with the issues, keys and missing
-    /// fields `state` found in it, fits without growing a buffer.
-    fn fits(&self, bytes: usize, ends: usize, state: &SchemaState) -> bool {
-        let room = |len: usize, cap: usize, more: usize| len.saturating_add(more) <= cap;
-        self.rows.len() < self.rows.capacity()
-            && room(self.bytes.len(), self.bytes.capacity(), bytes)
-            && room(self.ends.len(), self.ends.capacity(), ends)
-            && room(self.found.len(), self.found.capacity(), state.found.len())
-            && room(
-                self.pending.len(),
-                self.pending.capacity(),
-                state.pending.len(),
-            )
-            && room(
-                self.missed.len(),
-                self.missed.capacity(),
-                state.missed.len(),
-            )
-    }
-
-    fn is_full(&self) -> bool {
-        self.rows.len() >= DEFER_ROWS
-    }
-
-    fn clear(&mut self) {
-        self.rows.clear();
-        self.bytes.clear();
-        self.ends.clear();
-        self.found.clear();
-        self.pending.clear();
-        self.missed.clear();
-    }
-}
-
-/// One queued row: where its parts end in the [`Queue`]'s buffers.
-#[derive(Debug, Clone, Copy)]
-struct Queued {
-    record: u64,
-    line: u64,
-    sep: Option<u8>,
-    quick: Option<Quick>,
-    bytes_end: usize,
-    ends_end: usize,
-    found_end: usize,
-    pending_end: usize,
-    missed_end: usize,
-    /// How many of the row's issues count as field errors.
-    counted: usize,
+    /// Empty batches, while fewer than [`DEPTH`] are with the helper.
+    spare: Vec<Queue>,
+    /// The helper, and the rows of the batch it is checking.
+    flight: Flight,
 }
 
 /// Add a judged row's missing values and errors (its first `counted` issues) to the per-field
@@ -723,54 +643,24 @@ fn count(counts: &mut [FieldCounts], missed: &[u16], found: &[Found], counted: u
     for &i in missed {
         counts[usize::from(i)].missing += 1;
     }
-    for (i, _, _, _) in found.iter().take(counted) {
-        counts[*i].errors += 1;
+    for f in found.iter().take(counted) {
+        counts[f.field].errors += 1;
     }
 }
-
-/// A violation in a row: (field index, column, code, message).
-type Found = (usize, Option<usize>, Code, String);
 
 /// A schema being checked: the header's mapping once read, the keys, and per-field counts.
 struct SchemaState {
     schema: std::sync::Arc<Schema>,
     map: Option<HeaderMap>,
-    /// What to do for each field, in field order, worked out once the header is mapped.
-    steps: Vec<Step>,
+    /// How to check a row, once the header is mapped.
+    plan: Option<std::sync::Arc<CheckPlan>>,
+    /// The key table; with the helper while it checks a batch.
     keys: Option<KeySet>,
-    digester: Digester,
+    /// Keys the table holds.
+    key_capacity: usize,
     counts: Vec<FieldCounts>,
-    /// This row's violations.
+    /// The row being judged: its violations, then its keys' `unique_error`s.
     found: Vec<Found>,
-    /// This row's keys (`unique` values, the primary key), to insert once it leaves the queue.
-    pending: Vec<Pending>,
-    /// The fields this row misses, and how many of `found` count as field errors: added to
-    /// `counts` only once the row is judged, so rows checked ahead of the end of a file are
-    /// not counted.
-    missed: Vec<u16>,
-    counted: usize,
-}
-
-/// One field's part of checking a row.
-#[derive(Debug, Clone, Copy)]
-struct Step {
-    field: usize,
-    /// The data column that carries it; none: every row misses it.
-    column: Option<usize>,
-    required: bool,
-    /// A present value needs checking (not a plain string), or keeping (`unique`).
-    check: bool,
-    unique: bool,
-}
-
-/// A key to insert: the field (the first of a primary key), its column (none for a primary
-/// key) and the digest.
-#[derive(Debug, Clone, Copy)]
-struct Pending {
-    field: usize,
-    column: Option<usize>,
-    digest: u128,
-    primary_key: bool,
 }
 
 impl SchemaState {
@@ -787,160 +677,16 @@ impl SchemaState {
                 ..FieldCounts::default()
             })
             .collect();
-        let schema_fields = schema.fields.len();
-        let found = Vec::with_capacity(schema.fields.len() + 1);
-        let pending = Vec::with_capacity(schema.fields.len());
+        let found = Vec::with_capacity(schema.fields.len() * 2 + 1);
         SchemaState {
             schema,
             map: None,
-            steps: Vec::new(),
+            plan: None,
+            key_capacity: keys.as_ref().map_or(0, KeySet::capacity),
             keys,
-            digester: Digester::default(),
             counts,
-            pending,
             found,
-            missed: Vec::with_capacity(schema_fields),
-            counted: 0,
         }
-    }
-
-    /// Check one row (its cells at `ends` in `buf`); violations land in `self.found`. `Err`: the
-    /// key memory is spent.
-    fn check_row(&mut self, row: Row<'_>) -> Result<(), ()> {
-        self.found.clear();
-        self.pending.clear();
-        self.missed.clear();
-        self.counted = 0;
-        let Some(map) = &self.map else { return Ok(()) };
-        let schema = &*self.schema;
-        let sep = usize::from(row.sep.is_some());
-        let bytes_at = |c: usize| -> &[u8] {
-            let start = match c {
-                0 => 0,
-                _ => row.ends[c - 1] + sep,
-            };
-            &row.buf[start..row.ends[c]]
-        };
-        for step in &self.steps {
-            let (i, column) = (step.field, step.column);
-            let bytes = column.map(bytes_at);
-            let missing = bytes.is_none_or(|c| schema.is_missing(c));
-            if missing {
-                self.missed.push(i as u16);
-                if step.required {
-                    let field = &schema.fields[i];
-                    self.found.push((
-                        i,
-                        column,
-                        Code::ConstraintError,
-                        format!("field {:?} is required, and this cell is empty", field.name),
-                    ));
-                }
-                continue;
-            }
-            if !step.check {
-                continue;
-            }
-            let field = &schema.fields[i];
-            let cell = bytes.unwrap_or_default();
-            let result = if step.unique {
-                match field.check_value(cell) {
-                    Ok(typed) => {
-                        if self.keys.is_none() {
-                            return Err(());
-                        }
-                        let digest = self.digester.digest(i as u64, std::slice::from_ref(&typed));
-                        self.pending.push(Pending {
-                            field: i,
-                            column,
-                            digest,
-                            primary_key: false,
-                        });
-                        Ok(())
-                    }
-                    Err(v) => Err(v),
-                }
-            } else {
-                field.check(cell)
-            };
-            match result {
-                Ok(()) => {}
-                Err(Violation::Type) => self.found.push((
-                    i,
-                    column,
-                    Code::TypeError,
-                    format!(
-                        "the cell is not a valid {} for field {:?}",
-                        field.describe(),
-                        field.name
-                    ),
-                )),
-                Err(Violation::Constraint(which)) => self.found.push((
-                    i,
-                    column,
-                    Code::ConstraintError,
-                    match field.bound_text(which) {
-                        Some(bound) => format!(
-                            "the cell breaks field {:?}'s {which} constraint ({bound})",
-                            field.name
-                        ),
-                        None => format!(
-                            "the cell breaks field {:?}'s {which} constraint",
-                            field.name
-                        ),
-                    },
-                )),
-            }
-        }
-        // The issues so far count as their fields' errors (a primary key's do not), once the
-        // row is judged (`count`).
-        self.counted = self.found.len();
-        let key = schema.primary_key();
-        if !key.is_empty() {
-            // A key cell that is missing or does not parse counts as null; an all-null key is an
-            // error, a partly null one is compared as it is (as the reference validator does).
-            let mut values: [Option<Typed>; 8] = [None; 8];
-            let mut all_null = true;
-            let mut overflow = Vec::new();
-            for (n, &i) in key.iter().enumerate() {
-                let v = map.found[i]
-                    .filter(|&c| !schema.is_missing(bytes_at(c)))
-                    .and_then(|c| schema.fields[i].check_value(bytes_at(c)).ok());
-                all_null &= v.is_none();
-                if n < values.len() {
-                    values[n] = v;
-                } else {
-                    overflow.push(v);
-                }
-            }
-            if all_null {
-                self.found.push((
-                    key[0],
-                    None,
-                    Code::UniqueError,
-                    "the primary key is empty".into(),
-                ));
-            } else {
-                if self.keys.is_none() {
-                    return Err(());
-                }
-                let parts: Vec<Typed> = values
-                    .iter()
-                    .take(key.len())
-                    .copied()
-                    .chain(overflow)
-                    .map(|v| v.unwrap_or(Typed::Null))
-                    .collect();
-                let digest = self.digester.digest(u64::MAX, &parts);
-                self.pending.push(Pending {
-                    field: key[0],
-                    column: None,
-                    digest,
-                    primary_key: true,
-                });
-            }
-        }
-        Ok(())
     }
 
     /// Settle a row's keys from what inserting them found (`answers`, in the same order); a
@@ -955,26 +701,22 @@ impl SchemaState {
         for (p, answer) in pending.iter().zip(answers) {
             match answer {
                 Insert::New => {}
-                Insert::Seen => found.push((
-                    p.field,
-                    p.column,
-                    Code::UniqueError,
-                    if p.primary_key {
-                        "the primary key is in an earlier row".into()
+                Insert::Seen => found.push(Found {
+                    field: p.field,
+                    column: p.column,
+                    why: if p.primary_key {
+                        Why::PrimaryKeySeen
                     } else {
-                        format!(
-                            "field {:?} is unique, and this value is in an earlier row",
-                            self.schema.fields[p.field].name
-                        )
+                        Why::Unique
                     },
-                )),
+                }),
                 Insert::Full => return Err(()),
             }
         }
         for p in pending.iter().filter(|p| !p.primary_key) {
             if found[before..]
                 .iter()
-                .any(|f| f.0 == p.field && f.1 == p.column)
+                .any(|f| f.field == p.field && f.column == p.column)
             {
                 self.counts[p.field].errors += 1;
             }
@@ -982,11 +724,10 @@ impl SchemaState {
         // A field's unique_error among its row's other issues in field order (a primary key's
         // last), as if each key had been inserted as its cell was checked.
         if found.len() > before && before > 0 {
-            found.sort_by_key(|f| (f.1.is_none() && f.2 == Code::UniqueError, f.0));
+            found.sort_by_key(|f| (f.column.is_none() && f.code() == Code::UniqueError, f.field));
         }
         Ok(())
     }
-
     fn summary(&self) -> SchemaSummary {
         let mut fields = self.counts.clone();
         if let Some(map) = &self.map {
@@ -1030,7 +771,8 @@ impl<O: Write, J: Write> Sink<O, J> {
             rejects_truncated: false,
             schema: None,
             queue: Queue::default(),
-            answers: Vec::new(),
+            spare: Vec::new(),
+            flight: Flight::default(),
         })
     }
 
@@ -1082,80 +824,125 @@ impl<O: Write, J: Write> Sink<O, J> {
         self.note(Code::BlankRow, row, line, None, "blank row skipped".into());
     }
 
-    /// Queue a checked row (its issues and keys are in the schema state) for its keys.
+    /// Queue a row for the schema's checks. A full batch goes to the helper (or is checked and
+    /// settled here, without one).
     fn defer(&mut self, record: u64, line: u64, row: Row<'_>) -> Outcome {
-        let Some(state) = &mut self.schema else {
-            return Ok(Ok(()));
-        };
-        if !self.queue.fits(row.bytes().len(), row.ends.len(), state) {
-            // Settling rows works in the schema state's buffers: this row's part waits aside.
-            let mut row_found = std::mem::take(&mut state.found);
-            let mut row_pending = std::mem::take(&mut state.pending);
-            let mut row_missed = std::mem::take(&mut state.missed);
-            let earlier = self.flush_deferred()?;
-            let Some(state) = &mut self.schema else {
-                return Ok(earlier);
-            };
-            std::mem::swap(&mut state.found, &mut row_found);
-            std::mem::swap(&mut state.pending, &mut row_pending);
-            std::mem::swap(&mut state.missed, &mut row_missed);
+        if !self.queue.fits(row.bytes().len(), row.ends.len()) {
+            let earlier = self.next_batch()?;
             if earlier.is_err() {
                 // The file ended before this row: it was never judged.
                 self.rows.total -= 1;
                 return Ok(earlier);
             }
         }
-        let Some(state) = &mut self.schema else {
-            return Ok(Ok(()));
-        };
-        let q = &mut self.queue;
-        q.bytes.extend_from_slice(row.bytes());
-        q.ends.extend_from_slice(row.ends);
-        q.found.append(&mut state.found);
-        q.pending.extend_from_slice(&state.pending);
-        q.missed.extend_from_slice(&state.missed);
-        q.rows.push(Queued {
-            record,
-            line,
-            sep: row.sep,
-            quick: row.quick,
-            bytes_end: q.bytes.len(),
-            ends_end: q.ends.len(),
-            found_end: q.found.len(),
-            pending_end: q.pending.len(),
-            missed_end: q.missed.len(),
-            counted: state.counted,
-        });
-        if q.is_full() {
-            return self.flush_deferred();
+        self.queue.push(record, line, row);
+        if self.queue.is_full() {
+            return self.next_batch();
         }
         Ok(Ok(()))
     }
 
-    /// Settle every queued row, in order: insert its keys, then write it. Stops at the first
-    /// row that ends the file; the rows after it were never judged.
-    fn flush_deferred(&mut self) -> Outcome {
-        if self.queue.rows.is_empty() {
+    /// The batch is full. With a helper: hand it over; when [`DEPTH`] batches are already out,
+    /// first take back the oldest, and settle it while the helper checks the others (this
+    /// thread writes while the helper checks). Without one: check and settle it here.
+    fn next_batch(&mut self) -> Outcome {
+        let (Some(helper), Some(state)) = (self.flight.helper.clone(), &mut self.schema) else {
+            return self.flush_deferred();
+        };
+        let Some(plan) = state.plan.clone() else {
+            return self.flush_deferred();
+        };
+        let taken = if self.flight.batches >= DEPTH {
+            self.flight.take()
+        } else {
+            None
+        };
+        let (next, settle) = match taken {
+            Some(batch) => (batch.queue, true),
+            None => match self.spare.pop() {
+                Some(spare) => (spare, false),
+                None => return self.flush_deferred(),
+            },
+        };
+        let full = std::mem::replace(&mut self.queue, next);
+        let keys = state.keys.take();
+        self.flight
+            .submit(&helper, Batch { plan, queue: full }, keys);
+        if !settle {
             return Ok(Ok(()));
         }
-        let mut q = std::mem::take(&mut self.queue);
-        let mut answers = std::mem::take(&mut self.answers);
-        answers.clear();
-        if let Some(keys) = self.schema.as_mut().and_then(|s| s.keys.as_mut()) {
-            // Independent loads, issued together: their cache misses overlap.
-            keys.touch(q.pending.iter().map(|p| p.digest));
-            answers.extend(q.pending.iter().map(|p| keys.insert(p.digest)));
+        // The batch filling next is the one taken back: settle it, then empty it.
+        let mut taken = std::mem::take(&mut self.queue);
+        let outcome = self.settle(&taken);
+        taken.clear();
+        self.queue = taken;
+        let outcome = outcome?;
+        if outcome.is_err() {
+            self.discard_in_flight();
         }
-        let outcome = self.settle(&q, &answers);
+        Ok(outcome)
+    }
+
+    /// Take back every batch with the helper and drop its rows (the file ended before them);
+    /// then the key table.
+    fn discard_in_flight(&mut self) {
+        while let Some(mut batch) = self.flight.take() {
+            self.rows.total -= batch.queue.rows.len() as u64;
+            batch.queue.clear();
+            self.spare.push(batch.queue);
+        }
+        self.take_keys_back();
+    }
+
+    /// With every batch back from the helper, the key table is too.
+    fn take_keys_back(&mut self) {
+        if let (Some(helper), Some(state)) = (&self.flight.helper, &mut self.schema) {
+            if state.keys.is_none() {
+                state.keys = helper.take_keys();
+            }
+        }
+    }
+
+    /// Take back every batch the helper has, in order, and settle it. If one ends the file,
+    /// the rows queued after it are never judged.
+    fn settle_in_flight(&mut self) -> Outcome {
+        while let Some(mut batch) = self.flight.take() {
+            let outcome = self.settle(&batch.queue);
+            batch.queue.clear();
+            self.spare.push(batch.queue);
+            let outcome = outcome?;
+            if outcome.is_err() {
+                self.discard_in_flight();
+                self.rows.total -= self.queue.rows.len() as u64;
+                self.queue.clear();
+                return Ok(outcome);
+            }
+        }
+        self.take_keys_back();
+        Ok(Ok(()))
+    }
+
+    /// Settle every waiting row, in order: the helper's batch, then the one filling, checked
+    /// here. Stops at the first row that ends the file; the rows after it were never judged.
+    fn flush_deferred(&mut self) -> Outcome {
+        let earlier = self.settle_in_flight()?;
+        if earlier.is_err() || self.queue.rows.is_empty() {
+            return Ok(earlier);
+        }
+        let mut q = std::mem::take(&mut self.queue);
+        if let Some(plan) = self.schema.as_ref().and_then(|s| s.plan.clone()) {
+            let keys = self.schema.as_mut().and_then(|s| s.keys.as_mut());
+            q.check(&plan, keys);
+        }
+        let outcome = self.settle(&q);
         q.clear();
         self.queue = q;
-        self.answers = answers;
         outcome
     }
 
-    /// Settle the rows of `q`, whose keys found `answers`, in order: then write each. Stops at
-    /// the first row that ends the file; the rows after it were never judged.
-    fn settle(&mut self, q: &Queue, answers: &[Insert]) -> Outcome {
+    /// Settle the rows of `q`, checked and their keys inserted, in order: then write each.
+    /// Stops at the first row that ends the file; the rows after it were never judged.
+    fn settle(&mut self, q: &Queue) -> Outcome {
         let (mut bytes, mut ends, mut found, mut pending, mut missed) = (0, 0, 0, 0, 0);
         let mut outcome = Ok(());
         for (n, r) in q.rows.iter().enumerate() {
@@ -1172,12 +959,11 @@ impl<O: Write, J: Write> Sink<O, J> {
             issues.clear();
             issues.extend_from_slice(&q.found[found..r.found_end]);
             let row_missed = &q.missed[missed..r.missed_end];
-            let keys = match answers.get(pending..r.pending_end) {
-                Some(answers) => {
-                    state.settle_keys(&q.pending[pending..r.pending_end], answers, &mut issues)
-                }
-                // Every key has its answer; were one missing, the file would end here rather
-                // than the worker panic.
+            let row_pending = &q.pending[pending..r.pending_end];
+            let keys = match q.answers.get(pending..r.pending_end) {
+                Some(answers) => state.settle_keys(row_pending, answers, &mut issues),
+                // A key without its answer: the table is spent (or was never there), and the
+                // file ends here rather than the worker panic.
                 None => Err(()),
             };
             if keys.is_ok() {
@@ -1213,7 +999,6 @@ impl<O: Write, J: Write> Sink<O, J> {
         }
         Ok(outcome)
     }
-
     fn accept(&mut self, record: u64, line: u64, row: Row<'_>) -> Outcome {
         let guard = match row.quick {
             Some(q) if !q.trigger => false,
@@ -1274,7 +1059,9 @@ impl<O: Write, J: Write> Sink<O, J> {
         if self.header.is_none() {
             return self.header(record, line, row);
         }
-        let data_rows = self.rows.accepted + self.rows.rejected + self.queue.rows.len() as u64;
+        let data_rows = self.rows.accepted
+            + self.rows.rejected
+            + (self.queue.rows.len() + self.flight.rows) as u64;
         if data_rows >= self.limits.max_rows {
             let max = self.limits.max_rows;
             return Ok(Err(Rejection::new(
@@ -1293,24 +1080,8 @@ impl<O: Write, J: Write> Sink<O, J> {
             }
             return self.ragged(record, line, row);
         }
-        if let Some(state) = &mut self.schema {
-            if state.check_row(row).is_err() {
-                // The file ends here: this row is neither accepted nor rejected.
-                self.rows.total -= 1;
-                return Ok(Err(self.key_budget(record, line)));
-            }
-            if state.keys.is_some() {
-                return self.defer(record, line, row);
-            }
-            count(
-                &mut state.counts,
-                &state.missed,
-                &state.found,
-                state.counted,
-            );
-            if !state.found.is_empty() {
-                return self.schema_reject(record, line, row);
-            }
+        if self.schema.is_some() {
+            return self.defer(record, line, row);
         }
         self.accept(record, line, row)
     }
@@ -1343,7 +1114,7 @@ impl<O: Write, J: Write> Sink<O, J> {
         if let Some(state) = &mut self.schema {
             match state.schema.map_header(&names) {
                 Ok(map) => {
-                    state.steps = state
+                    let steps = state
                         .schema
                         .fields
                         .iter()
@@ -1356,6 +1127,12 @@ impl<O: Write, J: Write> Sink<O, J> {
                             unique: f.unique(),
                         })
                         .collect();
+                    state.plan = Some(std::sync::Arc::new(CheckPlan {
+                        schema: state.schema.clone(),
+                        steps,
+                        columns: map.found.clone(),
+                        digester: Digester::default(),
+                    }));
                     state.map = Some(map);
                 }
                 Err(m) => {
@@ -1480,15 +1257,15 @@ impl<O: Write, J: Write> Sink<O, J> {
         let Some(mut state) = self.schema.take() else {
             return Ok(Ok(()));
         };
-        for (i, column, code, message) in state.found.drain(..) {
-            let field = &state.schema.fields[i].name;
+        for found in state.found.drain(..) {
+            let field = &state.schema.fields[found.field].name;
             self.note_field(
-                code,
+                found.code(),
                 record,
                 line,
-                column.map(|c| c as u64 + 1),
+                found.column.map(|c| c as u64 + 1),
                 Some(field),
-                message,
+                found.message(&state.schema),
             );
         }
         self.schema = Some(state);
@@ -1504,11 +1281,7 @@ impl<O: Write, J: Write> Sink<O, J> {
     }
 
     fn key_budget(&self, record: u64, line: u64) -> Rejection {
-        let keys = self
-            .schema
-            .as_ref()
-            .and_then(|s| s.keys.as_ref())
-            .map_or(0, KeySet::capacity);
+        let keys = self.schema.as_ref().map_or(0, |s| s.key_capacity);
         Rejection::new(
             Code::KeyBudgetExceeded,
             format!(

@@ -45,7 +45,7 @@ pub use airlock_report::{
     REJECTS_FLOOR,
 };
 pub use encoding_rs::Encoding;
-pub use engine::process;
+pub use engine::{process, Helper};
 
 /// How to read one file.
 #[derive(Debug, Clone)]
@@ -71,6 +71,9 @@ pub struct Options {
     pub input_bytes_hint: Option<u64>,
     /// How records are read; [`ParsePath::PlainLines`] unless a test wants the oracle.
     pub parse_path: ParsePath,
+    /// A second thread that checks batches of rows against the schema while the engine reads
+    /// on (see [`Helper`]); without it every check runs on the caller's thread.
+    pub helper: Option<std::sync::Arc<Helper>>,
 }
 
 /// How the engine turns text into records.
@@ -101,6 +104,7 @@ impl Default for Options {
             key_budget_bytes: DEFAULT_KEY_BUDGET,
             input_bytes_hint: None,
             parse_path: ParsePath::default(),
+            helper: None,
         }
     }
 }

@@ -82,6 +82,7 @@ pub struct Lockdown<'a> {
     landlock: bool,
     panic_hook: bool,
     tgkill_pin: bool,
+    tsync: bool,
 }
 
 impl<'a> Lockdown<'a> {
@@ -94,6 +95,7 @@ impl<'a> Lockdown<'a> {
             landlock: true,
             panic_hook: true,
             tgkill_pin: true,
+            tsync: true,
         }
     }
 
@@ -128,6 +130,14 @@ impl<'a> Lockdown<'a> {
         self
     }
 
+    /// Install the seccomp filter on the calling thread only (escape suite only): the control
+    /// that shows TSYNC is what puts a thread started during the lockdown under the filter.
+    #[doc(hidden)]
+    pub fn without_tsync_for_tests(mut self) -> Self {
+        self.tsync = false;
+        self
+    }
+
     /// Leave `tgkill` unpinned from the worker's own pid (escape suite only): the control that
     /// shows the pin is what keeps SIGABRT from other processes below landlock ABI 6.
     #[doc(hidden)]
@@ -139,6 +149,21 @@ impl<'a> Lockdown<'a> {
     /// Every step, in order. Nothing may run between this and reading the input except the
     /// engine itself.
     pub fn apply(self) -> Result<LockdownReport, LockdownError> {
+        self.apply_with(|| ()).map(|(report, ())| report)
+    }
+
+    /// [`Lockdown::apply`], running `start_threads` after every layer but the last two: the
+    /// threads it starts inherit the namespaces, the empty capability sets, no_new_privs and the
+    /// landlock domain from this thread, then `RLIMIT_NPROC` drops to 0 (no more threads or
+    /// processes) and the seccomp filter is installed on every thread at once (TSYNC). So the
+    /// allowlist needs no `clone`, and no thread ever runs outside the sandbox once the worker
+    /// reads a byte. `start_threads` must return only once its threads have made the calls a
+    /// starting thread makes. Every thread shares the one malloc arena (`M_ARENA_MAX` = 1), so no
+    /// thread maps an arena of its own (64 MiB of address space) or needs `mprotect` to grow it.
+    pub fn apply_with<T>(
+        self,
+        start_threads: impl FnOnce() -> T,
+    ) -> Result<(LockdownReport, T), LockdownError> {
         let mut report = LockdownReport::default();
         if self.panic_hook {
             install_panic_hook();
@@ -169,11 +194,17 @@ impl<'a> Lockdown<'a> {
                 .map_err(LockdownError::Landlock)?;
             report.enforced.push("landlock".into());
         }
+        one_malloc_arena();
+        let threads = start_threads();
+        setrlimit(Resource::Nproc, fixed(0)).map_err(|e| LockdownError::Rlimit {
+            resource: "RLIMIT_NPROC",
+            source: e.into(),
+        })?;
         if self.seccomp {
-            seccomp::apply(&filter).map_err(LockdownError::SeccompApply)?;
+            seccomp::apply(&filter, self.tsync).map_err(LockdownError::SeccompApply)?;
             report.enforced.push("seccomp".into());
         }
-        Ok(report)
+        Ok((report, threads))
     }
 }
 
@@ -196,11 +227,27 @@ fn close_fds() -> io::Result<()> {
     Ok(())
 }
 
-fn set_rlimits(limits: &Rlimits) -> Result<(), LockdownError> {
-    let fixed = |n: u64| Rlimit {
+/// A soft and hard limit of `n`.
+fn fixed(n: u64) -> Rlimit {
+    Rlimit {
         current: Some(n),
         maximum: Some(n),
-    };
+    }
+}
+
+/// Every thread allocates from the main arena (grown with `brk`, large blocks mapped with
+/// `mmap`): a second arena would reserve 64 MiB of address space and grow with `mprotect`.
+fn one_malloc_arena() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only sets a glibc allocator parameter; it takes no pointers, and the
+    // arena count may change at any time (it affects only arenas created later).
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
+}
+
+/// Every limit but `RLIMIT_NPROC`, which drops to 0 once the worker's threads have started.
+fn set_rlimits(limits: &Rlimits) -> Result<(), LockdownError> {
     let steps = [
         ("RLIMIT_AS", Resource::As, fixed(limits.address_space_bytes)),
         // The soft limit sends SIGXCPU (cpu_limit); the hard one a second later is a backstop.
@@ -224,7 +271,6 @@ fn set_rlimits(limits: &Rlimits) -> Result<(), LockdownError> {
             Resource::Nofile,
             fixed(u64::from(KEEP_FDS) + 1),
         ),
-        ("RLIMIT_NPROC", Resource::Nproc, fixed(0)),
         ("RLIMIT_CORE", Resource::Core, fixed(0)),
         ("RLIMIT_MEMLOCK", Resource::Memlock, fixed(0)),
     ];

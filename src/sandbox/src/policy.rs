@@ -177,20 +177,38 @@ impl SeccompPolicy {
                     rule.syscall
                 ));
             }
+            // A call listed more than once is allowed when any entry's conditions hold: each
+            // entry must then have conditions (one without would allow every call), and all the
+            // same action.
             if !seen.insert(rule.syscall.as_str()) {
-                return Err(format!("{:?} is listed twice", rule.syscall));
+                let entries = || self.rules.iter().filter(|r| r.syscall == rule.syscall);
+                if entries().any(|r| r.args.as_ref().is_none_or(Vec::is_empty))
+                    || entries().any(|r| r.action != rule.action)
+                {
+                    return Err(format!(
+                        "{:?} is listed twice; a call listed more than once needs conditions (args) in every entry, and one action",
+                        rule.syscall
+                    ));
+                }
             }
         }
         if !seen.contains("tgkill") {
             return self.check_mmap();
         }
         // tgkill lets abort() raise SIGABRT; any other signal could reach other processes' threads.
-        let tgkill = self.rules.iter().find(|r| r.syscall == "tgkill");
-        let limited = tgkill.and_then(|r| r.args.as_ref()).is_some_and(|args| {
-            args.iter().any(|a| {
-                a.index == 2 && a.op == ArgOp::Simple("eq".into()) && a.val == libc::SIGABRT as u64
-            })
-        });
+        let limited = self
+            .rules
+            .iter()
+            .filter(|r| r.syscall == "tgkill")
+            .all(|r| {
+                r.args.as_ref().is_some_and(|args| {
+                    args.iter().any(|a| {
+                        a.index == 2
+                            && a.op == ArgOp::Simple("eq".into())
+                            && a.val == libc::SIGABRT as u64
+                    })
+                })
+            });
         if !limited {
             return Err("tgkill must be limited to SIGABRT (args index 2 eq 6)".into());
         }
@@ -202,9 +220,13 @@ impl SeccompPolicy {
     /// MAP_SHARED|MAP_PRIVATE|MAP_ANONYMOUS equal MAP_PRIVATE|MAP_ANONYMOUS), so no file the
     /// worker holds can be mapped and rewritten behind the parent's back.
     fn check_mmap(&self) -> Result<(), String> {
-        let Some(mmap) = self.rules.iter().find(|r| r.syscall == "mmap") else {
-            return Ok(());
-        };
+        for mmap in self.rules.iter().filter(|r| r.syscall == "mmap") {
+            Self::check_one_mmap(mmap)?;
+        }
+        Ok(())
+    }
+
+    fn check_one_mmap(mmap: &SyscallRule) -> Result<(), String> {
         let exec = libc::PROT_EXEC as u64;
         let no_exec = mmap.args.as_ref().is_some_and(|args| {
             args.iter().any(|a| {

@@ -30,10 +30,17 @@ pub fn compile(policy: &SeccompPolicy, own_pid: Option<u32>) -> Result<Compiled,
     Ok(Compiled(programs))
 }
 
-/// Install every filter on this thread (the worker has no other). Requires no_new_privs.
-pub fn apply(compiled: &Compiled) -> Result<(), String> {
+/// Install every filter on every thread of the worker at once (TSYNC: a thread the worker
+/// started during the lockdown gets the same filters). Requires no_new_privs. `all_threads`
+/// false installs them on the calling thread only: the escape suite's control.
+pub fn apply(compiled: &Compiled, all_threads: bool) -> Result<(), String> {
     for program in &compiled.0 {
-        seccompiler::apply_filter(program).map_err(|e| e.to_string())?;
+        if all_threads {
+            seccompiler::apply_filter_all_threads(program)
+        } else {
+            seccompiler::apply_filter(program)
+        }
+        .map_err(|e| e.to_string())?;
     }
     Ok(())
 }

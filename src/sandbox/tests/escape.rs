@@ -16,6 +16,7 @@ use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixListener;
 use std::os::unix::process::ExitStatusExt;
 use std::process::ExitCode;
+use std::sync::{Arc, Condvar, Mutex};
 
 use airlock_sandbox::lockdown::{Lockdown, Rlimits};
 use airlock_sandbox::policy::SandboxPolicy;
@@ -71,6 +72,11 @@ fn probe(name: &str, arg: &str) {
     // into freed memory and the child exits right after.
     let result = match name {
         "nothing" => "ok".to_string(),
+        // With `thread`, both threads churn the allocator at once.
+        "malloc_race" => {
+            malloc_churn();
+            "ok".to_string()
+        }
         "read_file" => io_result(std::fs::read(arg)),
         "write_file" => io_result(std::fs::write(arg, b"escaped")),
         "proc_environ" => io_result(std::fs::read("/proc/self/environ")),
@@ -199,6 +205,14 @@ fn probe(name: &str, arg: &str) {
     std::process::exit(0);
 }
 
+/// Blocks past glibc's per-thread cache and below its mmap threshold: each takes the arena lock.
+fn malloc_churn() {
+    for i in 0..400_000usize {
+        let v: Vec<u8> = Vec::with_capacity(2048 + (i % 64) * 64);
+        std::hint::black_box(&v);
+    }
+}
+
 fn child(args: &[String]) -> ExitCode {
     let [name, arg, variant, policy_minus] = args else {
         return ExitCode::from(2);
@@ -206,8 +220,23 @@ fn child(args: &[String]) -> ExitCode {
     let fds = std::mem::ManuallyDrop::new(airlock_sandbox::fds::take().expect("worker fds"));
     let _ = &fds;
     let mut policy = SandboxPolicy::built_in().expect("production policy");
-    if !policy_minus.is_empty() {
-        policy.seccomp.rules.retain(|r| r.syscall != *policy_minus);
+    // `call` takes out every entry of the call; `call=N` only the one whose second argument
+    // must equal N.
+    match policy_minus.split_once('=') {
+        Some((call, val)) => {
+            let val: u64 = val.parse().expect("call=N");
+            policy.seccomp.rules.retain(|r| {
+                r.syscall != call
+                    || !r
+                        .args
+                        .as_ref()
+                        .is_some_and(|a| a.iter().any(|c| c.index == 1 && c.val == val))
+            });
+        }
+        None if !policy_minus.is_empty() => {
+            policy.seccomp.rules.retain(|r| r.syscall != *policy_minus);
+        }
+        None => {}
     }
     let mut rlimits = DEFAULT_RLIMITS;
     if variant.contains("cpu1") {
@@ -233,12 +262,58 @@ fn child(args: &[String]) -> ExitCode {
     if variant.contains("no-pin") {
         lockdown = lockdown.without_tgkill_pin_for_tests();
     }
-    if let Err(e) = lockdown.apply() {
+    if variant.contains("no-tsync") {
+        lockdown = lockdown.without_tsync_for_tests();
+    }
+    if !variant.contains("thread") {
+        if let Err(e) = lockdown.apply() {
+            say(&format!("lockdown failed: {e}"));
+            return ExitCode::from(3);
+        }
+        probe(name, arg);
+        return ExitCode::SUCCESS;
+    }
+    // `thread`: the probe runs on a second thread, started during the lockdown as the worker
+    // starts its helper, once the lockdown is complete.
+    let gate = Arc::new((Mutex::new(0u8), Condvar::new()));
+    let started = lockdown.apply_with(|| {
+        let theirs = gate.clone();
+        let (name, arg) = (name.clone(), arg.clone());
+        std::thread::spawn(move || {
+            let (lock, cv) = &*theirs;
+            let mut state = lock.lock().unwrap();
+            *state = 1;
+            cv.notify_all();
+            while *state != 2 {
+                state = cv.wait(state).unwrap();
+            }
+            drop(state);
+            probe(&name, &arg);
+        });
+        let (lock, cv) = &*gate;
+        let mut state = lock.lock().unwrap();
+        while *state != 1 {
+            state = cv.wait(state).unwrap();
+        }
+    });
+    if let Err(e) = started {
         say(&format!("lockdown failed: {e}"));
         return ExitCode::from(3);
     }
-    probe(name, arg);
-    ExitCode::SUCCESS
+    let (lock, cv) = &*gate;
+    let mut state = lock.lock().unwrap();
+    *state = 2;
+    cv.notify_all();
+    if name == "malloc_race" {
+        drop(state);
+        malloc_churn();
+        state = lock.lock().unwrap();
+    }
+    // The probe ends the process; this thread waits (a join would need calls the allowlist
+    // does not have).
+    loop {
+        state = cv.wait(state).unwrap();
+    }
 }
 
 // ---- parent side -------------------------------------------------------------------------
@@ -460,6 +535,45 @@ fn main() -> ExitCode {
     for (what, probe, arg) in &killed_probes {
         s.killed(what, probe, arg, "full");
     }
+    // The worker's helper thread, started during the lockdown before seccomp, is as locked down
+    // as the thread that started it.
+    let ended = run("nothing", "", "full-thread", "");
+    s.check(
+        "a harmless probe on a thread started in the lockdown runs to completion",
+        ended == Ended::Exit(0, "ok".into()),
+        &ended,
+    );
+    for (what, probe, arg) in &killed_probes {
+        s.killed(
+            &format!("{what}, from a thread started in the lockdown"),
+            probe,
+            arg,
+            "full-thread",
+        );
+    }
+    // Two threads racing for the allocator: they share one arena (a second arena would need
+    // mprotect, which kills), and its lock's waits are FUTEX_WAIT|PRIVATE, which the allowlist
+    // needs for that.
+    let ended = run("malloc_race", "", "full-thread", "");
+    s.check(
+        "two threads racing for the allocator under the lockdown finish",
+        ended == Ended::Exit(0, "ok".into()),
+        &ended,
+    );
+    let ended = run("malloc_race", "", "full-thread", "futex=128");
+    s.check(
+        "futex FUTEX_WAIT|PRIVATE is needed by the allocator lock the threads share",
+        ended == Ended::Signal(libc::SIGSYS),
+        &ended,
+    );
+    // Control: with the filter installed on the calling thread only (no TSYNC), the thread
+    // escapes seccomp: opening a socket works from it.
+    let ended = run("socket", "inet", "full-thread-no-tsync", "");
+    s.check(
+        "control: without TSYNC, a socket opens from the thread",
+        matches!(&ended, Ended::Exit(0, out) if out.starts_with("ok")),
+        &ended,
+    );
 
     let ended = run("env_count", "", "full", "");
     s.check(
@@ -588,6 +702,13 @@ fn main() -> ExitCode {
         let ended = run(probe, arg, "no-seccomp-no-ns", "");
         s.check(
             &format!("landlock alone denies {what} (errno {errno})"),
+            errno_of(&ended) == Some(errno),
+            &ended,
+        );
+        // The thread the lockdown starts inherits the landlock domain.
+        let ended = run(probe, arg, "no-seccomp-no-ns-thread", "");
+        s.check(
+            &format!("landlock alone denies {what} from a thread started in the lockdown"),
             errno_of(&ended) == Some(errno),
             &ended,
         );
