@@ -158,15 +158,10 @@ pub fn lock_down(args: &[std::ffi::OsString]) -> Result<LockedDown, ExitCode> {
     // Nothing after this runs outside the sandbox.
     // With a schema, a second thread checks rows while this one reads and writes: started
     // inside the lockdown, before seccomp, when the allowlist lets the two threads wait for each
-    // other (an operator's allowlist without futex keeps the worker single-threaded). A thread
+    // other and kills the whole process on a violation (an operator's allowlist without that
+    // keeps the worker single-threaded). A thread
     // that cannot start leaves the checks on this one.
-    let threaded = options.schema.is_some()
-        && config
-            .sandbox
-            .seccomp
-            .rules
-            .iter()
-            .any(|r| r.syscall == "futex");
+    let threaded = options.schema.is_some() && config.sandbox.seccomp.allows_helper_thread();
     let (lockdown, helper) = Lockdown::new(&config.sandbox, config.rlimits)
         .apply_with(|| {
             threaded

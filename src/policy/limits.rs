@@ -127,13 +127,14 @@ fn validate(name: &str, p: RawPlan) -> Result<Plan, String> {
     }
     // What the engine reserves up front (parser, carry-over, rejects and output buffers, the
     // guard's scratch, field ends, and with a schema four batches of rows waiting to be checked
-    // (one filling, three with the helper), each holding at least a record and up to 1.7 MiB of
-    // lists, and the helper thread's 1 MiB stack), on top of the binary and its stacks.
+    // (one filling, three with the helper), each holding at least a record, its cells' ends and
+    // up to 1.7 MiB of lists, and the helper thread's 1 MiB stack), on top of the binary and its
+    // stacks. With a pattern the `regex` crate runs, each thread keeps its own cache for it.
     let min_memory = WORKER_BASE_MEMORY
         + 12 * p.max_record_bytes
         + 10 * MIB
         + p.max_field_bytes
-        + 16 * (p.max_columns + 1)
+        + 48 * (p.max_columns + 1)
         + 64 * p.max_issues;
     check(
         "worker_memory_bytes",

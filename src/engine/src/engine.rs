@@ -20,7 +20,7 @@ use crate::sniff::sniff_delimiter;
 use crate::text::{self, Source, TextReader};
 use crate::{EngineError, Limits, Options, ParsePath, HEADER_NAME_IN_REPORT};
 pub use batch::Helper;
-use batch::{Batch, CheckPlan, Flight, Found, Pending, Queue, Step, Why, DEPTH};
+use batch::{Batch, CheckPlan, Flight, Found, Pending, Queue, Step, Why, DEPTH, MIN_HANDOFF_ROWS};
 
 /// Decoded bytes used to sniff the dialect and the text format.
 const SAMPLE: usize = 64 * 1024;
@@ -64,7 +64,8 @@ pub fn process<R: Read, O: Write, J: Write>(
             options.input_bytes_hint,
         );
         // A helper helps only with a batch large enough to hand over.
-        sink.flight.helper = options.helper.clone();
+        // One run at a time: a helper another run holds is not used.
+        sink.flight.helper = options.helper.clone().filter(|h| h.claim());
         let helper = sink.flight.helper.is_some();
         sink.queue = Queue::new(limits, schema, helper);
         if helper {
@@ -139,11 +140,11 @@ fn run<R: Read, O: Write, J: Write>(
         .delimiter
         .unwrap_or_else(|| sniff_delimiter(&sample, complete));
     let mut parser = Parser::new(delimiter, &options.limits, options.parse_path);
-    let finish = |parser: &Parser, dialect: &mut Option<Dialect>| {
+    let finish = |parser: &Parser, ended: Option<&'static str>, dialect: &mut Option<Dialect>| {
         *dialect = Some(Dialect {
             delimiter: (delimiter as char).to_string(),
             quote: "\"".into(),
-            line_terminator: parser.lines.style().into(),
+            line_terminator: ended.unwrap_or(parser.lines.style()).into(),
         });
     };
     sink.input_seen = text.bytes_in();
@@ -161,12 +162,12 @@ fn run<R: Read, O: Write, J: Write>(
             }
         }
     }
-    finish(&parser, dialect);
-    // Rows still waiting for their keys came before whatever ended the input.
+    // Rows still waiting for their checks came before whatever ended the input.
     let earlier = sink.flush_deferred()?;
     if earlier.is_err() {
         outcome = earlier;
     }
+    finish(&parser, sink.ended_style, dialect);
     if outcome.is_ok() {
         let trailing = parser.lines.trailing_blank_lines();
         let blanks = sink.blank_lines(trailing, parser.lines.last_content_line() + 1)?;
@@ -509,6 +510,7 @@ fn emit<O: Write, J: Write>(
     }
     *prev_end_line = lines.last_content_line();
     lines.mark_record_end();
+    sink.style = lines.settled_style();
     sink.record(line, row)
 }
 
@@ -633,8 +635,12 @@ struct Sink<O: Write, J: Write> {
     queue: Queue,
     /// Empty batches, while fewer than [`DEPTH`] are with the helper.
     spare: Vec<Queue>,
-    /// The helper, and the rows of the batch it is checking.
+    /// The helper, and the batches it is checking.
     flight: Flight,
+    /// The line breaks seen up to the record being handed in.
+    style: &'static str,
+    /// The line breaks seen up to the row that ended the file, when a queued row did.
+    ended_style: Option<&'static str>,
 }
 
 /// Add a judged row's missing values and errors (its first `counted` issues) to the per-field
@@ -773,6 +779,8 @@ impl<O: Write, J: Write> Sink<O, J> {
             queue: Queue::default(),
             spare: Vec::new(),
             flight: Flight::default(),
+            style: "lf",
+            ended_style: None,
         })
     }
 
@@ -835,7 +843,8 @@ impl<O: Write, J: Write> Sink<O, J> {
                 return Ok(earlier);
             }
         }
-        self.queue.push(record, line, row);
+        self.queue
+            .push((record, line), row, self.input_seen, self.style);
         if self.queue.is_full() {
             return self.next_batch();
         }
@@ -852,6 +861,9 @@ impl<O: Write, J: Write> Sink<O, J> {
         let Some(plan) = state.plan.clone() else {
             return self.flush_deferred();
         };
+        if self.queue.rows.len() < MIN_HANDOFF_ROWS {
+            return self.flush_deferred();
+        }
         let taken = if self.flight.batches >= DEPTH {
             self.flight.take()
         } else {
@@ -976,15 +988,20 @@ impl<O: Write, J: Write> Sink<O, J> {
             }
             let clean = issues.is_empty();
             state.found = issues;
+            // The rejects budget as it stood when the row was read.
+            let seen = std::mem::replace(&mut self.input_seen, r.input_seen);
             outcome = if keys.is_err() {
                 self.rows.total -= 1;
-                Err(self.key_budget(r.record, r.line))
+                Ok(Err(self.key_budget(r.record, r.line)))
             } else if clean {
-                self.accept(r.record, r.line, row)?
+                self.accept(r.record, r.line, row)
             } else {
-                self.schema_reject(r.record, r.line, row)?
-            };
+                self.schema_reject(r.record, r.line, row)
+            }
+            .inspect(|_| self.input_seen = seen)?;
+            self.input_seen = seen;
             if outcome.is_err() {
+                self.ended_style = Some(r.style);
                 // The file ends at this row: the rows after it were never judged.
                 self.rows.total -= (q.rows.len() - n - 1) as u64;
                 break;

@@ -110,7 +110,17 @@ impl Lines {
 
     /// `lf`, `crlf`, `cr` or `mixed`. A file without any terminator reports `lf`.
     pub(crate) fn style(&self) -> &'static str {
-        match (self.lf > 0, self.crlf > 0, self.cr > 0) {
+        self.style_of(self.cr)
+    }
+
+    /// [`Lines::style`] of the breaks settled so far: a CR that the next byte may yet turn into
+    /// half of a CRLF is left out.
+    pub(crate) fn settled_style(&self) -> &'static str {
+        self.style_of(self.cr - u64::from(self.prev_cr))
+    }
+
+    fn style_of(&self, cr: u64) -> &'static str {
+        match (self.lf > 0, self.crlf > 0, cr > 0) {
             (_, false, false) => "lf",
             (false, true, false) => "crlf",
             (false, false, true) => "cr",

@@ -11,8 +11,8 @@ use proptest::prelude::*;
 
 /// A file of `rows` data rows drawn from `seed`: `rare` in 1,000 rows is something other than
 /// a plain valid row; with `long`, one of those kinds is a field over the limit (which ends the
-/// file).
-fn file(seed: u64, rows: usize, rare: u64, long: bool) -> Vec<u8> {
+/// file). The first `crlf` rows end in CRLF, the rest in LF.
+fn file(seed: u64, rows: usize, rare: u64, long: bool, crlf: usize) -> Vec<u8> {
     let mut state = seed | 1;
     let mut next = move || {
         // xorshift64*
@@ -21,7 +21,10 @@ fn file(seed: u64, rows: usize, rare: u64, long: bool) -> Vec<u8> {
         state ^= state >> 27;
         state.wrapping_mul(0x2545_F491_4F6C_DD1D)
     };
-    let mut f = b"id,email,n,country\n".to_vec();
+    let mut f = match crlf {
+        0 => b"id,email,n,country\n".to_vec(),
+        _ => b"id,email,n,country\r\n".to_vec(),
+    };
     for i in 0..rows {
         let roll = next() % 1000;
         let line = if roll >= rare {
@@ -39,7 +42,13 @@ fn file(seed: u64, rows: usize, rare: u64, long: bool) -> Vec<u8> {
                 _ => format!("{i},{},5,ES\n", "z".repeat(300)),
             }
         };
-        f.extend_from_slice(line.as_bytes());
+        match line.strip_suffix('\n') {
+            Some(l) if i < crlf => {
+                f.extend_from_slice(l.as_bytes());
+                f.extend_from_slice(b"\r\n");
+            }
+            _ => f.extend_from_slice(line.as_bytes()),
+        }
     }
     f
 }
@@ -72,8 +81,28 @@ fn options(key_budget: usize, max_rows: u64, helper: Option<Arc<Helper>>) -> Opt
     }
 }
 
+/// Reads at most `step` bytes per call: the engine's chunks are that small.
+struct Trickle<'a> {
+    bytes: &'a [u8],
+    step: usize,
+}
+
+impl std::io::Read for Trickle<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.step.min(buf.len()).min(self.bytes.len());
+        buf[..n].copy_from_slice(&self.bytes[..n]);
+        self.bytes = &self.bytes[n..];
+        Ok(n)
+    }
+}
+
 fn run(input: &[u8], options: &Options) -> (Vec<u8>, Vec<u8>, String) {
+    run_in(input, usize::MAX, options)
+}
+
+fn run_in(input: &[u8], step: usize, options: &Options) -> (Vec<u8>, Vec<u8>, String) {
     let (mut out, mut rej) = (Vec::new(), Vec::new());
+    let input = Trickle { bytes: input, step };
     let report = process(input, &mut out, &mut rej, options).expect("in-memory I/O cannot fail");
     let report = serde_json::to_string_pretty(&report).expect("the report serializes");
     (out, rej, report)
@@ -88,13 +117,15 @@ proptest! {
         rows in 0usize..30_000,
         rare in prop_oneof![Just(0u64), 1u64..30, Just(1000)],
         long in prop_oneof![4 => Just(false), 1 => Just(true)],
+        crlf in prop_oneof![Just(0usize), 0usize..30_000],
+        step in prop_oneof![Just(usize::MAX), 512usize..65_536],
         key_budget in prop_oneof![Just(64usize << 20), (16usize * 64)..(16 * 4096)],
         max_rows in prop_oneof![Just(u64::MAX), 1u64..12_000],
     ) {
-        let input = file(seed, rows, rare, long);
+        let input = file(seed, rows, rare, long, crlf);
         let helper = Arc::new(Helper::spawn().expect("a thread starts"));
-        let alone = run(&input, &options(key_budget, max_rows, None));
-        let helped = run(&input, &options(key_budget, max_rows, Some(helper)));
+        let alone = run_in(&input, step, &options(key_budget, max_rows, None));
+        let helped = run_in(&input, step, &options(key_budget, max_rows, Some(helper)));
         prop_assert_eq!(&alone.2, &helped.2, "report");
         prop_assert!(alone.0 == helped.0, "clean output differs");
         prop_assert!(alone.1 == helped.1, "rejects differ");
@@ -121,7 +152,7 @@ impl std::io::Write for Failing {
 
 #[test]
 fn a_run_that_fails_with_a_batch_out_leaves_the_helper_ready_for_the_next() {
-    let input = file(7, 30_000, 20, false);
+    let input = file(7, 30_000, 20, false, 0);
     let helper = Arc::new(Helper::spawn().expect("a thread starts"));
     let helped = options(64 << 20, u64::MAX, Some(helper.clone()));
     // The output fails while batches are with the helper.
@@ -143,4 +174,19 @@ fn a_run_that_fails_with_a_batch_out_leaves_the_helper_ready_for_the_next() {
         "the file breaks the schema in places: {}",
         report["rows"]
     );
+}
+
+#[test]
+fn a_file_the_key_budget_ends_is_described_as_far_as_that_row() {
+    // The first 2,000 rows end in CRLF; the key budget (56 keys, two a row) ends the file near
+    // row 28, long before the LF rows, which the helper's read-ahead (four batches of 3,276
+    // rows) reaches. Reads of 4 KiB keep the engine's chunks small.
+    let input = file(3, 30_000, 0, false, 2_000);
+    let helper = Arc::new(Helper::spawn().expect("a thread starts"));
+    let alone = run_in(&input, 4096, &options(16 * 64, u64::MAX, None));
+    let helped = run_in(&input, 4096, &options(16 * 64, u64::MAX, Some(helper)));
+    let report: serde_json::Value = serde_json::from_str(&alone.2).unwrap();
+    assert_eq!(report["rejection"]["code"], "key_budget_exceeded");
+    assert_eq!(report["dialect"]["line_terminator"], "crlf");
+    assert_eq!(alone.2, helped.2);
 }

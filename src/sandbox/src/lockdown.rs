@@ -196,12 +196,23 @@ impl<'a> Lockdown<'a> {
         }
         one_malloc_arena();
         let threads = start_threads();
-        setrlimit(Resource::Nproc, fixed(0)).map_err(|e| LockdownError::Rlimit {
-            resource: "RLIMIT_NPROC",
-            source: e.into(),
-        })?;
+        let last = || -> Result<(), LockdownError> {
+            setrlimit(Resource::Nproc, fixed(0)).map_err(|e| LockdownError::Rlimit {
+                resource: "RLIMIT_NPROC",
+                source: e.into(),
+            })?;
+            if self.seccomp {
+                seccomp::apply(&filter, self.tsync).map_err(LockdownError::SeccompApply)?;
+            }
+            Ok(())
+        };
+        if let Err(e) = last() {
+            // The worker exits on this error; stopping its threads first (a join, their exit)
+            // could need calls a partly installed filter refuses.
+            std::mem::forget(threads);
+            return Err(e);
+        }
         if self.seccomp {
-            seccomp::apply(&filter, self.tsync).map_err(LockdownError::SeccompApply)?;
             report.enforced.push("seccomp".into());
         }
         Ok((report, threads))
@@ -286,7 +297,8 @@ fn set_rlimits(limits: &Rlimits) -> Result<(), LockdownError> {
 fn unshare_namespaces() -> io::Result<()> {
     use rustix::thread::UnshareFlags as F;
     let flags = F::NEWUSER | F::NEWNET | F::NEWIPC | F::NEWUTS | F::NEWNS;
-    // SAFETY: the worker is single-threaded (it was just exec'd and starts no threads), so no
+    // SAFETY: the worker is single-threaded here (it was just exec'd; its helper thread starts
+    // only after landlock, later in the lockdown), so no
     // other thread can observe the change; FILES is not among the flags, so fd tables are shared
     // with nobody.
     unsafe { rustix::thread::unshare_unsafe(flags) }.map_err(io::Error::from)

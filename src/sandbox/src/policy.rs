@@ -8,6 +8,11 @@ use serde::{Deserialize, Serialize};
 pub const BUILT_IN_SECCOMP: &str = include_str!("../../../policies/seccomp.json");
 pub const BUILT_IN_SANDBOX: &str = include_str!("../../../policies/sandbox.toml");
 
+/// The futex operations the worker's two threads use: FUTEX_WAIT, FUTEX_WAKE and
+/// FUTEX_WAIT_BITSET, each with FUTEX_PRIVATE_FLAG (glibc's allocator lock, std's Mutex and
+/// Condvar).
+pub const FUTEX_OPS: [u64; 3] = [128, 129, 137];
+
 /// Syscalls that would let the worker reach outside its box. Never allowed, whatever the policy
 /// file says.
 pub const FORBIDDEN: &[&str] = &[
@@ -192,6 +197,7 @@ impl SeccompPolicy {
                 }
             }
         }
+        self.check_futex()?;
         if !seen.contains("tgkill") {
             return self.check_mmap();
         }
@@ -213,6 +219,40 @@ impl SeccompPolicy {
             return Err("tgkill must be limited to SIGABRT (args index 2 eq 6)".into());
         }
         self.check_mmap()
+    }
+
+    /// futex is for the schema helper thread: each entry pins the operation (argument 1) to one
+    /// of [`FUTEX_OPS`], so no priority-inheritance, requeue or shared-memory operation is ever
+    /// allowed.
+    fn check_futex(&self) -> Result<(), String> {
+        for futex in self.rules.iter().filter(|r| r.syscall == "futex") {
+            let pinned = futex.args.as_ref().is_some_and(|args| {
+                args.iter().any(|a| {
+                    a.index == 1 && a.op == ArgOp::Simple("eq".into()) && FUTEX_OPS.contains(&a.val)
+                })
+            });
+            if !pinned {
+                return Err(format!(
+                    "each futex entry must pin its operation (args index 1 eq) to one of {FUTEX_OPS:?}"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the allowlist lets the worker run its schema helper thread: it kills the whole
+    /// process on a violation (with kill_thread, the other thread would wait forever), and
+    /// allows each of [`FUTEX_OPS`].
+    pub fn allows_helper_thread(&self) -> bool {
+        self.default_action == DefaultAction::KillProcess
+            && FUTEX_OPS.iter().all(|op| {
+                self.rules.iter().any(|r| {
+                    r.syscall == "futex"
+                        && r.args
+                            .as_ref()
+                            .is_some_and(|args| args.iter().any(|a| a.index == 1 && a.val == *op))
+                })
+            })
     }
 
     /// mmap must not hand out executable memory (its `prot` argument is masked against
@@ -256,7 +296,7 @@ impl SeccompPolicy {
     /// The allowlist as seccompiler JSON filters: the allowlist proper, and (if any rule asks for
     /// it) a second filter that turns the `errno_enosys` calls into ENOSYS. Seccomp stacks them
     /// and the most restrictive verdict wins.
-    /// The filters in seccompiler's JSON, for a worker whose pid (and, single-threaded, tid) is
+    /// The filters in seccompiler's JSON, for a worker whose pid (the tgid of both its threads) is
     /// `own_pid`: `tgkill` is pinned to it, so abort()'s SIGABRT can reach no other process —
     /// without a pid namespace, and on kernels without landlock's signal scope (ABI < 6), the
     /// signal number alone would let the worker abort its supervisor.
@@ -499,6 +539,42 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("private anonymous"));
+    }
+
+    #[test]
+    fn futex_entries_pin_their_operation_and_gate_the_helper_thread() {
+        let built_in = SeccompPolicy::parse(BUILT_IN_SECCOMP).unwrap();
+        assert!(built_in.allows_helper_thread());
+        // A bare futex entry would allow every operation (PI, requeue): refused.
+        let bare = BUILT_IN_SECCOMP.replace(
+            "{\"syscall\": \"read\",",
+            "{\"syscall\": \"futex\", \"comment\": \"x\"},\n    {\"syscall\": \"read\",",
+        );
+        assert!(SeccompPolicy::parse(&bare)
+            .unwrap_err()
+            .to_string()
+            .contains("futex"));
+        // So is an operation outside the three, and a second entry with conditions is fine.
+        let lock_pi = BUILT_IN_SECCOMP.replace("\"val\": 128,", "\"val\": 134,");
+        assert!(SeccompPolicy::parse(&lock_pi).is_err());
+        // Without one of the three, or killing only the thread, the worker stays single-threaded.
+        let mut fewer = built_in.clone();
+        fewer
+            .rules
+            .retain(|r| !(r.syscall == "futex" && r.args.as_ref().unwrap()[0].val == 128));
+        assert!(fewer.validate().is_ok() && !fewer.allows_helper_thread());
+        let mut thread_only = built_in.clone();
+        thread_only.default_action = DefaultAction::KillThread;
+        assert!(!thread_only.allows_helper_thread());
+        // A second unconditional entry for a listed call is refused.
+        let twice = BUILT_IN_SECCOMP.replace(
+            "{\"syscall\": \"read\",",
+            "{\"syscall\": \"brk\", \"comment\": \"x\"},\n    {\"syscall\": \"read\",",
+        );
+        assert!(SeccompPolicy::parse(&twice)
+            .unwrap_err()
+            .to_string()
+            .contains("twice"));
     }
 
     #[test]

@@ -34,7 +34,9 @@ pub fn compile(policy: &SeccompPolicy, own_pid: Option<u32>) -> Result<Compiled,
 /// started during the lockdown gets the same filters). Requires no_new_privs. `all_threads`
 /// false installs them on the calling thread only: the escape suite's control.
 pub fn apply(compiled: &Compiled, all_threads: bool) -> Result<(), String> {
-    for program in &compiled.0 {
+    // The ENOSYS filter (if any) first: once the allowlist is in, installing another filter
+    // (prctl, seccomp) would be refused. Stacked filters give the same verdicts in either order.
+    for program in compiled.0.iter().rev() {
         if all_threads {
             seccompiler::apply_filter_all_threads(program)
         } else {

@@ -560,6 +560,16 @@ fn main() -> ExitCode {
         ended == Ended::Exit(0, "ok".into()),
         &ended,
     );
+    // The threads' handshake after the lockdown waits (std's Condvar: FUTEX_WAIT_BITSET) and
+    // wakes (FUTEX_WAKE): without either entry it is killed.
+    for (op, name) in [(137, "FUTEX_WAIT_BITSET"), (129, "FUTEX_WAKE")] {
+        let ended = run("nothing", "", "full-thread", &format!("futex={op}"));
+        s.check(
+            &format!("futex {name}|PRIVATE is needed by the two threads' handshake"),
+            ended == Ended::Signal(libc::SIGSYS),
+            &ended,
+        );
+    }
     let ended = run("malloc_race", "", "full-thread", "futex=128");
     s.check(
         "futex FUTEX_WAIT|PRIVATE is needed by the allocator lock the threads share",

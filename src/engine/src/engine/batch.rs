@@ -243,6 +243,11 @@ pub(super) struct Queued {
     pub missed_end: usize,
     /// How many of the row's issues count as field errors.
     pub counted: usize,
+    /// Input read when the row was queued (the rejects budget as it stood then) and the line
+    /// breaks seen so far: a row that ends the file is judged, and the file described, as
+    /// when it was read, however far reading got before the row was settled.
+    pub input_seen: u64,
+    pub style: &'static str,
 }
 
 /// A batch of rows, kept flat: their bytes and cell ends, and once checked their issues, keys,
@@ -305,7 +310,13 @@ impl Queue {
     }
 
     /// Queue a row, unchecked.
-    pub fn push(&mut self, record: u64, line: u64, row: Row<'_>) {
+    pub fn push(
+        &mut self,
+        (record, line): (u64, u64),
+        row: Row<'_>,
+        input_seen: u64,
+        style: &'static str,
+    ) {
         self.bytes.extend_from_slice(row.bytes());
         self.ends.extend_from_slice(row.ends);
         self.rows.push(Queued {
@@ -319,6 +330,8 @@ impl Queue {
             pending_end: 0,
             missed_end: 0,
             counted: 0,
+            input_seen,
+            style,
         });
     }
 
@@ -372,6 +385,10 @@ pub(super) struct Batch {
     pub queue: Queue,
 }
 
+/// A full batch of fewer rows than this (rows of very many cells) is checked on the engine's
+/// thread: handing it over would cost more than checking it.
+pub(super) const MIN_HANDOFF_ROWS: usize = 64;
+
 /// Batches with the helper at most: a few, so that neither thread waits for the other when
 /// one of them is briefly off its core (the parent's hashing shares the two).
 pub(super) const DEPTH: usize = 3;
@@ -405,8 +422,15 @@ impl Flight {
 }
 
 impl Drop for Flight {
+    /// Take back every batch and the key table, then free the helper for the next run.
     fn drop(&mut self) {
         while self.take().is_some() {}
+        if let Some(helper) = &self.helper {
+            drop(helper.take_keys());
+            helper
+                .busy
+                .store(false, std::sync::atomic::Ordering::Release);
+        }
     }
 }
 
@@ -416,6 +440,8 @@ struct State {
     /// The thread has reached its loop.
     started: bool,
     stop: bool,
+    /// Checking a batch panicked (in the worker the panic hook ends the process first).
+    dead: bool,
     todo: std::collections::VecDeque<Batch>,
     done: std::collections::VecDeque<Batch>,
     /// The key table, whenever the engine's thread does not hold it: the helper takes it for
@@ -438,6 +464,8 @@ struct Shared {
 pub struct Helper {
     shared: Arc<Shared>,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// A run is using it; a second run at the same time goes without.
+    busy: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Helper {
@@ -476,6 +504,7 @@ impl Helper {
         Ok(Helper {
             shared,
             thread: Some(thread),
+            busy: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -497,12 +526,21 @@ impl Helper {
             if let Some(batch) = state.done.pop_front() {
                 return batch;
             }
+            assert!(!state.dead, "the schema helper thread panicked");
             state = self
                 .shared
                 .changed
                 .wait(state)
                 .unwrap_or_else(PoisonError::into_inner);
         }
+    }
+
+    /// Claim the helper for one run; false if another run has it.
+    pub(super) fn claim(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        self.busy
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
     }
 
     /// The key table back, once every batch is: the engine's thread checks the next rows itself.
@@ -526,6 +564,9 @@ fn lock(shared: &Shared) -> std::sync::MutexGuard<'_, State> {
 }
 
 fn helper_loop(shared: &Shared) {
+    // This thread's random keys (for the hash maps of the regex caches it will build), drawn
+    // now: in the worker, before the lockdown's seccomp filter, which has no getrandom.
+    crate::schema::prepare();
     let mut state = lock(shared);
     state.started = true;
     shared.changed.notify_all();
@@ -542,8 +583,16 @@ fn helper_loop(shared: &Shared) {
         };
         let mut keys = state.keys.take();
         drop(state);
-        batch.queue.check(&batch.plan, keys.as_mut());
+        let checked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            batch.queue.check(&batch.plan, keys.as_mut());
+        }));
         state = lock(shared);
+        if checked.is_err() {
+            // The engine's thread would wait for this batch forever: it panics instead.
+            state.dead = true;
+            shared.changed.notify_all();
+            return;
+        }
         state.keys = keys;
         state.done.push_back(batch);
         shared.changed.notify_all();

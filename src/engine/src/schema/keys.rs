@@ -191,7 +191,7 @@ fn max_slots(budget_bytes: usize) -> usize {
 }
 
 /// A SipHash-1-3 keyed with 128 random bits, which the standard library draws from the kernel
-/// (once per process, then varied per digester).
+/// (once per thread, then varied per digester).
 fn random_hasher() -> SipHasher13 {
     let key = |state: RandomState| state.build_hasher().finish();
     SipHasher13::new_with_keys(key(RandomState::new()), key(RandomState::new()))

@@ -31,9 +31,10 @@ pub const MAX_FIELDS: usize = 1024;
 pub const MAX_NAME_BYTES: usize = 256;
 pub const MAX_NAMES_BYTES: usize = 16 * 1024;
 
-/// Draw, in this process, the random keys that key digests use (the standard library reads them
-/// from the kernel once, on first use). The worker calls this before it locks down, since
-/// `getrandom` is not on its allowlist.
+/// Draw, on this thread, the random keys that key digests and hash maps use (the standard library
+/// reads them from the kernel on a thread's first use, and keeps them per thread). The worker
+/// calls this on each of its threads before it locks down, since `getrandom` is not on its
+/// allowlist: the `regex` crate's per-thread caches hash with them too.
 pub fn prepare() {
     let _ = std::collections::hash_map::RandomState::new();
 }
