@@ -165,8 +165,12 @@ pub fn lock_down(args: &[std::ffi::OsString]) -> Result<LockedDown, ExitCode> {
     let (lockdown, helper) = Lockdown::new(&config.sandbox, config.rlimits)
         .apply_with(|| {
             threaded
-                .then(airlock_engine::Helper::spawn)
-                .and_then(Result::ok)
+                .then(airlock_engine::Helper::spawn)?
+                .inspect_err(|e| {
+                    // The parent logs fd 2: an operator sees why the checks ran on one thread.
+                    eprintln!("airlock worker: the schema helper thread did not start: {e}");
+                })
+                .ok()
         })
         .map_err(|e| fail(EXIT_SANDBOX, &error_chain(&e)))?;
     if let Some(helper) = helper {
