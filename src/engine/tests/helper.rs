@@ -9,6 +9,9 @@ use std::sync::Arc;
 use airlock_engine::{process, Helper, Limits, Options};
 use proptest::prelude::*;
 
+mod common;
+use common::Trickle;
+
 /// A file of `rows` data rows drawn from `seed`: `rare` in 1,000 rows is something other than
 /// a plain valid row; with `long`, one of those kinds is a field over the limit (which ends the
 /// file). The first `crlf` rows end in CRLF, the rest in LF.
@@ -78,21 +81,6 @@ fn options(key_budget: usize, max_rows: u64, helper: Option<Arc<Helper>>) -> Opt
         key_budget_bytes: key_budget,
         helper,
         ..Options::default()
-    }
-}
-
-/// Reads at most `step` bytes per call: the engine's chunks are that small.
-struct Trickle<'a> {
-    bytes: &'a [u8],
-    step: usize,
-}
-
-impl std::io::Read for Trickle<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.step.min(buf.len()).min(self.bytes.len());
-        buf[..n].copy_from_slice(&self.bytes[..n]);
-        self.bytes = &self.bytes[n..];
-        Ok(n)
     }
 }
 

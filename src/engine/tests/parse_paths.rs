@@ -11,6 +11,9 @@ use std::sync::Arc;
 use airlock_engine::{process, Limits, Options, ParsePath};
 use proptest::prelude::*;
 
+mod common;
+use common::Trickle;
+
 /// A piece of a line: the bytes the two paths treat differently, and plain text.
 fn piece() -> impl Strategy<Value = Vec<u8>> {
     prop_oneof![
@@ -58,21 +61,6 @@ fn file() -> impl Strategy<Value = Vec<u8>> {
         }
         f
     })
-}
-
-/// Reads at most `step` bytes per call, so records are cut across the engine's chunks.
-struct Trickle<'a> {
-    bytes: &'a [u8],
-    step: usize,
-}
-
-impl std::io::Read for Trickle<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.step.min(buf.len()).min(self.bytes.len());
-        buf[..n].copy_from_slice(&self.bytes[..n]);
-        self.bytes = &self.bytes[n..];
-        Ok(n)
-    }
 }
 
 fn run(input: &[u8], step: usize, options: &Options) -> (Vec<u8>, Vec<u8>, String) {
