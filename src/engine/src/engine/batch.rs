@@ -458,8 +458,8 @@ struct Shared {
 /// A second thread that checks schema batches while the engine reads on. It is started before
 /// the worker's seccomp filter is applied (so the filter need not allow creating threads) and
 /// after every other layer (which the thread inherits); once running it needs only `futex` to
-/// wait and wake. Checking allocates nothing but a larger key table. Dropping it stops and
-/// joins the thread; the sandboxed worker never drops it (a thread's exit needs calls the
+/// wait and wake. Checking allocates little: a larger key table, and the `regex` crate's caches
+/// for this thread. Dropping it stops and joins the thread; the sandboxed worker never drops it (a thread's exit needs calls the
 /// worker may not make), and its thread ends with the process. It serves one run at a time.
 pub struct Helper {
     shared: Arc<Shared>,
