@@ -125,6 +125,8 @@ fn lie_about(lie: &str, w: &worker::LockedDown) -> ExitCode {
     match lie {
         "wrong-output-bytes" => report.output.bytes += 1,
         "wrong-rejects-hash" => report.rejects.sha256 = "0".repeat(64),
+        // A well-formed hash of other bytes: the parent must publish its own measurement.
+        "wrong-output-hash" => report.output.sha256 = "0".repeat(64),
         "contradictory-report" => report.rows.total += 1,
         "huge-header" => {
             report.header = (0..=w.config.limits.max_columns)

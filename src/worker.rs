@@ -107,6 +107,7 @@ impl WorkerConfig {
             input_bytes_hint: Some(self.input_bytes),
             parse_path: airlock_engine::ParsePath::default(),
             helper: None,
+            tally: None,
         })
     }
 }

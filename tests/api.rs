@@ -1076,10 +1076,20 @@ async fn rate_limits_per_key_and_per_ip() {
         statuses[..6].iter().all(|&st| st == 200 || st == 401),
         "{statuses:?}"
     );
-    // Liveness and readiness probes are not limited.
+    // The liveness probe is not limited; the readiness probe spends the same per-IP budget
+    // (README: "covers `/readyz` too"), so with it spent `/readyz` is refused as well.
     for _ in 0..20 {
         assert_eq!(s.get("/healthz", None).await.0, 200);
     }
+    let mut ready = Vec::new();
+    for _ in 0..10 {
+        let (status, _, body) = s.get("/readyz", None).await;
+        ready.push((status, body["error"]["code"].as_str().map(str::to_string)));
+    }
+    assert!(
+        ready.contains(&(429, Some("rate_limited".into()))),
+        "10 readiness probes at once passed a 3/s budget: {ready:?}"
+    );
 }
 
 /// `/metrics` counts requests, claims, outcomes and durations, and reads jobs by state and
@@ -1214,6 +1224,145 @@ async fn direct_uploads_on_postgres_and_s3() {
 /// refuses any other body; `complete` checks what was stored and enqueues the job (the same job
 /// on every call); another tenant's upload does not exist; an upload never completed is an
 /// orphan the sweep deletes.
+/// The stable code of a refusal: the `error.code` of Airlock's JSON envelope, or the `<Code>`
+/// of an S3 XML error.
+fn refusal_code(body: &str) -> String {
+    if let Ok(v) = serde_json::from_str::<Value>(body) {
+        if let Some(c) = v["error"]["code"].as_str() {
+            return c.to_string();
+        }
+    }
+    body.split_once("<Code>")
+        .and_then(|(_, rest)| rest.split_once("</Code>"))
+        .map_or_else(|| format!("no code in {body:?}"), |(c, _)| c.to_string())
+}
+
+/// The local backend's upload links (`serve`'s `/u/...`) against forgery: a changed signature,
+/// an expired link, one signed for longer than any link may live, one moved to another object,
+/// and one whose size was raised, each refused with its code before a byte is stored. The
+/// correctly signed variants are made with the deployment's own key, so only the check under
+/// test stands between them and the store.
+async fn local_put_links_are_checked(
+    s: &Server,
+    url: &str,
+    bytes: &[u8],
+    headers: &[(String, String)],
+) {
+    let root =
+        s.d.vars
+            .iter()
+            .find(|(k, _)| k == "AIRLOCK_STORAGE_URL")
+            .unwrap()
+            .1
+            .clone();
+    let store = airlock::storage::fs::FsStore::open(
+        std::path::Path::new(root.strip_prefix("file://").unwrap()),
+        &s.base,
+    )
+    .unwrap();
+    let key = store.signing_key();
+    let (path, query) = url.split_once('?').unwrap();
+    let object = path.rsplit_once("/u/").unwrap().1.to_string();
+    let param = |name: &str| {
+        query
+            .split('&')
+            .find_map(|p| p.strip_prefix(&format!("{name}=")))
+            .unwrap()
+            .to_string()
+    };
+    let (exp, len, sha_enc, sig) = (param("exp"), param("len"), param("sha"), param("sig"));
+    let sha_b64 = percent_encoding::percent_decode_str(&sha_enc)
+        .decode_utf8()
+        .unwrap()
+        .into_owned();
+    let exp: u64 = exp.parse().unwrap();
+    let len: u64 = len.parse().unwrap();
+    assert!(key.verify_put(&object, exp, len, &sha_b64, &sig), "{url}");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let link = |object: &str, exp: u64, len: u64, sig: &str| {
+        format!(
+            "{}/u/{object}?exp={exp}&len={len}&sha={sha_enc}&sig={sig}",
+            s.base
+        )
+    };
+    let client = reqwest::Client::new();
+    let send = |url: String, body: Vec<u8>| {
+        let mut req = client.put(url).body(body);
+        for (k, v) in headers {
+            if k != "content-length" {
+                req = req.header(k, v);
+            }
+        }
+        req.send()
+    };
+    let mut forged = sig.clone().into_bytes();
+    forged[10] = if forged[10] == b'0' { b'1' } else { b'0' };
+    let forged = String::from_utf8(forged).unwrap();
+    let other = airlock::storage::ObjectKey::new(airlock::storage::Kind::Input).to_string();
+    let long = now + 24 * 3600;
+    let cases: Vec<(&str, String, Vec<u8>, (u16, &str))> = vec![
+        (
+            "a forged signature",
+            link(&object, exp, len, &forged),
+            bytes.to_vec(),
+            (403, "link_invalid"),
+        ),
+        (
+            "a link moved to another object",
+            link(&other, exp, len, &sig),
+            bytes.to_vec(),
+            (403, "link_invalid"),
+        ),
+        (
+            "a link whose size was raised",
+            link(&object, exp, len + 1, &sig),
+            [bytes, b"x"].concat(),
+            (403, "link_invalid"),
+        ),
+        (
+            "a link whose expiry was moved on",
+            link(&object, exp + 600, len, &sig),
+            bytes.to_vec(),
+            (403, "link_invalid"),
+        ),
+        (
+            "a correctly signed link that has expired",
+            link(
+                &object,
+                now - 5,
+                len,
+                &key.sign_put(&object, now - 5, len, &sha_b64),
+            ),
+            bytes.to_vec(),
+            (403, "link_expired"),
+        ),
+        (
+            "a correctly signed link that outlives the cap",
+            link(
+                &object,
+                long,
+                len,
+                &key.sign_put(&object, long, len, &sha_b64),
+            ),
+            bytes.to_vec(),
+            (403, "link_invalid"),
+        ),
+    ];
+    for (what, url, body, want) in cases {
+        let res = send(url, body).await.unwrap();
+        let status = res.status().as_u16();
+        let code = refusal_code(&String::from_utf8_lossy(&res.bytes().await.unwrap()));
+        assert_eq!((status, code.as_str()), want, "{what}");
+    }
+    // The moved link's target was never written either.
+    let moved = airlock::storage::ObjectKey::parse(&other).unwrap();
+    use airlock::storage::ObjectStore;
+    assert!(store.head(&moved).await.unwrap().is_none());
+}
+
 async fn direct_upload_suite(backend: Backend) {
     use sha2::Digest;
     let s = Server::on(backend, &["--supervise", "0"]).await;
@@ -1344,29 +1493,50 @@ async fn direct_upload_suite(backend: Backend) {
         }
         req.send()
     };
-    // The same size with other bytes, a shorter body, a missing checksum header: refused, and
-    // nothing is stored.
+    // The same size with other bytes, a shorter body, a missing checksum header: refused with
+    // the store's own code, and nothing is stored.
+    let refused = |res: reqwest::Response| async move {
+        let status = res.status().as_u16();
+        let body = String::from_utf8_lossy(&res.bytes().await.unwrap()).into_owned();
+        (status, refusal_code(&body))
+    };
+    let (bad_digest, short_body, unsigned_header) = match backend {
+        Backend::Embedded => (
+            (400, "bad_digest"),
+            (403, "headers_not_signed"),
+            (403, "headers_not_signed"),
+        ),
+        Backend::Production => (
+            (400, "BadDigest"),
+            (403, "SignatureDoesNotMatch"),
+            (403, "SignatureDoesNotMatch"),
+        ),
+    };
     let mut other = bytes.clone();
     other[0] ^= 1;
-    let status = put(other, &headers).await.unwrap().status().as_u16();
-    assert!((400..500).contains(&status), "tampered body: {status}");
-    let status = put(bytes[..bytes.len() - 1].to_vec(), &headers)
-        .await
-        .unwrap()
-        .status()
-        .as_u16();
-    assert!((400..500).contains(&status), "short body: {status}");
+    let got = refused(put(other, &headers).await.unwrap()).await;
+    assert_eq!(got, (bad_digest.0, bad_digest.1.into()), "tampered body");
+    let got = refused(
+        put(bytes[..bytes.len() - 1].to_vec(), &headers)
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(got, (short_body.0, short_body.1.into()), "short body");
     let without: Vec<_> = headers
         .iter()
         .filter(|(k, _)| k != "x-amz-checksum-sha256")
         .cloned()
         .collect();
-    let status = put(bytes.clone(), &without)
-        .await
-        .unwrap()
-        .status()
-        .as_u16();
-    assert!((400..500).contains(&status), "no checksum header: {status}");
+    let got = refused(put(bytes.clone(), &without).await.unwrap()).await;
+    assert_eq!(
+        got,
+        (unsigned_header.0, unsigned_header.1.into()),
+        "no checksum header"
+    );
+    if matches!(backend, Backend::Embedded) {
+        local_put_links_are_checked(&s, &url, &bytes, &headers).await;
+    }
     let (status, _) = json(complete(&acme, &id).await.unwrap()).await;
     assert_eq!(status, 409, "nothing stored by the refused PUTs");
 
@@ -2104,4 +2274,232 @@ async fn webhook_endpoints_over_the_api() {
         .await
         .unwrap();
     assert_eq!(res.status(), 503);
+}
+
+/// A raw HTTP/1.1 request to `base` whose body is not (yet) sent in full: the stream, for the
+/// test to trickle or hold.
+async fn raw_request(base: &str, head: &str, body_start: &[u8]) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let addr = base.strip_prefix("http://").unwrap();
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(format!("{head}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    stream.write_all(body_start).await.unwrap();
+    stream
+}
+
+/// The status line's code and the JSON body of a response read to its end from `stream`.
+async fn raw_response(stream: &mut tokio::net::TcpStream) -> (u16, Value) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(90), stream.read_to_end(&mut buf)).await;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {text:?}"));
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    // A chunked body: the JSON is between the first chunk size line and its end.
+    let json = body
+        .find('{')
+        .and_then(|i| body.rfind('}').map(|j| &body[i..=j]))
+        .and_then(|j| serde_json::from_str(j).ok())
+        .unwrap_or(Value::Null);
+    (status, json)
+}
+
+/// `POST /v1/jobs` holds at most 8 uploads in progress per tenant: a ninth from the same
+/// tenant gets 429 `too_many_uploads` while another tenant's upload still goes through.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tenant_holds_at_most_eight_uploads_at_once() {
+    let s = Server::start().await;
+    s.ok(&["tenant", "create", "acme"]);
+    s.ok(&["tenant", "create", "globex"]);
+    let (acme, _) = s.key("acme");
+    let (globex, _) = s.key("globex");
+    let head = |key: &str| {
+        format!(
+            "POST /v1/jobs HTTP/1.1\r\nHost: airlock\r\nAuthorization: Bearer {key}\r\n\
+             Content-Type: text/csv\r\nContent-Length: 100000"
+        )
+    };
+    // Eight uploads that have sent their headers and a first line, and then wait.
+    let mut held = Vec::new();
+    for _ in 0..8 {
+        held.push(raw_request(&s.base, &head(&acme), b"id,name\n").await);
+    }
+    let post = |key: String| {
+        reqwest::Client::new()
+            .post(format!("{}/v1/jobs", s.base))
+            .header("authorization", format!("Bearer {key}"))
+            .header("content-type", "text/csv")
+            .body("id,name\n1,a\n")
+            .send()
+    };
+    // The held uploads take their slots as the server reads their headers; until all eight
+    // have, a ninth may still pass. Wait for the refusal itself (bounded).
+    let mut seen = Vec::new();
+    let refused = loop {
+        let res = post(acme.clone()).await.unwrap();
+        let status = res.status().as_u16();
+        let retry = res.headers().get("retry-after").cloned();
+        let v: Value = serde_json::from_slice(&res.bytes().await.unwrap()).unwrap_or(Value::Null);
+        if status == 429 {
+            break (v, retry);
+        }
+        assert_eq!(status, 202, "{v}");
+        seen.push(status);
+        assert!(
+            seen.len() < 50,
+            "a ninth upload was never refused while eight were held: {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        refused.0["error"]["code"], "too_many_uploads",
+        "{}",
+        refused.0
+    );
+    assert!(refused.1.is_some(), "a 429 says when to retry");
+    // Another tenant is on its own share.
+    let res = post(globex.clone()).await.unwrap();
+    assert_eq!(res.status(), 202);
+    // Releasing one held upload frees its slot.
+    drop(held.pop());
+    let mut freed = false;
+    for _ in 0..50 {
+        if post(acme.clone()).await.unwrap().status() == 202 {
+            freed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(freed, "a dropped upload's slot was never given back");
+}
+
+/// An upload whose body stops arriving is answered 408 `body_timeout` after 30 s of silence,
+/// and one without `Content-Length` (chunked) 411 `length_required`.
+#[tokio::test(flavor = "multi_thread")]
+async fn stalled_and_unsized_upload_bodies_are_refused() {
+    let s = Server::start().await;
+    s.ok(&["tenant", "create", "acme"]);
+    let (acme, _) = s.key("acme");
+    let mut chunked = raw_request(
+        &s.base,
+        &format!(
+            "POST /v1/jobs HTTP/1.1\r\nHost: airlock\r\nAuthorization: Bearer {acme}\r\n\
+             Content-Type: text/csv\r\nTransfer-Encoding: chunked\r\nConnection: close"
+        ),
+        b"8\r\nid,name\n\r\n0\r\n\r\n",
+    )
+    .await;
+    let (status, v) = raw_response(&mut chunked).await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (411, Some("length_required")),
+        "{v}"
+    );
+
+    let started = std::time::Instant::now();
+    let mut stalled = raw_request(
+        &s.base,
+        &format!(
+            "POST /v1/jobs HTTP/1.1\r\nHost: airlock\r\nAuthorization: Bearer {acme}\r\n\
+             Content-Type: text/csv\r\nContent-Length: 1000\r\nConnection: close"
+        ),
+        b"id,name\n1,a\n",
+    )
+    .await;
+    let (status, v) = raw_response(&mut stalled).await;
+    let waited = started.elapsed();
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (408, Some("body_timeout")),
+        "{v}"
+    );
+    // The idle limit is 30 s: not cut short, and not left to hang.
+    assert!(
+        waited >= Duration::from_secs(29) && waited < Duration::from_secs(80),
+        "{waited:?}"
+    );
+    // Nothing was kept of it.
+    let (_, _, jobs) = s.get("/v1/jobs", Some(&acme)).await;
+    assert_eq!(jobs["jobs"].as_array().map(Vec::len), Some(0), "{jobs}");
+}
+
+/// The per-IP budget over IPv6 covers a client's whole /64: in a private network namespace
+/// whose loopback carries `::1` and three more addresses, a second address in the spent /64 is
+/// refused at once, while an address in another /64 and `::1` have budgets of their own.
+#[tokio::test(flavor = "multi_thread")]
+async fn ipv6_clients_share_a_budget_per_64() {
+    const CLIENT: &str = r#"
+import http.client, json, sys, time
+port = int(sys.argv[1])
+for _ in range(600):
+    try:
+        c = http.client.HTTPConnection("::1", port, timeout=2); c.request("GET", "/healthz")
+        if c.getresponse().status == 200: break
+    except OSError: pass
+    time.sleep(0.05)
+def get(src):
+    dst = "::1" if src == "::1" else "2001:db8:1:1::1"
+    c = http.client.HTTPConnection(dst, port, source_address=(src, 0), timeout=10)
+    c.request("GET", "/v1/jobs"); return c.getresponse().status
+# Spend the first address's budget, then ask from its neighbour, another /64 and ::1.
+out = {"first": [get("2001:db8:1:1::1") for _ in range(10)]}
+out["same_64"] = get("2001:db8:1:1::2")
+out["other_64"] = get("2001:db8:1:2::1")
+out["loopback"] = get("::1")
+print(json.dumps(out))
+"#;
+    let d = crate::service::Deployment::embedded();
+    let port = crate::common::free_port();
+    let setup = "ip link set lo up && \
+                 ip -6 addr add 2001:db8:1:1::1/64 dev lo nodad && \
+                 ip -6 addr add 2001:db8:1:1::2/64 dev lo nodad && \
+                 ip -6 addr add 2001:db8:1:2::1/64 dev lo nodad && \
+                 \"$0\" serve --supervise 0 --rate-per-key 0 --rate-per-ip 3 > /dev/null 2>&1 & \
+                 python3 -c \"$1\" \"$2\"";
+    let base = d.cmd();
+    let out = std::process::Command::new("unshare")
+        .args(["--net", "--kill-child", "--", "sh", "-c", setup])
+        .arg(env!("CARGO_BIN_EXE_airlock"))
+        .arg(CLIENT)
+        .arg(port.to_string())
+        .envs(base.get_envs().filter_map(|(k, v)| Some((k, v?))))
+        .env("AIRLOCK_LISTEN", format!("[::]:{port}"))
+        .env("AIRLOCK_PUBLIC_URL", format!("http://[::1]:{port}"))
+        .current_dir(d.dir.path())
+        .output()
+        .expect("unshare (util-linux)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    let first: Vec<u64> = v["first"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_u64().unwrap())
+        .collect();
+    assert!(first[..3].iter().all(|&s| s == 401), "{v}");
+    assert!(
+        first.contains(&429),
+        "10 requests at once passed a 3/s budget: {v}"
+    );
+    assert_eq!(
+        v["same_64"], 429,
+        "a neighbour in the spent /64 has its own budget: {v}"
+    );
+    assert_eq!(v["other_64"], 401, "another /64 was refused: {v}");
+    assert_eq!(v["loopback"], 401, "::1 was refused: {v}");
 }

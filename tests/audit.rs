@@ -358,6 +358,44 @@ async fn tamperings(backend: Backend) {
     // globex's chain is untouched throughout and never reported.
     assert!(v.problems.iter().all(|p| p.tenant == "acme"));
 
+    // 8. Another tenant's record moved into acme's chain, linked and rehashed, head included:
+    // every hash links and no checkpoint covers it; only the tenant inside the body shows it.
+    let (store, _dir, n) = to_tamper(&backend, &key).await;
+    let (_, _, head) = row(&store, n).await;
+    let moved: String =
+        sqlx::query("SELECT body FROM airlock_audit WHERE tenant = 'globex' AND seq = 1")
+            .fetch_one(store.pool())
+            .await
+            .unwrap()
+            .get(0);
+    assert!(moved.contains("\"globex\""), "{moved}");
+    let hash = rehash(&head, &moved);
+    sqlx::query(
+        "INSERT INTO airlock_audit (job_id, tenant, at, actor, request_id, from_state, to_state, detail, body, prev_hash, hash, seq)
+         SELECT job_id, 'acme', at, actor, request_id, from_state, to_state, detail, body, $1, $2, $3
+         FROM airlock_audit WHERE tenant = 'globex' AND seq = 1",
+    )
+    .bind(&head)
+    .bind(&hash)
+    .bind(n + 1)
+    .execute(store.pool())
+    .await
+    .unwrap();
+    sqlx::query(
+        "UPDATE airlock_audit_heads SET seq = $1, prev_hash = $2, hash = $3 WHERE tenant = 'acme'",
+    )
+    .bind(n + 1)
+    .bind(&head)
+    .bind(&hash)
+    .execute(store.pool())
+    .await
+    .unwrap();
+    let v = airlock::audit::verify(&store, Some("acme"), Some(&public))
+        .await
+        .unwrap();
+    assert_eq!(v.problems.len(), 1, "{v:#?}");
+    assert!(found(&v, Some(n + 1), "moved"), "{v:#?}");
+
     // And four more, each of a part verify also checks.
     let (store, _dir, _) = to_tamper(&backend, &key).await;
     // A genuine checkpoint copied with a huge seq column (which would stop new checkpoints).

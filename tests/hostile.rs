@@ -91,6 +91,21 @@ fn a_rejects_file_whose_hash_is_not_the_reported_one_is_refused() {
 }
 
 #[test]
+fn the_output_hash_is_the_parents_measurement_not_the_workers_claim() {
+    use sha2::Digest;
+    let (p, _) = hostile("wrong-output-hash", &leads(), None);
+    assert_eq!(p.code, 0, "{}", p.report);
+    let output = p.output().expect("the job publishes its output");
+    let measured = hex::encode(sha2::Sha256::digest(output.as_bytes()));
+    assert_eq!(
+        p.report["output"]["sha256"].as_str(),
+        Some(measured.as_str()),
+        "the report must carry the hash of the published bytes, never the worker's claim"
+    );
+    assert_ne!(measured, "0".repeat(64));
+}
+
+#[test]
 fn a_report_that_contradicts_itself_is_refused() {
     let (p, _) = hostile("contradictory-report", &leads(), None);
     assert_failed(&p, "worker_crashed", "add up");

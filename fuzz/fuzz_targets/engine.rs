@@ -5,7 +5,9 @@
 //! encoding and (bit 3) a Table Schema with `unique`, a primary key and a tiny key budget.
 #![no_main]
 
-use airlock_engine::{output_bound, process, rejects_bound, Limits, Options, ParsePath, Status};
+use airlock_engine::{
+    output_bound, process, rejects_bound, Limits, Options, ParsePath, PathTally, Status,
+};
 use libfuzzer_sys::fuzz_target;
 
 /// The schema of the schema runs: every kind of key, a format, a date, header matching by
@@ -65,13 +67,17 @@ fuzz_target!(|data: &[u8]| {
     let report = process(input, &mut out, &mut rej, &options).expect("in-memory I/O cannot fail");
     // The differential check: csv-core alone (the old path, the oracle) reads the same records,
     // so it writes the same bytes and the same report.
+    let tally = std::sync::Arc::new(PathTally::default());
     let oracle = Options {
         parse_path: ParsePath::CsvCore,
+        tally: Some(tally.clone()),
         ..options.clone()
     };
     let (mut oracle_out, mut oracle_rej) = (Vec::new(), Vec::new());
     let oracle_report = process(input, &mut oracle_out, &mut oracle_rej, &oracle)
         .expect("in-memory I/O cannot fail");
+    // The oracle is only one if it ran: csv-core read every record it handed on.
+    assert_eq!(tally.plain(), 0, "the oracle run split plain lines");
     assert!(out == oracle_out, "the parse paths wrote different outputs");
     assert!(rej == oracle_rej, "the parse paths wrote different rejects");
     assert_eq!(

@@ -168,6 +168,9 @@ fn run<R: Read, O: Write, J: Write>(
         outcome = earlier;
     }
     finish(&parser, sink.ended_style, dialect);
+    if let Some(tally) = &options.tally {
+        tally.add(parser.plain_records, parser.csv_core_records);
+    }
     if outcome.is_ok() {
         let trailing = parser.lines.trailing_blank_lines();
         let blanks = sink.blank_lines(trailing, parser.lines.last_content_line() + 1)?;
@@ -206,6 +209,9 @@ struct Parser {
     /// `csv-core` has been called: it strips a UTF-8 BOM at the start of its first input only,
     /// so the first record always goes through it.
     started: bool,
+    /// Records each path handed to the sink (see [`crate::PathTally`]).
+    plain_records: u64,
+    csv_core_records: u64,
 }
 
 impl Parser {
@@ -242,6 +248,8 @@ impl Parser {
             plain_lines: path == ParsePath::PlainLines
                 && !matches!(delimiter, b'\n' | b'\r' | b'"'),
             started: false,
+            plain_records: 0,
+            csv_core_records: 0,
         }
     }
 
@@ -313,6 +321,7 @@ impl Parser {
                     if self.ends_len > self.limits.max_columns {
                         return Ok(Err(self.too_many_columns(sink)));
                     }
+                    self.csv_core_records += 1;
                     let row = Row {
                         buf: &self.buf[..self.out_len],
                         ends: &self.ends[..self.ends_len],
@@ -413,6 +422,7 @@ impl Parser {
             self.ends[cells] = line.len();
             cells += 1;
             self.lines.plain_line(true, byte);
+            self.plain_records += 1;
             let row = Row {
                 buf: line,
                 ends: &self.ends[..cells],

@@ -74,6 +74,35 @@ pub struct Options {
     /// A second thread that checks batches of rows against the schema while the engine reads
     /// on (see [`Helper`]); without it every check runs on the caller's thread.
     pub helper: Option<std::sync::Arc<Helper>>,
+    /// When set, the run adds how many records each parse path read (tests use it to prove the
+    /// oracle path really ran).
+    pub tally: Option<std::sync::Arc<PathTally>>,
+}
+
+/// How many records each [`ParsePath`] handled, added up over the runs given it.
+#[derive(Debug, Default)]
+pub struct PathTally {
+    plain: std::sync::atomic::AtomicU64,
+    csv_core: std::sync::atomic::AtomicU64,
+}
+
+impl PathTally {
+    /// Records split in place as plain lines.
+    pub fn plain(&self) -> u64 {
+        self.plain.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Records read by `csv-core`.
+    pub fn csv_core(&self) -> u64 {
+        self.csv_core.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub(crate) fn add(&self, plain: u64, csv_core: u64) {
+        self.plain
+            .fetch_add(plain, std::sync::atomic::Ordering::Relaxed);
+        self.csv_core
+            .fetch_add(csv_core, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// How the engine turns text into records.
@@ -105,6 +134,7 @@ impl Default for Options {
             input_bytes_hint: None,
             parse_path: ParsePath::default(),
             helper: None,
+            tally: None,
         }
     }
 }

@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use airlock_engine::{process, Limits, Options, ParsePath};
+use airlock_engine::{process, Limits, Options, ParsePath, PathTally};
 use proptest::prelude::*;
 
 mod common;
@@ -63,12 +63,49 @@ fn file() -> impl Strategy<Value = Vec<u8>> {
     })
 }
 
-fn run(input: &[u8], step: usize, options: &Options) -> (Vec<u8>, Vec<u8>, String) {
+/// One run: its output, rejects and report, and how many records each path read.
+fn run_tallied(
+    input: &[u8],
+    step: usize,
+    options: &Options,
+) -> ((Vec<u8>, Vec<u8>, String), (u64, u64)) {
+    let tally = Arc::new(PathTally::default());
+    let options = Options {
+        tally: Some(tally.clone()),
+        ..options.clone()
+    };
     let (mut out, mut rej) = (Vec::new(), Vec::new());
-    let report = process(Trickle { bytes: input, step }, &mut out, &mut rej, options)
+    let report = process(Trickle { bytes: input, step }, &mut out, &mut rej, &options)
         .expect("in-memory I/O cannot fail");
     let report = serde_json::to_string_pretty(&report).expect("the report serializes");
-    (out, rej, report)
+    ((out, rej, report), (tally.plain(), tally.csv_core()))
+}
+
+/// Both paths on `input`: their outputs, rejects and reports, after checking that the oracle
+/// really read everything through csv-core (no plain line split in place).
+fn both(input: &[u8], step: usize, fast: &Options, oracle: &Options) -> Both {
+    let (fast, fast_paths) = run_tallied(input, step, fast);
+    let (oracle, oracle_paths) = run_tallied(input, step, oracle);
+    assert_eq!(
+        oracle_paths.0, 0,
+        "the oracle run split {} plain lines",
+        oracle_paths.0
+    );
+    Both {
+        fast,
+        oracle,
+        fast_plain: fast_paths.0,
+        oracle_records: oracle_paths.1,
+    }
+}
+
+struct Both {
+    fast: (Vec<u8>, Vec<u8>, String),
+    oracle: (Vec<u8>, Vec<u8>, String),
+    /// Records the fast run split in place.
+    fast_plain: u64,
+    /// Records the oracle run read (all through csv-core).
+    oracle_records: u64,
 }
 
 fn options(delimiter: Option<u8>, small: bool, schema: bool, path: ParsePath) -> Options {
@@ -111,8 +148,12 @@ proptest! {
         schema in prop::bool::weighted(0.2),
         step in prop_oneof![Just(1usize << 20), 1usize..40],
     ) {
-        let fast = run(&input, step, &options(delimiter, small, schema, ParsePath::PlainLines));
-        let oracle = run(&input, step, &options(delimiter, small, schema, ParsePath::CsvCore));
+        let Both { fast, oracle, .. } = both(
+            &input,
+            step,
+            &options(delimiter, small, schema, ParsePath::PlainLines),
+            &options(delimiter, small, schema, ParsePath::CsvCore),
+        );
         prop_assert_eq!(String::from_utf8_lossy(&fast.0), String::from_utf8_lossy(&oracle.0));
         prop_assert_eq!(String::from_utf8_lossy(&fast.1), String::from_utf8_lossy(&oracle.1));
         prop_assert_eq!(fast.2, oracle.2);
@@ -124,27 +165,33 @@ proptest! {
 fn fixtures_agree() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures");
     let mut seen = 0;
+    let (mut plain, mut oracle_records) = (0, 0);
     for entry in walk(&dir) {
         let input = std::fs::read(&entry).expect("fixture reads");
         for delimiter in [None, Some(b';')] {
-            let fast = run(
+            let b = both(
                 &input,
                 1 << 20,
                 &options(delimiter, false, false, ParsePath::PlainLines),
-            );
-            let oracle = run(
-                &input,
-                1 << 20,
                 &options(delimiter, false, false, ParsePath::CsvCore),
             );
             assert!(
-                fast == oracle,
+                b.fast == b.oracle,
                 "{} differs between the parse paths",
                 entry.display()
             );
+            plain += b.fast_plain;
+            oracle_records += b.oracle_records;
         }
         seen += 1;
     }
+    // Both paths did the reading they are named for: the comparison is not of one path with
+    // itself.
+    assert!(plain > 100, "the fast path split only {plain} plain lines");
+    assert!(
+        oracle_records > plain,
+        "the oracle read {oracle_records} records"
+    );
     assert!(
         seen >= 20,
         "only {seen} fixtures found under {}",
@@ -195,8 +242,12 @@ fn review_cases_agree() {
             parse_path: path,
             ..Options::default()
         };
-        let fast = run(&input, 1 << 20, &opts(ParsePath::PlainLines));
-        let oracle = run(&input, 1 << 20, &opts(ParsePath::CsvCore));
+        let Both { fast, oracle, .. } = both(
+            &input,
+            1 << 20,
+            &opts(ParsePath::PlainLines),
+            &opts(ParsePath::CsvCore),
+        );
         assert!(
             fast == oracle,
             "paths differ on a {}-byte input",
