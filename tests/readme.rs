@@ -167,10 +167,10 @@ async fn the_webhook_receiver_example_verifies() {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64;
-    let send = |sig: String| {
+    let send = |id: &str, sig: String| {
         reqwest::Client::new()
             .post(format!("http://127.0.0.1:{port}/"))
-            .header("webhook-id", "msg_readme")
+            .header("webhook-id", id)
             .header("webhook-timestamp", now.to_string())
             .header("webhook-signature", sig)
             .body(body)
@@ -178,23 +178,39 @@ async fn the_webhook_receiver_example_verifies() {
     };
     let mut status = None;
     for _ in 0..100 {
-        if let Ok(r) = send(secret.sign("msg_readme", now, body.as_bytes())).await {
+        if let Ok(r) = send("msg_readme", secret.sign("msg_readme", now, body.as_bytes())).await {
             status = Some(r.status().as_u16());
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     assert_eq!(status, Some(200));
-    let forged = send("v1,AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".into()).await;
+    // A forged signature: the receiver raises, so the request gets no 200 (the example's
+    // server drops the connection) ...
+    let forged = send(
+        "msg_forged",
+        "v1,AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".into(),
+    )
+    .await;
     assert!(
-        forged.map(|r| r.status() != 200).unwrap_or(true),
-        "a bad signature is not accepted"
+        forged.as_ref().map_or(true, |r| r.status() != 200),
+        "a bad signature is accepted: {forged:?}"
     );
+    // ... from a receiver that is still up and verifying: the next signed event is accepted.
+    let after = send("msg_after", secret.sign("msg_after", now, body.as_bytes()))
+        .await
+        .expect("the receiver still answers after refusing the forgery");
+    assert_eq!(after.status(), 200);
     let _ = child.kill();
     let out = child.wait_with_output().unwrap();
     let printed = String::from_utf8_lossy(&out.stdout);
     assert!(
-        printed.contains("msg_readme job.succeeded j-1"),
+        printed.contains("msg_readme job.succeeded j-1")
+            && printed.contains("msg_after job.succeeded j-1"),
         "{printed}"
+    );
+    assert!(
+        !printed.contains("msg_forged"),
+        "the forged event was handled: {printed}"
     );
 }

@@ -449,14 +449,26 @@ async fn local_links_over_http() {
         &url[..url.len() - 1],
         if url.ends_with('0') { '1' } else { '0' }
     );
-    assert_eq!(http.get(&tampered).send().await.unwrap().status(), 403);
+    // Each refused with the stable code, not merely some 4xx.
+    let refused = |url: String| {
+        let http = http.clone();
+        async move {
+            let resp = http.get(&url).send().await.unwrap();
+            let status = resp.status().as_u16();
+            let v: serde_json::Value = serde_json::from_slice(&resp.bytes().await.unwrap())
+                .unwrap_or(serde_json::Value::Null);
+            (status, v["error"]["code"].as_str().unwrap_or("").to_string())
+        }
+    };
+    let invalid = (403, "link_invalid".to_string());
+    assert_eq!(refused(tampered).await, invalid, "tampered signature");
     let moved = url.replace(key.as_str(), other.as_str());
-    assert_eq!(http.get(&moved).send().await.unwrap().status(), 403);
+    assert_eq!(refused(moved).await, invalid, "moved to another object");
     let renamed = url.replace("name=M", "name=X");
     assert_ne!(renamed, url);
-    assert_eq!(http.get(&renamed).send().await.unwrap().status(), 403);
+    assert_eq!(refused(renamed).await, invalid, "renamed download");
     let unsigned = format!("{base}/o/{}", key.as_str());
-    assert_eq!(http.get(&unsigned).send().await.unwrap().status(), 403);
+    assert_eq!(refused(unsigned).await, invalid, "no signature");
     // Path traversal, sent raw so no client normalises it away: it must reach the handler, which
     // refuses the key (link_invalid), never a file outside the store.
     let key_hex = hex_of(&std::fs::read(dir.path().join("store/signing.key")).unwrap());

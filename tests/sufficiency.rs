@@ -21,6 +21,75 @@ fn runs() -> usize {
     RUNS.with(Cell::get)
 }
 
+/// The sandboxed runs of each part of the suite, asserted by that part and quoted by
+/// BENCHMARKS.md (`the_documented_run_counts_are_the_suites`): the fixture and fuzz inputs run
+/// under both plans, plus these.
+const PLANS_PER_FILE: usize = 2;
+const PLAN_LIMIT_RUNS: usize = 21;
+const HUGE_RUNS: usize = 19;
+const QUOTING_AND_ENCODING_RUNS: usize = 26;
+const LARGEST_ISSUE_LIST_RUNS: usize = 1;
+
+/// Every fixture, fuzz seed and fuzz corpus file: what the first part runs.
+fn fixture_and_fuzz_inputs() -> Vec<PathBuf> {
+    let mut files = every_file_under(&repo("fixtures"));
+    let fixtures = files.len();
+    let seeds = every_file_under(&repo("fuzz/seeds"));
+    let corpus = every_file_under(&repo("fuzz/corpus"));
+    assert!(fixtures >= 30, "only {fixtures} fixtures found");
+    assert!(
+        seeds.len() >= 20 && corpus.len() >= 100,
+        "fuzz inputs missing: {} seeds, {} corpus files",
+        seeds.len(),
+        corpus.len()
+    );
+    files.extend(seeds);
+    files.extend(corpus);
+    files
+}
+
+/// 1263 as "1,263".
+fn thousands(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// BENCHMARKS.md quotes the suite's size; the numbers it quotes are the ones the parts assert,
+/// so adding a fixture without updating the document fails here.
+#[test]
+fn the_documented_run_counts_are_the_suites() {
+    let files = fixture_and_fuzz_inputs().len();
+    let total = files * PLANS_PER_FILE
+        + PLAN_LIMIT_RUNS
+        + HUGE_RUNS
+        + QUOTING_AND_ENCODING_RUNS
+        + LARGEST_ISSUE_LIST_RUNS;
+    let doc = std::fs::read_to_string(repo("BENCHMARKS.md")).expect("BENCHMARKS.md reads");
+    for quoted in [
+        format!("**{} runs through the real sandboxed worker**", thousands(total)),
+        format!(
+            "{} fixture, fuzz-seed and fuzz-corpus files",
+            thousands(files)
+        ),
+        format!("which is {} runs", thousands(files * PLANS_PER_FILE)),
+        format!("{PLAN_LIMIT_RUNS} plan-limit cases"),
+        format!("{HUGE_RUNS} huge cases"),
+        format!("{QUOTING_AND_ENCODING_RUNS} runs of quoting and encoding cases"),
+    ] {
+        assert!(
+            doc.contains(&quoted),
+            "BENCHMARKS.md does not say {quoted:?}"
+        );
+    }
+}
+
 /// How one input is run: the CLI arguments and the matching in-process options.
 struct Plan {
     args: Vec<String>,
@@ -103,9 +172,8 @@ fn check(path: &Path, plan: &Plan) -> Option<String> {
 
 fn every_file_under(dir: &Path) -> Vec<PathBuf> {
     let mut files = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return files;
-    };
+    let entries = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{} cannot be read: {e}", dir.display()));
     for entry in entries {
         let path = entry.unwrap().path();
         if path.is_dir() {
@@ -125,19 +193,7 @@ fn repo(rel: &str) -> PathBuf {
 #[test]
 fn every_fixture_and_fuzz_input_runs_sandboxed_as_it_does_in_process() {
     let before = runs();
-    let mut files = every_file_under(&repo("fixtures"));
-    let fixtures = files.len();
-    let seeds = every_file_under(&repo("fuzz/seeds"));
-    let corpus = every_file_under(&repo("fuzz/corpus"));
-    assert!(fixtures >= 30, "only {fixtures} fixtures found");
-    assert!(
-        seeds.len() >= 20 && corpus.len() >= 100,
-        "fuzz inputs missing: {} seeds, {} corpus files",
-        seeds.len(),
-        corpus.len()
-    );
-    files.extend(seeds);
-    files.extend(corpus);
+    let files = fixture_and_fuzz_inputs();
     for path in &files {
         check(path, &default_plan());
         check(path, &legacy_excel());
@@ -147,6 +203,7 @@ fn every_fixture_and_fuzz_input_runs_sandboxed_as_it_does_in_process() {
         files.len(),
         runs() - before
     );
+    assert_eq!(runs() - before, files.len() * PLANS_PER_FILE);
 }
 
 /// A file whose only data row is `field` under a one-column header.
@@ -286,6 +343,7 @@ fn every_plan_limit_at_minus_one_at_and_plus_one() {
         "sufficiency: {} sandboxed runs at plan limits",
         runs() - before
     );
+    assert_eq!(runs() - before, PLAN_LIMIT_RUNS);
 }
 
 #[test]
@@ -359,6 +417,7 @@ fn huge_fields_records_rows_and_columns() {
         "sufficiency: {} sandboxed runs of huge inputs",
         runs() - before
     );
+    assert_eq!(runs() - before, HUGE_RUNS);
 }
 
 #[test]
@@ -440,6 +499,7 @@ fn pathological_quoting_and_every_encoding() {
         "sufficiency: {} sandboxed runs of quoting and encodings",
         runs() - before
     );
+    assert_eq!(runs() - before, QUOTING_AND_ENCODING_RUNS);
 }
 
 /// The largest issue list a plan may ask for (10,000) is reserved up front: filling it never
@@ -464,7 +524,9 @@ fn the_largest_issue_list_a_plan_allows() {
     };
     let input = format!("h\n{}", "-x\n".repeat(20_000));
     let path = write(dir.path(), "issues.csv", input.as_bytes());
+    let before = runs();
     assert_eq!(check(&path, &plan), None);
+    assert_eq!(runs() - before, LARGEST_ISSUE_LIST_RUNS);
     let p = process(&path, &["--policy-dir", &dir.path().display().to_string()]);
     assert_eq!(p.report["issues"].as_array().unwrap().len(), 10_000);
 }

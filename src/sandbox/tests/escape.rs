@@ -205,6 +205,49 @@ fn probe(name: &str, arg: &str) {
     std::process::exit(0);
 }
 
+/// The word the two threads of `futex_handshake` meet on: 0 until the waker has seen the
+/// waiter asleep, then 1.
+static HANDSHAKE: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// One futex call on [`HANDSHAKE`] with the private flag, as std's Mutex and Condvar make them:
+/// the kernel's answer.
+fn handshake_futex(op: libc::c_int, val: u32) -> libc::c_long {
+    // SAFETY: the address is a live, aligned static u32; FUTEX_WAIT_BITSET without a timeout
+    // (null) and FUTEX_WAKE read nothing else. The full bitset makes the wait a plain one.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            HANDSHAKE.as_ptr(),
+            op | libc::FUTEX_PRIVATE_FLAG,
+            val,
+            std::ptr::null::<libc::timespec>(),
+            std::ptr::null::<u32>(),
+            u32::MAX,
+        )
+    }
+}
+
+/// The waiting side: it goes to sleep in the kernel (at least one FUTEX_WAIT_BITSET, made
+/// whatever the other thread has done) and leaves only once woken with the word at 1.
+fn handshake_wait() {
+    loop {
+        handshake_futex(libc::FUTEX_WAIT_BITSET, 0);
+        if HANDSHAKE.load(std::sync::atomic::Ordering::Acquire) == 1 {
+            return;
+        }
+    }
+}
+
+/// The waking side: FUTEX_WAKE until the kernel says it woke a sleeper (so the waiter certainly
+/// waited), then the word to 1 and one more wake for a waiter gone back to sleep.
+fn handshake_wake() {
+    while handshake_futex(libc::FUTEX_WAKE, 1) < 1 {
+        std::hint::spin_loop();
+    }
+    HANDSHAKE.store(1, std::sync::atomic::Ordering::Release);
+    handshake_futex(libc::FUTEX_WAKE, 1);
+}
+
 /// Blocks past glibc's per-thread cache and below its mmap threshold: each takes the arena lock.
 fn malloc_churn() {
     for i in 0..400_000usize {
@@ -288,6 +331,10 @@ fn child(args: &[String]) -> ExitCode {
                 state = cv.wait(state).unwrap();
             }
             drop(state);
+            if name == "futex_handshake" {
+                handshake_wait();
+                probe("nothing", "");
+            }
             probe(&name, &arg);
         });
         let (lock, cv) = &*gate;
@@ -307,6 +354,11 @@ fn child(args: &[String]) -> ExitCode {
     if name == "malloc_race" {
         drop(state);
         malloc_churn();
+        state = lock.lock().unwrap();
+    }
+    if name == "futex_handshake" {
+        drop(state);
+        handshake_wake();
         state = lock.lock().unwrap();
     }
     // The probe ends the process; this thread waits (a join would need calls the allowlist
@@ -427,18 +479,53 @@ fn errno_of(ended: &Ended) -> Option<i32> {
     }
 }
 
+/// A handshake after the lockdown in which one thread certainly sleeps in the kernel
+/// (FUTEX_WAIT_BITSET, as std's Mutex and Condvar wait) and the other certainly wakes it
+/// (FUTEX_WAKE): the waker keeps waking until the kernel reports a sleeper woken, so neither call
+/// can be skipped by a lucky schedule. It completes with the allowlist as it is, and without
+/// either entry it is killed.
+fn futex_handshake_checks(s: &mut Suite) {
+    let ended = run("futex_handshake", "", "full-thread", "");
+    s.check(
+        "a futex handshake between the two threads completes under the lockdown",
+        ended == Ended::Exit(0, "ok".into()),
+        &ended,
+    );
+    for (op, name) in [(137, "FUTEX_WAIT_BITSET"), (129, "FUTEX_WAKE")] {
+        let ended = run("futex_handshake", "", "full-thread", &format!("futex={op}"));
+        s.check(
+            &format!("futex {name}|PRIVATE is needed by the two threads' handshake"),
+            ended == Ended::Signal(libc::SIGSYS),
+            &ended,
+        );
+    }
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("probe") {
         return child(&args[2..]);
     }
-    // `cargo test -- <filter>` passes arguments; the suite always runs whole.
     let mut s = Suite {
         failures: Vec::new(),
         passed: 0,
         in_child: 0,
         in_parent: 0,
     };
+    // `-- futex-handshake N`: only the handshake's checks, N times (TESTING.md: the run under
+    // load). Any other arguments (`cargo test -- <filter>`) run the whole suite.
+    if args.get(1).map(String::as_str) == Some("futex-handshake") {
+        let times: usize = args.get(2).and_then(|n| n.parse().ok()).unwrap_or(1);
+        for _ in 0..times {
+            futex_handshake_checks(&mut s);
+        }
+        println!("{} passed, {} failed", s.passed, s.failures.len());
+        return if s.failures.is_empty() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        };
+    }
     // The file-permission argument below (a denial must come from the sandbox, not from mode
     // bits) holds because we are root.
     // SAFETY: geteuid has no preconditions and cannot fail.
@@ -560,16 +647,7 @@ fn main() -> ExitCode {
         ended == Ended::Exit(0, "ok".into()),
         &ended,
     );
-    // The threads' handshake after the lockdown waits (std's Condvar: FUTEX_WAIT_BITSET) and
-    // wakes (FUTEX_WAKE): without either entry it is killed.
-    for (op, name) in [(137, "FUTEX_WAIT_BITSET"), (129, "FUTEX_WAKE")] {
-        let ended = run("nothing", "", "full-thread", &format!("futex={op}"));
-        s.check(
-            &format!("futex {name}|PRIVATE is needed by the two threads' handshake"),
-            ended == Ended::Signal(libc::SIGSYS),
-            &ended,
-        );
-    }
+    futex_handshake_checks(&mut s);
     let ended = run("malloc_race", "", "full-thread", "futex=128");
     s.check(
         "futex FUTEX_WAIT|PRIVATE is needed by the allocator lock the threads share",
@@ -792,6 +870,34 @@ fn main() -> ExitCode {
         s.in_child, s.in_parent
     );
     println!("{} passed, {} failed", s.passed, s.failures.len());
+    // The README quotes the suite's size: a count that drifts from it fails the suite.
+    let readme = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md"),
+    )
+    .expect("README.md reads");
+    let quoted = format!(
+        "{} checks in all, at the kernel's ABI and at each older one,\nall but {} of them",
+        s.in_child + s.in_parent,
+        s.in_parent
+    );
+    if !readme.contains(&quoted) {
+        println!("README.md does not say {quoted:?}");
+        return ExitCode::FAILURE;
+    }
+    let benchmarks = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../BENCHMARKS.md"),
+    )
+    .expect("BENCHMARKS.md reads");
+    let quoted = format!(
+        "**{} checks**, {} made on a\nprobe run in its own locked-down child process and {} made in the parent",
+        s.in_child + s.in_parent,
+        s.in_child,
+        s.in_parent
+    );
+    if !benchmarks.contains(&quoted) {
+        println!("BENCHMARKS.md does not say {quoted:?}");
+        return ExitCode::FAILURE;
+    }
     if s.failures.is_empty() {
         ExitCode::SUCCESS
     } else {
