@@ -916,14 +916,24 @@ async fn healthz_fails_when_a_part_stalls() {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     });
-    tokio::time::sleep(Duration::from_millis(2000)).await;
-    assert_eq!(health(base.clone()).await.0, 200);
-    // The supervisor's loop stops turning: 503 once its limit passes.
+    // Healthy throughout more than a whole limit while both beat: every answer polled is 200.
+    let polled = std::time::Instant::now();
+    while polled.elapsed() < Duration::from_millis(2000) {
+        let (status, body) = health(base.clone()).await;
+        assert_eq!(status, 200, "{body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The supervisor's loop stops turning: 503 once its limit passes, and not before.
     beating.abort();
-    tokio::time::sleep(Duration::from_millis(2000)).await;
-    let (status, body) = health(base.clone()).await;
+    let stopped = std::time::Instant::now();
+    let (status, body) = until_status(&health, &base, 503).await;
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("\"supervisor\""), "{body}");
+    assert!(
+        stopped.elapsed() >= Duration::from_millis(1300),
+        "unhealthy {:?} after the last beat, inside the 1.5 s limit",
+        stopped.elapsed()
+    );
     // A supervisor that stopped on purpose is no longer watched.
     live.supervisor_stopped();
     assert_eq!(health(base).await.0, 200);
@@ -931,10 +941,25 @@ async fn healthz_fails_when_a_part_stalls() {
     // A runtime whose ticker never runs (blocked, or starved) is reported as such.
     let stalled = Liveness::with_limits(Duration::from_millis(500), Duration::from_secs(60));
     let base = serve(stalled).await;
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    let (status, body) = health(base).await;
+    let (status, body) = until_status(&health, &base, 503).await;
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("\"runtime\""), "{body}");
+}
+
+/// `/healthz` polled until it answers `want` (at most 30 s): the last answer.
+async fn until_status<F, Fut>(health: &F, base: &str, want: u16) -> (u16, String)
+where
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = (u16, String)>,
+{
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, body) = health(base.to_string()).await;
+        if status == want || std::time::Instant::now() > deadline {
+            return (status, body);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// `GET /v1/openapi.json` documents exactly the routes the server answers: every documented
@@ -2082,9 +2107,19 @@ async fn the_cache_never_outlives_a_revocation() {
     // Another process runs the job; the next read after 100 ms shows it.
     let out = s.cli(&["supervise", "--until-idle", "-c", "1"]);
     assert!(out.status.success());
-    tokio::time::sleep(Duration::from_millis(150)).await;
-    let (_, _, job) = s.get(&format!("/v1/jobs/{id}"), Some(&key)).await;
-    assert_eq!(job["state"], "succeeded", "{job}");
+    let ran = std::time::Instant::now();
+    loop {
+        let (_, _, job) = s.get(&format!("/v1/jobs/{id}"), Some(&key)).await;
+        if job["state"] == "succeeded" {
+            break;
+        }
+        assert_eq!(job["state"], "queued", "{job}");
+        assert!(
+            ran.elapsed() < Duration::from_secs(5),
+            "the cached row outlived its 100 ms: {job}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     // Revoked while cached: refused on the next request, every route.
     s.ok(&["key", "revoke", &key_id]);
     for path in [format!("/v1/jobs/{id}"), "/v1/jobs".to_string()] {

@@ -178,7 +178,12 @@ async fn the_webhook_receiver_example_verifies() {
     };
     let mut status = None;
     for _ in 0..100 {
-        if let Ok(r) = send("msg_readme", secret.sign("msg_readme", now, body.as_bytes())).await {
+        if let Ok(r) = send(
+            "msg_readme",
+            secret.sign("msg_readme", now, body.as_bytes()),
+        )
+        .await
+        {
             status = Some(r.status().as_u16());
             break;
         }

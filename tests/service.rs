@@ -971,26 +971,50 @@ async fn supervisors_with_clocks_5_minutes_apart_waste_no_attempts() {
     ];
     let args = ["--until-idle", "-c", "2", "--lease-seconds", "3"];
     let mut a = d.spawn_supervisor_with(&[slow], &args);
-    let mut b = d.spawn_supervisor_with(&ahead, &args);
-    // The faked clock really is 5 minutes ahead in that environment.
-    let out = Command::new("date")
-        .arg("+%s")
-        .envs(ahead[1..].iter().copied())
-        .output()
-        .unwrap();
-    let faked: i64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    // The supervisor ahead logs (JSON, timestamped by its own clock) to a file, so the test can
+    // see the clock that process read.
+    let log = d.dir.path().join("ahead.jsonl");
     let real = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64;
-    assert!(
-        (faked - real - 300).abs() <= 5,
-        "faketime is not in effect: {faked} vs {real}"
-    );
+    let mut b = d
+        .cmd()
+        .envs(ahead.iter().copied())
+        .env("AIRLOCK_LOG", "info")
+        .arg("supervise")
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
     for child in [&mut a, &mut b] {
         let status = exit_within(child, Duration::from_secs(180));
         assert!(status.success());
     }
+    // The faked clock was in effect in the supervisor itself: its first log line is stamped
+    // 5 minutes ahead of the time it was started.
+    let first: Value = serde_json::from_str(
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .lines()
+            .next()
+            .expect("the supervisor logged"),
+    )
+    .unwrap();
+    let stamp = first["timestamp"].as_str().expect("a timestamp");
+    let out = Command::new("date")
+        .args(["-d", stamp, "+%s"])
+        .output()
+        .unwrap();
+    let faked: i64 = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("{stamp}: {e}"));
+    assert!(
+        (faked - real - 300).abs() <= 10,
+        "faketime was not in effect in the supervisor: it logged {stamp} ({faked}), started at {real}"
+    );
     let jobs = d.jobs().await;
     for id in &ids {
         let s = d.status(id);

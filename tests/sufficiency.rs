@@ -73,7 +73,10 @@ fn the_documented_run_counts_are_the_suites() {
         + LARGEST_ISSUE_LIST_RUNS;
     let doc = std::fs::read_to_string(repo("BENCHMARKS.md")).expect("BENCHMARKS.md reads");
     for quoted in [
-        format!("**{} runs through the real sandboxed worker**", thousands(total)),
+        format!(
+            "**{} runs through the real sandboxed worker**",
+            thousands(total)
+        ),
         format!(
             "{} fixture, fuzz-seed and fuzz-corpus files",
             thousands(files)
@@ -172,8 +175,8 @@ fn check(path: &Path, plan: &Plan) -> Option<String> {
 
 fn every_file_under(dir: &Path) -> Vec<PathBuf> {
     let mut files = Vec::new();
-    let entries = std::fs::read_dir(dir)
-        .unwrap_or_else(|e| panic!("{} cannot be read: {e}", dir.display()));
+    let entries =
+        std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{} cannot be read: {e}", dir.display()));
     for entry in entries {
         let path = entry.unwrap().path();
         if path.is_dir() {

@@ -414,11 +414,19 @@ async fn a_storage_outage_opens_the_breaker_and_spends_no_attempts(backend: &str
         ids.push(rig.enqueue("valid/leads.csv").await);
     }
     rig.store.down.store(true, Ordering::SeqCst);
-    let (tx, rx) = tokio::sync::watch::channel(false);
-    let supervisor = rig.supervisor(3, Duration::from_secs(3));
-    let run = tokio::spawn(supervisor.clone().run(rx));
-    // Well inside the 3 s cooldown.
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let supervisor = rig.supervisor(3, Duration::from_secs(10));
+    // Step by step: three jobs meet the outage, then the breaker is open and the next step
+    // claims nothing (well inside the 10 s cooldown).
+    let now = rig.jobs.now().await.unwrap();
+    for step in 0..3 {
+        let ran = supervisor.run_once(now).await.unwrap();
+        assert!(ran.is_some(), "step {step} claimed nothing");
+    }
+    assert_eq!(
+        supervisor.run_once(now).await.unwrap(),
+        None,
+        "the breaker did not open after three failures in a row"
+    );
     let mut touched = 0;
     for id in &ids {
         let rec = rig.jobs.get(*id).await.unwrap().unwrap();
@@ -434,6 +442,9 @@ async fn a_storage_outage_opens_the_breaker_and_spends_no_attempts(backend: &str
         "the breaker opened after three failures in a row"
     );
     rig.store.down.store(false, Ordering::SeqCst);
+    // The loop takes over: it waits out the cooldown, then drains the queue.
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let run = tokio::spawn(supervisor.clone().run(rx));
     let summary = tokio::time::timeout(Duration::from_secs(120), run)
         .await
         .expect("drains once storage is back")

@@ -773,17 +773,28 @@ async fn killed_dispatcher_retries_and_a_restart_resends_nothing() {
     drop(serve);
 
     // Restarted again: a new job's event arrives; the acknowledged one is not resent, even
-    // after a whole lease has passed.
+    // after a whole lease has passed. A third job submitted once the lease has lapsed proves
+    // the dispatcher claimed again after that: its event arriving is the point by which a
+    // wrongful resend would have happened.
+    let restarted = std::time::Instant::now();
     let _serve = h.serve(&lease);
     let second = h.d.submit("acme", &fixture("valid/leads.csv"), &[]);
     h.wait(60, "the second job's event", |l| {
         !of(l, "job", &second).is_empty()
     })
     .await;
-    tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+    while restarted.elapsed() < std::time::Duration::from_millis(3500) {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let third = h.d.submit("acme", &fixture("valid/leads.csv"), &[]);
+    h.wait(60, "the third job's event, after a whole lease", |l| {
+        !of(l, "job", &third).is_empty()
+    })
+    .await;
     let lines = h.lines();
     assert_eq!(of(&lines, "id", &id).len(), 2, "{lines:#?}");
     assert_eq!(of(&lines, "job", &second).len(), 1, "{lines:#?}");
+    assert_eq!(of(&lines, "job", &third).len(), 1, "{lines:#?}");
 
     // Rotation: during the overlap the header carries both signatures, and each secret
     // verifies on its own.
@@ -1027,7 +1038,25 @@ async fn one_event_per_final_state_in_order_for_a_100_job_batch() {
         .collect();
     h.ok(&["purge", "--tenant", "t0"]);
     wait_for(100 + purged_jobs.len()).await;
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    // Every delivery recorded as delivered: nothing is left that could still be sent.
+    let store = h.store().await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let open: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM airlock_webhook_deliveries WHERE state <> 'delivered'",
+        )
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+        if open == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{open} deliveries never settled"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     let lines = h.lines();
     assert!(lines.iter().all(|l| l["verified"] == true));
     assert_eq!(
