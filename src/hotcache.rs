@@ -95,7 +95,14 @@ impl HotCache {
                 every.tick().await;
                 if conn.is_none() {
                     use sqlx::Connection;
-                    conn = sqlx::PgConnection::connect(&url).await.ok();
+                    // Named, so an operator (or a test) can tell it apart in pg_stat_activity.
+                    let name = format!("airlock cache heartbeat {}", std::process::id());
+                    conn = match url.parse::<sqlx::postgres::PgConnectOptions>() {
+                        Ok(o) => sqlx::PgConnection::connect_with(&o.application_name(&name))
+                            .await
+                            .ok(),
+                        Err(_) => None,
+                    };
                 }
                 let Some(c) = conn.as_mut() else { continue };
                 let payload = format!("{}:{}", beat.instance, beat.ms());

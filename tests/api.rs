@@ -32,6 +32,11 @@ pub(crate) enum Backend {
 }
 
 impl Server {
+    /// The `serve` process's id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub(crate) fn cli(&self, args: &[&str]) -> std::process::Output {
         self.d.run(args)
     }
@@ -2576,4 +2581,91 @@ print(json.dumps(out))
     );
     assert_eq!(v["other_64"], 401, "another /64 was refused: {v}");
     assert_eq!(v["loopback"], 401, "::1 was refused: {v}");
+}
+
+/// `airlock_cache_hits_total` from `serve`'s metrics.
+async fn cache_hits(s: &Server) -> u64 {
+    let metrics = reqwest::get(format!("{}/metrics", s.base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("airlock_cache_hits_total "))
+        .unwrap_or_else(|| panic!("{metrics}"))
+        .parse()
+        .unwrap()
+}
+
+/// The hot cache answers only while this server's heartbeat comes back through LISTEN: with the
+/// heartbeat's database session frozen (SIGSTOP on its PostgreSQL backend, found by its
+/// application name) and the listener still connected, the cache stops answering within its
+/// freshness bound, and every request after that authenticates against the database.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cache_answers_only_while_its_heartbeat_returns() {
+    let s = Server::on(Backend::Production, &["--supervise", "0"]).await;
+    s.ok(&["tenant", "create", "acme"]);
+    let (key, _) = s.key("acme");
+    // Control: with the heartbeat flowing, reads are answered from the cache.
+    let before = cache_hits(&s).await;
+    for _ in 0..30 {
+        assert_eq!(s.get("/v1/jobs", Some(&key)).await.0, 200);
+    }
+    let warm = cache_hits(&s).await - before;
+    assert!(warm >= 20, "the cache answered only {warm} of 30 reads");
+
+    // Freeze the heartbeat's session.
+    let store = s.store().await;
+    let name = format!("airlock cache heartbeat {}", s.pid());
+    let backend: i32 = sqlx::query_scalar(
+        "SELECT pid FROM pg_stat_activity WHERE application_name = $1",
+    )
+    .bind(&name)
+    .fetch_one(store.pool())
+    .await
+    .unwrap_or_else(|e| panic!("no session named {name:?}: {e}"));
+    struct Resume(i32);
+    impl Drop for Resume {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("kill")
+                .args(["-CONT", &self.0.to_string()])
+                .status();
+        }
+    }
+    let stopped = std::process::Command::new("kill")
+        .args(["-STOP", &backend.to_string()])
+        .status()
+        .unwrap();
+    assert!(stopped.success());
+    let _resume = Resume(backend);
+    let frozen = std::time::Instant::now();
+    // Wait for the cache to stop answering (three reads in a row with no hit), bounded.
+    let mut misses = 0;
+    while misses < 3 {
+        let hits = cache_hits(&s).await;
+        assert_eq!(s.get("/v1/jobs", Some(&key)).await.0, 200);
+        if cache_hits(&s).await == hits {
+            misses += 1;
+        } else {
+            misses = 0;
+        }
+        assert!(
+            frozen.elapsed() < Duration::from_secs(5),
+            "the cache kept answering {:?} after its heartbeat stopped",
+            frozen.elapsed()
+        );
+    }
+    // From then on, every read goes to the database.
+    let stale = cache_hits(&s).await;
+    for _ in 0..30 {
+        assert_eq!(s.get("/v1/jobs", Some(&key)).await.0, 200);
+    }
+    assert_eq!(
+        cache_hits(&s).await,
+        stale,
+        "the cache answered with its heartbeat {:?} old",
+        frozen.elapsed()
+    );
 }
