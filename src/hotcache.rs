@@ -123,7 +123,14 @@ impl HotCache {
         use sqlx::postgres::PgListener;
         loop {
             let connected = async {
-                let mut l = PgListener::connect(url).await?;
+                // Named, as the heartbeat's session is.
+                let options = url
+                    .parse::<sqlx::postgres::PgConnectOptions>()?
+                    .application_name(&format!("airlock cache listener {}", std::process::id()));
+                let pool = sqlx::postgres::PgPoolOptions::new()
+                    .max_connections(1)
+                    .connect_lazy_with(options);
+                let mut l = PgListener::connect_with(&pool).await?;
                 l.listen_all(["airlock_keys", "airlock_hb"]).await?;
                 Ok::<_, sqlx::Error>(l)
             }
