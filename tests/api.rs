@@ -1350,7 +1350,9 @@ async fn local_put_links_are_checked(
     let forged = String::from_utf8(forged).unwrap();
     let other = airlock::storage::ObjectKey::new(airlock::storage::Kind::Input).to_string();
     let long = now + 24 * 3600;
-    let cases: Vec<(&str, String, Vec<u8>, (u16, &str))> = vec![
+    /// What is sent (a name, the link, the body) and the refusal expected.
+    type Case<'a> = (&'a str, String, Vec<u8>, (u16, &'a str));
+    let cases: Vec<Case> = vec![
         (
             "a forged signature",
             link(&object, exp, len, &forged),

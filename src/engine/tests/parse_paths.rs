@@ -63,12 +63,11 @@ fn file() -> impl Strategy<Value = Vec<u8>> {
     })
 }
 
-/// One run: its output, rejects and report, and how many records each path read.
-fn run_tallied(
-    input: &[u8],
-    step: usize,
-    options: &Options,
-) -> ((Vec<u8>, Vec<u8>, String), (u64, u64)) {
+/// A run's output, rejects and report.
+type Run = (Vec<u8>, Vec<u8>, String);
+
+/// One run, and how many records each path read (plain lines, csv-core).
+fn run_tallied(input: &[u8], step: usize, options: &Options) -> (Run, (u64, u64)) {
     let tally = Arc::new(PathTally::default());
     let options = Options {
         tally: Some(tally.clone()),
@@ -100,8 +99,8 @@ fn both(input: &[u8], step: usize, fast: &Options, oracle: &Options) -> Both {
 }
 
 struct Both {
-    fast: (Vec<u8>, Vec<u8>, String),
-    oracle: (Vec<u8>, Vec<u8>, String),
+    fast: Run,
+    oracle: Run,
     /// Records the fast run split in place.
     fast_plain: u64,
     /// Records the oracle run read (all through csv-core).
