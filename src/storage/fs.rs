@@ -524,3 +524,82 @@ pub enum UploadError {
 pub fn mode_of(path: &Path) -> std::io::Result<u32> {
     Ok(std::fs::metadata(path)?.permissions().mode() & 0o777)
 }
+
+#[cfg(test)]
+mod link_bounds {
+    use super::*;
+
+    /// `f(now)`, at a `now` whose second did not end while `f` ran (the checks read the clock
+    /// again), so a boundary is tested at the boundary.
+    fn within_one_second<T>(f: impl Fn(u64) -> T) -> T {
+        loop {
+            let now = unix_now();
+            let out = f(now);
+            if unix_now() == now {
+                return out;
+            }
+        }
+    }
+
+    fn key() -> (tempfile::TempDir, SigningKey) {
+        let dir = tempfile::tempdir().unwrap();
+        let key = SigningKey::load_or_create(dir.path()).unwrap();
+        (dir, key)
+    }
+
+    #[test]
+    fn a_download_link_is_valid_through_its_last_second_and_up_to_the_cap() {
+        let (_dir, key) = key();
+        let check = |expires: u64| {
+            let sig = key.sign("out/x", expires, "x.csv");
+            check_link(&key, "out/x", expires, "x.csv", &sig)
+        };
+        let cap = LINK_TTL_CAP_SECS + CLOCK_SKEW_SECS;
+        assert_eq!(within_one_second(|now| check(now)), Ok(()));
+        assert_eq!(
+            within_one_second(|now| check(now - 1)),
+            Err(LinkError::Expired)
+        );
+        assert_eq!(within_one_second(|now| check(now + cap)), Ok(()));
+        assert_eq!(
+            within_one_second(|now| check(now + cap + 1)),
+            Err(LinkError::BeyondCap)
+        );
+    }
+
+    #[test]
+    fn an_upload_link_is_valid_through_its_last_second_and_up_to_the_cap() {
+        let (_dir, key) = key();
+        let check = |expires: u64| {
+            let sig = key.sign_put("in/x", expires, 10, "c2hh");
+            check_put_link(&key, "in/x", expires, 10, "c2hh", &sig)
+        };
+        let cap = super::super::UPLOAD_TTL_CAP.as_secs() + CLOCK_SKEW_SECS;
+        assert_eq!(within_one_second(|now| check(now)), Ok(()));
+        assert_eq!(
+            within_one_second(|now| check(now - 1)),
+            Err(LinkError::Expired)
+        );
+        assert_eq!(within_one_second(|now| check(now + cap)), Ok(()));
+        assert_eq!(
+            within_one_second(|now| check(now + cap + 1)),
+            Err(LinkError::BeyondCap)
+        );
+        // Each signed field counts: the size, the checksum, the object.
+        let exp = unix_now() + 60;
+        let sig = key.sign_put("in/x", exp, 10, "c2hh");
+        assert_eq!(check_put_link(&key, "in/x", exp, 10, "c2hh", &sig), Ok(()));
+        assert_eq!(
+            check_put_link(&key, "in/x", exp, 11, "c2hh", &sig),
+            Err(LinkError::BadSignature)
+        );
+        assert_eq!(
+            check_put_link(&key, "in/x", exp, 10, "c2hi", &sig),
+            Err(LinkError::BadSignature)
+        );
+        assert_eq!(
+            check_put_link(&key, "in/y", exp, 10, "c2hh", &sig),
+            Err(LinkError::BadSignature)
+        );
+    }
+}
