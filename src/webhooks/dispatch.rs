@@ -590,6 +590,16 @@ mod tests {
             "fec0::1",
             "100::1",
             "192.88.99.1",
+            // Each IPv4 range on its own (mutation testing found these untested).
+            "192.0.2.1",
+            "198.51.100.7",
+            "203.0.113.9",
+            "0.1.2.3",
+            "192.0.0.8",
+            "198.18.0.1",
+            "198.19.255.254",
+            "100.127.255.254",
+            "240.0.0.1",
         ] {
             assert!(forbidden(bad.parse().unwrap()), "{bad}");
         }
@@ -598,6 +608,11 @@ mod tests {
             "1.1.1.1",
             "2606:4700:4700::1111",
             "2002:5db8:d822::1",
+            // Neighbours of the refused ranges.
+            "198.20.0.1",
+            "100.128.0.1",
+            "192.0.1.1",
+            "223.255.255.254",
         ] {
             assert!(!forbidden(good.parse().unwrap()), "{good}");
         }

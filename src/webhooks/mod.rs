@@ -269,6 +269,30 @@ mod tests {
     use super::*;
 
     #[test]
+    fn credentials_in_any_part_of_the_url_are_refused() {
+        let none = Allowlist::parse("");
+        assert!(check_url("https://hooks.example/in", &none).is_ok());
+        for url in [
+            "https://user:pw@hooks.example/in",
+            "https://user@hooks.example/in",
+            "https://:pw@hooks.example/in",
+        ] {
+            let err = check_url(url, &none).unwrap_err();
+            assert!(err.contains("credentials"), "{url}: {err}");
+        }
+    }
+
+    #[test]
+    fn urls_up_to_2048_characters_are_accepted() {
+        let none = Allowlist::parse("");
+        let base = "https://hooks.example/";
+        let of_len = |n: usize| format!("{base}{}", "a".repeat(n - base.len()));
+        assert!(check_url(&of_len(2048), &none).is_ok());
+        let err = check_url(&of_len(2049), &none).unwrap_err();
+        assert!(err.contains("2048"), "{err}");
+    }
+
+    #[test]
     fn secrets_round_trip_and_hide() {
         let s = Secret::generate();
         let shown = s.expose();
