@@ -608,10 +608,14 @@ mod tests {
             "1.1.1.1",
             "2606:4700:4700::1111",
             "2002:5db8:d822::1",
-            // Neighbours of the refused ranges.
+            // Neighbours of the refused ranges, each sharing a part of one.
             "198.20.0.1",
             "100.128.0.1",
+            "100.63.255.254",
+            "1.64.1.1",
             "192.0.1.1",
+            "192.1.0.1",
+            "8.8.0.1",
             "223.255.255.254",
         ] {
             assert!(!forbidden(good.parse().unwrap()), "{good}");
