@@ -600,6 +600,11 @@ mod tests {
             "198.19.255.254",
             "100.127.255.254",
             "240.0.0.1",
+            // 6to4 around 198.51.100.1: every octet of the carried address counts.
+            "2002:c633:6401::1",
+            // Each IPv6 range on its own.
+            "ff02::1",
+            "2001:db8::1",
         ] {
             assert!(forbidden(bad.parse().unwrap()), "{bad}");
         }
@@ -616,7 +621,12 @@ mod tests {
             "192.0.1.1",
             "192.1.0.1",
             "8.8.0.1",
+            "8.8.99.8",
             "223.255.255.254",
+            "64:ff9a::1",
+            "2606:ff9b::1",
+            "2001:db9::1",
+            "2606::1",
         ] {
             assert!(!forbidden(good.parse().unwrap()), "{good}");
         }
