@@ -2115,18 +2115,7 @@ async fn the_cache_never_outlives_a_revocation() {
         let (status, _, job) = s.get(&format!("/v1/jobs/{id}"), Some(&key)).await;
         assert_eq!((status, job["state"].as_str()), (200, Some("queued")));
     }
-    let metrics = reqwest::get(format!("{}/metrics", s.base))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let hits: u64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("airlock_cache_hits_total "))
-        .unwrap_or_else(|| panic!("{metrics}"))
-        .parse()
-        .unwrap();
+    let hits = cache_hits(&s).await;
     assert!(hits >= 40, "the reads came from the cache: {hits} hits");
     // Another process runs the job; the next read after 100 ms shows it.
     let out = s.cli(&["supervise", "--until-idle", "-c", "1"]);
